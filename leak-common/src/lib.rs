@@ -1,0 +1,194 @@
+//! Types shared by the eBPF programs (`leak-ebpf`) and user space (`leak-user`).
+//!
+//! Everything here is `#[repr(C)]` and plain data: the kernel side writes these
+//! records into the ring buffer and maps, user space reads them back byte for byte.
+#![no_std]
+
+/// The probed entry point that produced an event. Doubles as the uprobe attach
+/// cookie, so one BPF program can serve several functions with the same signature.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Probe {
+    Malloc = 0,
+    Calloc = 1,
+    Realloc = 2,
+    Reallocarray = 3,
+    PosixMemalign = 4,
+    AlignedAlloc = 5,
+    Memalign = 6,
+    Valloc = 7,
+    Pvalloc = 8,
+    Free = 9,
+    Mmap = 10,
+    Munmap = 11,
+    Mremap = 12,
+}
+
+impl Probe {
+    pub const COUNT: usize = 13;
+    pub const ALL: [Probe; Probe::COUNT] = [
+        Probe::Malloc,
+        Probe::Calloc,
+        Probe::Realloc,
+        Probe::Reallocarray,
+        Probe::PosixMemalign,
+        Probe::AlignedAlloc,
+        Probe::Memalign,
+        Probe::Valloc,
+        Probe::Pvalloc,
+        Probe::Free,
+        Probe::Mmap,
+        Probe::Munmap,
+        Probe::Mremap,
+    ];
+
+    pub fn from_u8(value: u8) -> Option<Probe> {
+        Probe::ALL.get(value as usize).copied()
+    }
+
+    /// The libc symbol (or syscall) name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Probe::Malloc => "malloc",
+            Probe::Calloc => "calloc",
+            Probe::Realloc => "realloc",
+            Probe::Reallocarray => "reallocarray",
+            Probe::PosixMemalign => "posix_memalign",
+            Probe::AlignedAlloc => "aligned_alloc",
+            Probe::Memalign => "memalign",
+            Probe::Valloc => "valloc",
+            Probe::Pvalloc => "pvalloc",
+            Probe::Free => "free",
+            Probe::Mmap => "mmap",
+            Probe::Munmap => "munmap",
+            Probe::Mremap => "mremap",
+        }
+    }
+}
+
+/// What an event does to the set of outstanding memory.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventOp {
+    /// A heap block `[addr, addr+size)` was returned to the caller.
+    Alloc = 1,
+    /// The heap block at `addr` was handed back.
+    Free = 2,
+    /// realloc-style success: `old_addr` (if non-zero) released, `addr` allocated.
+    Realloc = 3,
+    /// A mapping `[addr, addr+size)` was created.
+    Map = 4,
+    /// `[addr, addr+size)` was unmapped (possibly part of a mapping).
+    Unmap = 5,
+    /// mremap: `[old_addr, old_addr+old_size)` became `[addr, addr+size)`.
+    Remap = 6,
+}
+
+impl EventOp {
+    pub fn from_u8(value: u8) -> Option<EventOp> {
+        Some(match value {
+            1 => EventOp::Alloc,
+            2 => EventOp::Free,
+            3 => EventOp::Realloc,
+            4 => EventOp::Map,
+            5 => EventOp::Unmap,
+            6 => EventOp::Remap,
+            _ => return None,
+        })
+    }
+}
+
+/// `HeapEvent::flags`: the mapping is anonymous (not file-backed).
+pub const FLAG_ANONYMOUS: u8 = 1;
+/// `HeapEvent::flags`: made inside a probed allocator call (malloc's own arenas
+/// and large-block mappings); that memory is already counted at the malloc level.
+pub const FLAG_ALLOCATOR_INTERNAL: u8 = 2;
+
+/// One allocation-state change, as written to the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeapEvent {
+    pub op: u8,
+    pub probe: u8,
+    pub flags: u8,
+    /// mmap protection bits (PROT_READ=1, WRITE=2, EXEC=4).
+    pub prot: u8,
+    pub tid: u32,
+    /// When the call completed (allocations) or began (frees), in CLOCK_MONOTONIC ns.
+    pub ts_ns: u64,
+    /// When the call began. A release only removes blocks recorded before this,
+    /// so a block re-used by another thread in the meantime is not lost.
+    pub entry_ns: u64,
+    pub addr: u64,
+    pub size: u64,
+    pub old_addr: u64,
+    pub old_size: u64,
+    /// Id in the `STACKS` map, or negative when no stack could be taken.
+    pub stack_id: i64,
+}
+
+/// Words of user stack copied above the stack pointer at a syscall. Enough to
+/// cover libc's syscall wrappers (mremap's keeps 0x58 bytes of locals), so user
+/// space can recover the return address that a frame-pointer walk skips.
+pub const STACK_WINDOW_WORDS: usize = 16;
+
+/// A mapping event with the user stack pointer and the words above it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MapEvent {
+    pub heap: HeapEvent,
+    pub sp: u64,
+    pub stack_window: [u64; STACK_WINDOW_WORDS],
+}
+
+/// Reasons a record was lost; each has a slot in the `COUNTERS` map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The ring buffer was full: the event is gone.
+    RingBufFull = 0,
+    /// The stack map was full or the stack hashed to a taken slot.
+    StackLost = 1,
+    /// No room to remember an entry probe until its return probe.
+    PendingFull = 2,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 3] = [
+        DropReason::RingBufFull,
+        DropReason::StackLost,
+        DropReason::PendingFull,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::RingBufFull => "ring_buffer_full",
+            DropReason::StackLost => "stack_lost",
+            DropReason::PendingFull => "pending_calls_full",
+        }
+    }
+}
+
+/// Layout of the per-CPU `COUNTERS` array: entry hits per probe, return hits
+/// per probe, then drop counters.
+pub mod counter {
+    use super::{DropReason, Probe};
+
+    pub const fn entry_hits(probe: Probe) -> u32 {
+        probe as u32
+    }
+    pub const fn return_hits(probe: Probe) -> u32 {
+        Probe::COUNT as u32 + probe as u32
+    }
+    pub const fn drops(reason: DropReason) -> u32 {
+        2 * Probe::COUNT as u32 + reason as u32
+    }
+    pub const SLOTS: u32 = 2 * Probe::COUNT as u32 + DropReason::ALL.len() as u32;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers with no padding holes that matter.
+    unsafe impl aya::Pod for super::HeapEvent {}
+    unsafe impl aya::Pod for super::MapEvent {}
+}

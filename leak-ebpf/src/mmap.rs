@@ -1,0 +1,197 @@
+//! Syscall tracepoints for mmap, munmap and mremap: they see mappings made
+//! through libc and through raw syscalls alike.
+//!
+//! Arguments are saved at sys_enter and the result recorded at sys_exit, so
+//! failed calls (MAP_FAILED, EINVAL) never reach user space. A syscall cannot
+//! nest within a thread, so the pending state is keyed by thread id alone.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs},
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
+use leak_common::{
+    DropReason, EventOp, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS, HeapEvent, MapEvent, Probe,
+    STACK_WINDOW_WORDS, counter,
+};
+
+use crate::{
+    libc_alloc::inside_allocator,
+    shared::{EVENTS, count, count_drop, emit, now_ns, target_tid, user_stack_id},
+};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingSyscall {
+    probe: u8,
+    flags: u8,
+    prot: u8,
+    addr: u64,
+    len: u64,
+    new_len: u64,
+    entry_ns: u64,
+}
+
+#[map]
+static PENDING_SYSCALLS: HashMap<u32, PendingSyscall> = HashMap::with_max_entries(64 * 1024, 0);
+
+// Offsets in the syscalls:sys_enter_* / sys_exit_* records (see their
+// `format` files): arguments are 8-byte slots from offset 16, `ret` is at 16.
+const ARG0: usize = 16;
+const RET: usize = 16;
+const MAP_ANONYMOUS: u64 = 0x20;
+/// Offset of `sp` in x86-64 `struct pt_regs`.
+const PT_REGS_SP: usize = 19 * 8;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: reads within the tracepoint record.
+    unsafe { ctx.read_at::<u64>(ARG0 + 8 * n) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn user_sp() -> u64 {
+    // SAFETY: the helpers return the current task and its saved user registers.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        bpf_probe_read_kernel(regs.add(PT_REGS_SP) as *const u64).unwrap_or(0)
+    }
+}
+
+#[inline(always)]
+fn save(probe: Probe, call: PendingSyscall) {
+    let Some(tid) = target_tid() else { return };
+    count(counter::entry_hits(probe));
+    let mut call = call;
+    call.probe = probe as u8;
+    call.entry_ns = now_ns();
+    if inside_allocator(tid, user_sp(), call.entry_ns) {
+        call.flags |= FLAG_ALLOCATOR_INTERNAL;
+    }
+    if PENDING_SYSCALLS.insert(tid, call, 0).is_err() {
+        count_drop(DropReason::PendingFull);
+    }
+}
+
+/// The saved call and the syscall result, or `None` when it failed.
+#[inline(always)]
+fn finish(probe: Probe, ctx: &TracePointContext) -> Option<(u32, PendingSyscall, u64)> {
+    let tid = target_tid()?;
+    count(counter::return_hits(probe));
+    // SAFETY: map values are plain data.
+    let call = unsafe { PENDING_SYSCALLS.get(tid) }.copied()?;
+    let _ = PENDING_SYSCALLS.remove(tid);
+    // SAFETY: reads within the tracepoint record.
+    let ret = unsafe { ctx.read_at::<i64>(RET) }.ok()?;
+    if call.probe != probe as u8 || (-4095..0).contains(&ret) {
+        return None;
+    }
+    Some((tid, call, ret as u64))
+}
+
+/// The event for a completed call; the stack is filled in by `emit_mapping`.
+#[inline(always)]
+fn event(op: EventOp, tid: u32, call: &PendingSyscall) -> HeapEvent {
+    HeapEvent {
+        op: op as u8,
+        probe: call.probe,
+        flags: call.flags,
+        prot: call.prot,
+        tid,
+        ts_ns: now_ns(),
+        entry_ns: call.entry_ns,
+        stack_id: -1,
+        ..HeapEvent::default()
+    }
+}
+
+/// Records a new mapping with its stack and the stack window above the user
+/// stack pointer.
+#[inline(always)]
+fn emit_mapping(ctx: &TracePointContext, heap: HeapEvent) {
+    let Some(mut entry) = EVENTS.reserve::<MapEvent>(0) else {
+        count_drop(DropReason::RingBufFull);
+        return;
+    };
+    let sp = user_sp();
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points at a reserved, exclusively owned ring buffer record.
+    unsafe {
+        (*record).heap = HeapEvent { stack_id: user_stack_id(ctx), ..heap };
+        (*record).sp = sp;
+        (*record).stack_window = bpf_probe_read_user(sp as *const [u64; STACK_WINDOW_WORDS])
+            .unwrap_or([0; STACK_WINDOW_WORDS]);
+    }
+    entry.submit(0);
+}
+
+#[tracepoint]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    let flags = arg(&ctx, 3);
+    let call = PendingSyscall {
+        probe: 0,
+        flags: if flags & MAP_ANONYMOUS != 0 { FLAG_ANONYMOUS } else { 0 },
+        prot: arg(&ctx, 2) as u8,
+        addr: 0,
+        len: arg(&ctx, 1),
+        new_len: 0,
+        entry_ns: 0,
+    };
+    save(Probe::Mmap, call);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
+    if let Some((tid, call, addr)) = finish(Probe::Mmap, &ctx) {
+        let heap = HeapEvent { addr, size: call.len, ..event(EventOp::Map, tid, &call) };
+        emit_mapping(&ctx, heap);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
+    let call = PendingSyscall { probe: 0, flags: 0, prot: 0, addr: arg(&ctx, 0), len: arg(&ctx, 1), new_len: 0, entry_ns: 0 };
+    save(Probe::Munmap, call);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_munmap(ctx: TracePointContext) -> u32 {
+    if let Some((tid, call, _)) = finish(Probe::Munmap, &ctx) {
+        emit(&HeapEvent { addr: call.addr, size: call.len, ..event(EventOp::Unmap, tid, &call) });
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_mremap(ctx: TracePointContext) -> u32 {
+    let call = PendingSyscall {
+        probe: 0,
+        flags: FLAG_ANONYMOUS,
+        prot: 0,
+        addr: arg(&ctx, 0),
+        len: arg(&ctx, 1),
+        new_len: arg(&ctx, 2),
+        entry_ns: 0,
+    };
+    save(Probe::Mremap, call);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_mremap(ctx: TracePointContext) -> u32 {
+    if let Some((tid, call, addr)) = finish(Probe::Mremap, &ctx) {
+        let heap = HeapEvent {
+            addr,
+            size: call.new_len,
+            old_addr: call.addr,
+            old_size: call.len,
+            ..event(EventOp::Remap, tid, &call)
+        };
+        emit_mapping(&ctx, heap);
+    }
+    0
+}

@@ -1,0 +1,81 @@
+//! Maps and helpers used by every probe family.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{PerCpuArray, RingBuf, StackTrace},
+    programs::tracing::StackIdContext,
+};
+use leak_common::{DropReason, HeapEvent, counter};
+
+/// The process being traced; written by user space before load.
+#[unsafe(no_mangle)]
+static TARGET_TGID: u32 = 0;
+
+/// Allocation-state changes, in the order they happened, for user space.
+/// Size is set by user space at load (`--ring-buffer-mib`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// User call stacks of allocation sites.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(32 * 1024, 0);
+
+/// Probe hit counts and drop counts; layout in `leak_common::counter`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
+
+const BPF_F_USER_STACK: u64 = 1 << 8;
+
+/// The current thread id, or `None` when the current process is not the target.
+#[inline(always)]
+pub fn target_tid() -> Option<u32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: a read of a constant the loader patched; volatile so the compiler
+    // cannot fold the initial value.
+    let target = unsafe { core::ptr::read_volatile(&TARGET_TGID) };
+    if (pid_tgid >> 32) as u32 == target {
+        Some(pid_tgid as u32)
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn count(slot: u32) {
+    if let Some(value) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *value += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_drop(reason: DropReason) {
+    count(counter::drops(reason));
+}
+
+/// The user stack of the current thread, or -1 (counted as a drop).
+#[inline(always)]
+pub fn user_stack_id<C: StackIdContext>(ctx: &C) -> i64 {
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
+        Ok(id) => id,
+        Err(_) => {
+            count_drop(DropReason::StackLost);
+            -1
+        }
+    }
+}
+
+/// Writes `event` to the ring buffer, counting a drop when it is full.
+#[inline(always)]
+pub fn emit(event: &HeapEvent) {
+    if EVENTS.output::<HeapEvent>(event, 0).is_err() {
+        count_drop(DropReason::RingBufFull);
+    }
+}

@@ -1,0 +1,18 @@
+//! leakscope: an eBPF memory-leak tracer. The binary (`main.rs`) is a thin
+//! shell over this library so that tests can drive a hunt directly.
+//!
+//! Flow of a hunt: `preflight` checks the machine, `target` finds or launches
+//! the process, `attach` loads and places the probes, `collect` turns ring
+//! buffer events into the outstanding-memory model of `heap`, `symbolize`
+//! names the stacks, and `report` renders the result.
+
+pub mod attach;
+pub mod cli;
+pub mod collect;
+pub mod heap;
+pub mod hunt;
+pub mod placement;
+pub mod preflight;
+pub mod report;
+pub mod symbolize;
+pub mod target;
