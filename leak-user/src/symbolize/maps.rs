@@ -1,0 +1,182 @@
+//! The executable file mappings of a traced process, with their files held
+//! open so that stacks stay resolvable after the process exits.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use super::cfi::Cfi;
+
+/// An ELF file mapped by the target.
+pub(super) struct ModuleFile {
+    /// Unique within this process. It keys the symbol cache: neither an
+    /// address (reused after exec or dlopen) nor a descriptor number (reused
+    /// after close) identifies a file for long.
+    pub(super) id: u64,
+    pub(super) file: File,
+    /// Unwind tables, parsed on first use by `skipped_caller`.
+    pub(super) cfi: OnceLock<Option<Cfi>>,
+}
+
+impl ModuleFile {
+    fn open(pid: u32, range: &str, path: &str) -> Option<Self> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        // map_files/ yields exactly the mapped inode, even if the file was
+        // since replaced or deleted; the root/ path is the fallback when that
+        // directory is not accessible. Both work across mount namespaces.
+        let file = File::open(format!("/proc/{pid}/map_files/{range}"))
+            .or_else(|_| File::open(format!("/proc/{pid}/root{path}")))
+            .map_err(|err| log::debug!("cannot open {path} of pid {pid}: {err}"))
+            .ok()?;
+        Some(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            file,
+            cfi: OnceLock::new(),
+        })
+    }
+
+    /// A path that reaches the open file, for APIs that want a path.
+    pub(super) fn fd_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+}
+
+pub(super) struct Mapping {
+    pub(super) start: u64,
+    end: u64,
+    offset: u64,
+    dev: String,
+    inode: u64,
+    /// As the target sees it.
+    pub(super) path: String,
+    /// None when the file could not be opened: the module is still known.
+    pub(super) file: Option<Arc<ModuleFile>>,
+}
+
+impl Mapping {
+    pub(super) fn file_offset(&self, addr: u64) -> u64 {
+        addr - self.start + self.offset
+    }
+}
+
+/// Executable file-backed mappings of a process, kept across refreshes so that
+/// addresses stay resolvable after the process exits.
+pub struct ProcessModules {
+    pid: u32,
+    /// Sorted by start and disjoint.
+    mappings: Vec<Mapping>,
+}
+
+impl ProcessModules {
+    /// Empty; call [`refresh`](Self::refresh).
+    pub fn new(pid: u32) -> Self {
+        Self {
+            pid,
+            mappings: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Re-read /proc/PID/maps. New executable file mappings are added with
+    /// their files opened; mappings that disappeared are kept (old stacks may
+    /// point into them) unless a new mapping overlaps them. Fails only if the
+    /// maps file cannot be read (process gone).
+    pub fn refresh(&mut self) -> io::Result<()> {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))?;
+        for entry in maps.lines().filter_map(MapsEntry::parse) {
+            self.add(entry);
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, entry: MapsEntry<'_>) {
+        let idx = self.mappings.partition_point(|m| m.start < entry.start);
+        if self.mappings.get(idx).is_some_and(|m| {
+            m.start == entry.start
+                && m.end == entry.end
+                && m.offset == entry.offset
+                && m.dev == entry.dev
+                && m.inode == entry.inode
+        }) {
+            return;
+        }
+        // Libraries remapped after dlclose+dlopen keep their open file.
+        let file = self
+            .mappings
+            .iter()
+            .find(|m| m.dev == entry.dev && m.inode == entry.inode && m.path == entry.path)
+            .and_then(|m| m.file.clone())
+            .or_else(|| ModuleFile::open(self.pid, entry.range, entry.path).map(Arc::new));
+        self.mappings
+            .retain(|m| m.end <= entry.start || m.start >= entry.end);
+        let idx = self.mappings.partition_point(|m| m.start < entry.start);
+        self.mappings.insert(
+            idx,
+            Mapping {
+                start: entry.start,
+                end: entry.end,
+                offset: entry.offset,
+                dev: entry.dev.to_owned(),
+                inode: entry.inode,
+                path: entry.path.to_owned(),
+                file,
+            },
+        );
+    }
+
+    pub(super) fn find(&self, addr: u64) -> Option<&Mapping> {
+        let idx = self.mappings.partition_point(|m| m.start <= addr);
+        let mapping = self.mappings.get(idx.checked_sub(1)?)?;
+        (addr < mapping.end).then_some(mapping)
+    }
+}
+
+/// One executable, file-backed line of /proc/PID/maps.
+struct MapsEntry<'a> {
+    range: &'a str,
+    start: u64,
+    end: u64,
+    offset: u64,
+    dev: &'a str,
+    inode: u64,
+    path: &'a str,
+}
+
+impl<'a> MapsEntry<'a> {
+    fn parse(line: &'a str) -> Option<Self> {
+        let mut rest = line;
+        let range = next_field(&mut rest);
+        let perms = next_field(&mut rest);
+        let offset = next_field(&mut rest);
+        let dev = next_field(&mut rest);
+        let inode = next_field(&mut rest);
+        // The path is the rest of the line: it may contain spaces.
+        let path = rest.trim_start();
+        if perms.as_bytes().get(2) != Some(&b'x') || !path.starts_with('/') {
+            return None;
+        }
+        let (start, end) = range.split_once('-')?;
+        Some(Self {
+            range,
+            start: u64::from_str_radix(start, 16).ok()?,
+            end: u64::from_str_radix(end, 16).ok()?,
+            offset: u64::from_str_radix(offset, 16).ok()?,
+            dev,
+            inode: inode.parse().ok()?,
+            path: path.strip_suffix(" (deleted)").unwrap_or(path),
+        })
+    }
+}
+
+fn next_field<'a>(rest: &mut &'a str) -> &'a str {
+    let trimmed = rest.trim_start();
+    let (field, tail) = trimmed.split_at(trimmed.find(' ').unwrap_or(trimmed.len()));
+    *rest = tail;
+    field
+}

@@ -1,0 +1,328 @@
+//! Names the user stacks captured by the eBPF side.
+//!
+//! Stacks are raw virtual addresses in the traced process. [`ProcessModules`]
+//! keeps the process's executable mappings and their files open, so that
+//! symbolization works after the process has exited and across mount
+//! namespaces; [`Symbolizer`] turns addresses into [`Frame`]s with blazesym.
+
+mod cfi;
+mod maps;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use blazesym::symbolize::source::{Elf, Source};
+use blazesym::symbolize::Input;
+
+pub use cfi::skipped_caller;
+use maps::ModuleFile;
+pub use maps::ProcessModules;
+
+/// One symbolized frame. Fields are None when unknown.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Frame {
+    /// The raw address as captured.
+    pub address: u64,
+    /// Demangled (Rust and C++), e.g. "leak_malloc" or "std::vector<int>::push_back".
+    pub function: Option<String>,
+    /// Source file path from DWARF, when present.
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// Path of the ELF the address is in, as the target sees it.
+    pub module: Option<String>,
+}
+
+/// What a code location resolves to, independent of the address it was
+/// reached through.
+#[derive(Clone, Default)]
+struct SymInfo {
+    function: Option<String>,
+    file: Option<String>,
+    line: Option<u32>,
+}
+
+pub struct Symbolizer {
+    /// One instance: it caches parsed ELF and DWARF data per file.
+    inner: blazesym::symbolize::Symbolizer,
+    /// Keyed by (module file id, file offset looked up): unlike a raw address
+    /// this stays valid across processes, exec and dlopen.
+    cache: HashMap<(u64, u64), SymInfo>,
+    /// Modules whose DWARF failed to load (e.g. a stale debug link): ELF
+    /// symbols only, rather than retrying the expensive failure per address.
+    no_dwarf: HashSet<u64>,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Symbolizer {
+    pub fn new() -> Self {
+        Self {
+            // Inlined-function data makes blazesym report, for an address in
+            // inlined code, the line of the outermost function (the real
+            // frame) instead of a line of the inlined callee.
+            inner: blazesym::symbolize::Symbolizer::builder()
+                .enable_code_info(true)
+                .enable_inlined_fns(true)
+                .enable_demangling(true)
+                .build(),
+            cache: HashMap::new(),
+            no_dwarf: HashSet::new(),
+        }
+    }
+
+    /// Symbolize one stack. `addrs[i]` for i>0 are return addresses, looked up
+    /// at addr-1 (the call instruction); frame 0 is too when
+    /// `all_return_addresses` is true, otherwise it is an exact ip. Frames keep
+    /// the address as captured. Unknown addresses give Frames with Nones
+    /// (module still filled when the address is in a known mapping).
+    pub fn symbolize(
+        &mut self,
+        modules: &ProcessModules,
+        addrs: &[u64],
+        all_return_addresses: bool,
+    ) -> Vec<Frame> {
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(i, &address)| self.frame(modules, address, i > 0 || all_return_addresses))
+            .collect()
+    }
+
+    fn frame(&mut self, modules: &ProcessModules, address: u64, is_return: bool) -> Frame {
+        let pc = if is_return {
+            address.saturating_sub(1)
+        } else {
+            address
+        };
+        let Some(mapping) = modules.find(pc) else {
+            return Frame {
+                address,
+                function: None,
+                file: None,
+                line: None,
+                module: None,
+            };
+        };
+        let info = match &mapping.file {
+            Some(module) => self.lookup(module, mapping.file_offset(pc)),
+            None => SymInfo::default(),
+        };
+        Frame {
+            address,
+            function: info.function,
+            file: info.file,
+            line: info.line,
+            module: Some(mapping.path.clone()),
+        }
+    }
+
+    fn lookup(&mut self, module: &ModuleFile, offset: u64) -> SymInfo {
+        if let Some(info) = self.cache.get(&(module.id, offset)) {
+            return info.clone();
+        }
+        let path = module.fd_path();
+        let result = if self.no_dwarf.contains(&module.id) {
+            resolve(&self.inner, &path, false, offset)
+        } else {
+            resolve(&self.inner, &path, true, offset).or_else(|err| {
+                log::warn!("DWARF of module {path:?} unusable, using ELF symbols: {err:#}");
+                self.no_dwarf.insert(module.id);
+                resolve(&self.inner, &path, false, offset)
+            })
+        };
+        let info = result.unwrap_or_else(|err| {
+            log::debug!("cannot symbolize offset {offset:#x} of {path:?}: {err:#}");
+            SymInfo::default()
+        });
+        self.cache.insert((module.id, offset), info.clone());
+        info
+    }
+}
+
+fn resolve(
+    symbolizer: &blazesym::symbolize::Symbolizer,
+    path: &Path,
+    debug_syms: bool,
+    offset: u64,
+) -> Result<SymInfo, blazesym::Error> {
+    let mut elf = Elf::new(path);
+    elf.debug_syms = debug_syms;
+    // blazesym maps the file offset to an ELF address through the program
+    // headers itself.
+    let symbolized = symbolizer.symbolize_single(&Source::Elf(elf), Input::FileOffset(offset))?;
+    Ok(symbolized
+        .into_sym()
+        .map(|sym| SymInfo {
+            function: (!sym.name.is_empty()).then(|| sym.name.into_owned()),
+            file: sym
+                .code_info
+                .as_ref()
+                .map(|code| code.to_path().to_string_lossy().into_owned()),
+            line: sym.code_info.and_then(|code| code.line),
+        })
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::FileExt;
+    use std::process::{Child, Command, Stdio};
+
+    use super::*;
+
+    const PROGRAM: &str = r#"#include <stdio.h>
+#include <unistd.h>
+
+void *volatile inside_addr;
+volatile int counter;
+
+void target_fn(void) {
+    inside_addr = &&inside;
+inside:
+    counter++;
+}
+
+int main(void) {
+    target_fn();
+    printf("%p %p\n", (void *)target_fn, inside_addr);
+    fflush(stdout);
+    sleep(60);
+    return 0;
+}
+"#;
+
+    fn line_of(needle: &str) -> u32 {
+        let idx = PROGRAM.lines().position(|l| l.contains(needle)).unwrap();
+        u32::try_from(idx + 1).unwrap()
+    }
+
+    /// Kills the child even when an assertion fails.
+    struct Reaped(Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn window() -> [u64; 16] {
+        std::array::from_fn(|i| 0x1234 + 0x100 * i as u64)
+    }
+
+    #[test]
+    fn symbolizes_a_c_program_before_and_after_exit() {
+        let dir = std::env::temp_dir().join(format!("leakscope-symbolize-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = dir.canonicalize().unwrap();
+        let source = dir.join("prog.c");
+        let exe = dir.join("prog");
+        std::fs::write(&source, PROGRAM).unwrap();
+        let status = Command::new("gcc")
+            .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+            .arg(&exe)
+            .arg(&source)
+            .status()
+            .unwrap();
+        assert!(status.success());
+
+        let mut child = Reaped(Command::new(&exe).stdout(Stdio::piped()).spawn().unwrap());
+        let mut out = String::new();
+        BufReader::new(child.0.stdout.take().unwrap())
+            .read_line(&mut out)
+            .unwrap();
+        let addrs: Vec<u64> = out
+            .split_whitespace()
+            .map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).unwrap())
+            .collect();
+        let (target_fn, inside) = (addrs[0], addrs[1]);
+
+        let mut modules = ProcessModules::new(child.0.id());
+        modules.refresh().unwrap();
+        // Frame 1 is a return address: looked up one byte before it.
+        let stack = [target_fn, inside + 1];
+        let expected = |address, line| Frame {
+            address,
+            function: Some("target_fn".into()),
+            file: Some(source.to_string_lossy().into_owned()),
+            line: Some(line),
+            module: Some(exe.to_string_lossy().into_owned()),
+        };
+        let want = vec![
+            expected(target_fn, line_of("void target_fn")),
+            expected(inside + 1, line_of("counter++")),
+        ];
+        assert_eq!(Symbolizer::new().symbolize(&modules, &stack, false), want);
+
+        // At the entry the CFA is rsp+8; inside the body it is rbp-based.
+        let window = window();
+        assert_eq!(
+            skipped_caller(&modules, target_fn, 0x7ff0_0000, &window),
+            Some(window[0])
+        );
+        assert_eq!(skipped_caller(&modules, inside, 0x7ff0_0000, &window), None);
+
+        drop(child);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(modules.refresh().is_err());
+        // A fresh symbolizer has no cache: this reads the files kept open.
+        assert_eq!(Symbolizer::new().symbolize(&modules, &stack, false), want);
+    }
+
+    #[test]
+    fn unknown_addresses_are_empty_frames() {
+        let mut modules = ProcessModules::new(std::process::id());
+        modules.refresh().unwrap();
+        let frames = Symbolizer::new().symbolize(&modules, &[0, 1], true);
+        assert!(frames
+            .iter()
+            .all(|f| f.function.is_none() && f.module.is_none()));
+        assert_eq!(frames[1].address, 1);
+    }
+
+    /// Address of the first `syscall` instruction of a libc function.
+    fn syscall_in(name: &CStr) -> u64 {
+        // SAFETY: dlsym with a NUL-terminated name only looks the symbol up.
+        let addr = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) } as u64;
+        assert_ne!(addr, 0, "{name:?} not found");
+        let mut code = [0u8; 0x100];
+        std::fs::File::open("/proc/self/mem")
+            .unwrap()
+            .read_exact_at(&mut code, addr)
+            .unwrap();
+        iced_x86::Decoder::with_ip(64, &code, addr, iced_x86::DecoderOptions::NONE)
+            .into_iter()
+            .find(|insn| insn.mnemonic() == iced_x86::Mnemonic::Syscall)
+            .unwrap()
+            .ip()
+    }
+
+    #[test]
+    fn skipped_caller_in_libc_syscall_wrappers() {
+        let mut modules = ProcessModules::new(std::process::id());
+        modules.refresh().unwrap();
+        let window = window();
+        let sp = 0x7ffd_0000_0000;
+        // mmap64 keeps nothing on the stack: the return address is at [rsp].
+        assert_eq!(
+            skipped_caller(&modules, syscall_in(c"mmap64"), sp, &window),
+            Some(0x1234)
+        );
+        // mremap starts with `sub $0x58,%rsp`.
+        assert_eq!(
+            skipped_caller(&modules, syscall_in(c"mremap"), sp, &window),
+            Some(window[0x58 / 8])
+        );
+        // Beyond the window.
+        assert_eq!(
+            skipped_caller(&modules, syscall_in(c"mremap"), sp, &window[..4]),
+            None
+        );
+    }
+}
