@@ -1,0 +1,221 @@
+//! `cargo xtask setup`: everything building and running leakscope needs, each
+//! step checked first and only done when missing (see shared toolchain notes).
+use std::{
+    env, fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{is_root, output, run};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn setup() -> Result<()> {
+    nightly()?;
+    rust_src()?;
+    rustfmt_clippy()?;
+    gcc()?;
+    node();
+    bpf_linker()?;
+    tracefs()
+}
+
+fn ok(what: &str) {
+    eprintln!("ok: {what}");
+}
+
+fn installing(what: &str) {
+    eprintln!("installing: {what}");
+}
+
+fn rustup() -> Command {
+    Command::new("rustup")
+}
+
+fn nightly() -> Result<()> {
+    let list = output(rustup().args(["toolchain", "list"]))
+        .context("the set-up needs rustup: install it from https://rustup.rs")?;
+    // `nightly-<host>`, not a dated `nightly-2026-05-19-<host>`.
+    let is_nightly = |name: &str| {
+        name.strip_prefix("nightly-")
+            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+    };
+    if list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .any(is_nightly)
+    {
+        ok("nightly toolchain");
+        return Ok(());
+    }
+    installing("nightly toolchain");
+    run(rustup().args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+}
+
+/// The eBPF crate is built with `-Z build-std=core`.
+fn rust_src() -> Result<()> {
+    let installed =
+        output(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        ok("rust-src for nightly");
+        return Ok(());
+    }
+    installing("rust-src for nightly");
+    run(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// `cargo xtask test` checks formatting and lints with the default toolchain.
+fn rustfmt_clippy() -> Result<()> {
+    let works = |tool| output(Command::new("cargo").args([tool, "--version"])).is_ok();
+    if works("fmt") && works("clippy") {
+        ok("rustfmt and clippy");
+        return Ok(());
+    }
+    installing("rustfmt and clippy");
+    run(rustup().args(["component", "add", "rustfmt", "clippy"]))
+}
+
+/// Test fixtures and the demo are C programs, built at test time.
+fn gcc() -> Result<()> {
+    if output(Command::new("gcc").arg("--version")).is_ok() {
+        ok("gcc");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("gcc is missing; install it as root: apt-get update && apt-get install -y gcc");
+    }
+    installing("gcc");
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get").args(["install", "-y", "gcc"]))
+}
+
+/// Only the Node.js tests need node.
+fn node() {
+    match output(Command::new("node").arg("--version")) {
+        Ok(version) => ok(&format!("node {}", version.trim())),
+        Err(e) => eprintln!("warning: node not found, the Node.js tests will fail ({e:#})"),
+    }
+}
+
+/// bpf-linker must use the LLVM of the rustc that emits the eBPF bitcode: it
+/// is built against the nightly's own libLLVM.
+fn bpf_linker() -> Result<()> {
+    let what = format!("bpf-linker {BPF_LINKER_VERSION}");
+    // Running it also checks that its RUNPATH (the LLVM prefix) resolves.
+    match output(Command::new("bpf-linker").arg("--version")) {
+        Ok(v) if v.split_whitespace().nth(1) == Some(BPF_LINKER_VERSION) => {
+            ok(&what);
+            return Ok(());
+        }
+        Ok(v) => installing(&format!("{what} (found {})", v.trim())),
+        Err(e) => installing(&format!("{what} ({e:#})")),
+    }
+    let (major, libllvm) = nightly_libllvm()?;
+    let prefix = llvm_prefix(&libllvm)?;
+    // --force: replaces a bpf-linker that cargo thinks is up to date but that
+    // does not run (its LLVM prefix points at a removed nightly).
+    run(Command::new("cargo")
+        .env("LLVM_PREFIX", &prefix)
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+            "--locked",
+            "--force",
+        ]))
+    .with_context(|| {
+        format!(
+            "building {what} against LLVM {major} in {}",
+            prefix.display()
+        )
+    })?;
+    let v = output(Command::new("bpf-linker").arg("--version"))?;
+    if v.split_whitespace().nth(1) != Some(BPF_LINKER_VERSION) {
+        bail!(
+            "{what} was installed in {}, but the `bpf-linker` on PATH reports `{}`: put that directory first on PATH",
+            cargo_home()?.join("bin").display(),
+            v.trim()
+        );
+    }
+    ok(&what);
+    Ok(())
+}
+
+/// The LLVM major version of the nightly (`22` for `LLVM version: 22.1.4`)
+/// and its shared library, `<sysroot>/lib/libLLVM.so.22.1-rust-<version>`.
+fn nightly_libllvm() -> Result<(String, PathBuf)> {
+    let rustc_vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let llvm = rustc_vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("`rustc +nightly -vV` reports no LLVM version")?;
+    let mut parts = llvm.trim().split('.');
+    let (Some(major), Some(minor)) = (parts.next(), parts.next()) else {
+        bail!("cannot parse the nightly's LLVM version `{llvm}`");
+    };
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let wanted = format!("libLLVM.so.{major}.{minor}-rust-");
+    for entry in
+        fs::read_dir(&lib_dir).with_context(|| format!("cannot read {}", lib_dir.display()))?
+    {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&wanted))
+        {
+            return Ok((major.to_owned(), path));
+        }
+    }
+    bail!("the nightly ships no {wanted}* in {}", lib_dir.display())
+}
+
+/// `$CARGO_HOME/leakscope-llvm/22.1-rust-<version>`, whose `lib/` links to the
+/// nightly's libLLVM as `libLLVM.so` (to link) and as its soname (to run). It
+/// must last: bpf-linker's RUNPATH points at it.
+fn llvm_prefix(libllvm: &Path) -> Result<PathBuf> {
+    let soname = libllvm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("found by its UTF-8 name");
+    let suffix = soname
+        .strip_prefix("libLLVM.so.")
+        .expect("found by its prefix");
+    let prefix = cargo_home()?.join("leakscope-llvm").join(suffix);
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib).with_context(|| format!("cannot create {}", lib.display()))?;
+    for name in ["libLLVM.so", soname] {
+        let link = lib.join(name);
+        if link.symlink_metadata().is_ok() {
+            fs::remove_file(&link).with_context(|| format!("cannot replace {}", link.display()))?;
+        }
+        symlink(libllvm, &link).with_context(|| format!("cannot create {}", link.display()))?;
+    }
+    Ok(prefix)
+}
+
+fn cargo_home() -> Result<PathBuf> {
+    if let Some(home) = env::var_os("CARGO_HOME") {
+        return Ok(home.into());
+    }
+    let home = env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
+    Ok(Path::new(&home).join(".cargo"))
+}
+
+/// Tracepoint attach needs tracefs.
+fn tracefs() -> Result<()> {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        ok("tracefs at /sys/kernel/tracing");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("tracefs is not mounted at /sys/kernel/tracing (or not readable): as root, run `mount -t tracefs nodev /sys/kernel/tracing`");
+    }
+    installing("tracefs at /sys/kernel/tracing");
+    run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
+}
