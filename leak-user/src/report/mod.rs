@@ -1,0 +1,132 @@
+//! The report: what a hunt measured, independent of how it is rendered.
+//! Schema `leakscope/report/v1`; fields are documented in the README.
+
+pub mod json;
+pub mod text;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::heap::Kind;
+
+pub const SCHEMA: &str = "leakscope/report/v1";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub schema: String,
+    pub target: TargetInfo,
+    pub duration_s: f64,
+    pub mode: String,
+    /// Why the hunt ended: "duration", "interrupted", "target-exited".
+    pub ended_by: String,
+    pub totals: Totals,
+    /// Records lost, by reason; all zero means the report is exact.
+    pub drops: BTreeMap<String, u64>,
+    pub probes: Vec<ProbeReport>,
+    pub sites: Vec<Site>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TargetInfo {
+    pub pid: u32,
+    pub command: String,
+    pub exited: bool,
+    /// Exit code (or 128+signal) of a launched command that exited.
+    pub exit_code: Option<i32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Totals {
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    /// Outstanding bytes per site kind.
+    pub by_kind: BTreeMap<String, u64>,
+    /// Mapped inside allocator calls (malloc arenas, large blocks): already
+    /// counted by the malloc sites, so not part of `outstanding_bytes`.
+    pub allocator_internal_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProbeReport {
+    pub name: String,
+    /// Other names at the same address, covered by this probe.
+    pub aliases: Vec<String>,
+    /// Probe point as a file offset in the module ("0x..."), for uprobes.
+    pub offset: Option<String>,
+    /// Why the probe sits where it does.
+    pub placement: Option<String>,
+    /// "live" (fired), "never-fired", "missing" (not in the target), "alias".
+    pub status: String,
+    pub hits: u64,
+    pub return_hits: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Site {
+    pub kind: Kind,
+    /// The allocator function (or syscall) called.
+    pub allocator: String,
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    pub oldest_age_s: f64,
+    /// Mapping sites only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<Mapping>,
+    /// Innermost first. Empty when the stack was lost (see drops).
+    pub frames: Vec<Frame>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Mapping {
+    pub anonymous: bool,
+    /// Like /proc/PID/maps: "rw-".
+    pub prot: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Frame {
+    pub address: String,
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub module: Option<String>,
+}
+
+impl From<crate::symbolize::Frame> for Frame {
+    fn from(f: crate::symbolize::Frame) -> Frame {
+        Frame { address: format!("{:#x}", f.address), function: f.function, file: f.file, line: f.line, module: f.module }
+    }
+}
+
+pub fn prot_string(prot: u8) -> String {
+    let bit = |mask: u8, c: char| if prot & mask != 0 { c } else { '-' };
+    [bit(1, 'r'), bit(2, 'w'), bit(4, 'x')].iter().collect()
+}
+
+/// Human-readable byte counts: "512 B", "12.5 KiB", "3.0 MiB".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_bytes_and_protection() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(12 * 1024 + 512), "12.5 KiB");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+        assert_eq!(prot_string(3), "rw-");
+        assert_eq!(prot_string(0), "---");
+        assert_eq!(prot_string(5), "r-x");
+    }
+}

@@ -1,0 +1,73 @@
+//! The text report: readable at a glance in a terminal.
+
+use std::fmt::Write as _;
+
+use super::{Report, Site, human_bytes};
+
+pub fn render(report: &Report, top: usize) -> String {
+    let mut out = String::new();
+    let t = &report.target;
+    let state = match (t.exited, t.exit_code) {
+        (true, Some(code)) => format!("target exited with code {code}"),
+        (true, None) => "target exited".to_string(),
+        (false, _) => format!("hunt ended by {}", report.ended_by),
+    };
+    let _ = writeln!(out, "leakscope: PID {} `{}`: traced {:.1} s ({} mode), {state}", t.pid, t.command, report.duration_s, report.mode);
+    let totals = &report.totals;
+    let kinds: Vec<String> = totals.by_kind.iter().map(|(k, v)| format!("{k} {}", human_bytes(*v))).collect();
+    let _ = writeln!(
+        out,
+        "outstanding: {} in {} allocations ({}); allocator-internal mappings: {}",
+        human_bytes(totals.outstanding_bytes),
+        totals.outstanding_allocations,
+        kinds.join(", "),
+        human_bytes(totals.allocator_internal_bytes),
+    );
+    let lost: Vec<String> = report.drops.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
+    if lost.is_empty() {
+        let _ = writeln!(out, "drops: none (exact)");
+    } else {
+        let _ = writeln!(out, "drops: {} (figures are lower bounds)", lost.join(" "));
+    }
+    for (status, label) in [("never-fired", "probes that never fired"), ("missing", "functions not in the target")] {
+        let names: Vec<&str> = report.probes.iter().filter(|p| p.status == status).map(|p| p.name.as_str()).collect();
+        if !names.is_empty() {
+            let _ = writeln!(out, "{label}: {}", names.join(", "));
+        }
+    }
+    if report.sites.is_empty() {
+        let _ = writeln!(out, "\nno outstanding allocations");
+    }
+    for (rank, site) in report.sites.iter().take(top).enumerate() {
+        write_site(&mut out, rank + 1, site);
+    }
+    if report.sites.len() > top {
+        let _ = writeln!(out, "\n... {} more sites (--top N shows more)", report.sites.len() - top);
+    }
+    out
+}
+
+fn write_site(out: &mut String, rank: usize, site: &Site) {
+    let mapping = site.mapping.as_ref().map(|m| format!(" [{} {}]", if m.anonymous { "anon" } else { "file" }, m.prot)).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "\n#{rank} {} outstanding in {} allocations, oldest {:.1} s, via {}{mapping}",
+        human_bytes(site.outstanding_bytes),
+        site.outstanding_allocations,
+        site.oldest_age_s,
+        site.allocator,
+    );
+    if site.frames.is_empty() {
+        let _ = writeln!(out, "    (stack lost: see drops)");
+    }
+    for frame in &site.frames {
+        let function = frame.function.as_deref().unwrap_or("??");
+        let location = match (&frame.file, frame.line) {
+            (Some(file), Some(line)) => format!("  {file}:{line}"),
+            (Some(file), None) => format!("  {file}"),
+            _ => String::new(),
+        };
+        let module = frame.module.as_deref().map(|m| m.rsplit('/').next().unwrap_or(m)).unwrap_or("?");
+        let _ = writeln!(out, "    {:<18} {function}{location}  ({module})", frame.address);
+    }
+}

@@ -1,0 +1,171 @@
+//! The traced process: an existing PID, or a command launched under the tracer.
+
+use std::{
+    ffi::CString,
+    fs,
+    io::{Read as _, Write as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub pid: u32,
+    pub command: String,
+}
+
+/// An existing process, checked to be alive.
+pub fn existing(pid: u32) -> Result<Target> {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(stat) = fs::read_to_string(proc_dir.join("stat")) else {
+        bail!("no such process: PID {pid}");
+    };
+    // The state follows the parenthesised command name, which may contain spaces.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    if matches!(state, Some("Z" | "X")) {
+        bail!("process {pid} has already exited (it is a zombie)");
+    }
+    if pid as i32 == std::process::id() as i32 {
+        bail!("leakscope cannot trace itself");
+    }
+    let command = command_line(pid).unwrap_or_else(|| format!("[pid {pid}]"));
+    Ok(Target { pid, command })
+}
+
+/// The process's command line, or `None` once it is gone.
+pub fn command_line(pid: u32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    (!args.is_empty()).then(|| args.join(" "))
+}
+
+/// A forked child that waits at a gate until the probes are attached, then
+/// execs the command, so tracing starts at its first instruction.
+pub struct Launched {
+    pub target: Target,
+    /// The executable that will be exec'd.
+    pub program: PathBuf,
+    gate: Option<OwnedFd>,
+    exec_error: OwnedFd,
+}
+
+/// Forks the command. Must run before any thread is started (the child runs
+/// code between fork and exec).
+pub fn launch(command: &[String]) -> Result<Launched> {
+    let program = command.first().context("no command given")?;
+    let path = resolve_program(program)?;
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    let c_args = command.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<Vec<_>, _>>()?;
+    // Built before fork: the child is traced from the fork on, and must not allocate.
+    let argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+    let (gate_read, gate_write) = pipe()?;
+    let (error_read, error_write) = pipe()?;
+
+    // SAFETY: no other thread exists yet; the child only calls prctl, read,
+    // write, execv and _exit before exec.
+    match unsafe { nix::unistd::fork() }.context("fork failed")? {
+        nix::unistd::ForkResult::Child => {
+            drop(gate_write);
+            drop(error_read);
+            child_wait_then_exec(gate_read.as_raw_fd(), error_write.as_raw_fd(), &c_path, &argv)
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let pid = child.as_raw() as u32;
+            Ok(Launched {
+                target: Target { pid, command: command.join(" ") },
+                program: path,
+                gate: Some(gate_write),
+                exec_error: error_read,
+            })
+        }
+    }
+}
+
+fn child_wait_then_exec(gate: RawFd, error: RawFd, path: &CString, argv: &[*const libc::c_char]) -> ! {
+    // SAFETY: async-signal-safe calls only.
+    unsafe {
+        // If the tracer dies before opening the gate, do not run untraced.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        let mut go = 0u8;
+        if libc::read(gate, (&raw mut go).cast(), 1) != 1 {
+            libc::_exit(127);
+        }
+        libc::prctl(libc::PR_SET_PDEATHSIG, 0);
+        libc::execv(path.as_ptr(), argv.as_ptr());
+        let errno = *libc::__errno_location();
+        libc::write(error, (&raw const errno).cast(), size_of::<i32>());
+        libc::_exit(127);
+    }
+}
+
+impl Launched {
+    /// Lets the child exec; fails if the exec did.
+    pub fn release(&mut self) -> Result<()> {
+        let gate = self.gate.take().context("already released")?;
+        fs::File::from(gate).write_all(&[1]).context("the launched child died before exec")?;
+        let mut errno = [0u8; 4];
+        let mut error = fs::File::from(self.exec_error.try_clone()?);
+        match error.read(&mut errno)? {
+            0 => Ok(()),
+            _ => {
+                let err = std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
+                bail!("cannot execute `{}`: {err}", self.target.command)
+            }
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("pipe2");
+    }
+    // SAFETY: pipe2 returned two fresh descriptors we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `program` as execvp would find it, checked before forking so that a typo is
+/// reported plainly.
+fn resolve_program(program: &str) -> Result<PathBuf> {
+    let is_executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt as _;
+        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        if !is_executable(&path) {
+            bail!("cannot execute `{program}`: not an executable file");
+        }
+        return Ok(path);
+    }
+    let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&search)
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
+        .with_context(|| format!("command not found: `{program}`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn existing_rejects_missing_and_self() {
+        let err = existing(u32::MAX / 2).unwrap_err().to_string();
+        assert!(err.contains("no such process"), "{err}");
+        assert!(existing(std::process::id()).is_err());
+    }
+
+    #[test]
+    fn resolves_programs_on_path() {
+        assert!(resolve_program("sh").unwrap().ends_with("sh"));
+        assert!(resolve_program("no-such-program-xyz").unwrap_err().to_string().contains("command not found"));
+        assert!(resolve_program("/etc/hostname").is_err());
+    }
+}
