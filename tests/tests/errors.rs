@@ -1,0 +1,153 @@
+//! Error paths: one "leakscope: error:" line on stderr and a non-zero exit
+//! (2 for usage and environment errors), promptly.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use leakscope_tests::*;
+
+fn assert_one_error(out: &HuntOutput, code: Option<i32>, must_contain: Option<&str>) {
+    match code {
+        Some(c) => assert_eq!(out.status.code(), Some(c), "exit code\n{}", out.describe()),
+        None => assert!(
+            !out.status.success(),
+            "leakscope succeeded\n{}",
+            out.describe()
+        ),
+    }
+    let errors = out.error_lines();
+    assert_eq!(
+        errors.len(),
+        1,
+        "expected exactly one line starting {ERROR_PREFIX:?}\n{}",
+        out.describe()
+    );
+    if let Some(needle) = must_contain {
+        assert!(
+            errors[0].contains(needle),
+            "error line should contain {needle:?}: {}",
+            errors[0]
+        );
+    }
+}
+
+fn hunt_pid(pid: &str, label: &str) -> HuntOutput {
+    let dir = scratch_dir(label);
+    let report = dir.join("report.json");
+    run_leakscope(
+        &[
+            "hunt",
+            "-p",
+            pid,
+            "--duration",
+            "300",
+            "--format",
+            "json",
+            "-o",
+            report.to_str().unwrap(),
+        ],
+        ERROR_TIMEOUT,
+        label,
+    )
+}
+
+#[test]
+fn pid_above_pid_max() {
+    let pid_max: u64 = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = (pid_max + 1).to_string();
+    let out = hunt_pid(&pid, "no-such-pid");
+    assert_one_error(&out, Some(2), Some(&pid));
+}
+
+#[test]
+fn pid_of_reaped_process() {
+    let mut child = Command::new("true").spawn().expect("spawn true");
+    let pid = child.id().to_string();
+    child.wait().unwrap();
+    let out = hunt_pid(&pid, "gone-pid");
+    assert_one_error(&out, Some(2), Some(&pid));
+}
+
+#[test]
+fn zombie_target() {
+    let mut cmd = Command::new("true");
+    cmd.stdin(Stdio::null());
+    let zombie = Proc::spawn(cmd, "zombie");
+    let pid = zombie.pid();
+    // Not reaped: wait until the kernel shows it as a zombie.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} never became a zombie: {stat}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let out = hunt_pid(&pid.to_string(), "zombie");
+    assert_one_error(&out, None, None);
+    drop(zombie);
+}
+
+#[test]
+fn not_root() {
+    // A copy that user nobody can reach and execute, whatever the path of
+    // the real binary.
+    let dir = std::env::temp_dir().join(format!("leakscope-tests-nonroot-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("leakscope");
+    fs::copy(leakscope_bin(), &bin).expect("copy leakscope binary");
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let args: Vec<OsString> = [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        bin.to_str().unwrap(),
+        "hunt",
+        "--duration",
+        "5",
+        "--",
+        "/bin/true",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    let out = run_captured(Path::new("setpriv"), &args, ERROR_TIMEOUT, "not-root");
+    let _ = fs::remove_dir_all(&dir);
+    assert!(
+        !out.stderr.contains("setpriv:"),
+        "setpriv itself failed\n{}",
+        out.describe()
+    );
+    assert_one_error(&out, Some(2), Some("root"));
+}
+
+#[test]
+fn usage_without_target() {
+    let out = run_leakscope(&["hunt"], ERROR_TIMEOUT, "usage");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "usage error\n{}",
+        out.describe()
+    );
+}
