@@ -4,7 +4,7 @@
 //! load probes with a clear message.
 use std::{env, fs, path::PathBuf};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{anyhow, Context as _};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
@@ -23,7 +23,11 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("leak-ebpf package not found"))?;
     let root_dir = ebpf.manifest_path.parent().context("no parent")?;
     aya_build::build_ebpf(
-        [Package { name: "leak-ebpf", root_dir: root_dir.as_str(), ..Default::default() }],
+        [Package {
+            name: "leak-ebpf",
+            root_dir: root_dir.as_str(),
+            ..Default::default()
+        }],
         Toolchain::Custom("nightly"),
     )
 }

@@ -154,11 +154,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 3] = [
-        DropReason::RingBufFull,
-        DropReason::StackLost,
-        DropReason::PendingFull,
-    ];
+    pub const ALL: [DropReason; 3] = [DropReason::RingBufFull, DropReason::StackLost, DropReason::PendingFull];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -10,13 +10,13 @@
 //! reallocarray tail-calls realloc), and those must not count twice.
 
 use aya_ebpf::{
-    EbpfContext,
     helpers::{bpf_get_attach_cookie, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
     maps::HashMap,
     programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
 };
-use leak_common::{DropReason, EventOp, HeapEvent, Probe, counter};
+use leak_common::{counter, DropReason, EventOp, HeapEvent, Probe};
 
 use crate::shared::{count, count_drop, emit, now_ns, target_tid, user_stack_id};
 
@@ -72,7 +72,14 @@ fn enter(ctx: &ProbeContext, size: u64, old_addr: u64, out_ptr: u64) {
     if inside_allocator(tid, entry_sp, entry_ns) {
         return;
     }
-    let call = PendingCall { probe: probe as u8, size, old_addr, out_ptr, entry_sp, entry_ns };
+    let call = PendingCall {
+        probe: probe as u8,
+        size,
+        old_addr,
+        out_ptr,
+        entry_sp,
+        entry_ns,
+    };
     if PENDING_CALLS.insert(tid, call, 0).is_err() {
         count_drop(DropReason::PendingFull);
     }
@@ -134,7 +141,9 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let Some(tid) = target_tid() else { return 0 };
     count(counter::return_hits(probe_of(&ctx)));
     // SAFETY: map values are plain data.
-    let Some(call) = (unsafe { PENDING_CALLS.get(tid) }).copied() else { return 0 };
+    let Some(call) = (unsafe { PENDING_CALLS.get(tid) }).copied() else {
+        return 0;
+    };
     // SAFETY: return probe contexts carry the user registers.
     let sp = unsafe { (*ctx.regs).rsp };
     // `ret` popped the return address: the outer call returns at entry_sp + 8.

@@ -12,13 +12,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use leak_common::{
-    DropReason, EventOp, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS, HeapEvent, MapEvent, Probe,
-    STACK_WINDOW_WORDS, counter,
+    counter, DropReason, EventOp, HeapEvent, MapEvent, Probe, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS,
+    STACK_WINDOW_WORDS,
 };
 
 use crate::{
     libc_alloc::inside_allocator,
-    shared::{EVENTS, count, count_drop, emit, now_ns, target_tid, user_stack_id},
+    shared::{count, count_drop, emit, now_ns, target_tid, user_stack_id, EVENTS},
 };
 
 #[repr(C)]
@@ -118,10 +118,13 @@ fn emit_mapping(ctx: &TracePointContext, heap: HeapEvent) {
     let record = entry.as_mut_ptr();
     // SAFETY: `record` points at a reserved, exclusively owned ring buffer record.
     unsafe {
-        (*record).heap = HeapEvent { stack_id: user_stack_id(ctx), ..heap };
+        (*record).heap = HeapEvent {
+            stack_id: user_stack_id(ctx),
+            ..heap
+        };
         (*record).sp = sp;
-        (*record).stack_window = bpf_probe_read_user(sp as *const [u64; STACK_WINDOW_WORDS])
-            .unwrap_or([0; STACK_WINDOW_WORDS]);
+        (*record).stack_window =
+            bpf_probe_read_user(sp as *const [u64; STACK_WINDOW_WORDS]).unwrap_or([0; STACK_WINDOW_WORDS]);
     }
     entry.submit(0);
 }
@@ -145,7 +148,11 @@ pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
     if let Some((tid, call, addr)) = finish(Probe::Mmap, &ctx) {
-        let heap = HeapEvent { addr, size: call.len, ..event(EventOp::Map, tid, &call) };
+        let heap = HeapEvent {
+            addr,
+            size: call.len,
+            ..event(EventOp::Map, tid, &call)
+        };
         emit_mapping(&ctx, heap);
     }
     0
@@ -153,7 +160,15 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
-    let call = PendingSyscall { probe: 0, flags: 0, prot: 0, addr: arg(&ctx, 0), len: arg(&ctx, 1), new_len: 0, entry_ns: 0 };
+    let call = PendingSyscall {
+        probe: 0,
+        flags: 0,
+        prot: 0,
+        addr: arg(&ctx, 0),
+        len: arg(&ctx, 1),
+        new_len: 0,
+        entry_ns: 0,
+    };
     save(Probe::Munmap, call);
     0
 }
@@ -161,7 +176,11 @@ pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_munmap(ctx: TracePointContext) -> u32 {
     if let Some((tid, call, _)) = finish(Probe::Munmap, &ctx) {
-        emit(&HeapEvent { addr: call.addr, size: call.len, ..event(EventOp::Unmap, tid, &call) });
+        emit(&HeapEvent {
+            addr: call.addr,
+            size: call.len,
+            ..event(EventOp::Unmap, tid, &call)
+        });
     }
     0
 }

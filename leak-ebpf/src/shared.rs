@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf, StackTrace},
     programs::tracing::StackIdContext,
 };
-use leak_common::{DropReason, HeapEvent, counter};
+use leak_common::{counter, DropReason, HeapEvent};
 
 /// The process being traced; written by user space before load.
 #[unsafe(no_mangle)]

@@ -11,14 +11,17 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
-    programs::{TracePoint, UProbe, uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope}},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        TracePoint, UProbe,
+    },
+    Ebpf, EbpfLoader,
 };
 use iced_x86::Register;
-use leak_common::{DropReason, Probe, counter};
+use leak_common::{counter, DropReason, Probe};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::placement::{self, Handling, Placement};
@@ -31,8 +34,16 @@ const LIBC_PROBES: &[(Probe, &str, &[Register])] = &[
     (Probe::Malloc, "size_enter", &[Register::RDI]),
     (Probe::Calloc, "calloc_enter", &[Register::RDI, Register::RSI]),
     (Probe::Realloc, "realloc_enter", &[Register::RDI, Register::RSI]),
-    (Probe::Reallocarray, "reallocarray_enter", &[Register::RDI, Register::RSI, Register::RDX]),
-    (Probe::PosixMemalign, "posix_memalign_enter", &[Register::RDI, Register::RDX]),
+    (
+        Probe::Reallocarray,
+        "reallocarray_enter",
+        &[Register::RDI, Register::RSI, Register::RDX],
+    ),
+    (
+        Probe::PosixMemalign,
+        "posix_memalign_enter",
+        &[Register::RDI, Register::RDX],
+    ),
     (Probe::AlignedAlloc, "align_size_enter", &[Register::RSI]),
     (Probe::Memalign, "align_size_enter", &[Register::RSI]),
     (Probe::Valloc, "size_enter", &[Register::RDI]),
@@ -40,7 +51,11 @@ const LIBC_PROBES: &[(Probe, &str, &[Register])] = &[
     (Probe::Free, "free_enter", &[Register::RDI]),
 ];
 const RETURN_PROGRAM: &str = "alloc_return";
-const SYSCALL_PROBES: &[(Probe, &str)] = &[(Probe::Mmap, "mmap"), (Probe::Munmap, "munmap"), (Probe::Mremap, "mremap")];
+const SYSCALL_PROBES: &[(Probe, &str)] = &[
+    (Probe::Mmap, "mmap"),
+    (Probe::Munmap, "munmap"),
+    (Probe::Mremap, "mremap"),
+];
 
 /// State of one probe, as reported.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -115,7 +130,9 @@ pub fn libc_for_command(program: &Path) -> Result<Option<PathBuf>> {
             object::File::Elf64(elf) => {
                 use object::read::elf::ProgramHeader as _;
                 let endian = elf.endian();
-                elf.elf_program_headers().iter().any(|ph| ph.p_type(endian) == object::elf::PT_INTERP)
+                elf.elf_program_headers()
+                    .iter()
+                    .any(|ph| ph.p_type(endian) == object::elf::PT_INTERP)
             }
             _ => true,
         };
@@ -140,17 +157,33 @@ fn find_functions(elf: &Path, names: &[&str]) -> Result<BTreeMap<String, Functio
     let mut found = BTreeMap::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
         let Ok(name) = symbol.name() else { continue };
-        if symbol.kind() != object::SymbolKind::Text || symbol.address() == 0 || !names.contains(&name) || found.contains_key(name) {
+        if symbol.kind() != object::SymbolKind::Text
+            || symbol.address() == 0
+            || !names.contains(&name)
+            || found.contains_key(name)
+        {
             continue;
         }
         let vaddr = symbol.address();
-        let segment = file.segments().find(|s| (s.address()..s.address() + s.size()).contains(&vaddr));
+        let segment = file
+            .segments()
+            .find(|s| (s.address()..s.address() + s.size()).contains(&vaddr));
         let Some(segment) = segment else { continue };
         let (segment_offset, _) = segment.file_range();
         let file_offset = vaddr - segment.address() + segment_offset;
         let start = file_offset as usize;
-        let code = data.get(start..(start + 64).min(data.len())).unwrap_or_default().to_vec();
-        found.insert(name.to_string(), FunctionCode { file_offset, vaddr, code });
+        let code = data
+            .get(start..(start + 64).min(data.len()))
+            .unwrap_or_default()
+            .to_vec();
+        found.insert(
+            name.to_string(),
+            FunctionCode {
+                file_offset,
+                vaddr,
+                code,
+            },
+        );
     }
     Ok(found)
 }
@@ -175,9 +208,18 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, libc: Option<&Path>) -> Result<Vec<Atta
             let name = format!("sys_{phase}_{syscall}");
             let program: &mut TracePoint = ebpf.program_mut(&name).context("program missing")?.try_into()?;
             program.load().with_context(|| format!("the kernel rejected {name}"))?;
-            program.attach("syscalls", &name).with_context(|| format!("cannot attach to tracepoint syscalls:{name}"))?;
+            program
+                .attach("syscalls", &name)
+                .with_context(|| format!("cannot attach to tracepoint syscalls:{name}"))?;
         }
-        probes.push(AttachedProbe { probe, status: ProbeStatus::Attached, aliases: vec![], file_offset: None, placement: None, has_return: true });
+        probes.push(AttachedProbe {
+            probe,
+            status: ProbeStatus::Attached,
+            aliases: vec![],
+            file_offset: None,
+            placement: None,
+            has_return: true,
+        });
     }
     Ok(probes)
 }
@@ -192,12 +234,26 @@ fn attach_libc(ebpf: &mut Ebpf, pid: u32, libc: &Path, probes: &mut Vec<Attached
     let mut first_at: BTreeMap<u64, usize> = BTreeMap::new();
     for &(probe, program_name, args) in LIBC_PROBES {
         let Some(function) = functions.get(probe.name()) else {
-            probes.push(AttachedProbe { probe, status: ProbeStatus::Missing, aliases: vec![], file_offset: None, placement: None, has_return: probe != Probe::Free });
+            probes.push(AttachedProbe {
+                probe,
+                status: ProbeStatus::Missing,
+                aliases: vec![],
+                file_offset: None,
+                placement: None,
+                has_return: probe != Probe::Free,
+            });
             continue;
         };
         if let Some(&index) = first_at.get(&function.vaddr) {
             probes[index].aliases.push(probe.name());
-            probes.push(AttachedProbe { probe, status: ProbeStatus::Alias, aliases: vec![probes[index].probe.name()], file_offset: None, placement: None, has_return: false });
+            probes.push(AttachedProbe {
+                probe,
+                status: ProbeStatus::Alias,
+                aliases: vec![probes[index].probe.name()],
+                file_offset: None,
+                placement: None,
+                has_return: false,
+            });
             continue;
         }
         let has_return = probe != Probe::Free;
@@ -208,7 +264,12 @@ fn attach_libc(ebpf: &mut Ebpf, pid: u32, libc: &Path, probes: &mut Vec<Attached
         }
         .map_err(|e| anyhow!("cannot place a probe on {} in {}: {e}", probe.name(), libc.display()))?;
         if placed.handling == Handling::SingleStepped {
-            log::debug!("{}: probe at +{:#x} is single-stepped (slower): {}", probe.name(), placed.offset, placed.reason);
+            log::debug!(
+                "{}: probe at +{:#x} is single-stepped (slower): {}",
+                probe.name(),
+                placed.offset,
+                placed.reason
+            );
         }
         let file_offset = function.file_offset + placed.offset;
         attach_uprobe(ebpf, program_name, &host_path, file_offset, probe, scope())?;
@@ -216,21 +277,43 @@ fn attach_libc(ebpf: &mut Ebpf, pid: u32, libc: &Path, probes: &mut Vec<Attached
             attach_uprobe(ebpf, RETURN_PROGRAM, &host_path, function.file_offset, probe, scope())?;
         }
         first_at.insert(function.vaddr, probes.len());
-        probes.push(AttachedProbe { probe, status: ProbeStatus::Attached, aliases: vec![], file_offset: Some(file_offset), placement: Some(placed), has_return });
+        probes.push(AttachedProbe {
+            probe,
+            status: ProbeStatus::Attached,
+            aliases: vec![],
+            file_offset: Some(file_offset),
+            placement: Some(placed),
+            has_return,
+        });
     }
     Ok(())
 }
 
-fn attach_uprobe(ebpf: &mut Ebpf, program_name: &str, target: &Path, file_offset: u64, probe: Probe, scope: UProbeScope) -> Result<()> {
+fn attach_uprobe(
+    ebpf: &mut Ebpf,
+    program_name: &str,
+    target: &Path,
+    file_offset: u64,
+    probe: Probe,
+    scope: UProbeScope,
+) -> Result<()> {
     let program: &mut UProbe = ebpf.program_mut(program_name).context("program missing")?.try_into()?;
     if program.fd().is_err() {
-        program.load().with_context(|| format!("the kernel rejected {program_name}"))?;
+        program
+            .load()
+            .with_context(|| format!("the kernel rejected {program_name}"))?;
     }
-    let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(file_offset), cookie: Some(probe as u64) };
-    program
-        .attach(point, target, scope)
-        .map(drop)
-        .with_context(|| format!("cannot place the uprobe for {} at {}+{file_offset:#x}", probe.name(), target.display()))
+    let point = UProbeAttachPoint {
+        location: UProbeAttachLocation::AbsoluteOffset(file_offset),
+        cookie: Some(probe as u64),
+    };
+    program.attach(point, target, scope).map(drop).with_context(|| {
+        format!(
+            "cannot place the uprobe for {} at {}+{file_offset:#x}",
+            probe.name(),
+            target.display()
+        )
+    })
 }
 
 /// Hit and drop counters summed over CPUs.

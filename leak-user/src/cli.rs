@@ -5,7 +5,11 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "leakscope", version, about = "eBPF memory-leak tracer: which call stacks hold the memory that survives")]
+#[command(
+    name = "leakscope",
+    version,
+    about = "eBPF memory-leak tracer: which call stacks hold the memory that survives"
+)]
 pub struct Cli {
     /// More detail on stderr (probe placement, attach steps).
     #[arg(short, long, global = true)]
@@ -74,7 +78,8 @@ mod tests {
 
     #[test]
     fn parses_attach_and_launch_forms() {
-        let cli = Cli::try_parse_from(["leakscope", "hunt", "-p", "42", "--duration", "1.5", "--format", "json"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["leakscope", "hunt", "-p", "42", "--duration", "1.5", "--format", "json"]).unwrap();
         let Command::Hunt(h) = cli.command;
         assert_eq!(h.pid, Some(42));
         assert_eq!(h.duration, Some(Duration::from_millis(1500)));

@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 
 use aya::maps::{MapData, StackTraceMap};
-use leak_common::{EventOp, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS, HeapEvent, MapEvent, Probe};
+use leak_common::{EventOp, HeapEvent, MapEvent, Probe, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS};
 
 use crate::{
-    heap::{Heap, Kind, SiteKey, charged_size},
-    symbolize::{ProcessModules, skipped_caller},
+    heap::{charged_size, Heap, Kind, SiteKey},
+    symbolize::{skipped_caller, ProcessModules},
 };
 
 /// PROT_EXEC: a file mapped executable is a library or JIT image to symbolize.
@@ -51,12 +51,20 @@ impl Collector {
         match op {
             EventOp::Alloc => {
                 let site = heap_site(self);
-                self.heap.alloc(event.addr, charged_size(probe, event.size), event.ts_ns, site);
+                self.heap
+                    .alloc(event.addr, charged_size(probe, event.size), event.ts_ns, site);
             }
             EventOp::Free => self.heap.free(event.addr, event.entry_ns),
             EventOp::Realloc => {
                 let site = heap_site(self);
-                self.heap.realloc(event.old_addr, event.addr, event.size, event.entry_ns, event.ts_ns, site);
+                self.heap.realloc(
+                    event.old_addr,
+                    event.addr,
+                    event.size,
+                    event.entry_ns,
+                    event.ts_ns,
+                    site,
+                );
             }
             EventOp::Unmap => self.heap.unmap(event.addr, event.size, event.entry_ns),
             EventOp::Map | EventOp::Remap => {
@@ -74,13 +82,21 @@ impl Collector {
                     self.heap.map(event.addr, event.size, event.ts_ns, site, internal);
                 } else {
                     let e = &event;
-                    self.heap.remap(e.old_addr, e.old_size, e.addr, e.size, e.entry_ns, e.ts_ns, site, internal);
+                    self.heap.remap(
+                        e.old_addr, e.old_size, e.addr, e.size, e.entry_ns, e.ts_ns, site, internal,
+                    );
                 }
             }
         }
     }
 
-    fn mapping_site(&mut self, mapping: &MapEvent, probe: Probe, internal: bool, stack_map: &StackTraceMap<&MapData>) -> u32 {
+    fn mapping_site(
+        &mut self,
+        mapping: &MapEvent,
+        probe: Probe,
+        internal: bool,
+        stack_map: &StackTraceMap<&MapData>,
+    ) -> u32 {
         let event = &mapping.heap;
         let mut key = SiteKey {
             kind: Kind::Mmap,
@@ -90,7 +106,9 @@ impl Collector {
         };
         // Allocator-internal mappings are not shown as sites: skip the unwinding.
         if !internal {
-            let frame0 = self.raw_stack(event.stack_id, stack_map).and_then(|s| s.first().copied());
+            let frame0 = self
+                .raw_stack(event.stack_id, stack_map)
+                .and_then(|s| s.first().copied());
             if let Some(ip) = frame0 {
                 self.refresh_modules_if_changed();
                 key.skipped_caller = skipped_caller(&self.modules, ip, mapping.sp, &mapping.stack_window).unwrap_or(0);
@@ -106,9 +124,9 @@ impl Collector {
         if stack_id < 0 {
             return None;
         }
-        if !self.stacks.contains_key(&stack_id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.stacks.entry(stack_id) {
             let trace = stack_map.get(&(stack_id as u32), 0).ok()?;
-            self.stacks.insert(stack_id, trace.frames().iter().map(|f| f.ip).collect());
+            slot.insert(trace.frames().iter().map(|f| f.ip).collect());
         }
         self.stacks.get(&stack_id).map(Vec::as_slice)
     }

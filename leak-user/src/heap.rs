@@ -39,7 +39,14 @@ pub struct SiteKey {
 
 impl SiteKey {
     pub fn heap(probe: Probe, stack_id: i64) -> SiteKey {
-        SiteKey { kind: Kind::Malloc, probe, stack_id, skipped_caller: 0, anonymous: false, prot: 0 }
+        SiteKey {
+            kind: Kind::Malloc,
+            probe,
+            stack_id,
+            skipped_caller: 0,
+            anonymous: false,
+            prot: 0,
+        }
     }
 }
 
@@ -137,7 +144,16 @@ impl Heap {
         self.unmap_range(start, end, u64::MAX);
         self.next_origin += 1;
         let origin = self.next_origin;
-        self.ranges.insert(start, Range { end, ts_ns, site, origin, allocator_internal });
+        self.ranges.insert(
+            start,
+            Range {
+                end,
+                ts_ns,
+                site,
+                origin,
+                allocator_internal,
+            },
+        );
     }
 
     /// `[start, start+len)` was unmapped by a call that began at `entry_ns`.
@@ -191,7 +207,11 @@ impl Heap {
 
     /// Bytes mapped inside allocator calls (malloc's arenas and large blocks).
     pub fn allocator_internal_bytes(&self) -> u64 {
-        self.ranges.iter().filter(|(_, r)| r.allocator_internal).map(|(&s, r)| r.end - s).sum()
+        self.ranges
+            .iter()
+            .filter(|(_, r)| r.allocator_internal)
+            .map(|(&s, r)| r.end - s)
+            .sum()
     }
 
     /// Outstanding memory per site, counting only memory recorded before
@@ -199,7 +219,10 @@ impl Heap {
     pub fn totals(&self, cutoff_ns: u64) -> HashMap<SiteId, SiteTotals> {
         let mut totals: HashMap<SiteId, SiteTotals> = HashMap::new();
         let mut add = |site: SiteId, bytes: u64, allocations: u64, ts_ns: u64| {
-            let t = totals.entry(site).or_insert(SiteTotals { oldest_ts_ns: u64::MAX, ..Default::default() });
+            let t = totals.entry(site).or_insert(SiteTotals {
+                oldest_ts_ns: u64::MAX,
+                ..Default::default()
+            });
             t.bytes += bytes;
             t.allocations += allocations;
             t.oldest_ts_ns = t.oldest_ts_ns.min(ts_ns);
@@ -209,7 +232,11 @@ impl Heap {
         }
         // A mapping split by partial unmaps is still one allocation.
         let mut origins_seen = std::collections::HashSet::new();
-        for (&s, r) in self.ranges.iter().filter(|(_, r)| !r.allocator_internal && r.ts_ns < cutoff_ns) {
+        for (&s, r) in self
+            .ranges
+            .iter()
+            .filter(|(_, r)| !r.allocator_internal && r.ts_ns < cutoff_ns)
+        {
             let first_piece = origins_seen.insert(r.origin);
             add(r.site, r.end - s, u64::from(first_piece), r.ts_ns);
         }
@@ -232,11 +259,20 @@ mod tests {
     }
 
     fn map_site(h: &mut Heap, stack: i64) -> SiteId {
-        h.intern(SiteKey { kind: Kind::Mmap, probe: Probe::Mmap, anonymous: true, prot: 3, ..SiteKey::heap(Probe::Mmap, stack) })
+        h.intern(SiteKey {
+            kind: Kind::Mmap,
+            probe: Probe::Mmap,
+            anonymous: true,
+            prot: 3,
+            ..SiteKey::heap(Probe::Mmap, stack)
+        })
     }
 
     fn of(h: &Heap, site: SiteId) -> (u64, u64) {
-        h.totals(u64::MAX).get(&site).map(|t| (t.bytes, t.allocations)).unwrap_or((0, 0))
+        h.totals(u64::MAX)
+            .get(&site)
+            .map(|t| (t.bytes, t.allocations))
+            .unwrap_or((0, 0))
     }
 
     #[test]

@@ -10,8 +10,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf, StackTraceMap};
 use leak_common::DropReason;
 use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
 };
 
 use crate::{
@@ -67,7 +67,11 @@ pub fn run(args: &HuntArgs) -> Result<Outcome> {
         (launched.target.clone(), Some(launched), libc)
     };
     let attach_started = Instant::now();
-    let options = LoadOptions { pid: target.pid, ring_buffer_bytes: args.ring_buffer_mib.max(1) * 1024 * 1024, max_stacks: args.max_stacks };
+    let options = LoadOptions {
+        pid: target.pid,
+        ring_buffer_bytes: args.ring_buffer_mib.max(1) * 1024 * 1024,
+        max_stacks: args.max_stacks,
+    };
     let mut ebpf = attach::load(&options)?;
     let probes = attach::attach(&mut ebpf, target.pid, libc.as_deref())?;
     if libc.is_none() {
@@ -79,7 +83,10 @@ pub fn run(args: &HuntArgs) -> Result<Outcome> {
     log::info!("loaded and attached in {:.3} s", attach_started.elapsed().as_secs_f64());
     let attached = probes.iter().filter(|p| p.status == ProbeStatus::Attached).count();
     eprintln!("leakscope: attached to PID {} ({attached} probes)", target.pid);
-    for p in probes.iter().filter_map(|p| Some((p.probe.name(), p.placement.as_ref()?))) {
+    for p in probes
+        .iter()
+        .filter_map(|p| Some((p.probe.name(), p.placement.as_ref()?)))
+    {
         log::info!("probe {} at +{:#x}: {}", p.0, p.1.offset, p.1.reason);
     }
 
@@ -109,18 +116,27 @@ pub fn run(args: &HuntArgs) -> Result<Outcome> {
         let _ = collector.raw_stack(stack_id, &stack_map);
     }
     let counters = Counters::read(&ebpf)?;
-    drop(stack_map);
     drop(ebpf);
     if end != End::TargetExited {
         collector.refresh_modules();
     }
 
-    let report = build_report(&collector, totals, &probes, &counters, &target, end, exit_code, duration);
-    log::info!("report built {:.3} s after the hunt ended", report_started.elapsed().as_secs_f64());
+    let report = build_report(
+        &collector, totals, &probes, &counters, &target, end, exit_code, duration,
+    );
+    log::info!(
+        "report built {:.3} s after the hunt ended",
+        report_started.elapsed().as_secs_f64()
+    );
     Ok(Outcome { report, exit_code })
 }
 
-async fn collect_until_end(ebpf: &mut aya::Ebpf, collector: &mut Collector, pidfd: OwnedFd, args: &HuntArgs) -> Result<End> {
+async fn collect_until_end(
+    ebpf: &mut aya::Ebpf,
+    collector: &mut Collector,
+    pidfd: OwnedFd,
+    args: &HuntArgs,
+) -> Result<End> {
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
     let stack_map = StackTraceMap::try_from(ebpf.map("STACKS").context("STACKS map missing")?)?;
     // SAFETY: the descriptors stay owned by the AsyncFds and are never replaced.
@@ -217,23 +233,38 @@ fn build_report(
                 outstanding_bytes: t.bytes,
                 outstanding_allocations: t.allocations,
                 oldest_age_s: now.saturating_sub(t.oldest_ts_ns) as f64 / 1e9,
-                mapping: (key.kind == Kind::Mmap).then(|| Mapping { anonymous: key.anonymous, prot: report::prot_string(key.prot) }),
+                mapping: (key.kind == Kind::Mmap).then(|| Mapping {
+                    anonymous: key.anonymous,
+                    prot: report::prot_string(key.prot),
+                }),
                 frames: frames.into_iter().map(Frame::from).collect(),
             }
         })
         .collect();
-    sites.sort_by(|a, b| b.outstanding_bytes.cmp(&a.outstanding_bytes).then(b.outstanding_allocations.cmp(&a.outstanding_allocations)));
+    sites.sort_by(|a, b| {
+        b.outstanding_bytes
+            .cmp(&a.outstanding_bytes)
+            .then(b.outstanding_allocations.cmp(&a.outstanding_allocations))
+    });
 
     let mut by_kind: BTreeMap<String, u64> = [("malloc".to_string(), 0), ("mmap".to_string(), 0)].into();
     for site in &sites {
         *by_kind.entry(kind_name(site.kind).to_string()).or_default() += site.outstanding_bytes;
     }
-    let mut drops: BTreeMap<String, u64> = DropReason::ALL.iter().map(|&r| (r.name().to_string(), counters.drops(r))).collect();
+    let mut drops: BTreeMap<String, u64> = DropReason::ALL
+        .iter()
+        .map(|&r| (r.name().to_string(), counters.drops(r)))
+        .collect();
     drops.insert("malformed_records".to_string(), collector.malformed);
 
     Report {
         schema: report::SCHEMA.to_string(),
-        target: report::TargetInfo { pid: target.pid, command: target.command.clone(), exited: end == End::TargetExited, exit_code },
+        target: report::TargetInfo {
+            pid: target.pid,
+            command: target.command.clone(),
+            exited: end == End::TargetExited,
+            exit_code,
+        },
         duration_s: duration.as_secs_f64(),
         mode: "exact".to_string(),
         ended_by: end.name().to_string(),
@@ -277,7 +308,8 @@ fn probe_report(p: &AttachedProbe, counters: &Counters) -> ProbeReport {
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
 fn monotonic_ns() -> u64 {
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
+    let now =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
     now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
 }
 
@@ -295,7 +327,7 @@ fn pidfd_open(pid: u32) -> Result<OwnedFd> {
 
 /// Reaps the launched child: its exit code, or 128 + the signal that killed it.
 fn reap(pid: u32) -> i32 {
-    use nix::sys::wait::{WaitStatus, waitpid};
+    use nix::sys::wait::{waitpid, WaitStatus};
     match waitpid(nix::unistd::Pid::from_raw(pid as i32), None) {
         Ok(WaitStatus::Exited(_, code)) => code,
         Ok(WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,

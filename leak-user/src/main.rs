@@ -10,7 +10,9 @@ use leakscope::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = if cli.verbose { "info" } else { "warn" };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).format_timestamp(None).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .init();
     let result = match &cli.command {
         Command::Hunt(args) => hunt_command(args),
     };
@@ -30,7 +32,9 @@ fn hunt_command(args: &HuntArgs) -> anyhow::Result<ExitCode> {
         Format::Json => json::render(&outcome.report),
     };
     match &args.output {
-        Some(path) => std::fs::write(path, rendered).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+        Some(path) => {
+            std::fs::write(path, rendered).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?
+        }
         None => std::io::stdout().write_all(rendered.as_bytes())?,
     }
     // A launched command's exit code passes through.

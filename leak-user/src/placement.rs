@@ -31,7 +31,9 @@ pub struct Placement {
 pub enum PlacementError {
     #[error("cannot decode the instruction at +{0:#x}")]
     Undecodable(u64),
-    #[error("the first instruction is `{0}`, which the kernel never fires uprobes on, and no later one keeps the arguments")]
+    #[error(
+        "the first instruction is `{0}`, which the kernel never fires uprobes on, and no later one keeps the arguments"
+    )]
     NoUsableInstruction(String),
 }
 
@@ -39,10 +41,19 @@ pub fn handling(insn: &Instruction) -> Handling {
     if insn.has_lock_prefix() {
         return Handling::Refused;
     }
-    let emulated = matches!(insn.code(), Code::Push_r64 | Code::Push_r16 | Code::Nopd | Code::Nopw | Code::Nopq)
-        || insn.is_jcc_short_or_near()
-        || matches!(insn.code(), Code::Jmp_rel8_64 | Code::Jmp_rel32_64 | Code::Call_rel32_64);
-    if emulated { Handling::Emulated } else { Handling::SingleStepped }
+    let emulated = matches!(
+        insn.code(),
+        Code::Push_r64 | Code::Push_r16 | Code::Nopd | Code::Nopw | Code::Nopq
+    ) || insn.is_jcc_short_or_near()
+        || matches!(
+            insn.code(),
+            Code::Jmp_rel8_64 | Code::Jmp_rel32_64 | Code::Call_rel32_64
+        );
+    if emulated {
+        Handling::Emulated
+    } else {
+        Handling::SingleStepped
+    }
 }
 
 fn decode_at(code: &[u8], ip: u64, offset: u64) -> Result<Instruction, PlacementError> {
@@ -60,7 +71,11 @@ pub fn place_at_entry(code: &[u8], ip: u64) -> Result<Placement, PlacementError>
     let insn = decode_at(code, ip, 0)?;
     match handling(&insn) {
         Handling::Refused => Err(PlacementError::NoUsableInstruction(insn.to_string())),
-        h => Ok(Placement { offset: 0, handling: h, reason: format!("entry (return probe needs it): `{insn}`") }),
+        h => Ok(Placement {
+            offset: 0,
+            handling: h,
+            reason: format!("entry (return probe needs it): `{insn}`"),
+        }),
     }
 }
 
@@ -85,20 +100,31 @@ pub fn place_entry_only(code: &[u8], ip: u64, args: &[Register]) -> Result<Place
             } else {
                 format!("first emulated instruction with arguments intact: `{insn}`")
             };
-            return Ok(Placement { offset, handling: h, reason });
+            return Ok(Placement {
+                offset,
+                handling: h,
+                reason,
+            });
         }
         if h == Handling::SingleStepped && fallback.is_none() {
-            fallback = Some(Placement { offset, handling: h, reason: format!("no emulated instruction before the arguments change; single-stepped `{insn}`") });
+            fallback = Some(Placement {
+                offset,
+                handling: h,
+                reason: format!("no emulated instruction before the arguments change; single-stepped `{insn}`"),
+            });
         }
         let writes_arg = info.info(&insn).used_registers().iter().any(|used| {
             args.contains(&used.register().full_register())
-                && !matches!(used.access(), OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess | OpAccess::None)
+                && !matches!(
+                    used.access(),
+                    OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess | OpAccess::None
+                )
         });
         if writes_arg || insn.flow_control() != FlowControl::Next {
             break;
         }
     }
-    fallback.ok_or_else(|| match first_text {
+    fallback.ok_or(match first_text {
         Some(text) => PlacementError::NoUsableInstruction(text),
         None => PlacementError::Undecodable(0),
     })
@@ -133,7 +159,10 @@ mod tests {
         let code = [0xf0, 0x48, 0x83, 0x2f, 0x01, 0x53];
         let p = place_entry_only(&code, 0, &[Register::RSI]).unwrap();
         assert_eq!((p.offset, p.handling), (5, Handling::Emulated));
-        assert!(matches!(place_at_entry(&code, 0), Err(PlacementError::NoUsableInstruction(_))));
+        assert!(matches!(
+            place_at_entry(&code, 0),
+            Err(PlacementError::NoUsableInstruction(_))
+        ));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{bail, Result};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -26,7 +26,13 @@ fn ensure_tracefs() -> Result<()> {
         return Ok(());
     }
     if !Path::new(TRACEFS).join("events").exists() {
-        let mounted = nix::mount::mount(Some("nodev"), TRACEFS, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>);
+        let mounted = nix::mount::mount(
+            Some("nodev"),
+            TRACEFS,
+            Some("tracefs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
         if let Err(e) = mounted {
             bail!("tracefs is not mounted and mounting it failed ({e}); run: mount -t tracefs nodev {TRACEFS}");
         }
@@ -41,9 +47,15 @@ fn ensure_tracefs() -> Result<()> {
 /// Kernels since 5.11 charge BPF memory to the memory cgroup, so a refused
 /// RLIMIT_MEMLOCK raise (no CAP_SYS_RESOURCE) is harmless.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscall on a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        log::debug!("could not raise RLIMIT_MEMLOCK ({}); relying on memcg accounting", std::io::Error::last_os_error());
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK ({}); relying on memcg accounting",
+            std::io::Error::last_os_error()
+        );
     }
 }

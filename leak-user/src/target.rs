@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{bail, Context as _, Result};
 
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -26,7 +26,9 @@ pub fn existing(pid: u32) -> Result<Target> {
         bail!("no such process: PID {pid}");
     };
     // The state follows the parenthesised command name, which may contain spaces.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
     if matches!(state, Some("Z" | "X")) {
         bail!("process {pid} has already exited (it is a zombie)");
     }
@@ -40,7 +42,11 @@ pub fn existing(pid: u32) -> Result<Target> {
 /// The process's command line, or `None` once it is gone.
 pub fn command_line(pid: u32) -> Option<String> {
     let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<String> = raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
     (!args.is_empty()).then(|| args.join(" "))
 }
 
@@ -60,7 +66,10 @@ pub fn launch(command: &[String]) -> Result<Launched> {
     let program = command.first().context("no command given")?;
     let path = resolve_program(program)?;
     let c_path = CString::new(path.as_os_str().as_bytes())?;
-    let c_args = command.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<Vec<_>, _>>()?;
+    let c_args = command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
     // Built before fork: the child is traced from the fork on, and must not allocate.
     let argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
     let (gate_read, gate_write) = pipe()?;
@@ -77,7 +86,10 @@ pub fn launch(command: &[String]) -> Result<Launched> {
         nix::unistd::ForkResult::Parent { child } => {
             let pid = child.as_raw() as u32;
             Ok(Launched {
-                target: Target { pid, command: command.join(" ") },
+                target: Target {
+                    pid,
+                    command: command.join(" "),
+                },
                 program: path,
                 gate: Some(gate_write),
                 exec_error: error_read,
@@ -107,7 +119,9 @@ impl Launched {
     /// Lets the child exec; fails if the exec did.
     pub fn release(&mut self) -> Result<()> {
         let gate = self.gate.take().context("already released")?;
-        fs::File::from(gate).write_all(&[1]).context("the launched child died before exec")?;
+        fs::File::from(gate)
+            .write_all(&[1])
+            .context("the launched child died before exec")?;
         let mut errno = [0u8; 4];
         let mut error = fs::File::from(self.exec_error.try_clone()?);
         match error.read(&mut errno)? {
@@ -135,7 +149,8 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 fn resolve_program(program: &str) -> Result<PathBuf> {
     let is_executable = |p: &Path| {
         use std::os::unix::fs::PermissionsExt as _;
-        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
     if program.contains('/') {
         let path = PathBuf::from(program);
@@ -165,7 +180,10 @@ mod tests {
     #[test]
     fn resolves_programs_on_path() {
         assert!(resolve_program("sh").unwrap().ends_with("sh"));
-        assert!(resolve_program("no-such-program-xyz").unwrap_err().to_string().contains("command not found"));
-        assert!(resolve_program("/etc/hostname").is_err());
+        assert!(resolve_program("no-such-program-xyz")
+            .unwrap_err()
+            .to_string()
+            .contains("command not found"));
+        assert!(resolve_program("/etc/passwd").is_err());
     }
 }

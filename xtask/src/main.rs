@@ -68,10 +68,7 @@ const WORKSPACE: [&str; 3] = ["--workspace", "--exclude", "leak-ebpf"];
 /// Builds the workspace's binaries (and through leak-user/build.rs the eBPF
 /// object); returns the path of the leakscope binary.
 fn build() -> Result<PathBuf> {
-    run(Command::new("cargo")
-        .arg("build")
-        .args(WORKSPACE)
-        .arg("--bins"))?;
+    run(Command::new("cargo").arg("build").args(WORKSPACE).arg("--bins"))?;
     Ok(target_dir().join("debug/leakscope"))
 }
 
@@ -128,9 +125,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 /// Runs a query without printing it; returns its stdout if it succeeds.
 fn output(cmd: &mut Command) -> Result<String> {
     let line = cmd_line(cmd);
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run `{line}`"))?;
+    let out = cmd.output().with_context(|| format!("cannot run `{line}`"))?;
     if !out.status.success() {
         bail!(
             "`{line}` failed ({}): {}",
@@ -143,9 +138,6 @@ fn output(cmd: &mut Command) -> Result<String> {
 
 /// The exit code to pass on for a child's status (128 + signal if killed).
 fn exit_code(status: ExitStatus) -> ExitCode {
-    let code = status
-        .code()
-        .or(status.signal().map(|s| 128 + s))
-        .unwrap_or(1);
+    let code = status.code().or(status.signal().map(|s| 128 + s)).unwrap_or(1);
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

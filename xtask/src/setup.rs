@@ -43,11 +43,7 @@ fn nightly() -> Result<()> {
         name.strip_prefix("nightly-")
             .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
     };
-    if list
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .any(is_nightly)
-    {
+    if list.lines().filter_map(|l| l.split_whitespace().next()).any(is_nightly) {
         ok("nightly toolchain");
         return Ok(());
     }
@@ -57,8 +53,7 @@ fn nightly() -> Result<()> {
 
 /// The eBPF crate is built with `-Z build-std=core`.
 fn rust_src() -> Result<()> {
-    let installed =
-        output(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let installed = output(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         ok("rust-src for nightly");
         return Ok(());
@@ -127,12 +122,7 @@ fn bpf_linker() -> Result<()> {
             "--locked",
             "--force",
         ]))
-    .with_context(|| {
-        format!(
-            "building {what} against LLVM {major} in {}",
-            prefix.display()
-        )
-    })?;
+    .with_context(|| format!("building {what} against LLVM {major} in {}", prefix.display()))?;
     let v = output(Command::new("bpf-linker").arg("--version"))?;
     if v.split_whitespace().nth(1) != Some(BPF_LINKER_VERSION) {
         bail!(
@@ -160,9 +150,7 @@ fn nightly_libllvm() -> Result<(String, PathBuf)> {
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
     let lib_dir = Path::new(sysroot.trim()).join("lib");
     let wanted = format!("libLLVM.so.{major}.{minor}-rust-");
-    for entry in
-        fs::read_dir(&lib_dir).with_context(|| format!("cannot read {}", lib_dir.display()))?
-    {
+    for entry in fs::read_dir(&lib_dir).with_context(|| format!("cannot read {}", lib_dir.display()))? {
         let path = entry?.path();
         if path
             .file_name()
@@ -183,9 +171,7 @@ fn llvm_prefix(libllvm: &Path) -> Result<PathBuf> {
         .file_name()
         .and_then(|n| n.to_str())
         .expect("found by its UTF-8 name");
-    let suffix = soname
-        .strip_prefix("libLLVM.so.")
-        .expect("found by its prefix");
+    let suffix = soname.strip_prefix("libLLVM.so.").expect("found by its prefix");
     let prefix = cargo_home()?.join("leakscope-llvm").join(suffix);
     let lib = prefix.join("lib");
     fs::create_dir_all(&lib).with_context(|| format!("cannot create {}", lib.display()))?;

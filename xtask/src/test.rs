@@ -10,12 +10,10 @@ pub fn test(args: &[String]) -> Result<()> {
     require_root("the tests")?;
     setup::setup()?;
     run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
-    run(Command::new("cargo").arg("clippy").args(WORKSPACE).args([
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run(Command::new("cargo")
+        .arg("clippy")
+        .args(WORKSPACE)
+        .args(["--all-targets", "--", "-D", "warnings"]))?;
     let leakscope = build()?;
     run(Command::new("cargo")
         .arg("test")

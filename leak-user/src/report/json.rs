@@ -11,6 +11,10 @@ pub fn render(report: &Report) -> String {
 /// Reads a report written by `render`.
 pub fn parse(text: &str) -> anyhow::Result<Report> {
     let report: Report = serde_json::from_str(text)?;
-    anyhow::ensure!(report.schema == super::SCHEMA, "unsupported report schema `{}`", report.schema);
+    anyhow::ensure!(
+        report.schema == super::SCHEMA,
+        "unsupported report schema `{}`",
+        report.schema
+    );
     Ok(report)
 }

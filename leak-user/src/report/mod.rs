@@ -95,7 +95,13 @@ pub struct Frame {
 
 impl From<crate::symbolize::Frame> for Frame {
     fn from(f: crate::symbolize::Frame) -> Frame {
-        Frame { address: format!("{:#x}", f.address), function: f.function, file: f.file, line: f.line, module: f.module }
+        Frame {
+            address: format!("{:#x}", f.address),
+            function: f.function,
+            file: f.file,
+            line: f.line,
+            module: f.module,
+        }
     }
 }
 
@@ -113,7 +119,11 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Report, Site, human_bytes};
+use super::{human_bytes, Report, Site};
 
 pub fn render(report: &Report, top: usize) -> String {
     let mut out = String::new();
@@ -12,9 +12,17 @@ pub fn render(report: &Report, top: usize) -> String {
         (true, None) => "target exited".to_string(),
         (false, _) => format!("hunt ended by {}", report.ended_by),
     };
-    let _ = writeln!(out, "leakscope: PID {} `{}`: traced {:.1} s ({} mode), {state}", t.pid, t.command, report.duration_s, report.mode);
+    let _ = writeln!(
+        out,
+        "leakscope: PID {} `{}`: traced {:.1} s ({} mode), {state}",
+        t.pid, t.command, report.duration_s, report.mode
+    );
     let totals = &report.totals;
-    let kinds: Vec<String> = totals.by_kind.iter().map(|(k, v)| format!("{k} {}", human_bytes(*v))).collect();
+    let kinds: Vec<String> = totals
+        .by_kind
+        .iter()
+        .map(|(k, v)| format!("{k} {}", human_bytes(*v)))
+        .collect();
     let _ = writeln!(
         out,
         "outstanding: {} in {} allocations ({}); allocator-internal mappings: {}",
@@ -23,14 +31,27 @@ pub fn render(report: &Report, top: usize) -> String {
         kinds.join(", "),
         human_bytes(totals.allocator_internal_bytes),
     );
-    let lost: Vec<String> = report.drops.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
+    let lost: Vec<String> = report
+        .drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
     if lost.is_empty() {
         let _ = writeln!(out, "drops: none (exact)");
     } else {
         let _ = writeln!(out, "drops: {} (figures are lower bounds)", lost.join(" "));
     }
-    for (status, label) in [("never-fired", "probes that never fired"), ("missing", "functions not in the target")] {
-        let names: Vec<&str> = report.probes.iter().filter(|p| p.status == status).map(|p| p.name.as_str()).collect();
+    for (status, label) in [
+        ("never-fired", "probes that never fired"),
+        ("missing", "functions not in the target"),
+    ] {
+        let names: Vec<&str> = report
+            .probes
+            .iter()
+            .filter(|p| p.status == status)
+            .map(|p| p.name.as_str())
+            .collect();
         if !names.is_empty() {
             let _ = writeln!(out, "{label}: {}", names.join(", "));
         }
@@ -42,13 +63,21 @@ pub fn render(report: &Report, top: usize) -> String {
         write_site(&mut out, rank + 1, site);
     }
     if report.sites.len() > top {
-        let _ = writeln!(out, "\n... {} more sites (--top N shows more)", report.sites.len() - top);
+        let _ = writeln!(
+            out,
+            "\n... {} more sites (--top N shows more)",
+            report.sites.len() - top
+        );
     }
     out
 }
 
 fn write_site(out: &mut String, rank: usize, site: &Site) {
-    let mapping = site.mapping.as_ref().map(|m| format!(" [{} {}]", if m.anonymous { "anon" } else { "file" }, m.prot)).unwrap_or_default();
+    let mapping = site
+        .mapping
+        .as_ref()
+        .map(|m| format!(" [{} {}]", if m.anonymous { "anon" } else { "file" }, m.prot))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
         "\n#{rank} {} outstanding in {} allocations, oldest {:.1} s, via {}{mapping}",
@@ -67,7 +96,11 @@ fn write_site(out: &mut String, rank: usize, site: &Site) {
             (Some(file), None) => format!("  {file}"),
             _ => String::new(),
         };
-        let module = frame.module.as_deref().map(|m| m.rsplit('/').next().unwrap_or(m)).unwrap_or("?");
+        let module = frame
+            .module
+            .as_deref()
+            .map(|m| m.rsplit('/').next().unwrap_or(m))
+            .unwrap_or("?");
         let _ = writeln!(out, "    {:<18} {function}{location}  ({module})", frame.address);
     }
 }

@@ -3,8 +3,8 @@
 use std::fs::File;
 
 use gimli::{
-    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EndianSlice, LittleEndian, RegisterRule,
-    UnwindContext, UnwindSection, UnwindTableRow, X86_64,
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EndianSlice, LittleEndian, RegisterRule, UnwindContext, UnwindSection,
+    UnwindTableRow, X86_64,
 };
 use object::{Object, ObjectSection, ObjectSegment, ReadCache};
 
@@ -69,13 +69,9 @@ impl Cfi {
                 bases = bases.set_eh_frame_hdr(*hdr_addr);
                 let parsed = EhFrameHdr::new(hdr, LittleEndian).parse(&bases, 8).ok()?;
                 match parsed.table() {
-                    Some(table) => table.unwind_info_for_address(
-                        &eh_frame,
-                        &bases,
-                        &mut ctx,
-                        vaddr,
-                        EhFrame::cie_from_offset,
-                    ),
+                    Some(table) => {
+                        table.unwind_info_for_address(&eh_frame, &bases, &mut ctx, vaddr, EhFrame::cie_from_offset)
+                    }
                     None => linear(&eh_frame, &bases, &mut ctx, vaddr),
                 }
             }
@@ -118,10 +114,7 @@ fn linear<'ctx>(
 pub fn skipped_caller(modules: &ProcessModules, ip: u64, sp: u64, window: &[u64]) -> Option<u64> {
     let mapping = modules.find(ip)?;
     let module = mapping.file.as_ref()?;
-    let cfi = module
-        .cfi
-        .get_or_init(|| Cfi::load(&module.file))
-        .as_ref()?;
+    let cfi = module.cfi.get_or_init(|| Cfi::load(&module.file)).as_ref()?;
     let ra_offset = cfi.return_address_sp_offset(cfi.vaddr(mapping.file_offset(ip))?)?;
     let slot = sp.checked_add_signed(ra_offset)?;
     // window[0] is the word at sp.

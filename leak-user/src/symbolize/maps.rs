@@ -113,8 +113,7 @@ impl ProcessModules {
             .find(|m| m.dev == entry.dev && m.inode == entry.inode && m.path == entry.path)
             .and_then(|m| m.file.clone())
             .or_else(|| ModuleFile::open(self.pid, entry.range, entry.path).map(Arc::new));
-        self.mappings
-            .retain(|m| m.end <= entry.start || m.start >= entry.end);
+        self.mappings.retain(|m| m.end <= entry.start || m.start >= entry.end);
         let idx = self.mappings.partition_point(|m| m.start < entry.start);
         self.mappings.insert(
             idx,

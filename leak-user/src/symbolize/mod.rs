@@ -79,12 +79,7 @@ impl Symbolizer {
     /// `all_return_addresses` is true, otherwise it is an exact ip. Frames keep
     /// the address as captured. Unknown addresses give Frames with Nones
     /// (module still filled when the address is in a known mapping).
-    pub fn symbolize(
-        &mut self,
-        modules: &ProcessModules,
-        addrs: &[u64],
-        all_return_addresses: bool,
-    ) -> Vec<Frame> {
+    pub fn symbolize(&mut self, modules: &ProcessModules, addrs: &[u64], all_return_addresses: bool) -> Vec<Frame> {
         addrs
             .iter()
             .enumerate()
@@ -93,11 +88,7 @@ impl Symbolizer {
     }
 
     fn frame(&mut self, modules: &ProcessModules, address: u64, is_return: bool) -> Frame {
-        let pc = if is_return {
-            address.saturating_sub(1)
-        } else {
-            address
-        };
+        let pc = if is_return { address.saturating_sub(1) } else { address };
         let Some(mapping) = modules.find(pc) else {
             return Frame {
                 address,
@@ -280,9 +271,7 @@ int main(void) {
         let mut modules = ProcessModules::new(std::process::id());
         modules.refresh().unwrap();
         let frames = Symbolizer::new().symbolize(&modules, &[0, 1], true);
-        assert!(frames
-            .iter()
-            .all(|f| f.function.is_none() && f.module.is_none()));
+        assert!(frames.iter().all(|f| f.function.is_none() && f.module.is_none()));
         assert_eq!(frames[1].address, 1);
     }
 
@@ -320,9 +309,6 @@ int main(void) {
             Some(window[0x58 / 8])
         );
         // Beyond the window.
-        assert_eq!(
-            skipped_caller(&modules, syscall_in(c"mremap"), sp, &window[..4]),
-            None
-        );
+        assert_eq!(skipped_caller(&modules, syscall_in(c"mremap"), sp, &window[..4]), None);
     }
 }
