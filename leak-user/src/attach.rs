@@ -15,7 +15,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{MapData, PerCpuArray},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        trace_point::TracePointLink,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
         TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
@@ -81,11 +82,27 @@ pub struct AttachedProbe {
     pub has_return: bool,
 }
 
-pub struct Tracer {
-    pub ebpf: Ebpf,
-    pub probes: Vec<AttachedProbe>,
-    /// The libc that was probed, as the target sees its path.
-    pub libc: Option<PathBuf>,
+/// The attachments, taken out of their programs so that they can be closed
+/// together: each uprobe unregistration waits for RCU grace periods (~0.2 s
+/// here), so closing 20 of them one by one takes seconds.
+#[derive(Default)]
+pub struct Links {
+    uprobes: Vec<UProbeLink>,
+    tracepoints: Vec<TracePointLink>,
+}
+
+impl Links {
+    /// Detaches everything, with the grace periods overlapping.
+    pub fn detach(self) {
+        std::thread::scope(|scope| {
+            for link in self.uprobes {
+                scope.spawn(move || drop(link));
+            }
+            for link in self.tracepoints {
+                scope.spawn(move || drop(link));
+            }
+        });
+    }
 }
 
 pub struct LoadOptions {
@@ -190,10 +207,11 @@ fn find_functions(elf: &Path, names: &[&str]) -> Result<BTreeMap<String, Functio
 
 /// Attaches every probe. `libc` is the target's libc path as the target sees
 /// it (opened through /proc/PID/root so that containers work).
-pub fn attach(ebpf: &mut Ebpf, pid: u32, libc: Option<&Path>) -> Result<Vec<AttachedProbe>> {
+pub fn attach(ebpf: &mut Ebpf, pid: u32, libc: Option<&Path>) -> Result<(Vec<AttachedProbe>, Links)> {
     let mut probes = Vec::new();
+    let mut links = Links::default();
     match libc {
-        Some(libc) => attach_libc(ebpf, pid, libc, &mut probes)?,
+        Some(libc) => attach_libc(ebpf, pid, libc, &mut probes, &mut links)?,
         None => probes.extend(LIBC_PROBES.iter().map(|&(probe, _, _)| AttachedProbe {
             probe,
             status: ProbeStatus::Missing,
@@ -208,9 +226,10 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, libc: Option<&Path>) -> Result<Vec<Atta
             let name = format!("sys_{phase}_{syscall}");
             let program: &mut TracePoint = ebpf.program_mut(&name).context("program missing")?.try_into()?;
             program.load().with_context(|| format!("the kernel rejected {name}"))?;
-            program
+            let link = program
                 .attach("syscalls", &name)
                 .with_context(|| format!("cannot attach to tracepoint syscalls:{name}"))?;
+            links.tracepoints.push(program.take_link(link)?);
         }
         probes.push(AttachedProbe {
             probe,
@@ -221,10 +240,16 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, libc: Option<&Path>) -> Result<Vec<Atta
             has_return: true,
         });
     }
-    Ok(probes)
+    Ok((probes, links))
 }
 
-fn attach_libc(ebpf: &mut Ebpf, pid: u32, libc: &Path, probes: &mut Vec<AttachedProbe>) -> Result<()> {
+fn attach_libc(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    libc: &Path,
+    probes: &mut Vec<AttachedProbe>,
+    links: &mut Links,
+) -> Result<()> {
     let host_path = PathBuf::from(format!("/proc/{pid}/root")).join(libc.strip_prefix("/").unwrap_or(libc));
     let names: Vec<&str> = LIBC_PROBES.iter().map(|(p, _, _)| p.name()).collect();
     let functions = find_functions(&host_path, &names)?;
@@ -272,9 +297,19 @@ fn attach_libc(ebpf: &mut Ebpf, pid: u32, libc: &Path, probes: &mut Vec<Attached
             );
         }
         let file_offset = function.file_offset + placed.offset;
-        attach_uprobe(ebpf, program_name, &host_path, file_offset, probe, scope())?;
+        links.uprobes.push(attach_uprobe(
+            ebpf,
+            program_name,
+            &host_path,
+            file_offset,
+            probe,
+            scope(),
+        )?);
         if has_return {
-            attach_uprobe(ebpf, RETURN_PROGRAM, &host_path, function.file_offset, probe, scope())?;
+            let entry = function.file_offset;
+            links
+                .uprobes
+                .push(attach_uprobe(ebpf, RETURN_PROGRAM, &host_path, entry, probe, scope())?);
         }
         first_at.insert(function.vaddr, probes.len());
         probes.push(AttachedProbe {
@@ -296,7 +331,7 @@ fn attach_uprobe(
     file_offset: u64,
     probe: Probe,
     scope: UProbeScope,
-) -> Result<()> {
+) -> Result<UProbeLink> {
     let program: &mut UProbe = ebpf.program_mut(program_name).context("program missing")?.try_into()?;
     if program.fd().is_err() {
         program
@@ -307,13 +342,14 @@ fn attach_uprobe(
         location: UProbeAttachLocation::AbsoluteOffset(file_offset),
         cookie: Some(probe as u64),
     };
-    program.attach(point, target, scope).map(drop).with_context(|| {
+    let link = program.attach(point, target, scope).with_context(|| {
         format!(
             "cannot place the uprobe for {} at {}+{file_offset:#x}",
             probe.name(),
             target.display()
         )
-    })
+    })?;
+    Ok(program.take_link(link)?)
 }
 
 /// Hit and drop counters summed over CPUs.

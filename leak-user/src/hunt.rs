@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use crate::{
-    attach::{self, AttachedProbe, Counters, LoadOptions, ProbeStatus},
+    attach::{self, AttachedProbe, Counters, Links, LoadOptions, ProbeStatus},
     cli::HuntArgs,
     collect::Collector,
     heap::Kind,
@@ -33,6 +33,22 @@ pub struct Outcome {
     pub report: Report,
     /// The launched command's exit code, to pass through.
     pub exit_code: Option<i32>,
+    /// The probes, still attached: detaching takes seconds (the kernel waits
+    /// for grace periods per uprobe), so callers deliver the report first.
+    pub attachment: Attachment,
+}
+
+pub struct Attachment {
+    links: Links,
+    _ebpf: aya::Ebpf,
+}
+
+impl Attachment {
+    pub fn detach(self) {
+        let started = Instant::now();
+        self.links.detach();
+        log::info!("detached in {:.3} s", started.elapsed().as_secs_f64());
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +89,7 @@ pub fn run(args: &HuntArgs) -> Result<Outcome> {
         max_stacks: args.max_stacks,
     };
     let mut ebpf = attach::load(&options)?;
-    let probes = attach::attach(&mut ebpf, target.pid, libc.as_deref())?;
+    let (probes, links) = attach::attach(&mut ebpf, target.pid, libc.as_deref())?;
     if libc.is_none() {
         eprintln!(
             "leakscope: warning: PID {} maps no libc (a static binary?): malloc-family calls are not traced, only mmap/munmap/mremap",
@@ -116,7 +132,6 @@ pub fn run(args: &HuntArgs) -> Result<Outcome> {
         let _ = collector.raw_stack(stack_id, &stack_map);
     }
     let counters = Counters::read(&ebpf)?;
-    drop(ebpf);
     if end != End::TargetExited {
         collector.refresh_modules();
     }
@@ -128,7 +143,12 @@ pub fn run(args: &HuntArgs) -> Result<Outcome> {
         "report built {:.3} s after the hunt ended",
         report_started.elapsed().as_secs_f64()
     );
-    Ok(Outcome { report, exit_code })
+
+    Ok(Outcome {
+        report,
+        exit_code,
+        attachment: Attachment { links, _ebpf: ebpf },
+    })
 }
 
 async fn collect_until_end(

@@ -37,6 +37,7 @@ fn hunt_command(args: &HuntArgs) -> anyhow::Result<ExitCode> {
         }
         None => std::io::stdout().write_all(rendered.as_bytes())?,
     }
+    outcome.attachment.detach();
     // A launched command's exit code passes through.
     Ok(ExitCode::from(outcome.exit_code.unwrap_or(0).clamp(0, 255) as u8))
 }
