@@ -82,6 +82,8 @@ pub enum EventOp {
     Unmap = 5,
     /// mremap: `[old_addr, old_addr+old_size)` became `[addr, addr+size)`.
     Remap = 6,
+    /// The process exec'd: all its memory is gone.
+    Exec = 7,
 }
 
 impl EventOp {
@@ -93,6 +95,7 @@ impl EventOp {
             4 => EventOp::Map,
             5 => EventOp::Unmap,
             6 => EventOp::Remap,
+            7 => EventOp::Exec,
             _ => return None,
         })
     }

@@ -129,6 +129,23 @@ fn emit_mapping(ctx: &TracePointContext, heap: HeapEvent) {
     entry.submit(0);
 }
 
+/// An exec replaces the whole address space: user space starts afresh.
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    if let Some(tid) = target_tid() {
+        let now = now_ns();
+        emit(&HeapEvent {
+            op: EventOp::Exec as u8,
+            tid,
+            ts_ns: now,
+            entry_ns: now,
+            stack_id: -1,
+            ..HeapEvent::default()
+        });
+    }
+    0
+}
+
 #[tracepoint]
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
     let flags = arg(&ctx, 3);

@@ -223,13 +223,7 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, libc: Option<&Path>) -> Result<(Vec<Att
     }
     for &(probe, syscall) in SYSCALL_PROBES {
         for phase in ["enter", "exit"] {
-            let name = format!("sys_{phase}_{syscall}");
-            let program: &mut TracePoint = ebpf.program_mut(&name).context("program missing")?.try_into()?;
-            program.load().with_context(|| format!("the kernel rejected {name}"))?;
-            let link = program
-                .attach("syscalls", &name)
-                .with_context(|| format!("cannot attach to tracepoint syscalls:{name}"))?;
-            links.tracepoints.push(program.take_link(link)?);
+            attach_tracepoint(ebpf, "syscalls", &format!("sys_{phase}_{syscall}"), &mut links)?;
         }
         probes.push(AttachedProbe {
             probe,
@@ -240,7 +234,19 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, libc: Option<&Path>) -> Result<(Vec<Att
             has_return: true,
         });
     }
+    attach_tracepoint(ebpf, "sched", "sched_process_exec", &mut links)?;
     Ok((probes, links))
+}
+
+/// Attaches the program named like the tracepoint.
+fn attach_tracepoint(ebpf: &mut Ebpf, category: &str, name: &str, links: &mut Links) -> Result<()> {
+    let program: &mut TracePoint = ebpf.program_mut(name).context("program missing")?.try_into()?;
+    program.load().with_context(|| format!("the kernel rejected {name}"))?;
+    let link = program
+        .attach(category, name)
+        .with_context(|| format!("cannot attach to tracepoint {category}:{name}"))?;
+    links.tracepoints.push(program.take_link(link)?);
+    Ok(())
 }
 
 fn attach_libc(

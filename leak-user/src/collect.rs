@@ -67,6 +67,10 @@ impl Collector {
                 );
             }
             EventOp::Unmap => self.heap.unmap(event.addr, event.size, event.entry_ns),
+            EventOp::Exec => {
+                self.heap = Heap::default();
+                self.modules_changed = true;
+            }
             EventOp::Map | EventOp::Remap => {
                 let Some(mapping) = read_record::<MapEvent>(record) else {
                     self.malformed += 1;
