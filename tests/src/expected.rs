@@ -12,27 +12,9 @@ pub fn allocators() -> Vec<Expect> {
     vec![
         Expect::heap("malloc", "leak_malloc", "malloc", 7 * 1001, &[7]),
         Expect::heap("calloc", "leak_calloc", "calloc", 6 * 3 * 337, &[6]),
-        Expect::heap(
-            "realloc_grow",
-            "leak_realloc_chain",
-            "realloc",
-            2 * 5000,
-            &[2],
-        ),
-        Expect::heap(
-            "realloc_null",
-            "leak_realloc_null",
-            "realloc",
-            4 * 1234,
-            &[4],
-        ),
-        Expect::heap(
-            "reallocarray",
-            "leak_reallocarray",
-            "reallocarray",
-            5 * 7 * 111,
-            &[5],
-        ),
+        Expect::heap("realloc_grow", "leak_realloc_chain", "realloc", 2 * 5000, &[2]),
+        Expect::heap("realloc_null", "leak_realloc_null", "realloc", 4 * 1234, &[4]),
+        Expect::heap("reallocarray", "leak_reallocarray", "reallocarray", 5 * 7 * 111, &[5]),
         Expect::heap(
             "posix_memalign",
             "leak_posix_memalign",
@@ -40,23 +22,11 @@ pub fn allocators() -> Vec<Expect> {
             3 * 1500,
             &[3],
         ),
-        Expect::heap(
-            "aligned_alloc",
-            "leak_aligned_alloc",
-            "aligned_alloc",
-            4 * 2304,
-            &[4],
-        ),
+        Expect::heap("aligned_alloc", "leak_aligned_alloc", "aligned_alloc", 4 * 2304, &[4]),
         Expect::heap("memalign", "leak_memalign", "memalign", 2 * 1700, &[2]),
         Expect::heap("valloc", "leak_valloc", "valloc", 3 * 3000, &[3]),
         Expect::heap("pvalloc", "leak_pvalloc", "pvalloc", 2 * 8192, &[2]),
-        Expect::heap(
-            "failed_realloc_seed",
-            "failed_realloc",
-            "malloc",
-            2 * 1777,
-            &[2],
-        ),
+        Expect::heap("failed_realloc_seed", "failed_realloc", "malloc", 2 * 1777, &[2]),
         Expect::heap("large", "leak_large", "malloc", 2 * 200_003, &[2]),
     ]
 }
@@ -96,42 +66,10 @@ pub fn mappings() -> Vec<Expect> {
             true,
             "rw-",
         ),
-        Expect::mmap(
-            "partial_trim",
-            "leak_partial_trim",
-            "mmap",
-            7 * PAGE,
-            &[1],
-            true,
-            "rw-",
-        ),
-        Expect::mmap(
-            "raw_mmap",
-            "leak_raw_syscall",
-            "mmap",
-            2 * 6 * PAGE,
-            &[2],
-            true,
-            "rw-",
-        ),
-        Expect::mmap(
-            "file_map",
-            "leak_file_map",
-            "mmap",
-            5 * PAGE,
-            &[1],
-            false,
-            "r--",
-        ),
-        Expect::mmap(
-            "mremap",
-            "leak_mremap",
-            "mremap",
-            2 * 9 * PAGE,
-            &[2],
-            true,
-            "rw-",
-        ),
+        Expect::mmap("partial_trim", "leak_partial_trim", "mmap", 7 * PAGE, &[1], true, "rw-"),
+        Expect::mmap("raw_mmap", "leak_raw_syscall", "mmap", 2 * 6 * PAGE, &[2], true, "rw-"),
+        Expect::mmap("file_map", "leak_file_map", "mmap", 5 * PAGE, &[1], false, "r--"),
+        Expect::mmap("mremap", "leak_mremap", "mremap", 2 * 9 * PAGE, &[2], true, "rw-"),
     ]
 }
 
@@ -148,13 +86,7 @@ pub fn threads() -> Vec<Expect> {
 
 /// `churn.c`. Absent: churn.
 pub fn churn() -> Vec<Expect> {
-    vec![Expect::heap(
-        "control",
-        "leak_control",
-        "malloc",
-        3 * 4321,
-        &[3],
-    )]
+    vec![Expect::heap("control", "leak_control", "malloc", 3 * 4321, &[3])]
 }
 
 /// malloc/free calls churn.c makes: 200,000 churn mallocs + 3 control;
@@ -166,11 +98,5 @@ pub const CHURN_FREES: u64 = 200_000;
 
 /// `exitcode.c`.
 pub fn exitcode() -> Vec<Expect> {
-    vec![Expect::heap(
-        "exit_leak",
-        "leak_before_exit",
-        "malloc",
-        3333,
-        &[1],
-    )]
+    vec![Expect::heap("exit_leak", "leak_before_exit", "malloc", 3333, &[1])]
 }

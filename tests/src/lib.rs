@@ -74,9 +74,7 @@ pub fn leakscope_bin() -> PathBuf {
 }
 
 pub fn fixture_source(name: &str) -> PathBuf {
-    workspace_root()
-        .join("tests/fixtures")
-        .join(format!("{name}.c"))
+    workspace_root().join("tests/fixtures").join(format!("{name}.c"))
 }
 
 /// A fresh directory under `target/leakscope-tests/` for one run's files.
@@ -103,13 +101,11 @@ pub fn build_fixture(name: &str, extra_flags: &[&str]) -> PathBuf {
     let mut out_name = name.to_string();
     for flag in extra_flags {
         out_name.push('-');
-        out_name.extend(flag.trim_start_matches('-').chars().map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c
-            } else {
-                '_'
-            }
-        }));
+        out_name.extend(
+            flag.trim_start_matches('-')
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
+        );
     }
     let out_dir = workspace_root().join("target/fixtures");
     let out = out_dir.join(&out_name);
@@ -186,9 +182,7 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(mut cmd: Command, label: &str) -> Proc {
         cmd.process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {label} ({cmd:?}): {e}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {label} ({cmd:?}): {e}"));
         Proc {
             child,
             label: label.to_string(),
@@ -241,11 +235,7 @@ impl Proc {
     pub fn wait_or_panic(&mut self, timeout: Duration, context: &dyn Fn() -> String) -> ExitStatus {
         match self.wait_timeout(timeout) {
             Some(s) => s,
-            None => panic!(
-                "{} did not exit within {timeout:?}\n{}",
-                self.label,
-                context()
-            ),
+            None => panic!("{} did not exit within {timeout:?}\n{}", self.label, context()),
         }
     }
 }
@@ -286,20 +276,14 @@ impl Lines {
     }
 
     /// Waits for a line matching `pred`; Err(reason) on timeout or end of stream.
-    pub fn wait_for(
-        &self,
-        pred: impl Fn(&str) -> bool,
-        timeout: Duration,
-    ) -> Result<String, String> {
+    pub fn wait_for(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok(line) if pred(&line) => return Ok(line),
                 Ok(_) => continue,
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(format!("timed out after {timeout:?}"))
-                }
+                Err(RecvTimeoutError::Timeout) => return Err(format!("timed out after {timeout:?}")),
                 Err(RecvTimeoutError::Disconnected) => return Err("stream closed".into()),
             }
         }
@@ -327,10 +311,7 @@ pub struct HuntOutput {
 
 impl HuntOutput {
     pub fn error_lines(&self) -> Vec<&str> {
-        self.stderr
-            .lines()
-            .filter(|l| l.starts_with(ERROR_PREFIX))
-            .collect()
+        self.stderr.lines().filter(|l| l.starts_with(ERROR_PREFIX)).collect()
     }
 
     pub fn describe(&self) -> String {
@@ -353,12 +334,7 @@ pub fn describe_status(s: ExitStatus) -> String {
 
 /// Runs `program args...` with stdout and stderr captured to files, within
 /// `timeout` (panics on timeout, after killing its process group).
-pub fn run_captured(
-    program: &Path,
-    args: &[OsString],
-    timeout: Duration,
-    label: &str,
-) -> HuntOutput {
+pub fn run_captured(program: &Path, args: &[OsString], timeout: Duration, label: &str) -> HuntOutput {
     let dir = scratch_dir(label);
     let out_path = dir.join("stdout");
     let err_path = dir.join("stderr");
@@ -412,12 +388,7 @@ pub fn run_launch(fixture: &Path, fixture_args: &[&str], hunt_args: &[&str]) -> 
 }
 
 /// Launch mode with any `--format`; returns the run and the report file's text.
-pub fn run_launch_raw(
-    fixture: &Path,
-    fixture_args: &[&str],
-    format: &str,
-    hunt_args: &[&str],
-) -> (HuntOutput, String) {
+pub fn run_launch_raw(fixture: &Path, fixture_args: &[&str], format: &str, hunt_args: &[&str]) -> (HuntOutput, String) {
     let name = fixture.file_name().unwrap().to_string_lossy().into_owned();
     let dir = scratch_dir(&format!("launch-{name}"));
     let report_path = dir.join(format!("report.{format}"));
@@ -430,12 +401,7 @@ pub fn run_launch_raw(
     args.push("--".into());
     args.push(fixture.into());
     args.extend(fixture_args.iter().map(OsString::from));
-    let out = run_captured(
-        &leakscope_bin(),
-        &args,
-        LAUNCH_TIMEOUT,
-        &format!("launch-{name}-run"),
-    );
+    let out = run_captured(&leakscope_bin(), &args, LAUNCH_TIMEOUT, &format!("launch-{name}-run"));
     let text = match fs::read_to_string(&report_path) {
         Ok(t) => t,
         Err(e) => panic!(
@@ -448,8 +414,7 @@ pub fn run_launch_raw(
 }
 
 pub fn parse_report(text: &str, context: &str) -> Value {
-    serde_json::from_str(text)
-        .unwrap_or_else(|e| panic!("report is not valid JSON ({e}):\n{text}\n{context}"))
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("report is not valid JSON ({e}):\n{text}\n{context}"))
 }
 
 /// How an attach-mode run ends.
@@ -482,9 +447,7 @@ pub fn run_attach(fixture: &Path, hunt_args: &[&str], stop: Stop) -> Attach {
     let report_path = dir.join("report.json");
 
     let mut cmd = Command::new(fixture);
-    cmd.arg("--wait")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+    cmd.arg("--wait").stdin(Stdio::null()).stdout(Stdio::piped());
     let mut target = Proc::spawn(cmd, &format!("fixture {name}"));
     let target_out = target.take_stdout();
     if let Err(why) = target_out.wait_for(|l| l == "ready", Duration::from_secs(30)) {
@@ -532,12 +495,7 @@ pub fn run_attach(fixture: &Path, hunt_args: &[&str], stop: Stop) -> Attach {
     }
 
     let mut fixture_status = None;
-    let ctx = || {
-        format!(
-            "--- leakscope stderr ---\n{}",
-            tracer_err.text(Duration::ZERO)
-        )
-    };
+    let ctx = || format!("--- leakscope stderr ---\n{}", tracer_err.text(Duration::ZERO));
     let status = match stop {
         Stop::Signal(sig) => {
             tracer.signal(sig);
@@ -622,11 +580,7 @@ pub enum OriginRule {
 }
 
 /// The frame a site is attributed to, per `rule`.
-pub fn origin_frame<'a>(
-    site: &'a Value,
-    fixture_path: &Path,
-    rule: OriginRule,
-) -> Option<&'a Value> {
+pub fn origin_frame<'a>(site: &'a Value, fixture_path: &Path, rule: OriginRule) -> Option<&'a Value> {
     let module = fixture_path.to_str()?;
     let name = fixture_path.file_name()?.to_str()?;
     // mappings-static is built from mappings.c
@@ -635,9 +589,9 @@ pub fn origin_frame<'a>(
         f["module"].as_str() == Some(module)
             && match rule {
                 OriginRule::Module => true,
-                OriginRule::ModuleAndSource => f["file"].as_str().is_some_and(|file| {
-                    file.ends_with(&format!("/{stem}.c")) || file == format!("{stem}.c")
-                }),
+                OriginRule::ModuleAndSource => f["file"]
+                    .as_str()
+                    .is_some_and(|file| file.ends_with(&format!("/{stem}.c")) || file == format!("{stem}.c")),
             }
     })
 }
@@ -645,8 +599,7 @@ pub fn origin_frame<'a>(
 /// The first site whose origin frame (first frame in the fixture binary) is in `function`.
 pub fn find_site<'a>(report: &'a Value, fixture_path: &Path, function: &str) -> Option<&'a Value> {
     sites(report).iter().find(|s| {
-        origin_frame(s, fixture_path, OriginRule::Module)
-            .is_some_and(|f| f["function"].as_str() == Some(function))
+        origin_frame(s, fixture_path, OriginRule::Module).is_some_and(|f| f["function"].as_str() == Some(function))
     })
 }
 
@@ -672,14 +625,8 @@ fn site_summary(site: &Value, origin: Option<&Value>, markers: &BTreeMap<u32, St
                 .map(|f| {
                     format!(
                         "{}@{}:{}",
-                        f["function"]
-                            .as_str()
-                            .or(f["address"].as_str())
-                            .unwrap_or("?"),
-                        f["module"]
-                            .as_str()
-                            .and_then(|m| m.rsplit('/').next())
-                            .unwrap_or("?"),
+                        f["function"].as_str().or(f["address"].as_str()).unwrap_or("?"),
+                        f["module"].as_str().and_then(|m| m.rsplit('/').next()).unwrap_or("?"),
                         f["line"]
                     )
                 })
@@ -754,11 +701,75 @@ impl Expect {
     }
 }
 
+/// Problems found in a run, reported together: one failing check does not
+/// hide the others.
+#[derive(Default)]
+pub struct Verdict {
+    problems: Vec<String>,
+}
+
+impl Verdict {
+    pub fn new() -> Verdict {
+        Verdict::default()
+    }
+
+    pub fn fail(&mut self, msg: impl Into<String>) {
+        self.problems.push(msg.into());
+    }
+
+    pub fn check(&mut self, ok: bool, msg: impl FnOnce() -> String) {
+        if !ok {
+            self.problems.push(msg());
+        }
+    }
+
+    /// Panics with every problem (and `context`) if there is any.
+    pub fn finish(self, what: &str, context: &str) {
+        if !self.problems.is_empty() {
+            panic!(
+                "{what}: {} problem(s):\n- {}\n\n{context}",
+                self.problems.len(),
+                self.problems.join("\n- ")
+            );
+        }
+    }
+}
+
+/// A listing of a report's sites for failure messages: the fixture's first.
+pub fn describe_sites(report: &Value, fixture: &str, fixture_path: &Path, rule: OriginRule) -> String {
+    let markers = site_markers(fixture);
+    let all = sites_or_empty(report);
+    let mut mine = Vec::new();
+    let mut others = Vec::new();
+    for s in all {
+        match origin_frame(s, fixture_path, rule) {
+            Some(f) => mine.push(format!("  {}", site_summary(s, Some(f), &markers))),
+            None => others.push(format!("  {}", site_summary(s, None, &markers))),
+        }
+    }
+    let shown = others.len().min(40);
+    format!(
+        "sites from the fixture {} ({} of {} in the report):\n{}\nother sites ({shown} shown):\n{}\ntotals: {}\ndrops: {}\nprobes: {}",
+        fixture_path.display(),
+        mine.len(),
+        all.len(),
+        mine.join("\n"),
+        others[..shown].join("\n"),
+        report["totals"],
+        report["drops"],
+        report["probes"]
+    )
+}
+
+fn sites_or_empty(report: &Value) -> &[Value] {
+    report["sites"].as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
 /// Checks that the sites originating in the fixture are exactly `expects`
-/// (bytes, allocations, kind, allocator, function, line, file, mapping) and
-/// nothing else. Collects every problem, then panics with all of them and a
-/// listing of the fixture's sites. Returns (heap bytes, mmap bytes) expected.
+/// (bytes, allocations, kind, allocator, function, line, file, mapping, age)
+/// and nothing else. Returns the expected (heap bytes, mmap bytes).
 pub fn check_sites(
+    v: &mut Verdict,
     report: &Value,
     fixture: &str,
     fixture_path: &Path,
@@ -767,12 +778,13 @@ pub fn check_sites(
 ) -> (u64, u64) {
     let markers = site_markers(fixture);
     let duration = report["duration_s"].as_f64().unwrap_or(f64::INFINITY);
-    let all = sites(report);
-    let from_fixture: Vec<(&Value, &Value)> = all
+    if !report["sites"].is_array() {
+        v.fail("report has no \"sites\" array");
+    }
+    let from_fixture: Vec<(&Value, &Value)> = sites_or_empty(report)
         .iter()
         .filter_map(|s| origin_frame(s, fixture_path, rule).map(|f| (s, f)))
         .collect();
-    let mut problems = Vec::new();
     let mut matched = vec![false; from_fixture.len()];
 
     for e in expects {
@@ -780,10 +792,7 @@ pub fn check_sites(
         let idx: Vec<usize> = from_fixture
             .iter()
             .enumerate()
-            .filter(|(_, (_, f))| {
-                f["function"].as_str() == Some(e.function)
-                    && f["line"].as_u64() == Some(line as u64)
-            })
+            .filter(|(_, (_, f))| f["function"].as_str() == Some(e.function) && f["line"].as_u64() == Some(line as u64))
             .map(|(i, _)| i)
             .collect();
         for &i in &idx {
@@ -794,7 +803,7 @@ pub fn check_sites(
             e.kind, e.bytes, e.allocations, e.allocator, e.function
         );
         match idx.as_slice() {
-            [] => problems.push(format!(
+            [] => v.fail(format!(
                 "SITE:{} ({}:{line}): missing; expected {want}",
                 e.marker, e.function
             )),
@@ -823,10 +832,7 @@ pub fn check_sites(
                     bad.push(format!("kind {} (expected {:?})", site["kind"], e.kind));
                 }
                 if site["allocator"].as_str() != Some(e.allocator) {
-                    bad.push(format!(
-                        "allocator {} (expected {:?})",
-                        site["allocator"], e.allocator
-                    ));
+                    bad.push(format!("allocator {} (expected {:?})", site["allocator"], e.allocator));
                 }
                 let file_ok = frame["file"]
                     .as_str()
@@ -840,12 +846,8 @@ pub fn check_sites(
                 match e.mapping {
                     Some((anonymous, prot)) => {
                         let m = &site["mapping"];
-                        if m["anonymous"].as_bool() != Some(anonymous)
-                            || m["prot"].as_str() != Some(prot)
-                        {
-                            bad.push(format!(
-                                "mapping {m} (expected anonymous={anonymous}, prot={prot:?})"
-                            ));
+                        if m["anonymous"].as_bool() != Some(anonymous) || m["prot"].as_str() != Some(prot) {
+                            bad.push(format!("mapping {m} (expected anonymous={anonymous}, prot={prot:?})"));
                         }
                     }
                     None => {
@@ -857,15 +859,17 @@ pub fn check_sites(
                         }
                     }
                 }
+                // Everything a fixture leaks is allocated during the hunt, so
+                // no allocation can be older than the hunt (1 s of slack).
                 match site["oldest_age_s"].as_f64() {
                     Some(age) if (0.0..=duration + 1.0).contains(&age) => {}
                     _ => bad.push(format!(
-                        "oldest_age_s {} (expected 0..=duration_s {duration})",
+                        "oldest_age_s {} exceeds the hunt's duration_s {duration}",
                         site["oldest_age_s"]
                     )),
                 }
                 if !bad.is_empty() {
-                    problems.push(format!(
+                    v.fail(format!(
                         "SITE:{} ({}:{line}): {}; expected {want}",
                         e.marker,
                         e.function,
@@ -880,13 +884,9 @@ pub fn check_sites(
                     .sum();
                 let count: u64 = many
                     .iter()
-                    .map(|&i| {
-                        from_fixture[i].0["outstanding_allocations"]
-                            .as_u64()
-                            .unwrap_or(0)
-                    })
+                    .map(|&i| from_fixture[i].0["outstanding_allocations"].as_u64().unwrap_or(0))
                     .sum();
-                problems.push(format!(
+                v.fail(format!(
                     "SITE:{} ({}:{line}): split into {} sites (together {total} bytes in {count} allocations); expected one site with {want}",
                     e.marker,
                     e.function,
@@ -897,53 +897,14 @@ pub fn check_sites(
     }
     for (i, (site, frame)) in from_fixture.iter().enumerate() {
         if !matched[i] {
-            problems.push(format!(
+            v.fail(format!(
                 "unexpected site from the fixture: {}",
                 site_summary(site, Some(frame), &markers)
             ));
         }
     }
-
-    let listing: Vec<String> = from_fixture
-        .iter()
-        .map(|(s, f)| format!("  {}", site_summary(s, Some(f), &markers)))
-        .collect();
-    eprintln!(
-        "{fixture}: {} sites in the report, {} from the fixture:\n{}",
-        all.len(),
-        from_fixture.len(),
-        listing.join("\n")
-    );
-    if !problems.is_empty() {
-        let others: Vec<String> = all
-            .iter()
-            .filter(|s| origin_frame(s, fixture_path, rule).is_none())
-            .take(40)
-            .map(|s| format!("  {}", site_summary(s, None, &markers)))
-            .collect();
-        panic!(
-            "{fixture} ({}): {} problem(s):\n- {}\n\nsites from the fixture ({} of {} in the report):\n{}\nother sites (first 40):\n{}\ntotals: {}\ndrops: {}",
-            fixture_path.display(),
-            problems.len(),
-            problems.join("\n- "),
-            from_fixture.len(),
-            all.len(),
-            listing.join("\n"),
-            others.join("\n"),
-            report["totals"],
-            report["drops"]
-        );
-    }
-    let heap = expects
-        .iter()
-        .filter(|e| e.kind == "malloc")
-        .map(|e| e.bytes)
-        .sum();
-    let mmap = expects
-        .iter()
-        .filter(|e| e.kind == "mmap")
-        .map(|e| e.bytes)
-        .sum();
+    let heap = expects.iter().filter(|e| e.kind == "malloc").map(|e| e.bytes).sum();
+    let mmap = expects.iter().filter(|e| e.kind == "mmap").map(|e| e.bytes).sum();
     (heap, mmap)
 }
 
@@ -959,117 +920,130 @@ pub enum Mode {
 }
 
 /// Schema, target, duration, totals, drops (all zero) and probe shape.
-pub fn check_report_common(report: &Value, fixture_path: &Path, mode: Mode) {
-    assert_eq!(
-        report["schema"].as_str(),
-        Some(REPORT_SCHEMA),
-        "schema; report:\n{report:#}"
-    );
+pub fn check_report_common(v: &mut Verdict, report: &Value, fixture_path: &Path, mode: Mode) {
+    v.check(report["schema"].as_str() == Some(REPORT_SCHEMA), || {
+        format!("schema {} (expected {REPORT_SCHEMA:?})", report["schema"])
+    });
     let target = &report["target"];
     let exited = match mode {
         Mode::Launch => {
-            assert!(
-                target["pid"].as_u64().is_some_and(|p| p > 0),
-                "target.pid {}",
-                target["pid"]
-            );
+            v.check(target["pid"].as_u64().is_some_and(|p| p > 0), || {
+                format!("target.pid {}", target["pid"])
+            });
             true
         }
         Mode::Attach { pid, exited } => {
-            assert_eq!(target["pid"].as_i64(), Some(pid as i64), "target.pid");
+            v.check(target["pid"].as_i64() == Some(pid as i64), || {
+                format!("target.pid {} (expected {pid})", target["pid"])
+            });
             exited
         }
     };
-    assert_eq!(
-        target["exited"].as_bool(),
-        Some(exited),
-        "target.exited in {mode:?}: {target}"
-    );
+    v.check(target["exited"].as_bool() == Some(exited), || {
+        format!("target.exited {} (expected {exited} in {mode:?})", target["exited"])
+    });
     let name = fixture_path.file_name().unwrap().to_str().unwrap();
     // comm is at most 15 characters
     let short: String = name.chars().take(15).collect();
-    assert!(
-        target["command"]
-            .as_str()
-            .is_some_and(|c| c.contains(&short)),
-        "target.command {} should name the fixture {name}",
-        target["command"]
-    );
-    assert!(
-        report["duration_s"].as_f64().is_some_and(|d| d >= 0.0),
-        "duration_s {}",
-        report["duration_s"]
-    );
+    v.check(target["command"].as_str().is_some_and(|c| c.contains(&short)), || {
+        format!("target.command {} should name the fixture {name}", target["command"])
+    });
+    v.check(report["duration_s"].as_f64().is_some_and(|d| d >= 0.0), || {
+        format!("duration_s {}", report["duration_s"])
+    });
     let totals = &report["totals"];
     for key in [
         "outstanding_bytes",
         "outstanding_allocations",
         "allocator_internal_bytes",
     ] {
-        u64_field(totals, key);
+        v.check(totals[key].is_u64(), || format!("totals.{key} {}", totals[key]));
     }
-    u64_field(&totals["by_kind"], "malloc");
-    u64_field(&totals["by_kind"], "mmap");
+    for key in ["malloc", "mmap"] {
+        v.check(totals["by_kind"][key].is_u64(), || {
+            format!("totals.by_kind.{key} {}", totals["by_kind"][key])
+        });
+    }
     let drops = &report["drops"];
     for key in ["ring_buffer_full", "stack_lost", "pending_calls_full"] {
-        assert_eq!(
-            drops[key].as_u64(),
-            Some(0),
-            "drops.{key} must be 0: {drops}"
-        );
+        v.check(drops[key].as_u64() == Some(0), || {
+            format!("drops.{key} {} (must be 0): {drops}", drops[key])
+        });
     }
-    let probes = report["probes"].as_array().expect("probes array");
-    for p in probes {
-        assert!(p["name"].is_string(), "probe without name: {p}");
-        assert!(
-            matches!(
-                p["status"].as_str(),
-                Some("live" | "never-fired" | "missing")
-            ),
-            "probe status: {p}"
-        );
+    match report["probes"].as_array() {
+        None => v.fail("report has no \"probes\" array"),
+        Some(probes) => {
+            for p in probes {
+                v.check(
+                    p["name"].is_string() && matches!(p["status"].as_str(), Some("live" | "never-fired" | "missing")),
+                    || format!("probe with a name/status outside the contract (live|never-fired|missing): {p}"),
+                );
+            }
+        }
     }
 }
 
 /// Totals must cover the fixture's expected sites.
-pub fn check_totals_cover(report: &Value, heap: u64, mmap: u64) {
+pub fn check_totals_cover(v: &mut Verdict, report: &Value, heap: u64, mmap: u64) {
     let totals = &report["totals"];
     let by_kind = &totals["by_kind"];
-    assert!(
-        u64_field(totals, "outstanding_bytes") >= heap + mmap,
-        "totals.outstanding_bytes {} < expected fixture bytes {}",
-        totals["outstanding_bytes"],
-        heap + mmap
+    v.check(
+        totals["outstanding_bytes"].as_u64().is_some_and(|b| b >= heap + mmap),
+        || {
+            format!(
+                "totals.outstanding_bytes {} < expected fixture bytes {}",
+                totals["outstanding_bytes"],
+                heap + mmap
+            )
+        },
     );
-    assert!(
-        u64_field(by_kind, "malloc") >= heap,
-        "totals.by_kind.malloc {} < expected fixture heap bytes {heap}",
-        by_kind["malloc"]
-    );
-    assert!(
-        u64_field(by_kind, "mmap") >= mmap,
-        "totals.by_kind.mmap {} < expected fixture mmap bytes {mmap}",
-        by_kind["mmap"]
-    );
+    v.check(by_kind["malloc"].as_u64().is_some_and(|b| b >= heap), || {
+        format!(
+            "totals.by_kind.malloc {} < expected fixture heap bytes {heap}",
+            by_kind["malloc"]
+        )
+    });
+    v.check(by_kind["mmap"].as_u64().is_some_and(|b| b >= mmap), || {
+        format!(
+            "totals.by_kind.mmap {} < expected fixture mmap bytes {mmap}",
+            by_kind["mmap"]
+        )
+    });
 }
 
 /// The probe `name` is live and counted at least `min_hits` entries (and, if
 /// it has a return probe, at least `min_hits` returns).
-pub fn check_probe_hits(report: &Value, name: &str, min_hits: u64) {
-    let p = probe(report, name)
-        .unwrap_or_else(|| panic!("no probe {name:?} in report; probes: {}", report["probes"]));
-    assert_eq!(p["status"].as_str(), Some("live"), "probe {name}: {p}");
-    let hits = p["hits"].as_u64();
-    assert!(
-        hits.is_some_and(|h| h >= min_hits),
-        "probe {name}: hits {} < {min_hits} calls the fixture made: {p}",
-        p["hits"]
+pub fn check_probe_hits(v: &mut Verdict, report: &Value, name: &str, min_hits: u64) {
+    let Some(p) = probe(report, name) else {
+        v.fail(format!("no probe {name:?} in the report"));
+        return;
+    };
+    let hits_ok = p["hits"].as_u64().is_some_and(|h| h >= min_hits);
+    let returns_ok = p["return_hits"].is_null() || p["return_hits"].as_u64().is_some_and(|h| h >= min_hits);
+    v.check(
+        p["status"].as_str() == Some("live") && hits_ok && returns_ok,
+        || format!("probe {name}: expected status \"live\" and hits (and return_hits, if not null) >= {min_hits}, the calls the fixture made; got {p}"),
     );
-    if !p["return_hits"].is_null() {
-        assert!(
-            p["return_hits"].as_u64().is_some_and(|h| h >= min_hits),
-            "probe {name}: return_hits {} < {min_hits} calls the fixture made: {p}",
-            p["return_hits"]
-        );
-    }
+}
+
+/// The usual checks of a fixture's report; panics with every problem found.
+/// `extra` adds fixture-specific checks.
+pub fn check_fixture_report(
+    report: &Value,
+    fixture: &str,
+    fixture_path: &Path,
+    rule: OriginRule,
+    mode: Mode,
+    expects: &[Expect],
+    extra: impl FnOnce(&mut Verdict),
+) {
+    let mut v = Verdict::new();
+    let (heap, mmap) = check_sites(&mut v, report, fixture, fixture_path, rule, expects);
+    check_totals_cover(&mut v, report, heap, mmap);
+    check_report_common(&mut v, report, fixture_path, mode);
+    extra(&mut v);
+    v.finish(
+        &format!("{fixture} ({mode:?})"),
+        &describe_sites(report, fixture, fixture_path, rule),
+    );
 }

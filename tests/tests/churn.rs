@@ -2,6 +2,7 @@
 //! a small leak as a positive control, and no dropped events.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::time::Instant;
 
 use leakscope_tests::*;
@@ -13,13 +14,18 @@ fn fixture() -> PathBuf {
     build_fixture(NAME, &[])
 }
 
-fn check(report: &Value, path: &Path, mode: Mode) {
-    let (heap, mmap) = check_sites(report, NAME, path, OriginRule::Module, &expected::churn());
-    check_totals_cover(report, heap, mmap);
-    // Asserts, among others, that every drop counter is 0.
-    check_report_common(report, path, mode);
-    check_probe_hits(report, "malloc", expected::CHURN_MALLOCS);
-    check_probe_hits(report, "free", expected::CHURN_FREES);
+fn check(report: &Value, path: &Path, mode: Mode, status: ExitStatus, stderr: &str) {
+    // check_fixture_report also requires every drop counter to be 0.
+    check_fixture_report(report, NAME, path, OriginRule::Module, mode, &expected::churn(), |v| {
+        v.check(status.success(), || {
+            format!(
+                "leakscope exit {} (expected 0)\n--- leakscope stderr ---\n{stderr}",
+                describe_status(status)
+            )
+        });
+        check_probe_hits(v, report, "malloc", expected::CHURN_MALLOCS);
+        check_probe_hits(v, report, "free", expected::CHURN_FREES);
+    });
 }
 
 #[test]
@@ -28,13 +34,7 @@ fn launch() {
     let start = Instant::now();
     let run = run_launch(&path, &[], &[]);
     eprintln!("churn launch took {:?}", start.elapsed());
-    assert!(
-        run.status.success(),
-        "leakscope exit {} (fixture exits 0)\n{}",
-        describe_status(run.status),
-        run.stderr
-    );
-    check(&run.report, &path, Mode::Launch);
+    check(&run.report, &path, Mode::Launch, run.status, &run.stderr);
 }
 
 #[test]
@@ -43,18 +43,9 @@ fn attach_until_sigint() {
     let start = Instant::now();
     let run = run_attach(&path, &[], Stop::Signal(libc::SIGINT));
     eprintln!("churn attach took {:?}", start.elapsed());
-    assert!(
-        run.status.success(),
-        "leakscope exit {} after SIGINT\n{}",
-        describe_status(run.status),
-        run.stderr
-    );
-    check(
-        &run.report,
-        &path,
-        Mode::Attach {
-            pid: run.fixture_pid,
-            exited: false,
-        },
-    );
+    let mode = Mode::Attach {
+        pid: run.fixture_pid,
+        exited: false,
+    };
+    check(&run.report, &path, mode, run.status, &run.stderr);
 }

@@ -14,11 +14,7 @@ use leakscope_tests::*;
 fn assert_one_error(out: &HuntOutput, code: Option<i32>, must_contain: Option<&str>) {
     match code {
         Some(c) => assert_eq!(out.status.code(), Some(c), "exit code\n{}", out.describe()),
-        None => assert!(
-            !out.status.success(),
-            "leakscope succeeded\n{}",
-            out.describe()
-        ),
+        None => assert!(!out.status.success(), "leakscope succeeded\n{}", out.describe()),
     }
     let errors = out.error_lines();
     assert_eq!(
@@ -87,17 +83,10 @@ fn zombie_target() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|s| s.trim_start().starts_with('Z'))
-        {
+        if stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')) {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "pid {pid} never became a zombie: {stat}"
-        );
+        assert!(Instant::now() < deadline, "pid {pid} never became a zombie: {stat}");
         thread::sleep(Duration::from_millis(10));
     }
     let out = hunt_pid(&pid.to_string(), "zombie");
@@ -144,10 +133,5 @@ fn not_root() {
 #[test]
 fn usage_without_target() {
     let out = run_leakscope(&["hunt"], ERROR_TIMEOUT, "usage");
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "usage error\n{}",
-        out.describe()
-    );
+    assert_eq!(out.status.code(), Some(2), "usage error\n{}", out.describe());
 }

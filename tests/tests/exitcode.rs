@@ -7,19 +7,21 @@ use leakscope_tests::*;
 fn launch_passes_exit_code_through() {
     let path = build_fixture("exitcode", &[]);
     let run = run_launch(&path, &[], &[]);
-    assert_eq!(
-        run.status.code(),
-        Some(3),
-        "leakscope exit {} for a command that exits 3\n{}",
-        describe_status(run.status),
-        run.stderr
-    );
-    check_sites(
+    check_fixture_report(
         &run.report,
         "exitcode",
         &path,
         OriginRule::Module,
+        Mode::Launch,
         &expected::exitcode(),
+        |v| {
+            v.check(run.status.code() == Some(3), || {
+                format!(
+                    "leakscope exit {} for a command that exits 3\n--- leakscope stderr ---\n{}",
+                    describe_status(run.status),
+                    run.stderr
+                )
+            });
+        },
     );
-    check_report_common(&run.report, &path, Mode::Launch);
 }

@@ -1,6 +1,7 @@
 //! mappings.c: mmap/munmap/mremap through libc and the raw syscall.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 
 use leakscope_tests::*;
 use serde_json::Value;
@@ -11,47 +12,39 @@ fn fixture() -> PathBuf {
     build_fixture(NAME, &[])
 }
 
-fn check(report: &Value, path: &Path, mode: Mode) {
-    let (heap, mmap) = check_sites(
+fn check(report: &Value, path: &Path, mode: Mode, status: ExitStatus, stderr: &str) {
+    check_fixture_report(
         report,
         NAME,
         path,
         OriginRule::Module,
+        mode,
         &expected::mappings(),
+        |v| {
+            v.check(status.success(), || {
+                format!(
+                    "leakscope exit {} (expected 0)\n--- leakscope stderr ---\n{stderr}",
+                    describe_status(status)
+                )
+            });
+        },
     );
-    check_totals_cover(report, heap, mmap);
-    check_report_common(report, path, mode);
 }
 
 #[test]
 fn launch() {
     let path = fixture();
     let run = run_launch(&path, &[], &[]);
-    assert!(
-        run.status.success(),
-        "leakscope exit {} (fixture exits 0)\n{}",
-        describe_status(run.status),
-        run.stderr
-    );
-    check(&run.report, &path, Mode::Launch);
+    check(&run.report, &path, Mode::Launch, run.status, &run.stderr);
 }
 
 #[test]
 fn attach_until_sigterm() {
     let path = fixture();
     let run = run_attach(&path, &[], Stop::Signal(libc::SIGTERM));
-    assert!(
-        run.status.success(),
-        "leakscope exit {} after SIGTERM\n{}",
-        describe_status(run.status),
-        run.stderr
-    );
-    check(
-        &run.report,
-        &path,
-        Mode::Attach {
-            pid: run.fixture_pid,
-            exited: false,
-        },
-    );
+    let mode = Mode::Attach {
+        pid: run.fixture_pid,
+        exited: false,
+    };
+    check(&run.report, &path, mode, run.status, &run.stderr);
 }

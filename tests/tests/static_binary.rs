@@ -4,6 +4,7 @@
 //! wrappers live in the fixture binary too.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 
 use leakscope_tests::*;
 use serde_json::Value;
@@ -12,63 +13,48 @@ fn fixture() -> PathBuf {
     build_fixture("mappings", &["-static"])
 }
 
-fn check(report: &Value, stderr: &str, path: &Path, mode: Mode) {
-    assert!(
-        stderr
-            .lines()
-            .any(|l| l.contains("static") && !l.starts_with(ERROR_PREFIX)),
-        "no warning line containing \"static\" on stderr:\n{stderr}"
-    );
-    let (heap, mmap) = check_sites(
+fn check(report: &Value, path: &Path, mode: Mode, status: ExitStatus, stderr: &str) {
+    check_fixture_report(
         report,
         "mappings",
         path,
         OriginRule::ModuleAndSource,
+        mode,
         &expected::mappings(),
+        |v| {
+            v.check(status.success(), || {
+                format!("leakscope exit {} (expected 0)", describe_status(status))
+            });
+            v.check(
+                stderr
+                    .lines()
+                    .any(|l| l.contains("static") && !l.starts_with(ERROR_PREFIX)),
+                || format!("no warning line containing \"static\" on stderr:\n{stderr}"),
+            );
+            for name in LIBC_PROBES {
+                let status = probe(report, name).map(|p| p["status"].clone());
+                v.check(status.as_ref().and_then(Value::as_str) == Some("missing"), || {
+                    format!("libc probe {name} in a static binary: status {status:?} (expected \"missing\")")
+                });
+            }
+        },
     );
-    check_totals_cover(report, heap, mmap);
-    check_report_common(report, path, mode);
-    for name in LIBC_PROBES {
-        let p = probe(report, name)
-            .unwrap_or_else(|| panic!("no probe {name:?} in report; probes: {}", report["probes"]));
-        assert_eq!(
-            p["status"].as_str(),
-            Some("missing"),
-            "libc probe in a static binary: {p}"
-        );
-    }
 }
 
 #[test]
 fn launch() {
     let path = fixture();
     let run = run_launch(&path, &[], &[]);
-    assert!(
-        run.status.success(),
-        "leakscope exit {} (fixture exits 0)\n{}",
-        describe_status(run.status),
-        run.stderr
-    );
-    check(&run.report, &run.stderr, &path, Mode::Launch);
+    check(&run.report, &path, Mode::Launch, run.status, &run.stderr);
 }
 
 #[test]
 fn attach_until_sigint() {
     let path = fixture();
     let run = run_attach(&path, &[], Stop::Signal(libc::SIGINT));
-    assert!(
-        run.status.success(),
-        "leakscope exit {} after SIGINT\n{}",
-        describe_status(run.status),
-        run.stderr
-    );
-    check(
-        &run.report,
-        &run.stderr,
-        &path,
-        Mode::Attach {
-            pid: run.fixture_pid,
-            exited: false,
-        },
-    );
+    let mode = Mode::Attach {
+        pid: run.fixture_pid,
+        exited: false,
+    };
+    check(&run.report, &path, mode, run.status, &run.stderr);
 }
