@@ -18,7 +18,7 @@ use leak_common::{
 
 use crate::{
     libc_alloc::inside_allocator,
-    shared::{count, count_drop, emit, now_ns, target_tid, user_stack_id, EVENTS},
+    shared::{count, count_drop, emit, now_ns, target_tid, user_stack_id, wakeup_flags, EVENTS},
 };
 
 #[repr(C)]
@@ -126,7 +126,7 @@ fn emit_mapping(ctx: &TracePointContext, heap: HeapEvent) {
         (*record).stack_window =
             bpf_probe_read_user(sp as *const [u64; STACK_WINDOW_WORDS]).unwrap_or([0; STACK_WINDOW_WORDS]);
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
 }
 
 /// An exec replaces the whole address space: user space starts afresh.

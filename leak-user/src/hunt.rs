@@ -28,6 +28,8 @@ use crate::{
 /// How often the target's mappings are re-read, so that stacks stay
 /// resolvable after it exits.
 const MODULE_REFRESH: Duration = Duration::from_secs(1);
+/// How often the ring buffer is drained.
+const RING_POLL: Duration = Duration::from_millis(10);
 
 pub struct Outcome {
     pub report: Report,
@@ -166,6 +168,8 @@ async fn collect_until_end(
     let mut terminate = signal(SignalKind::terminate())?;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut refresh = tokio::time::interval(MODULE_REFRESH);
+    // The kernel side wakes this reader only when the ring is half full.
+    let mut poll = tokio::time::interval(RING_POLL);
     let mut summary = args.interval.filter(|d| !d.is_zero()).map(tokio::time::interval);
     let started = Instant::now();
 
@@ -182,6 +186,7 @@ async fn collect_until_end(
             _ = terminate.recv() => break End::Interrupted,
             _ = sleep_until(deadline) => break End::Duration,
             _ = refresh.tick() => collector.refresh_modules(),
+            _ = poll.tick() => drain(ring.get_mut(), collector, &stack_map),
             _ = tick(&mut summary) => print_summary(collector, started.elapsed()),
         }
     };
