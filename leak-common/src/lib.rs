@@ -130,15 +130,18 @@ pub struct HeapEvent {
     pub stack_id: i64,
 }
 
-/// Words of user stack copied above the stack pointer at a syscall. Enough to
-/// cover libc's syscall wrappers (mremap's keeps 0x58 bytes of locals), so user
-/// space can recover the return address that a frame-pointer walk skips.
+/// Words of user stack copied from the stack pointer up. Enough to cover the
+/// frames of functions without a frame pointer between the probe and the
+/// first frame-pointer frame (libc's mremap wrapper keeps 0x58 bytes, operator
+/// new 8), so user space can recover the return addresses a frame-pointer walk
+/// skips.
 pub const STACK_WINDOW_WORDS: usize = 16;
 
-/// A mapping event with the user stack pointer and the words above it.
+/// An event that creates memory at a site (allocations, mappings), with the
+/// user stack pointer and the words above it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct MapEvent {
+pub struct SiteEvent {
     pub heap: HeapEvent,
     pub sp: u64,
     pub stack_window: [u64; STACK_WINDOW_WORDS],
@@ -189,5 +192,5 @@ pub mod counter {
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers with no padding holes that matter.
     unsafe impl aya::Pod for super::HeapEvent {}
-    unsafe impl aya::Pod for super::MapEvent {}
+    unsafe impl aya::Pod for super::SiteEvent {}
 }

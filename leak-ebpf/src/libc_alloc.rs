@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use leak_common::{counter, DropReason, EventOp, HeapEvent, Probe};
 
-use crate::shared::{count, count_drop, emit, now_ns, target_tid, user_stack_id};
+use crate::shared::{count, count_drop, emit, emit_site_event, now_ns, target_tid};
 
 /// Arguments of an allocator call between its entry and return probes.
 #[repr(C)]
@@ -189,7 +189,11 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         if resizes {
             event.op = EventOp::Realloc as u8;
         }
-        event.stack_id = user_stack_id(&ctx);
+        // The stack is complete from the caller on, unless the caller keeps
+        // no frame pointer (operator new): user space recovers those frames
+        // from the stack window.
+        emit_site_event(&ctx, event, sp);
+        return 0;
     }
     emit(&event);
     0

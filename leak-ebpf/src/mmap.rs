@@ -6,19 +6,16 @@
 //! nest within a thread, so the pending state is keyed by thread id alone.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs},
+    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
     macros::{map, tracepoint},
     maps::HashMap,
     programs::TracePointContext,
 };
-use leak_common::{
-    counter, DropReason, EventOp, HeapEvent, MapEvent, Probe, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS,
-    STACK_WINDOW_WORDS,
-};
+use leak_common::{counter, DropReason, EventOp, HeapEvent, Probe, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS};
 
 use crate::{
     libc_alloc::inside_allocator,
-    shared::{count, count_drop, emit, now_ns, target_tid, user_stack_id, wakeup_flags, EVENTS},
+    shared::{count, count_drop, emit, emit_site_event, now_ns, target_tid},
 };
 
 #[repr(C)]
@@ -106,29 +103,6 @@ fn event(op: EventOp, tid: u32, call: &PendingSyscall) -> HeapEvent {
     }
 }
 
-/// Records a new mapping with its stack and the stack window above the user
-/// stack pointer.
-#[inline(always)]
-fn emit_mapping(ctx: &TracePointContext, heap: HeapEvent) {
-    let Some(mut entry) = EVENTS.reserve::<MapEvent>(0) else {
-        count_drop(DropReason::RingBufFull);
-        return;
-    };
-    let sp = user_sp();
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` points at a reserved, exclusively owned ring buffer record.
-    unsafe {
-        (*record).heap = HeapEvent {
-            stack_id: user_stack_id(ctx),
-            ..heap
-        };
-        (*record).sp = sp;
-        (*record).stack_window =
-            bpf_probe_read_user(sp as *const [u64; STACK_WINDOW_WORDS]).unwrap_or([0; STACK_WINDOW_WORDS]);
-    }
-    entry.submit(wakeup_flags());
-}
-
 /// An exec replaces the whole address space: user space starts afresh.
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
@@ -170,7 +144,7 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
             size: call.len,
             ..event(EventOp::Map, tid, &call)
         };
-        emit_mapping(&ctx, heap);
+        emit_site_event(&ctx, heap, user_sp());
     }
     0
 }
@@ -227,7 +201,7 @@ pub fn sys_exit_mremap(ctx: TracePointContext) -> u32 {
             old_size: call.len,
             ..event(EventOp::Remap, tid, &call)
         };
-        emit_mapping(&ctx, heap);
+        emit_site_event(&ctx, heap, user_sp());
     }
     0
 }

@@ -1,12 +1,12 @@
 //! Maps and helpers used by every probe family.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::map,
     maps::{PerCpuArray, RingBuf, StackTrace},
     programs::tracing::StackIdContext,
 };
-use leak_common::{counter, DropReason, HeapEvent};
+use leak_common::{counter, DropReason, HeapEvent, SiteEvent, STACK_WINDOW_WORDS};
 
 /// The process being traced; written by user space before load.
 #[unsafe(no_mangle)]
@@ -87,6 +87,28 @@ pub fn wakeup_flags() -> u64 {
     } else {
         BPF_RB_NO_WAKEUP
     }
+}
+
+/// Writes an event that creates memory, with its stack and the stack window
+/// above the user stack pointer `sp` (see `STACK_WINDOW_WORDS`).
+#[inline(always)]
+pub fn emit_site_event<C: StackIdContext>(ctx: &C, heap: HeapEvent, sp: u64) {
+    let Some(mut entry) = EVENTS.reserve::<SiteEvent>(0) else {
+        count_drop(DropReason::RingBufFull);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points at a reserved, exclusively owned ring buffer record.
+    unsafe {
+        (*record).heap = HeapEvent {
+            stack_id: user_stack_id(ctx),
+            ..heap
+        };
+        (*record).sp = sp;
+        (*record).stack_window =
+            bpf_probe_read_user(sp as *const [u64; STACK_WINDOW_WORDS]).unwrap_or([0; STACK_WINDOW_WORDS]);
+    }
+    entry.submit(wakeup_flags());
 }
 
 /// Writes `event` to the ring buffer, counting a drop when it is full.

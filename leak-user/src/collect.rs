@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 
 use aya::maps::{MapData, StackTraceMap};
-use leak_common::{EventOp, HeapEvent, MapEvent, Probe, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS};
+use leak_common::{EventOp, HeapEvent, Probe, SiteEvent, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS};
 
 use crate::{
     heap::{charged_size, Heap, Kind, SiteKey},
-    symbolize::{skipped_caller, ProcessModules},
+    symbolize::{FramelessUnwinder, ProcessModules},
 };
 
 /// PROT_EXEC: a file mapped executable is a library or JIT image to symbolize.
@@ -22,6 +22,7 @@ pub struct Collector {
     /// Records that were too short or had an unknown operation.
     pub malformed: u64,
     modules_changed: bool,
+    unwinder: FramelessUnwinder,
 }
 
 impl Collector {
@@ -33,6 +34,7 @@ impl Collector {
             events: 0,
             malformed: 0,
             modules_changed: true,
+            unwinder: FramelessUnwinder::default(),
         }
     }
 
@@ -47,78 +49,69 @@ impl Collector {
             return;
         };
         self.events += 1;
-        let heap_site = |c: &mut Collector| c.heap.intern(SiteKey::heap(probe, event.stack_id));
+        let e = &event;
         match op {
-            EventOp::Alloc => {
-                let site = heap_site(self);
-                self.heap
-                    .alloc(event.addr, charged_size(probe, event.size), event.ts_ns, site);
-            }
-            EventOp::Free => self.heap.free(event.addr, event.entry_ns),
-            EventOp::Realloc => {
-                let site = heap_site(self);
-                self.heap.realloc(
-                    event.old_addr,
-                    event.addr,
-                    event.size,
-                    event.entry_ns,
-                    event.ts_ns,
-                    site,
-                );
-            }
-            EventOp::Unmap => self.heap.unmap(event.addr, event.size, event.entry_ns),
+            EventOp::Free => self.heap.free(e.addr, e.entry_ns),
+            EventOp::Unmap => self.heap.unmap(e.addr, e.size, e.entry_ns),
             EventOp::Exec => {
+                // A new program: its addresses mean other code.
                 self.heap = Heap::default();
+                self.unwinder = FramelessUnwinder::default();
                 self.modules_changed = true;
             }
-            EventOp::Map | EventOp::Remap => {
-                let Some(mapping) = read_record::<MapEvent>(record) else {
+            EventOp::Alloc | EventOp::Realloc | EventOp::Map | EventOp::Remap => {
+                let Some(site_event) = read_record::<SiteEvent>(record) else {
                     self.malformed += 1;
                     return;
                 };
-                let internal = event.flags & FLAG_ALLOCATOR_INTERNAL != 0;
-                let anonymous = event.flags & FLAG_ANONYMOUS != 0;
-                if !anonymous && event.prot & PROT_EXEC != 0 {
+                if e.flags & FLAG_ANONYMOUS == 0 && e.prot & PROT_EXEC != 0 {
                     self.modules_changed = true;
                 }
-                let site = self.mapping_site(&mapping, probe, internal, stack_map);
-                if op == EventOp::Map {
-                    self.heap.map(event.addr, event.size, event.ts_ns, site, internal);
-                } else {
-                    let e = &event;
-                    self.heap.remap(
+                let internal = e.flags & FLAG_ALLOCATOR_INTERNAL != 0;
+                let site = self.site(&site_event, probe, internal, stack_map);
+                match op {
+                    EventOp::Alloc => self.heap.alloc(e.addr, charged_size(probe, e.size), e.ts_ns, site),
+                    EventOp::Realloc => self.heap.realloc(e.old_addr, e.addr, e.size, e.entry_ns, e.ts_ns, site),
+                    EventOp::Map => self.heap.map(e.addr, e.size, e.ts_ns, site, internal),
+                    _ => self.heap.remap(
                         e.old_addr, e.old_size, e.addr, e.size, e.entry_ns, e.ts_ns, site, internal,
-                    );
+                    ),
                 }
             }
         }
     }
 
-    fn mapping_site(
+    /// The site of an event that creates memory, its stack completed with the
+    /// frames a frame-pointer walk skips.
+    fn site(
         &mut self,
-        mapping: &MapEvent,
+        site_event: &SiteEvent,
         probe: Probe,
         internal: bool,
         stack_map: &StackTraceMap<&MapData>,
     ) -> u32 {
-        let event = &mapping.heap;
-        let mut key = SiteKey {
-            kind: Kind::Mmap,
-            anonymous: event.flags & FLAG_ANONYMOUS != 0,
-            prot: event.prot,
-            ..SiteKey::heap(probe, event.stack_id)
-        };
-        // Allocator-internal mappings are not shown as sites: skip the unwinding.
-        if !internal {
-            let frame0 = self
-                .raw_stack(event.stack_id, stack_map)
-                .and_then(|s| s.first().copied());
-            if let Some(ip) = frame0 {
-                self.refresh_modules_if_changed();
-                key.skipped_caller = skipped_caller(&self.modules, ip, mapping.sp, &mapping.stack_window).unwrap_or(0);
-            }
-        } else {
+        let event = &site_event.heap;
+        let heap = matches!(EventOp::from_u8(event.op), Some(EventOp::Alloc | EventOp::Realloc));
+        let mut key = SiteKey::heap(probe, event.stack_id);
+        if !heap {
+            key = SiteKey {
+                kind: Kind::Mmap,
+                anonymous: event.flags & FLAG_ANONYMOUS != 0,
+                prot: event.prot,
+                ..key
+            };
+        }
+        // Allocator-internal mappings are not shown as sites: no stack needed.
+        if internal {
             key.stack_id = -1;
+            return self.heap.intern(key);
+        }
+        if let Some(&frame0) = self.raw_stack(event.stack_id, stack_map).and_then(|s| s.first()) {
+            self.refresh_modules_if_changed();
+            // Heap stacks are taken at the return probe: frame 0 is a return address.
+            key.skipped_callers =
+                self.unwinder
+                    .skipped_callers(&self.modules, frame0, heap, site_event.sp, &site_event.stack_window);
         }
         self.heap.intern(key)
     }

@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use leak_common::Probe;
 
+use crate::symbolize::MAX_SKIPPED;
+
 pub const PAGE_SIZE: u64 = 4096;
 
 /// What kind of memory a site holds.
@@ -28,9 +30,9 @@ pub struct SiteKey {
     pub probe: Probe,
     /// Id in the kernel stack map; negative when the stack was lost.
     pub stack_id: i64,
-    /// The return address a frame-pointer walk skipped (0 if none), inserted
+    /// Return addresses a frame-pointer walk skipped (zero-padded), inserted
     /// after frame 0 when the stack is shown.
-    pub skipped_caller: u64,
+    pub skipped_callers: [u64; MAX_SKIPPED],
     /// For mappings: anonymous or file-backed.
     pub anonymous: bool,
     /// For mappings: PROT_* bits.
@@ -43,7 +45,7 @@ impl SiteKey {
             kind: Kind::Malloc,
             probe,
             stack_id,
-            skipped_caller: 0,
+            skipped_callers: [0; MAX_SKIPPED],
             anonymous: false,
             prot: 0,
         }

@@ -247,8 +247,9 @@ fn build_report(
         .map(|(&id, t)| {
             let key = collector.heap.site(id);
             let mut addrs: Vec<u64> = collector.cached_stack(key.stack_id).unwrap_or_default().to_vec();
-            if key.skipped_caller != 0 && !addrs.is_empty() {
-                addrs.insert(1, key.skipped_caller);
+            if !addrs.is_empty() {
+                let skipped = key.skipped_callers.iter().copied().filter(|&a| a != 0);
+                addrs.splice(1..1, skipped);
             }
             // Heap stacks are taken at the return probe: frame 0 is a return address too.
             let frames = symbolizer.symbolize(&collector.modules, &addrs, key.kind == Kind::Malloc);

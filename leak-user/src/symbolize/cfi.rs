@@ -1,6 +1,6 @@
 //! Recovering the caller that a frame-pointer walk skips, from `.eh_frame`.
 
-use std::fs::File;
+use std::{collections::HashMap, fs::File};
 
 use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EndianSlice, LittleEndian, RegisterRule, UnwindContext, UnwindSection,
@@ -58,9 +58,9 @@ impl Cfi {
             .map(|&(offset, _, vaddr)| file_offset - offset + vaddr)
     }
 
-    /// Where the return address is relative to the stack pointer at `vaddr`,
-    /// when the CFA there is rsp-based; None when it is rbp-based or unknown.
-    fn return_address_sp_offset(&self, vaddr: u64) -> Option<i64> {
+    /// The frame at `vaddr` when its CFA is rsp-based; None when it is
+    /// rbp-based (the function keeps a frame pointer) or unknown.
+    fn frameless_rule(&self, vaddr: u64) -> Option<FramelessRule> {
         let eh_frame = EhFrame::new(&self.eh_frame, LittleEndian);
         let mut bases = BaseAddresses::default().set_eh_frame(self.eh_frame_addr);
         let mut ctx = UnwindContext::new();
@@ -85,7 +85,10 @@ impl Cfi {
             return None;
         }
         match row.register(X86_64::RA) {
-            RegisterRule::Offset(ra) => offset.checked_add(ra),
+            RegisterRule::Offset(ra) => Some(FramelessRule {
+                cfa: *offset,
+                return_address: offset.checked_add(ra)?,
+            }),
             _ => None,
         }
     }
@@ -101,24 +104,74 @@ fn linear<'ctx>(
     eh_frame.unwind_info_for_address(bases, ctx, vaddr, EhFrame::cie_from_offset)
 }
 
-/// Recover the return address a frame-pointer walk skips when frame 0 is inside
-/// a function that keeps no frame pointer (libc's syscall wrappers: mmap,
-/// munmap, mremap, syscall). `ip` is the exact instruction pointer of frame 0,
-/// `sp` the user stack pointer at that moment and `window` the words read from
-/// the stack at `sp` onwards.
-///
-/// Returns the word holding the return address when the CFA at `ip` is
-/// rsp-based and that word is inside the window. None when the function set up
-/// a frame pointer (the walk is already complete), when the word lies beyond
-/// the window, or when the module or its unwind entry is unknown.
-pub fn skipped_caller(modules: &ProcessModules, ip: u64, sp: u64, window: &[u64]) -> Option<u64> {
-    let mapping = modules.find(ip)?;
-    let module = mapping.file.as_ref()?;
-    let cfi = module.cfi.get_or_init(|| Cfi::load(&module.file)).as_ref()?;
-    let ra_offset = cfi.return_address_sp_offset(cfi.vaddr(mapping.file_offset(ip))?)?;
-    let slot = sp.checked_add_signed(ra_offset)?;
-    // window[0] is the word at sp.
-    let delta = slot.checked_sub(sp)?;
+/// Offsets from the stack pointer inside a function without a frame pointer.
+#[derive(Clone, Copy, Debug)]
+struct FramelessRule {
+    /// The caller's stack pointer after the return (the CFA).
+    cfa: i64,
+    /// Where the return address is.
+    return_address: i64,
+}
+
+/// Frames that a frame-pointer walk skips, at most this many.
+pub const MAX_SKIPPED: usize = 3;
+
+/// Recovers the callers that a frame-pointer walk skips when the innermost
+/// frames keep no frame pointer: libc's syscall wrappers (mmap, munmap,
+/// mremap), or libstdc++'s `operator new` calling malloc. The walk follows
+/// `%rbp`, which still holds the frame of the first caller that set one up, so
+/// the frameless functions' return addresses are missing. They are read from a
+/// copy of the stack taken with the event, using the `.eh_frame` rules.
+#[derive(Default)]
+pub struct FramelessUnwinder {
+    /// Rule per looked-up address (None: has a frame pointer, or unknown).
+    rules: HashMap<u64, Option<FramelessRule>>,
+}
+
+impl FramelessUnwinder {
+    /// `frame0` is the innermost frame of the walk: an exact instruction
+    /// pointer, or a return address when `frame0_returns` (stacks taken at a
+    /// return probe). `sp` is the user stack pointer at that moment and
+    /// `window` the words at `sp` onwards. Returns the skipped return
+    /// addresses, innermost first, zero-padded.
+    pub fn skipped_callers(
+        &mut self,
+        modules: &ProcessModules,
+        frame0: u64,
+        frame0_returns: bool,
+        sp: u64,
+        window: &[u64],
+    ) -> [u64; MAX_SKIPPED] {
+        let mut skipped = [0; MAX_SKIPPED];
+        // A return address is looked up at the call instruction before it.
+        let mut pc = if frame0_returns { frame0.wrapping_sub(1) } else { frame0 };
+        let mut frame_sp = sp;
+        for slot in skipped.iter_mut() {
+            let Some(rule) = self.rule(modules, pc) else { break };
+            let Some(return_address) = word_at(window, sp, frame_sp.wrapping_add_signed(rule.return_address)) else {
+                break;
+            };
+            *slot = return_address;
+            frame_sp = frame_sp.wrapping_add_signed(rule.cfa);
+            pc = return_address.wrapping_sub(1);
+        }
+        skipped
+    }
+
+    fn rule(&mut self, modules: &ProcessModules, pc: u64) -> Option<FramelessRule> {
+        // Not cached while the module is unknown: it may be mapped later.
+        let mapping = modules.find(pc)?;
+        *self.rules.entry(pc).or_insert_with(|| {
+            let module = mapping.file.as_ref()?;
+            let cfi = module.cfi.get_or_init(|| Cfi::load(&module.file)).as_ref()?;
+            cfi.frameless_rule(cfi.vaddr(mapping.file_offset(pc))?)
+        })
+    }
+}
+
+/// The window word at address `addr`; `window[0]` is at `sp`.
+fn word_at(window: &[u64], sp: u64, addr: u64) -> Option<u64> {
+    let delta = addr.checked_sub(sp)?;
     if delta % 8 != 0 {
         return None;
     }

@@ -14,7 +14,7 @@ use std::path::Path;
 use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::Input;
 
-pub use cfi::skipped_caller;
+pub use cfi::{FramelessUnwinder, MAX_SKIPPED};
 use maps::ModuleFile;
 pub use maps::ProcessModules;
 
@@ -253,11 +253,10 @@ int main(void) {
 
         // At the entry the CFA is rsp+8; inside the body it is rbp-based.
         let window = window();
-        assert_eq!(
-            skipped_caller(&modules, target_fn, 0x7ff0_0000, &window),
-            Some(window[0])
-        );
-        assert_eq!(skipped_caller(&modules, inside, 0x7ff0_0000, &window), None);
+        let first_skipped =
+            |ip| FramelessUnwinder::default().skipped_callers(&modules, ip, false, 0x7ff0_0000, &window)[0];
+        assert_eq!(first_skipped(target_fn), window[0]);
+        assert_eq!(first_skipped(inside), 0);
 
         drop(child);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -298,17 +297,14 @@ int main(void) {
         modules.refresh().unwrap();
         let window = window();
         let sp = 0x7ffd_0000_0000;
+        let skipped =
+            |ip, window: &[u64]| FramelessUnwinder::default().skipped_callers(&modules, ip, false, sp, window);
         // mmap64 keeps nothing on the stack: the return address is at [rsp].
-        assert_eq!(
-            skipped_caller(&modules, syscall_in(c"mmap64"), sp, &window),
-            Some(0x1234)
-        );
+        // It leads nowhere known, so the unwinding stops there.
+        assert_eq!(skipped(syscall_in(c"mmap64"), &window), [0x1234, 0, 0]);
         // mremap starts with `sub $0x58,%rsp`.
-        assert_eq!(
-            skipped_caller(&modules, syscall_in(c"mremap"), sp, &window),
-            Some(window[0x58 / 8])
-        );
+        assert_eq!(skipped(syscall_in(c"mremap"), &window)[0], window[0x58 / 8]);
         // Beyond the window.
-        assert_eq!(skipped_caller(&modules, syscall_in(c"mremap"), sp, &window[..4]), None);
+        assert_eq!(skipped(syscall_in(c"mremap"), &window[..4]), [0; MAX_SKIPPED]);
     }
 }
