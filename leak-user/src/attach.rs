@@ -66,20 +66,44 @@ pub enum ProbeStatus {
     Attached,
     /// The function is not in the target (static binary, other libc).
     Missing,
-    /// Another probed name at the same address covers it.
-    Alias,
 }
 
 #[derive(Clone, Debug)]
 pub struct AttachedProbe {
     pub probe: Probe,
     pub status: ProbeStatus,
-    /// Names at the same address, probed once under `probe`.
+    /// The other names at the same address: one function, probed once.
     pub aliases: Vec<&'static str>,
+    /// The probe whose hit counters and attach cookie serve this name (itself,
+    /// unless it is an alias).
+    pub counted_as: Probe,
     /// Offset of the probe point in the module file.
     pub file_offset: Option<u64>,
     pub placement: Option<Placement>,
     pub has_return: bool,
+}
+
+impl AttachedProbe {
+    fn missing(probe: Probe) -> AttachedProbe {
+        AttachedProbe {
+            probe,
+            status: ProbeStatus::Missing,
+            aliases: vec![],
+            counted_as: probe,
+            file_offset: None,
+            placement: None,
+            has_return: probe != Probe::Free,
+        }
+    }
+
+    /// The function names this probe stands for: "aligned_alloc/memalign".
+    pub fn display_name(&self) -> String {
+        let names: Vec<&str> = [self.probe.name()]
+            .into_iter()
+            .chain(self.aliases.iter().copied())
+            .collect();
+        names.join("/")
+    }
 }
 
 /// The attachments, taken out of their programs so that they can be closed
@@ -212,26 +236,15 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, libc: Option<&Path>) -> Result<(Vec<Att
     let mut links = Links::default();
     match libc {
         Some(libc) => attach_libc(ebpf, pid, libc, &mut probes, &mut links)?,
-        None => probes.extend(LIBC_PROBES.iter().map(|&(probe, _, _)| AttachedProbe {
-            probe,
-            status: ProbeStatus::Missing,
-            aliases: vec![],
-            file_offset: None,
-            placement: None,
-            has_return: probe != Probe::Free,
-        })),
+        None => probes.extend(LIBC_PROBES.iter().map(|&(probe, _, _)| AttachedProbe::missing(probe))),
     }
     for &(probe, syscall) in SYSCALL_PROBES {
         for phase in ["enter", "exit"] {
             attach_tracepoint(ebpf, "syscalls", &format!("sys_{phase}_{syscall}"), &mut links)?;
         }
         probes.push(AttachedProbe {
-            probe,
             status: ProbeStatus::Attached,
-            aliases: vec![],
-            file_offset: None,
-            placement: None,
-            has_return: true,
+            ..AttachedProbe::missing(probe)
         });
     }
     attach_tracepoint(ebpf, "sched", "sched_process_exec", &mut links)?;
@@ -265,26 +278,19 @@ fn attach_libc(
     let mut first_at: BTreeMap<u64, usize> = BTreeMap::new();
     for &(probe, program_name, args) in LIBC_PROBES {
         let Some(function) = functions.get(probe.name()) else {
-            probes.push(AttachedProbe {
-                probe,
-                status: ProbeStatus::Missing,
-                aliases: vec![],
-                file_offset: None,
-                placement: None,
-                has_return: probe != Probe::Free,
-            });
+            probes.push(AttachedProbe::missing(probe));
             continue;
         };
         if let Some(&index) = first_at.get(&function.vaddr) {
-            probes[index].aliases.push(probe.name());
-            probes.push(AttachedProbe {
+            let primary = &mut probes[index];
+            let mut alias = AttachedProbe {
                 probe,
-                status: ProbeStatus::Alias,
-                aliases: vec![probes[index].probe.name()],
-                file_offset: None,
-                placement: None,
-                has_return: false,
-            });
+                aliases: vec![primary.probe.name()],
+                ..primary.clone()
+            };
+            alias.aliases.extend(primary.aliases.iter().copied());
+            primary.aliases.push(probe.name());
+            probes.push(alias);
             continue;
         }
         let has_return = probe != Probe::Free;
@@ -322,6 +328,7 @@ fn attach_libc(
             probe,
             status: ProbeStatus::Attached,
             aliases: vec![],
+            counted_as: probe,
             file_offset: Some(file_offset),
             placement: Some(placed),
             has_return,

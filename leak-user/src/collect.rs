@@ -7,6 +7,7 @@ use leak_common::{EventOp, HeapEvent, Probe, SiteEvent, FLAG_ALLOCATOR_INTERNAL,
 
 use crate::{
     heap::{charged_size, Heap, Kind, SiteKey},
+    report::PROT_UNKNOWN,
     symbolize::{FramelessUnwinder, ProcessModules},
 };
 
@@ -100,6 +101,11 @@ impl Collector {
                 prot: event.prot,
                 ..key
             };
+        }
+        // mremap keeps the protection and backing of the mapping it moves.
+        if probe == Probe::Mremap {
+            let source = self.heap.mapping_site(event.old_addr).map(|site| *self.heap.site(site));
+            (key.anonymous, key.prot) = source.map_or((true, PROT_UNKNOWN), |s| (s.anonymous, s.prot));
         }
         // Allocator-internal mappings are not shown as sites: no stack needed.
         if internal {

@@ -207,6 +207,12 @@ impl Heap {
         }
     }
 
+    /// The site of the mapping containing `addr`, if it is tracked.
+    pub fn mapping_site(&self, addr: u64) -> Option<SiteId> {
+        let (_, range) = self.ranges.range(..=addr).next_back()?;
+        (addr < range.end).then_some(range.site)
+    }
+
     /// Bytes mapped inside allocator calls (malloc's arenas and large blocks).
     pub fn allocator_internal_bytes(&self) -> u64 {
         self.ranges

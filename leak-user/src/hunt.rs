@@ -22,7 +22,7 @@ use crate::{
     preflight,
     report::{self, Frame, Mapping, ProbeReport, Report, Site, Totals},
     symbolize::Symbolizer,
-    target::{self, Target},
+    target::{self, Launched, Target},
 };
 
 /// How often the target's mappings are re-read, so that stacks stay
@@ -100,7 +100,6 @@ pub fn run(args: &HuntArgs) -> Result<Outcome> {
     }
     log::info!("loaded and attached in {:.3} s", attach_started.elapsed().as_secs_f64());
     let attached = probes.iter().filter(|p| p.status == ProbeStatus::Attached).count();
-    eprintln!("leakscope: attached to PID {} ({attached} probes)", target.pid);
     for p in probes
         .iter()
         .filter_map(|p| Some((p.probe.name(), p.placement.as_ref()?)))
@@ -112,16 +111,17 @@ pub fn run(args: &HuntArgs) -> Result<Outcome> {
     let started = Instant::now();
     let mut collector = Collector::new(target.pid);
     collector.refresh_modules();
-    // The pidfd is opened before the gate opens, so even an instant exit is seen.
-    let pidfd = pidfd_open(target.pid)?;
-    if let Some(launched) = launched.as_mut() {
-        launched.release()?;
+    let announce = || eprintln!("leakscope: attached to PID {} ({attached} probes)", target.pid);
+    let (end, exit_code) = runtime.block_on(collect_until_end(
+        &mut ebpf,
+        &mut collector,
+        launched.as_mut(),
+        args,
+        announce,
+    ))?;
+    if let (Some(launched), None) = (launched, exit_code) {
+        launched.detach();
     }
-    let end = runtime.block_on(collect_until_end(&mut ebpf, &mut collector, pidfd, args))?;
-    let exit_code = match (&launched, end) {
-        (Some(_), End::TargetExited) => Some(reap(target.pid)),
-        _ => None,
-    };
     let duration = started.elapsed();
     let report_started = Instant::now();
 
@@ -153,19 +153,37 @@ pub fn run(args: &HuntArgs) -> Result<Outcome> {
     })
 }
 
+/// Collects events until the hunt ends; returns why, and the exit code of a
+/// launched command that exited.
 async fn collect_until_end(
     ebpf: &mut aya::Ebpf,
     collector: &mut Collector,
-    pidfd: OwnedFd,
+    mut launched: Option<&mut Launched>,
     args: &HuntArgs,
-) -> Result<End> {
+    announce_attached: impl FnOnce(),
+) -> Result<(End, Option<i32>)> {
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
     let stack_map = StackTraceMap::try_from(ebpf.map("STACKS").context("STACKS map missing")?)?;
-    // SAFETY: the descriptors stay owned by the AsyncFds and are never replaced.
+    // SAFETY: the descriptor stays owned by the AsyncFd and is never replaced.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE)? };
-    let exited = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE)? };
+    // Handlers first: the attach announcement is the cue to start a workload
+    // and later to press Ctrl-C.
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    // A launched child is watched through SIGCHLD (it is our ptrace tracee);
+    // another process through a pidfd. Both are set up before the child can run.
+    let mut child_changed = signal(SignalKind::child())?;
+    let exited = match launched.as_deref_mut() {
+        Some(launched) => {
+            launched.release()?;
+            None
+        }
+        // SAFETY: as above.
+        None => {
+            Some(unsafe { AsyncFd::register_with_interest(pidfd_open(collector.modules.pid())?, Interest::READABLE)? })
+        }
+    };
+    announce_attached();
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut refresh = tokio::time::interval(MODULE_REFRESH);
     // The kernel side wakes this reader only when the ring is half full.
@@ -181,10 +199,16 @@ async fn collect_until_end(
                 guard.clear_ready();
                 collector.refresh_modules_if_changed();
             }
-            _ = exited.readable() => break End::TargetExited,
-            _ = interrupt.recv() => break End::Interrupted,
-            _ = terminate.recv() => break End::Interrupted,
-            _ = sleep_until(deadline) => break End::Duration,
+            _ = readable(exited.as_ref()) => break (End::TargetExited, None),
+            _ = child_changed.recv(), if launched.is_some() => {
+                let launched = launched.as_deref_mut().expect("guarded by is_some");
+                if let Some(code) = launched.poll(|| collector.refresh_modules()) {
+                    break (End::TargetExited, Some(code));
+                }
+            }
+            _ = interrupt.recv() => break (End::Interrupted, None),
+            _ = terminate.recv() => break (End::Interrupted, None),
+            _ = sleep_until(deadline) => break (End::Duration, None),
             _ = refresh.tick() => collector.refresh_modules(),
             _ = poll.tick() => drain(ring.get_mut(), collector, &stack_map),
             _ = tick(&mut summary) => print_summary(collector, started.elapsed()),
@@ -193,6 +217,15 @@ async fn collect_until_end(
     // Events written before the end are still queued.
     drain(ring.get_mut(), collector, &stack_map);
     Ok(end)
+}
+
+async fn readable(fd: Option<&AsyncFd<OwnedFd>>) {
+    match fd {
+        Some(fd) => {
+            let _ = fd.readable().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn drain(ring: &mut RingBuf<MapData>, collector: &mut Collector, stack_map: &StackTraceMap<&MapData>) {
@@ -242,6 +275,12 @@ fn build_report(
 ) -> Report {
     let now = monotonic_ns();
     let mut symbolizer = Symbolizer::new();
+    // A site records the probe that fired; name every function at that address.
+    let allocator_names: std::collections::HashMap<_, _> = probes
+        .iter()
+        .filter(|p| p.counted_as == p.probe)
+        .map(|p| (p.probe, p.display_name()))
+        .collect();
     let mut sites: Vec<Site> = totals
         .iter()
         .map(|(&id, t)| {
@@ -255,7 +294,10 @@ fn build_report(
             let frames = symbolizer.symbolize(&collector.modules, &addrs, key.kind == Kind::Malloc);
             Site {
                 kind: key.kind,
-                allocator: key.probe.name().to_string(),
+                allocator: allocator_names
+                    .get(&key.probe)
+                    .cloned()
+                    .unwrap_or_else(|| key.probe.name().to_string()),
                 outstanding_bytes: t.bytes,
                 outstanding_allocations: t.allocations,
                 oldest_age_s: now.saturating_sub(t.oldest_ts_ns) as f64 / 1e9,
@@ -314,10 +356,9 @@ fn kind_name(kind: Kind) -> &'static str {
 }
 
 fn probe_report(p: &AttachedProbe, counters: &Counters) -> ProbeReport {
-    let hits = counters.entry_hits(p.probe);
+    let hits = counters.entry_hits(p.counted_as);
     let status = match p.status {
         ProbeStatus::Missing => "missing",
-        ProbeStatus::Alias => "alias",
         ProbeStatus::Attached if hits > 0 => "live",
         ProbeStatus::Attached => "never-fired",
     };
@@ -328,7 +369,7 @@ fn probe_report(p: &AttachedProbe, counters: &Counters) -> ProbeReport {
         placement: p.placement.as_ref().map(|pl| pl.reason.clone()),
         status: status.to_string(),
         hits,
-        return_hits: p.has_return.then(|| counters.return_hits(p.probe)),
+        return_hits: p.has_return.then(|| counters.return_hits(p.counted_as)),
     }
 }
 
@@ -349,14 +390,4 @@ fn pidfd_open(pid: u32) -> Result<OwnedFd> {
     }
     // SAFETY: a fresh descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Reaps the launched child: its exit code, or 128 + the signal that killed it.
-fn reap(pid: u32) -> i32 {
-    use nix::sys::wait::{waitpid, WaitStatus};
-    match waitpid(nix::unistd::Pid::from_raw(pid as i32), None) {
-        Ok(WaitStatus::Exited(_, code)) => code,
-        Ok(WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
-        _ => 0,
-    }
 }

@@ -12,6 +12,13 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use nix::{
+    sys::{
+        ptrace,
+        wait::{waitpid, WaitPidFlag, WaitStatus},
+    },
+    unistd::Pid,
+};
 
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -52,6 +59,11 @@ pub fn command_line(pid: u32) -> Option<String> {
 
 /// A forked child that waits at a gate until the probes are attached, then
 /// execs the command, so tracing starts at its first instruction.
+///
+/// The child is also ptrace-seized with PTRACE_O_TRACEEXIT: it stops on its
+/// way out with its address space intact, so that its modules can be read
+/// even when it ran for a few milliseconds. Nothing else is intercepted; the
+/// signals it receives are passed on.
 pub struct Launched {
     pub target: Target,
     /// The executable that will be exec'd.
@@ -85,6 +97,8 @@ pub fn launch(command: &[String]) -> Result<Launched> {
         }
         nix::unistd::ForkResult::Parent { child } => {
             let pid = child.as_raw() as u32;
+            ptrace::seize(child, ptrace::Options::PTRACE_O_TRACEEXIT)
+                .context("cannot ptrace the launched child (is another tracer or a seccomp/Yama policy in the way?)")?;
             Ok(Launched {
                 target: Target {
                     pid,
@@ -131,6 +145,49 @@ impl Launched {
                 bail!("cannot execute `{}`: {err}", self.target.command)
             }
         }
+    }
+
+    /// Handles the child's pending state changes (call on SIGCHLD). Runs
+    /// `at_exit` while the child is stopped on its way out; returns the exit
+    /// code (or 128 + signal) once it is gone.
+    pub fn poll(&mut self, mut at_exit: impl FnMut()) -> Option<i32> {
+        let pid = Pid::from_raw(self.target.pid as i32);
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+                Ok(WaitStatus::Exited(_, code)) => return Some(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => return Some(128 + signal as i32),
+                Ok(WaitStatus::PtraceEvent(_, _, event)) if event == ptrace::Event::PTRACE_EVENT_EXIT as i32 => {
+                    at_exit();
+                    let _ = ptrace::cont(pid, None);
+                }
+                // A group-stop (SIGSTOP, SIGTSTP): stay stopped, as without us.
+                Ok(WaitStatus::PtraceEvent(..)) => {
+                    // SAFETY: PTRACE_LISTEN on our stopped tracee; no pointers.
+                    unsafe { libc::ptrace(libc::PTRACE_LISTEN, pid.as_raw(), 0, 0) };
+                }
+                // A signal on its way to the child: deliver it.
+                Ok(WaitStatus::Stopped(_, signal)) => {
+                    let _ = ptrace::cont(pid, Some(signal));
+                }
+                Ok(WaitStatus::StillAlive) => return None,
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+    /// Stops tracing a child that is still running, so that its signals are
+    /// not held while the report is written.
+    pub fn detach(self) {
+        let pid = Pid::from_raw(self.target.pid as i32);
+        if ptrace::interrupt(pid).is_err() {
+            return;
+        }
+        let pending = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Stopped(_, signal)) => Some(signal),
+            Ok(WaitStatus::PtraceEvent(..)) => None,
+            _ => return,
+        };
+        let _ = ptrace::detach(pid, pending);
     }
 }
 

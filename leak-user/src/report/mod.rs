@@ -105,7 +105,13 @@ impl From<crate::symbolize::Frame> for Frame {
     }
 }
 
+/// `prot_string` of a mapping moved by mremap from one made before the hunt.
+pub const PROT_UNKNOWN: u8 = 0xff;
+
 pub fn prot_string(prot: u8) -> String {
+    if prot == PROT_UNKNOWN {
+        return "???".to_string();
+    }
     let bit = |mask: u8, c: char| if prot & mask != 0 { c } else { '-' };
     [bit(1, 'r'), bit(2, 'w'), bit(4, 'x')].iter().collect()
 }
@@ -138,5 +144,6 @@ mod tests {
         assert_eq!(prot_string(3), "rw-");
         assert_eq!(prot_string(0), "---");
         assert_eq!(prot_string(5), "r-x");
+        assert_eq!(prot_string(PROT_UNKNOWN), "???");
     }
 }
