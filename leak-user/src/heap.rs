@@ -88,6 +88,8 @@ pub struct Heap {
     blocks: HashMap<u64, Block>,
     ranges: BTreeMap<u64, Range>,
     next_origin: u64,
+    /// Bytes and allocations each site made during the hunt, freed or not.
+    allocated: Vec<(u64, u64)>,
 }
 
 /// Size charged for an allocation: what the caller asked for, except pvalloc,
@@ -114,6 +116,7 @@ impl Heap {
         }
         let id = self.sites.len() as SiteId;
         self.sites.push(key);
+        self.allocated.push((0, 0));
         self.site_ids.insert(key, id);
         id
     }
@@ -122,6 +125,7 @@ impl Heap {
     /// that address must have been freed unseen (e.g. its event was dropped);
     /// the new one replaces it.
     pub fn alloc(&mut self, addr: u64, size: u64, ts_ns: u64, site: SiteId) {
+        self.count_allocation(site, size);
         self.blocks.insert(addr, Block { size, ts_ns, site });
     }
 
@@ -146,6 +150,7 @@ impl Heap {
         self.unmap_range(start, end, u64::MAX);
         self.next_origin += 1;
         let origin = self.next_origin;
+        self.count_allocation(site, end - start);
         self.ranges.insert(
             start,
             Range {
@@ -205,6 +210,17 @@ impl Heap {
                 self.ranges.insert(end, range);
             }
         }
+    }
+
+    fn count_allocation(&mut self, site: SiteId, bytes: u64) {
+        let (total, count) = &mut self.allocated[site as usize];
+        *total += bytes;
+        *count += 1;
+    }
+
+    /// Bytes and allocations `site` made during the hunt, freed or not.
+    pub fn allocated(&self, site: SiteId) -> (u64, u64) {
+        self.allocated[site as usize]
     }
 
     /// The site of the mapping containing `addr`, if it is tracked.
@@ -304,6 +320,7 @@ mod tests {
         h.realloc(0x1000, 0x2000, 500, 20, 21, r);
         assert_eq!(of(&h, m), (0, 0));
         assert_eq!(of(&h, r), (500, 1));
+        assert_eq!((h.allocated(m), h.allocated(r)), ((100, 1), (500, 1)));
         // The old address was re-used by another thread before the realloc's
         // event arrived: that newer block survives.
         h.alloc(0x3000, 7, 30, m);

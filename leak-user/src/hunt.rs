@@ -306,6 +306,12 @@ fn build_report(
                     prot: report::prot_string(key.prot),
                 }),
                 frames: frames.into_iter().map(Frame::from).collect(),
+                allocated_bytes: collector.heap.allocated(id).0,
+                allocated_allocations: collector.heap.allocated(id).1,
+                growth_bytes_per_s: None,
+                verdict: None,
+                growth: None,
+                series: None,
             }
         })
         .collect();
@@ -345,6 +351,8 @@ fn build_report(
         drops,
         probes: probes.iter().map(|p| probe_report(p, counters)).collect(),
         sites,
+        command_line: Some(command_line()),
+        process: None,
     }
 }
 
@@ -390,4 +398,20 @@ fn pidfd_open(pid: u32) -> Result<OwnedFd> {
     }
     // SAFETY: a fresh descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// How this leakscope was invoked, shell-quoted where needed.
+fn command_line() -> String {
+    let quote = |arg: String| {
+        let plain = !arg.is_empty()
+            && arg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+        if plain {
+            arg
+        } else {
+            format!("'{}'", arg.replace('\'', "'\\''"))
+        }
+    };
+    std::env::args().map(quote).collect::<Vec<_>>().join(" ")
 }

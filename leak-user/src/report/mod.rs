@@ -25,6 +25,12 @@ pub struct Report {
     pub drops: BTreeMap<String, u64>,
     pub probes: Vec<ProbeReport>,
     pub sites: Vec<Site>,
+    /// The leakscope command line that produced this report.
+    #[serde(default)]
+    pub command_line: Option<String>,
+    /// Process-level growth: RSS against what the tracer sees.
+    #[serde(default)]
+    pub process: Option<ProcessGrowth>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -75,6 +81,67 @@ pub struct Site {
     pub mapping: Option<Mapping>,
     /// Innermost first. Empty when the stack was lost (see drops).
     pub frames: Vec<Frame>,
+    /// Everything this site allocated during the hunt, freed or not.
+    #[serde(default)]
+    pub allocated_bytes: u64,
+    #[serde(default)]
+    pub allocated_allocations: u64,
+    /// Robust slope of `series.bytes` (Theil–Sen), bytes per second.
+    #[serde(default)]
+    pub growth_bytes_per_s: Option<f64>,
+    #[serde(default)]
+    pub verdict: Option<Verdict>,
+    /// The numbers behind the verdict.
+    #[serde(default)]
+    pub growth: Option<GrowthStats>,
+    /// Outstanding memory of this site sampled over the hunt.
+    #[serde(default)]
+    pub series: Option<Series>,
+}
+
+/// Whether a site (or the process) keeps growing.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Steady growth with old survivors.
+    Leak,
+    /// Growth, but not (yet) steady or not old.
+    Growing,
+    /// Grew, then flat: a cache filling up.
+    Plateau,
+    Stable,
+    InsufficientData,
+}
+
+/// Samples over the hunt: `t_s[i]` seconds after it began.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Series {
+    pub t_s: Vec<f64>,
+    pub bytes: Vec<u64>,
+    pub allocations: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GrowthStats {
+    /// Share of consecutive samples in which the value rose.
+    pub share_rising: f64,
+    /// Growth over the whole hunt (last sample − first), bytes.
+    pub net_growth_bytes: i64,
+    /// Ages of the surviving allocations at the end: median and 90th percentile.
+    pub age_p50_s: f64,
+    pub age_p90_s: f64,
+}
+
+/// RSS (from /proc/PID/status) against the memory the tracer tracks: a gap
+/// that grows is memory the probes do not see (fragmentation, other allocators).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProcessGrowth {
+    pub t_s: Vec<f64>,
+    pub rss_bytes: Vec<u64>,
+    pub tracked_bytes: Vec<u64>,
+    pub rss_growth_bytes_per_s: Option<f64>,
+    pub tracked_growth_bytes_per_s: Option<f64>,
+    pub verdict: Option<Verdict>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
