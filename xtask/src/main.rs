@@ -1,4 +1,5 @@
-//! `cargo xtask`: set-up, build, demo and tests of leakscope (see README, "Quick start").
+//! `cargo xtask`: set-up, build, demo, tests and benchmarks of leakscope (see README, "Quick start").
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -34,6 +35,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Set up, build, then measure leakscope's costs against untraced runs and peers; writes BENCHMARKS.md (as root)
+    Bench {
+        /// Fewer repetitions and shorter runs (under 2 minutes instead of 10)
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +64,7 @@ fn try_main() -> Result<ExitCode> {
         }
         Cmd::Demo => return demo::demo(),
         Cmd::Test { args } => test::test(&args)?,
+        Cmd::Bench { quick } => bench::bench(quick)?,
     }
     Ok(ExitCode::SUCCESS)
 }

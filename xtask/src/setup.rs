@@ -87,6 +87,30 @@ fn gcc() -> Result<()> {
     run(Command::new("apt-get").args(["install", "-y", "gcc"]))
 }
 
+/// Only `cargo xtask bench` needs these: bpftrace runs the naive floor and the
+/// peer script, wrk loads the Node.js service. `setup()` leaves them out so
+/// tests and the demo do not depend on them; bench reports a tool that is
+/// still missing instead of failing.
+pub fn bench_tools() -> Result<()> {
+    let missing: Vec<&str> = ["bpftrace", "wrk"].into_iter().filter(|t| !on_path(t)).collect();
+    if missing.is_empty() {
+        ok("bpftrace and wrk");
+        return Ok(());
+    }
+    let names = missing.join(" ");
+    if !is_root() {
+        bail!("{names} missing; install as root: apt-get update && apt-get install -y {names}");
+    }
+    installing(&names);
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get").args(["install", "-y"]).args(&missing))
+}
+
+/// Whether an executable of that name is on PATH.
+pub fn on_path(name: &str) -> bool {
+    env::var_os("PATH").is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+}
+
 /// Only the Node.js tests need node.
 fn node() {
     match output(Command::new("node").arg("--version")) {
