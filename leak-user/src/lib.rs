@@ -6,6 +6,7 @@
 //! buffer events into the outstanding-memory model of `heap`, `symbolize`
 //! names the stacks, and `report` renders the result.
 
+pub mod analyze;
 pub mod attach;
 pub mod cli;
 pub mod collect;
