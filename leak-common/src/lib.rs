@@ -22,10 +22,32 @@ pub enum Probe {
     Mmap = 10,
     Munmap = 11,
     Mremap = 12,
+    /// node::NodeArrayBufferAllocator::Allocate(size): Buffer/ArrayBuffer memory.
+    ArrayBufferAllocate = 13,
+    ArrayBufferAllocateUninitialized = 14,
+    ArrayBufferFree = 15,
+    /// v8::internal::MemoryAllocator::AllocatePage / AllocateLargePage / Free: JS heap pages.
+    V8AllocatePage = 16,
+    V8AllocateLargePage = 17,
+    V8FreePage = 18,
+    /// v8::internal::Heap::CollectGarbage: a GC starts.
+    V8GcStart = 19,
+    /// v8::internal::Heap::GarbageCollectionEpilogue: a GC ends.
+    V8GcEnd = 20,
+    /// v8::internal::Heap::SizeOfObjects (return): live bytes.
+    V8SizeOfObjects = 21,
+    /// JS heap allocation samples: large objects, young-generation refills,
+    /// Map and array growth.
+    V8LargeObject = 22,
+    V8YoungRefill = 23,
+    V8MapGrow = 24,
+    V8ArrayGrow = 25,
+    /// node::FreeEnvironment: Node starts tearing down (and freeing) everything.
+    NodeTeardown = 26,
 }
 
 impl Probe {
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 27;
     pub const ALL: [Probe; Probe::COUNT] = [
         Probe::Malloc,
         Probe::Calloc,
@@ -40,10 +62,29 @@ impl Probe {
         Probe::Mmap,
         Probe::Munmap,
         Probe::Mremap,
+        Probe::ArrayBufferAllocate,
+        Probe::ArrayBufferAllocateUninitialized,
+        Probe::ArrayBufferFree,
+        Probe::V8AllocatePage,
+        Probe::V8AllocateLargePage,
+        Probe::V8FreePage,
+        Probe::V8GcStart,
+        Probe::V8GcEnd,
+        Probe::V8SizeOfObjects,
+        Probe::V8LargeObject,
+        Probe::V8YoungRefill,
+        Probe::V8MapGrow,
+        Probe::V8ArrayGrow,
+        Probe::NodeTeardown,
     ];
 
     pub fn from_u8(value: u8) -> Option<Probe> {
         Probe::ALL.get(value as usize).copied()
+    }
+
+    /// Node.js and V8 hooks, as opposed to libc and syscalls.
+    pub fn is_node(self) -> bool {
+        self as u8 >= Probe::ArrayBufferAllocate as u8
     }
 
     /// The libc symbol (or syscall) name.
@@ -62,6 +103,20 @@ impl Probe {
             Probe::Mmap => "mmap",
             Probe::Munmap => "munmap",
             Probe::Mremap => "mremap",
+            Probe::ArrayBufferAllocate => "NodeArrayBufferAllocator::Allocate",
+            Probe::ArrayBufferAllocateUninitialized => "NodeArrayBufferAllocator::AllocateUninitialized",
+            Probe::ArrayBufferFree => "NodeArrayBufferAllocator::Free",
+            Probe::V8AllocatePage => "MemoryAllocator::AllocatePage",
+            Probe::V8AllocateLargePage => "MemoryAllocator::AllocateLargePage",
+            Probe::V8FreePage => "MemoryAllocator::Free",
+            Probe::V8GcStart => "Heap::CollectGarbage",
+            Probe::V8GcEnd => "Heap::GarbageCollectionEpilogue",
+            Probe::V8SizeOfObjects => "Heap::SizeOfObjects",
+            Probe::V8LargeObject => "HeapAllocator::AllocateRawLargeInternal",
+            Probe::V8YoungRefill => "Runtime_AllocateInYoungGeneration",
+            Probe::V8MapGrow => "Runtime_MapGrow",
+            Probe::V8ArrayGrow => "Runtime_GrowArrayElements",
+            Probe::NodeTeardown => "node::FreeEnvironment",
         }
     }
 }
@@ -84,6 +139,14 @@ pub enum EventOp {
     Remap = 6,
     /// The process exec'd: all its memory is gone.
     Exec = 7,
+    /// A V8 garbage collection started.
+    GcStart = 8,
+    /// A V8 garbage collection ended: `size` = live bytes, `detail` = collector.
+    GcEnd = 9,
+    /// A sampled JS heap allocation (`probe` says which kind), `size` bytes if known.
+    AllocationSample = 10,
+    /// The runtime began freeing everything on its way out (Node's teardown).
+    Teardown = 11,
 }
 
 impl EventOp {
@@ -96,6 +159,10 @@ impl EventOp {
             5 => EventOp::Unmap,
             6 => EventOp::Remap,
             7 => EventOp::Exec,
+            8 => EventOp::GcStart,
+            9 => EventOp::GcEnd,
+            10 => EventOp::AllocationSample,
+            11 => EventOp::Teardown,
             _ => return None,
         })
     }
@@ -114,8 +181,10 @@ pub struct HeapEvent {
     pub op: u8,
     pub probe: u8,
     pub flags: u8,
-    /// mmap protection bits (PROT_READ=1, WRITE=2, EXEC=4).
-    pub prot: u8,
+    /// Mappings: PROT_* bits (READ=1, WRITE=2, EXEC=4). V8 pages: the
+    /// AllocationSpace id. GC end: the collector (0 scavenger, 1 mark-compact,
+    /// 2 minor mark-compact).
+    pub detail: u8,
     pub tid: u32,
     /// When the call completed (allocations) or began (frees), in CLOCK_MONOTONIC ns.
     pub ts_ns: u64,
@@ -147,6 +216,9 @@ pub struct SiteEvent {
     pub stack_window: [u64; STACK_WINDOW_WORDS],
 }
 
+/// Entries of the table of exponential quantiles used to draw sampling gaps.
+pub const EXP_QUANTILES_LEN: u32 = 1024;
+
 /// Reasons a record was lost; each has a slot in the `COUNTERS` map.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,16 +229,24 @@ pub enum DropReason {
     StackLost = 1,
     /// No room to remember an entry probe until its return probe.
     PendingFull = 2,
+    /// Sampled mode: no room to remember a sampled block; its free will be missed.
+    SampledBlocksFull = 3,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 3] = [DropReason::RingBufFull, DropReason::StackLost, DropReason::PendingFull];
+    pub const ALL: [DropReason; 4] = [
+        DropReason::RingBufFull,
+        DropReason::StackLost,
+        DropReason::PendingFull,
+        DropReason::SampledBlocksFull,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             DropReason::RingBufFull => "ring_buffer_full",
             DropReason::StackLost => "stack_lost",
             DropReason::PendingFull => "pending_calls_full",
+            DropReason::SampledBlocksFull => "sampled_blocks_full",
         }
     }
 }

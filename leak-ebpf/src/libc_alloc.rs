@@ -10,15 +10,17 @@
 //! reallocarray tail-calls realloc), and those must not count twice.
 
 use aya_ebpf::{
-    helpers::{bpf_get_attach_cookie, bpf_probe_read_user},
+    helpers::bpf_probe_read_user,
     macros::{map, uprobe, uretprobe},
     maps::HashMap,
     programs::{ProbeContext, RetProbeContext},
-    EbpfContext,
 };
 use leak_common::{counter, DropReason, EventOp, HeapEvent, Probe};
 
-use crate::shared::{count, count_drop, emit, emit_site_event, now_ns, target_tid};
+use crate::{
+    sampling,
+    shared::{attached_probe, count, count_drop, emit, emit_site_event, now_ns, target_tid},
+};
 
 /// Arguments of an allocator call between its entry and return probes.
 #[repr(C)]
@@ -27,11 +29,13 @@ pub struct PendingCall {
     probe: u8,
     size: u64,
     old_addr: u64,
-    /// posix_memalign's `void **memptr`.
-    out_ptr: u64,
+    /// posix_memalign's `void **memptr`; V8 pages: the space id.
+    aux: u64,
     /// Stack pointer at function entry (points at the return address).
     entry_sp: u64,
     entry_ns: u64,
+    /// Chosen by the sampler (always, when every call is traced).
+    sampled: bool,
 }
 
 /// The outermost allocator call in progress, per thread.
@@ -41,13 +45,6 @@ pub static PENDING_CALLS: HashMap<u32, PendingCall> = HashMap::with_max_entries(
 /// A pending call older than this is taken to have lost its return probe
 /// (the thread longjmp'd out or died) and no longer hides new calls.
 const STALE_PENDING_NS: u64 = 5_000_000_000;
-
-#[inline(always)]
-fn probe_of<C: EbpfContext>(ctx: &C) -> Probe {
-    // SAFETY: helper without preconditions; the cookie is set at attach.
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    Probe::from_u8(cookie as u8).unwrap_or(Probe::Malloc)
-}
 
 /// Whether the current thread is inside another probed allocator call.
 /// A call made from inside another one sits deeper in the stack (lower or,
@@ -62,9 +59,9 @@ pub fn inside_allocator(tid: u32, sp: u64, now: u64) -> bool {
 }
 
 #[inline(always)]
-fn enter(ctx: &ProbeContext, size: u64, old_addr: u64, out_ptr: u64) {
+pub fn enter(ctx: &ProbeContext, size: u64, old_addr: u64, aux: u64) {
     let Some(tid) = target_tid() else { return };
-    let probe = probe_of(ctx);
+    let probe = attached_probe(ctx);
     count(counter::entry_hits(probe));
     // SAFETY: uprobe contexts carry the user registers.
     let entry_sp = unsafe { (*ctx.regs).rsp };
@@ -76,9 +73,12 @@ fn enter(ctx: &ProbeContext, size: u64, old_addr: u64, out_ptr: u64) {
         probe: probe as u8,
         size,
         old_addr,
-        out_ptr,
+        aux,
         entry_sp,
         entry_ns,
+        // Unsampled calls are still remembered: the return probe must know
+        // that nested calls happened inside them.
+        sampled: is_v8_page(probe) || sampling::take(tid, size),
     };
     if PENDING_CALLS.insert(tid, call, 0).is_err() {
         count_drop(DropReason::PendingFull);
@@ -139,7 +139,7 @@ pub fn align_size_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let Some(tid) = target_tid() else { return 0 };
-    count(counter::return_hits(probe_of(&ctx)));
+    count(counter::return_hits(attached_probe(&ctx)));
     // SAFETY: map values are plain data.
     let Some(call) = (unsafe { PENDING_CALLS.get(tid) }).copied() else {
         return 0;
@@ -159,11 +159,12 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             return 0; // an error number; *memptr is untouched
         }
         // SAFETY: reads user memory through the checked helper.
-        unsafe { bpf_probe_read_user(call.out_ptr as *const u64) }.unwrap_or(0)
+        unsafe { bpf_probe_read_user(call.aux as *const u64) }.unwrap_or(0)
     } else {
         ret
     };
     let resizes = call.probe == Probe::Realloc as u8 || call.probe == Probe::Reallocarray as u8;
+    let v8_page = call.probe == Probe::V8AllocatePage as u8 || call.probe == Probe::V8AllocateLargePage as u8;
     let mut event = HeapEvent {
         op: EventOp::Alloc as u8,
         probe: call.probe,
@@ -176,26 +177,38 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         stack_id: -1,
         ..HeapEvent::default()
     };
-    if addr == 0 {
-        // Failed calls keep the old block, except glibc's realloc(p, 0), which
-        // frees p and returns NULL.
-        if !(resizes && call.size == 0 && call.old_addr != 0) {
-            return 0;
+    if v8_page && addr != 0 {
+        // A V8 memory chunk starts with its size (BasicMemoryChunk::size_,
+        // checked on Node 18-24's V8); the space id came from the entry.
+        // SAFETY: reads user memory through the checked helper.
+        event.size = unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0);
+        event.detail = call.aux as u8;
+    }
+    // Failed calls keep the old block, except glibc's realloc(p, 0), which
+    // frees p and returns NULL; an unsampled resize still releases a sampled block.
+    let releases_old = resizes && call.old_addr != 0 && (addr != 0 || call.size == 0);
+    if addr == 0 || !call.sampled {
+        if releases_old && sampling::release(call.old_addr) {
+            emit(&HeapEvent {
+                op: EventOp::Free as u8,
+                addr: call.old_addr,
+                old_addr: 0,
+                ..event
+            });
         }
-        event.op = EventOp::Free as u8;
-        event.addr = call.old_addr;
-        event.old_addr = 0;
-    } else {
-        if resizes {
-            event.op = EventOp::Realloc as u8;
-        }
-        // The stack is complete from the caller on, unless the caller keeps
-        // no frame pointer (operator new): user space recovers those frames
-        // from the stack window.
-        emit_site_event(&ctx, event, sp);
         return 0;
     }
-    emit(&event);
+    if resizes {
+        event.op = EventOp::Realloc as u8;
+        if call.old_addr != 0 {
+            sampling::release(call.old_addr);
+        }
+    }
+    sampling::remember(addr);
+    // The stack is complete from the caller on, unless the caller keeps no
+    // frame pointer (operator new): user space recovers those frames from the
+    // stack window.
+    emit_site_event(&ctx, event, sp);
     0
 }
 
@@ -203,16 +216,22 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 /// `leak-user`'s placement): only `%rdi` must still hold the pointer.
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
-    let Some(tid) = target_tid() else { return 0 };
-    count(counter::entry_hits(Probe::Free));
-    let addr = ctx.arg::<u64>(0).unwrap_or(0);
-    if addr == 0 {
-        return 0;
+    release_block(Probe::Free, ctx.arg::<u64>(0).unwrap_or(0));
+    0
+}
+
+/// A block handed back through `probe` (free, or node's and V8's own frees).
+#[inline(always)]
+pub fn release_block(probe: Probe, addr: u64) {
+    let Some(tid) = target_tid() else { return };
+    count(counter::entry_hits(probe));
+    if addr == 0 || !sampling::release(addr) {
+        return;
     }
     let now = now_ns();
     emit(&HeapEvent {
         op: EventOp::Free as u8,
-        probe: Probe::Free as u8,
+        probe: probe as u8,
         tid,
         ts_ns: now,
         entry_ns: now,
@@ -220,5 +239,10 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
         stack_id: -1,
         ..HeapEvent::default()
     });
-    0
+}
+
+/// V8 heap pages are few and large: always recorded, never sampled.
+#[inline(always)]
+fn is_v8_page(probe: Probe) -> bool {
+    matches!(probe, Probe::V8AllocatePage | Probe::V8AllocateLargePage)
 }

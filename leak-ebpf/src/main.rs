@@ -9,6 +9,8 @@
 
 mod libc_alloc;
 mod mmap;
+mod node;
+mod sampling;
 mod shared;
 
 #[cfg(not(test))]

@@ -94,7 +94,7 @@ fn event(op: EventOp, tid: u32, call: &PendingSyscall) -> HeapEvent {
         op: op as u8,
         probe: call.probe,
         flags: call.flags,
-        prot: call.prot,
+        detail: call.prot,
         tid,
         ts_ns: now_ns(),
         entry_ns: call.entry_ns,

@@ -1,12 +1,13 @@
 //! Maps and helpers used by every probe family.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::map,
     maps::{PerCpuArray, RingBuf, StackTrace},
     programs::tracing::StackIdContext,
+    EbpfContext,
 };
-use leak_common::{counter, DropReason, HeapEvent, SiteEvent, STACK_WINDOW_WORDS};
+use leak_common::{counter, DropReason, HeapEvent, Probe, SiteEvent, STACK_WINDOW_WORDS};
 
 /// The process being traced; written by user space before load.
 #[unsafe(no_mangle)]
@@ -26,6 +27,15 @@ pub static STACKS: StackTrace = StackTrace::with_max_entries(32 * 1024, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
 
 const BPF_F_USER_STACK: u64 = 1 << 8;
+
+/// Which probed function fired: the cookie set at attach, so one program can
+/// serve several functions with the same signature.
+#[inline(always)]
+pub fn attached_probe<C: EbpfContext>(ctx: &C) -> Probe {
+    // SAFETY: helper without preconditions.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    Probe::from_u8(cookie as u8).unwrap_or(Probe::Malloc)
+}
 
 /// The current thread id, or `None` when the current process is not the target.
 #[inline(always)]

@@ -23,6 +23,13 @@ pub enum Command {
     /// Trace a running process (-p PID) or launch one (-- COMMAND) and report
     /// the memory still outstanding per allocation call stack.
     Hunt(HuntArgs),
+    /// Render a saved JSON report (`hunt --format json`) in another format.
+    Report(ReportArgs),
+    /// Compare two JSON reports: which call stacks hold more, or less.
+    Diff(DiffArgs),
+    /// Run COMMAND under a hunt and fail (exit 1) when memory held by any site,
+    /// or in total, grows beyond a limit after warm-up: a CI leak gate.
+    Check(CheckArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -39,7 +46,7 @@ pub struct HuntArgs {
     /// Only report allocations older than this.
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "0")]
     pub min_age: Duration,
-    /// Stacks shown in the text report.
+    /// Stacks listed in the text and Markdown reports.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -47,12 +54,19 @@ pub struct HuntArgs {
     /// Write the report here instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Sample allocations instead of tracing each one: on average one sample
+    /// every SIZE bytes allocated (e.g. 512KiB), Poisson-distributed; the
+    /// report gives unbiased estimates. Mappings are always traced exactly.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub sample_bytes: Option<u64>,
     /// Ring buffer size shared by all CPUs; raise it if drops are reported.
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     pub ring_buffer_mib: u32,
-    /// Capacity of the kernel's stack map (distinct allocation stacks).
-    #[arg(long, value_name = "N", default_value_t = 32 * 1024)]
-    pub max_stacks: u32,
+    /// Capacity of the kernel's stack map (distinct allocation stacks, ~1 KiB
+    /// of kernel memory each). Default: 32768, or 65536 for Node.js targets,
+    /// whose JIT frames make many more distinct stacks.
+    #[arg(long, value_name = "N")]
+    pub max_stacks: Option<u32>,
     /// Command to launch and trace from its first instruction.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -60,8 +74,120 @@ pub struct HuntArgs {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// For a terminal.
     Text,
+    /// Schema leakscope/report/v1, for scripts and `leakscope report`/`diff`.
     Json,
+    /// Collapsed stacks (`frame;frame BYTES`) for flame graph tools.
+    Folded,
+    /// An SVG flame graph of outstanding bytes.
+    Flamegraph,
+    /// Gzipped profile.proto, for `go tool pprof` and compatible viewers.
+    Pprof,
+    /// An investigation report to paste into an issue or a postmortem.
+    Markdown,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// A report written by `leakscope hunt --format json`.
+    #[arg(value_name = "FILE.json")]
+    pub file: PathBuf,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write the report here instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Stacks listed in the text and Markdown reports.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DiffArgs {
+    /// The earlier JSON report.
+    #[arg(value_name = "A.json")]
+    pub a: PathBuf,
+    /// The later JSON report.
+    #[arg(value_name = "B.json")]
+    pub b: PathBuf,
+    #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
+    pub format: DiffFormat,
+    /// Write the comparison here instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiffFormat {
+    Text,
+    /// Schema leakscope/diff/v1.
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// Largest growth allowed per site and in total, e.g. 10MB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_growth: u64,
+    /// Largest growth rate allowed (robust slope after warm-up), e.g. 100KB/s.
+    #[arg(long, value_name = "SIZE/s", value_parser = parse_rate)]
+    pub max_rate: Option<u64>,
+    /// Growth during the first SECS does not count (start-up, caches filling).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "0")]
+    pub warmup: Duration,
+    /// A load to run (with sh -c, untraced) once the warm-up is over; the
+    /// check ends when it exits, and COMMAND is then sent SIGTERM.
+    #[arg(long, value_name = "SHELL COMMAND")]
+    pub load: Option<String>,
+    /// Stop after this long even if COMMAND (or the load) still runs.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+    /// Also write the hunt's JSON report here.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The workload (or service) to trace.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl HuntArgs {
+    /// A launch-mode hunt of `command` with every other option at its default
+    /// (the defaults stay defined once, in the attributes above).
+    pub fn launching(command: &[String]) -> HuntArgs {
+        let argv = ["leakscope", "hunt", "--"]
+            .into_iter()
+            .map(String::from)
+            .chain(command.iter().cloned());
+        let Command::Hunt(args) = Cli::parse_from(argv).command else {
+            unreachable!("parsed a hunt command line")
+        };
+        args
+    }
+}
+
+/// A byte count: `4096`, `512k`, `512KiB`, `10MB`, `1.5G` (k/M/G are powers
+/// of 1024 either way: memory is counted in binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 512KiB, 10MB)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use B, KiB, MiB, GiB)")),
+    };
+    Ok((value * scale as f64).round() as u64)
+}
+
+/// A rate: a size per second, `100KB/s` (the `/s` is optional).
+fn parse_rate(s: &str) -> Result<u64, String> {
+    parse_size(s.trim().strip_suffix("/s").unwrap_or(s))
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -80,15 +206,70 @@ mod tests {
     fn parses_attach_and_launch_forms() {
         let cli =
             Cli::try_parse_from(["leakscope", "hunt", "-p", "42", "--duration", "1.5", "--format", "json"]).unwrap();
-        let Command::Hunt(h) = cli.command;
+        let Command::Hunt(h) = cli.command else {
+            panic!("not hunt")
+        };
         assert_eq!(h.pid, Some(42));
         assert_eq!(h.duration, Some(Duration::from_millis(1500)));
         assert_eq!(h.format, Format::Json);
 
         let cli = Cli::try_parse_from(["leakscope", "hunt", "--top", "5", "--", "./app", "--flag", "x"]).unwrap();
-        let Command::Hunt(h) = cli.command;
+        let Command::Hunt(h) = cli.command else {
+            panic!("not hunt")
+        };
         assert_eq!(h.command, ["./app", "--flag", "x"]);
         assert_eq!(h.pid, None);
+    }
+
+    #[test]
+    fn parses_sizes_and_check() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("10MB"), Ok(10 << 20));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        let cli = Cli::try_parse_from([
+            "leakscope",
+            "check",
+            "--max-growth",
+            "10MB",
+            "--max-rate",
+            "1MB/s",
+            "--warmup",
+            "2",
+            "--",
+            "./svc",
+        ])
+        .unwrap();
+        let Command::Check(c) = cli.command else {
+            panic!("not check")
+        };
+        assert_eq!(
+            (c.max_growth, c.max_rate, c.warmup),
+            (10 << 20, Some(1 << 20), Duration::from_secs(2))
+        );
+        assert_eq!(c.command, ["./svc"]);
+        assert!(Cli::try_parse_from(["leakscope", "check", "--max-growth", "1"]).is_err());
+    }
+
+    #[test]
+    fn parses_report_and_diff() {
+        let cli = Cli::try_parse_from(["leakscope", "report", "a.json", "--format", "pprof", "-o", "a.pb.gz"]).unwrap();
+        let Command::Report(r) = cli.command else {
+            panic!("not report")
+        };
+        assert_eq!((r.file, r.format, r.top), (PathBuf::from("a.json"), Format::Pprof, 20));
+        let cli = Cli::try_parse_from(["leakscope", "diff", "a.json", "b.json", "--format", "json"]).unwrap();
+        let Command::Diff(d) = cli.command else {
+            panic!("not diff")
+        };
+        assert_eq!(
+            (d.a, d.b, d.format),
+            ("a.json".into(), "b.json".into(), DiffFormat::Json)
+        );
+        assert!(Cli::try_parse_from(["leakscope", "diff", "a.json"]).is_err());
     }
 
     #[test]

@@ -6,7 +6,8 @@ use aya::maps::{MapData, StackTraceMap};
 use leak_common::{EventOp, HeapEvent, Probe, SiteEvent, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS};
 
 use crate::{
-    heap::{charged_size, Heap, Kind, SiteKey},
+    heap::{charged_size, sample_weight, Heap, Kind, SiteKey},
+    node::NodeStats,
     report::PROT_UNKNOWN,
     symbolize::{FramelessUnwinder, ProcessModules},
 };
@@ -20,6 +21,17 @@ pub struct Collector {
     /// Raw user stacks by kernel stack id, read once each.
     stacks: HashMap<i64, Vec<u64>>,
     pub events: u64,
+    /// How many times the target exec'd: site ids are re-issued each time.
+    pub execs: u64,
+    /// GCs and JS allocation samples of a Node.js target.
+    pub node: NodeStats,
+    /// CLOCK_MONOTONIC at the start of the hunt, the clock of event times.
+    pub started_ns: u64,
+    /// When the runtime began tearing down (seconds into the hunt): the model
+    /// keeps the state of that moment.
+    pub torn_down_at: Option<f64>,
+    /// Mean sampling interval in sampled mode.
+    sample_bytes: Option<u64>,
     /// Records that were too short or had an unknown operation.
     pub malformed: u64,
     modules_changed: bool,
@@ -27,12 +39,17 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(pid: u32) -> Collector {
+    pub fn new(pid: u32, sample_bytes: Option<u64>) -> Collector {
         Collector {
             heap: Heap::default(),
             modules: ProcessModules::new(pid),
             stacks: HashMap::new(),
             events: 0,
+            execs: 0,
+            node: NodeStats::default(),
+            started_ns: 0,
+            torn_down_at: None,
+            sample_bytes,
             malformed: 0,
             modules_changed: true,
             unwinder: FramelessUnwinder::default(),
@@ -50,14 +67,28 @@ impl Collector {
             return;
         };
         self.events += 1;
+        if self.torn_down_at.is_some() && op != EventOp::Exec {
+            return;
+        }
         let e = &event;
         match op {
             EventOp::Free => self.heap.free(e.addr, e.entry_ns),
             EventOp::Unmap => self.heap.unmap(e.addr, e.size, e.entry_ns),
+            EventOp::Teardown => self.torn_down_at = Some(self.seconds_since_start(e.ts_ns)),
+            EventOp::GcStart => self.node.gc_start(self.seconds_since_start(e.ts_ns)),
+            EventOp::GcEnd => self.node.gc_end(self.seconds_since_start(e.ts_ns), e.detail, e.size),
+            EventOp::AllocationSample => {
+                // Read the stack now: the report needs it after detaching.
+                let _ = self.raw_stack(e.stack_id, stack_map);
+                self.node.sample(probe, e.stack_id, e.size);
+            }
             EventOp::Exec => {
                 // A new program: its addresses mean other code.
                 self.heap = Heap::default();
                 self.unwinder = FramelessUnwinder::default();
+                self.node = NodeStats::default();
+                self.torn_down_at = None;
+                self.execs += 1;
                 self.modules_changed = true;
             }
             EventOp::Alloc | EventOp::Realloc | EventOp::Map | EventOp::Remap => {
@@ -65,14 +96,22 @@ impl Collector {
                     self.malformed += 1;
                     return;
                 };
-                if e.flags & FLAG_ANONYMOUS == 0 && e.prot & PROT_EXEC != 0 {
+                if e.flags & FLAG_ANONYMOUS == 0 && e.detail & PROT_EXEC != 0 {
                     self.modules_changed = true;
                 }
                 let internal = e.flags & FLAG_ALLOCATOR_INTERNAL != 0;
                 let site = self.site(&site_event, probe, internal, stack_map);
+                let size = charged_size(probe, e.size);
                 match op {
-                    EventOp::Alloc => self.heap.alloc(e.addr, charged_size(probe, e.size), e.ts_ns, site),
-                    EventOp::Realloc => self.heap.realloc(e.old_addr, e.addr, e.size, e.entry_ns, e.ts_ns, site),
+                    EventOp::Alloc => {
+                        self.heap
+                            .alloc(e.addr, size, sample_weight(size, self.sample_bytes), e.ts_ns, site)
+                    }
+                    EventOp::Realloc => {
+                        self.heap.free(e.old_addr, e.entry_ns);
+                        self.heap
+                            .alloc(e.addr, size, sample_weight(size, self.sample_bytes), e.ts_ns, site);
+                    }
                     EventOp::Map => self.heap.map(e.addr, e.size, e.ts_ns, site, internal),
                     _ => self.heap.remap(
                         e.old_addr, e.old_size, e.addr, e.size, e.entry_ns, e.ts_ns, site, internal,
@@ -98,14 +137,17 @@ impl Collector {
             key = SiteKey {
                 kind: Kind::Mmap,
                 anonymous: event.flags & FLAG_ANONYMOUS != 0,
-                prot: event.prot,
+                detail: event.detail,
                 ..key
             };
+        }
+        if key.kind == Kind::V8Heap {
+            key.detail = event.detail; // the V8 space
         }
         // mremap keeps the protection and backing of the mapping it moves.
         if probe == Probe::Mremap {
             let source = self.heap.mapping_site(event.old_addr).map(|site| *self.heap.site(site));
-            (key.anonymous, key.prot) = source.map_or((true, PROT_UNKNOWN), |s| (s.anonymous, s.prot));
+            (key.anonymous, key.detail) = source.map_or((true, PROT_UNKNOWN), |s| (s.anonymous, s.detail));
         }
         // Allocator-internal mappings are not shown as sites: no stack needed.
         if internal {
@@ -120,6 +162,10 @@ impl Collector {
                     .skipped_callers(&self.modules, frame0, heap, site_event.sp, &site_event.stack_window);
         }
         self.heap.intern(key)
+    }
+
+    fn seconds_since_start(&self, ts_ns: u64) -> f64 {
+        ts_ns.saturating_sub(self.started_ns) as f64 / 1e9
     }
 
     /// The frames of a kernel stack id, innermost first.

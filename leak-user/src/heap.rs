@@ -21,6 +21,35 @@ pub const PAGE_SIZE: u64 = 4096;
 pub enum Kind {
     Malloc,
     Mmap,
+    /// Node.js Buffer/ArrayBuffer backing stores.
+    #[serde(rename = "arraybuffer")]
+    ArrayBuffer,
+    /// V8 JS heap pages.
+    #[serde(rename = "v8_heap")]
+    V8Heap,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Malloc, Kind::Mmap, Kind::ArrayBuffer, Kind::V8Heap];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Malloc => "malloc",
+            Kind::Mmap => "mmap",
+            Kind::ArrayBuffer => "arraybuffer",
+            Kind::V8Heap => "v8_heap",
+        }
+    }
+
+    /// The kind of memory a probed allocation function hands out.
+    pub fn of(probe: Probe) -> Kind {
+        match probe {
+            Probe::Mmap | Probe::Mremap => Kind::Mmap,
+            Probe::ArrayBufferAllocate | Probe::ArrayBufferAllocateUninitialized => Kind::ArrayBuffer,
+            Probe::V8AllocatePage | Probe::V8AllocateLargePage => Kind::V8Heap,
+            _ => Kind::Malloc,
+        }
+    }
 }
 
 /// The identity of an allocation site: one call stack through one allocator.
@@ -36,18 +65,19 @@ pub struct SiteKey {
     /// For mappings: anonymous or file-backed.
     pub anonymous: bool,
     /// For mappings: PROT_* bits.
-    pub prot: u8,
+    /// Mappings: PROT_* bits. V8 pages: the AllocationSpace id.
+    pub detail: u8,
 }
 
 impl SiteKey {
     pub fn heap(probe: Probe, stack_id: i64) -> SiteKey {
         SiteKey {
-            kind: Kind::Malloc,
+            kind: Kind::of(probe),
             probe,
             stack_id,
             skipped_callers: [0; MAX_SKIPPED],
             anonymous: false,
-            prot: 0,
+            detail: 0,
         }
     }
 }
@@ -60,6 +90,9 @@ struct Block {
     size: u64,
     ts_ns: u64,
     site: SiteId,
+    /// How many allocations this one stands for: 1 when every call is
+    /// traced, 1/P(sampled) in sampled mode.
+    weight: f32,
 }
 
 /// A live page range; pieces of one partially unmapped mapping share `origin`.
@@ -89,7 +122,7 @@ pub struct Heap {
     ranges: BTreeMap<u64, Range>,
     next_origin: u64,
     /// Bytes and allocations each site made during the hunt, freed or not.
-    allocated: Vec<(u64, u64)>,
+    allocated: Vec<(f64, f64)>,
 }
 
 /// Size charged for an allocation: what the caller asked for, except pvalloc,
@@ -98,6 +131,17 @@ pub fn charged_size(probe: Probe, requested: u64) -> u64 {
     match probe {
         Probe::Pvalloc => page_round_up(requested),
         _ => requested,
+    }
+}
+
+/// How many allocations of `size` bytes one recorded allocation stands for.
+/// Sampled every `mean` bytes on average (Poisson), it was recorded with
+/// probability 1 − e^(−size/mean): weighing it by the inverse makes the sums
+/// unbiased (Horvitz–Thompson). Exact mode: 1.
+pub fn sample_weight(size: u64, mean: Option<u64>) -> f32 {
+    match mean {
+        None => 1.0,
+        Some(mean) => (1.0 / -(-(size.max(1) as f64) / mean as f64).exp_m1()) as f32,
     }
 }
 
@@ -116,7 +160,7 @@ impl Heap {
         }
         let id = self.sites.len() as SiteId;
         self.sites.push(key);
-        self.allocated.push((0, 0));
+        self.allocated.push((0.0, 0.0));
         self.site_ids.insert(key, id);
         id
     }
@@ -124,9 +168,17 @@ impl Heap {
     /// A heap block was returned to the caller. A block already recorded at
     /// that address must have been freed unseen (e.g. its event was dropped);
     /// the new one replaces it.
-    pub fn alloc(&mut self, addr: u64, size: u64, ts_ns: u64, site: SiteId) {
-        self.count_allocation(site, size);
-        self.blocks.insert(addr, Block { size, ts_ns, site });
+    pub fn alloc(&mut self, addr: u64, size: u64, weight: f32, ts_ns: u64, site: SiteId) {
+        self.count_allocation(site, size, weight);
+        self.blocks.insert(
+            addr,
+            Block {
+                size,
+                ts_ns,
+                site,
+                weight,
+            },
+        );
     }
 
     /// The block at `addr` was freed by a call that began at `entry_ns`.
@@ -136,21 +188,13 @@ impl Heap {
         }
     }
 
-    /// A realloc-style call that began at `entry_ns` succeeded.
-    pub fn realloc(&mut self, old: u64, new: u64, size: u64, entry_ns: u64, ts_ns: u64, site: SiteId) {
-        if old != 0 {
-            self.free(old, entry_ns);
-        }
-        self.alloc(new, size, ts_ns, site);
-    }
-
     /// A mapping was created. It replaces whatever it overlaps (MAP_FIXED).
     pub fn map(&mut self, start: u64, len: u64, ts_ns: u64, site: SiteId, allocator_internal: bool) {
         let end = start.saturating_add(page_round_up(len));
         self.unmap_range(start, end, u64::MAX);
         self.next_origin += 1;
         let origin = self.next_origin;
-        self.count_allocation(site, end - start);
+        self.count_allocation(site, end - start, 1.0);
         self.ranges.insert(
             start,
             Range {
@@ -212,15 +256,16 @@ impl Heap {
         }
     }
 
-    fn count_allocation(&mut self, site: SiteId, bytes: u64) {
+    fn count_allocation(&mut self, site: SiteId, bytes: u64, weight: f32) {
         let (total, count) = &mut self.allocated[site as usize];
-        *total += bytes;
-        *count += 1;
+        *total += bytes as f64 * f64::from(weight);
+        *count += f64::from(weight);
     }
 
     /// Bytes and allocations `site` made during the hunt, freed or not.
     pub fn allocated(&self, site: SiteId) -> (u64, u64) {
-        self.allocated[site as usize]
+        let (bytes, count) = self.allocated[site as usize];
+        (bytes.round() as u64, count.round() as u64)
     }
 
     /// The site of the mapping containing `addr`, if it is tracked.
@@ -241,18 +286,17 @@ impl Heap {
     /// Outstanding memory per site, counting only memory recorded before
     /// `cutoff_ns` (the `--min-age` filter). Sites holding nothing are left out.
     pub fn totals(&self, cutoff_ns: u64) -> HashMap<SiteId, SiteTotals> {
-        let mut totals: HashMap<SiteId, SiteTotals> = HashMap::new();
-        let mut add = |site: SiteId, bytes: u64, allocations: u64, ts_ns: u64| {
-            let t = totals.entry(site).or_insert(SiteTotals {
-                oldest_ts_ns: u64::MAX,
-                ..Default::default()
-            });
-            t.bytes += bytes;
-            t.allocations += allocations;
-            t.oldest_ts_ns = t.oldest_ts_ns.min(ts_ns);
+        // Weighted sums (sampled mode): whole numbers when every call is traced.
+        let mut sums: HashMap<SiteId, (f64, f64, u64)> = HashMap::new();
+        let mut add = |site: SiteId, bytes: f64, allocations: f64, ts_ns: u64| {
+            let (b, a, oldest) = sums.entry(site).or_insert((0.0, 0.0, u64::MAX));
+            *b += bytes;
+            *a += allocations;
+            *oldest = (*oldest).min(ts_ns);
         };
         for b in self.blocks.values().filter(|b| b.ts_ns < cutoff_ns) {
-            add(b.site, b.size, 1, b.ts_ns);
+            let weight = f64::from(b.weight);
+            add(b.site, b.size as f64 * weight, weight, b.ts_ns);
         }
         // A mapping split by partial unmaps is still one allocation.
         let mut origins_seen = std::collections::HashSet::new();
@@ -262,15 +306,34 @@ impl Heap {
             .filter(|(_, r)| !r.allocator_internal && r.ts_ns < cutoff_ns)
         {
             let first_piece = origins_seen.insert(r.origin);
-            add(r.site, r.end - s, u64::from(first_piece), r.ts_ns);
+            add(r.site, (r.end - s) as f64, f64::from(u8::from(first_piece)), r.ts_ns);
         }
+        let mut totals: HashMap<SiteId, SiteTotals> = sums
+            .into_iter()
+            .map(|(site, (bytes, allocations, oldest_ts_ns))| {
+                let totals = SiteTotals {
+                    bytes: bytes.round() as u64,
+                    allocations: allocations.round() as u64,
+                    oldest_ts_ns,
+                };
+                (site, totals)
+            })
+            .collect();
         totals.retain(|_, t| t.bytes > 0);
         totals
     }
 
-    /// Number of outstanding heap blocks and mapping pieces (for live summaries).
-    pub fn tracked_entries(&self) -> usize {
-        self.blocks.len() + self.ranges.len()
+    /// Ages in seconds at `now_ns` of each site's surviving allocations.
+    pub fn ages_s(&self, now_ns: u64) -> HashMap<SiteId, Vec<f64>> {
+        let mut ages: HashMap<SiteId, Vec<f64>> = HashMap::new();
+        let age = |ts_ns: u64| now_ns.saturating_sub(ts_ns) as f64 / 1e9;
+        for b in self.blocks.values() {
+            ages.entry(b.site).or_default().push(age(b.ts_ns));
+        }
+        for r in self.ranges.values().filter(|r| !r.allocator_internal) {
+            ages.entry(r.site).or_default().push(age(r.ts_ns));
+        }
+        ages
     }
 }
 
@@ -287,7 +350,7 @@ mod tests {
             kind: Kind::Mmap,
             probe: Probe::Mmap,
             anonymous: true,
-            prot: 3,
+            detail: 3,
             ..SiteKey::heap(Probe::Mmap, stack)
         })
     }
@@ -303,7 +366,7 @@ mod tests {
     fn free_removes_only_blocks_allocated_before_the_call() {
         let mut h = Heap::default();
         let a = heap_site(&mut h, 1);
-        h.alloc(0x1000, 100, 10, a);
+        h.alloc(0x1000, 100, 1.0, 10, a);
         h.free(0x1000, 5); // a free that began before this block existed
         assert_eq!(of(&h, a), (100, 1));
         h.free(0x1000, 20);
@@ -313,18 +376,20 @@ mod tests {
     }
 
     #[test]
-    fn realloc_moves_the_block_to_the_realloc_site() {
+    fn realloc_as_free_then_alloc_spares_reused_addresses() {
         let mut h = Heap::default();
         let (m, r) = (heap_site(&mut h, 1), h.intern(SiteKey::heap(Probe::Realloc, 2)));
-        h.alloc(0x1000, 100, 10, m);
-        h.realloc(0x1000, 0x2000, 500, 20, 21, r);
+        h.alloc(0x1000, 100, 1.0, 10, m);
+        h.free(0x1000, 20);
+        h.alloc(0x2000, 500, 1.0, 21, r);
         assert_eq!(of(&h, m), (0, 0));
         assert_eq!(of(&h, r), (500, 1));
         assert_eq!((h.allocated(m), h.allocated(r)), ((100, 1), (500, 1)));
         // The old address was re-used by another thread before the realloc's
         // event arrived: that newer block survives.
-        h.alloc(0x3000, 7, 30, m);
-        h.realloc(0x3000, 0x4000, 8, 25, 31, r);
+        h.alloc(0x3000, 7, 1.0, 30, m);
+        h.free(0x3000, 25);
+        h.alloc(0x4000, 8, 1.0, 31, r);
         assert_eq!(of(&h, m), (7, 1));
     }
 
@@ -388,11 +453,21 @@ mod tests {
     fn min_age_cutoff_and_oldest_timestamp() {
         let mut h = Heap::default();
         let a = heap_site(&mut h, 1);
-        h.alloc(1, 10, 100, a);
-        h.alloc(2, 20, 200, a);
+        h.alloc(1, 10, 1.0, 100, a);
+        h.alloc(2, 20, 1.0, 200, a);
         let t = &h.totals(150)[&a];
         assert_eq!((t.bytes, t.allocations, t.oldest_ts_ns), (10, 1, 100));
         assert_eq!(h.totals(u64::MAX)[&a].oldest_ts_ns, 100);
+    }
+
+    #[test]
+    fn sampled_blocks_count_with_their_weight() {
+        let mut h = Heap::default();
+        let a = heap_site(&mut h, 1);
+        h.alloc(1, 100, 1.5, 10, a);
+        h.alloc(2, 100, 1.5, 10, a);
+        assert_eq!(of(&h, a), (300, 3));
+        assert_eq!(h.allocated(a), (300, 3));
     }
 
     #[test]
@@ -402,5 +477,11 @@ mod tests {
         assert_eq!(charged_size(Probe::Pvalloc, 0), 0);
         assert_eq!(page_round_up(1), 4096);
         assert_eq!(page_round_up(8192), 8192);
+        assert_eq!(sample_weight(100, None), 1.0);
+        // Small blocks stand for ~mean/size of their kind; huge ones are always sampled.
+        assert!((sample_weight(64, Some(512 << 10)) - (512 << 10) as f32 / 64.0).abs() < 1.0);
+        assert!((sample_weight(64 << 20, Some(512 << 10)) - 1.0).abs() < 1e-6);
+        let p = 1.0 - (-1.0f64).exp();
+        assert!((f64::from(sample_weight(1000, Some(1000))) - 1.0 / p).abs() < 1e-4);
     }
 }

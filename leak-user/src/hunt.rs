@@ -15,19 +15,25 @@ use tokio::{
 };
 
 use crate::{
+    analyze::{self, GrowthPolicy},
     attach::{self, AttachedProbe, Counters, Links, LoadOptions, ProbeStatus},
     cli::HuntArgs,
     collect::Collector,
     heap::Kind,
-    preflight,
+    node, preflight,
     report::{self, Frame, Mapping, ProbeReport, Report, Site, Totals},
     symbolize::Symbolizer,
     target::{self, Launched, Target},
+    timeline::Timeline,
 };
 
 /// How often the target's mappings are re-read, so that stacks stay
 /// resolvable after it exits.
 const MODULE_REFRESH: Duration = Duration::from_secs(1);
+/// JS allocation stacks kept in the report.
+const MAX_ALLOCATION_SAMPLES: usize = 20;
+/// Longest time between two samples of the growth series.
+const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
 /// How often the ring buffer is drained.
 const RING_POLL: Duration = Duration::from_millis(10);
 
@@ -58,6 +64,7 @@ enum End {
     Duration,
     Interrupted,
     TargetExited,
+    LoadFinished,
 }
 
 impl End {
@@ -66,33 +73,44 @@ impl End {
             End::Duration => "duration",
             End::Interrupted => "interrupted",
             End::TargetExited => "target-exited",
+            End::LoadFinished => "load-finished",
         }
     }
 }
 
 /// Runs a hunt. Forks the command first in launch mode: no thread may exist
 /// before that, so the async runtime is created here, afterwards.
-pub fn run(args: &HuntArgs) -> Result<Outcome> {
+/// A load run against the target (`check --load`): started after `after`,
+/// it ends the hunt when it exits.
+pub struct Load {
+    pub shell_command: String,
+    pub after: Duration,
+}
+
+pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     preflight::check()?;
-    let (target, mut launched, libc) = if args.command.is_empty() {
+    let attach_started = Instant::now();
+    let (target, mut launched, modules) = if args.command.is_empty() {
         let pid = args.pid.context("either -p PID or -- COMMAND is required")?;
         let target = target::existing(pid)?;
-        let libc = attach::find_libc(pid)?;
-        (target, None, libc)
+        let modules = attach::target_modules(pid)?;
+        (target, None, modules)
     } else {
         let launched = target::launch(&args.command)?;
-        let libc = attach::libc_for_command(&launched.program)?;
-        (launched.target.clone(), Some(launched), libc)
+        let modules = attach::command_modules(&launched.program)?;
+        (launched.target.clone(), Some(launched), modules)
     };
-    let attach_started = Instant::now();
     let options = LoadOptions {
         pid: target.pid,
         ring_buffer_bytes: args.ring_buffer_mib.max(1) * 1024 * 1024,
-        max_stacks: args.max_stacks,
+        max_stacks: args
+            .max_stacks
+            .unwrap_or(if modules.node.is_some() { 64 * 1024 } else { 32 * 1024 }),
+        sample_bytes: args.sample_bytes,
     };
     let mut ebpf = attach::load(&options)?;
-    let (probes, links) = attach::attach(&mut ebpf, target.pid, libc.as_deref())?;
-    if libc.is_none() {
+    let (probes, links) = attach::attach(&mut ebpf, target.pid, &modules)?;
+    if modules.libc.is_none() {
         eprintln!(
             "leakscope: warning: PID {} maps no libc (a static binary?): malloc-family calls are not traced, only mmap/munmap/mremap",
             target.pid
@@ -109,16 +127,20 @@ pub fn run(args: &HuntArgs) -> Result<Outcome> {
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let started = Instant::now();
-    let mut collector = Collector::new(target.pid);
+    let mut collector = Collector::new(target.pid, args.sample_bytes);
+    collector.started_ns = monotonic_ns();
     collector.refresh_modules();
+    let mut timeline = Timeline::new(target.pid);
     let announce = || eprintln!("leakscope: attached to PID {} ({attached} probes)", target.pid);
     let (end, exit_code) = runtime.block_on(collect_until_end(
         &mut ebpf,
-        &mut collector,
+        (&mut collector, &mut timeline),
         launched.as_mut(),
-        args,
+        (args, load),
         announce,
     ))?;
+    // The series end where the hunt ends.
+    timeline.sample(&collector.heap, started.elapsed().as_secs_f64());
     if let (Some(launched), None) = (launched, exit_code) {
         launched.detach();
     }
@@ -138,9 +160,16 @@ pub fn run(args: &HuntArgs) -> Result<Outcome> {
         collector.refresh_modules();
     }
 
-    let report = build_report(
-        &collector, totals, &probes, &counters, &target, end, exit_code, duration,
-    );
+    let is_node = modules.node.is_some();
+    let ended = Ended {
+        target,
+        is_node,
+        sample_bytes: args.sample_bytes,
+        end,
+        exit_code,
+        duration,
+    };
+    let report = build_report(&collector, &timeline, totals, &probes, &counters, &ended);
     log::info!(
         "report built {:.3} s after the hunt ended",
         report_started.elapsed().as_secs_f64()
@@ -157,9 +186,9 @@ pub fn run(args: &HuntArgs) -> Result<Outcome> {
 /// launched command that exited.
 async fn collect_until_end(
     ebpf: &mut aya::Ebpf,
-    collector: &mut Collector,
+    (collector, timeline): (&mut Collector, &mut Timeline),
     mut launched: Option<&mut Launched>,
-    args: &HuntArgs,
+    (args, load): (&HuntArgs, Option<&Load>),
     announce_attached: impl FnOnce(),
 ) -> Result<(End, Option<i32>)> {
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
@@ -189,7 +218,10 @@ async fn collect_until_end(
     // The kernel side wakes this reader only when the ring is half full.
     let mut poll = tokio::time::interval(RING_POLL);
     let mut summary = args.interval.filter(|d| !d.is_zero()).map(tokio::time::interval);
+    let mut sample = tokio::time::interval(args.interval.unwrap_or(SAMPLE_PERIOD).clamp(RING_POLL, SAMPLE_PERIOD));
+    let mut load_run = std::pin::pin!(run_load(load));
     let started = Instant::now();
+    let mut execs_seen = 0;
 
     let end = loop {
         tokio::select! {
@@ -212,11 +244,37 @@ async fn collect_until_end(
             _ = refresh.tick() => collector.refresh_modules(),
             _ = poll.tick() => drain(ring.get_mut(), collector, &stack_map),
             _ = tick(&mut summary) => print_summary(collector, started.elapsed()),
+            _ = sample.tick() => {
+                drain(ring.get_mut(), collector, &stack_map);
+                if collector.execs != execs_seen {
+                    execs_seen = collector.execs;
+                    timeline.reset_sites();
+                }
+                timeline.sample(&collector.heap, started.elapsed().as_secs_f64());
+            }
+            status = &mut load_run => {
+                log::info!("the load exited: {status:?}");
+                break (End::LoadFinished, None);
+            }
         }
     };
     // Events written before the end are still queued.
     drain(ring.get_mut(), collector, &stack_map);
     Ok(end)
+}
+
+/// Runs the load once its delay is over; pending forever without one.
+async fn run_load(load: Option<&Load>) -> std::io::Result<std::process::ExitStatus> {
+    let Some(load) = load else {
+        return std::future::pending().await;
+    };
+    tokio::time::sleep(load.after).await;
+    eprintln!("leakscope: starting the load: {}", load.shell_command);
+    tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&load.shell_command)
+        .status()
+        .await
 }
 
 async fn readable(fd: Option<&AsyncFd<OwnedFd>>) {
@@ -262,19 +320,29 @@ fn print_summary(collector: &Collector, elapsed: Duration) {
     );
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_report(
-    collector: &Collector,
-    totals: std::collections::HashMap<u32, crate::heap::SiteTotals>,
-    probes: &[AttachedProbe],
-    counters: &Counters,
-    target: &Target,
+/// How the hunt ended.
+struct Ended {
+    target: Target,
+    is_node: bool,
+    sample_bytes: Option<u64>,
     end: End,
     exit_code: Option<i32>,
     duration: Duration,
+}
+
+fn build_report(
+    collector: &Collector,
+    timeline: &Timeline,
+    totals: std::collections::HashMap<u32, crate::heap::SiteTotals>,
+    probes: &[AttachedProbe],
+    counters: &Counters,
+    ended: &Ended,
 ) -> Report {
     let now = monotonic_ns();
     let mut symbolizer = Symbolizer::new();
+    let policy = GrowthPolicy::default();
+    let mut ages = collector.heap.ages_s(now);
+    let hunt_s = ended.duration.as_secs_f64();
     // A site records the probe that fired; name every function at that address.
     let allocator_names: std::collections::HashMap<_, _> = probes
         .iter()
@@ -292,6 +360,10 @@ fn build_report(
             }
             // Heap stacks are taken at the return probe: frame 0 is a return address too.
             let frames = symbolizer.symbolize(&collector.modules, &addrs, key.kind == Kind::Malloc);
+            let series = timeline.site_series(id);
+            let growth = series
+                .as_ref()
+                .map(|series| analyze::analyze_site(series, &ages.remove(&id).unwrap_or_default(), hunt_s, &policy));
             Site {
                 kind: key.kind,
                 allocator: allocator_names
@@ -301,17 +373,18 @@ fn build_report(
                 outstanding_bytes: t.bytes,
                 outstanding_allocations: t.allocations,
                 oldest_age_s: now.saturating_sub(t.oldest_ts_ns) as f64 / 1e9,
+                v8_space: (key.kind == Kind::V8Heap).then(|| node::space_name(key.detail)),
                 mapping: (key.kind == Kind::Mmap).then(|| Mapping {
                     anonymous: key.anonymous,
-                    prot: report::prot_string(key.prot),
+                    prot: report::prot_string(key.detail),
                 }),
-                frames: frames.into_iter().map(Frame::from).collect(),
+                frames: frames.into_iter().map(|f| frame(f, ended.is_node)).collect(),
                 allocated_bytes: collector.heap.allocated(id).0,
                 allocated_allocations: collector.heap.allocated(id).1,
-                growth_bytes_per_s: None,
-                verdict: None,
-                growth: None,
-                series: None,
+                growth_bytes_per_s: growth.as_ref().and_then(|g| g.slope_bytes_per_s),
+                verdict: growth.as_ref().map(|g| g.verdict),
+                growth: growth.map(|g| g.stats),
+                series,
             }
         })
         .collect();
@@ -321,9 +394,24 @@ fn build_report(
             .then(b.outstanding_allocations.cmp(&a.outstanding_allocations))
     });
 
-    let mut by_kind: BTreeMap<String, u64> = [("malloc".to_string(), 0), ("mmap".to_string(), 0)].into();
+    let sites_for_node: Vec<(Kind, Option<String>, u64, u64)> = sites
+        .iter()
+        .map(|s| {
+            (
+                s.kind,
+                s.v8_space.clone(),
+                s.outstanding_bytes,
+                s.outstanding_allocations,
+            )
+        })
+        .collect();
+    let mut by_kind: BTreeMap<String, u64> = Kind::ALL
+        .iter()
+        .filter(|k| ended.is_node || matches!(k, Kind::Malloc | Kind::Mmap))
+        .map(|k| (k.name().to_string(), 0))
+        .collect();
     for site in &sites {
-        *by_kind.entry(kind_name(site.kind).to_string()).or_default() += site.outstanding_bytes;
+        *by_kind.entry(site.kind.name().to_string()).or_default() += site.outstanding_bytes;
     }
     let mut drops: BTreeMap<String, u64> = DropReason::ALL
         .iter()
@@ -334,14 +422,20 @@ fn build_report(
     Report {
         schema: report::SCHEMA.to_string(),
         target: report::TargetInfo {
-            pid: target.pid,
-            command: target.command.clone(),
-            exited: end == End::TargetExited,
-            exit_code,
+            pid: ended.target.pid,
+            command: ended.target.command.clone(),
+            exited: ended.end == End::TargetExited,
+            exit_code: ended.exit_code,
         },
-        duration_s: duration.as_secs_f64(),
-        mode: "exact".to_string(),
-        ended_by: end.name().to_string(),
+        duration_s: hunt_s,
+        mode: if ended.sample_bytes.is_some() {
+            "sampled"
+        } else {
+            "exact"
+        }
+        .to_string(),
+        sample_bytes: ended.sample_bytes,
+        ended_by: ended.end.name().to_string(),
         totals: Totals {
             outstanding_bytes: sites.iter().map(|s| s.outstanding_bytes).sum(),
             outstanding_allocations: sites.iter().map(|s| s.outstanding_allocations).sum(),
@@ -352,14 +446,10 @@ fn build_report(
         probes: probes.iter().map(|p| probe_report(p, counters)).collect(),
         sites,
         command_line: Some(command_line()),
-        process: None,
-    }
-}
-
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Malloc => "malloc",
-        Kind::Mmap => "mmap",
+        process: Some(timeline.process(&policy)),
+        node: ended
+            .is_node
+            .then(|| node_report(collector, timeline, &sites_for_node, &mut symbolizer, &policy)),
     }
 }
 
@@ -414,4 +504,85 @@ fn command_line() -> String {
         }
     };
     std::env::args().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+/// A report frame. In a Node target, code outside every file and absent from
+/// the perf map is JIT code all the same.
+fn frame(f: crate::symbolize::Frame, is_node: bool) -> Frame {
+    let mut frame = Frame::from(f);
+    if is_node && frame.function.is_none() && frame.module.is_none() {
+        frame.function = Some("[v8 jit]".to_string());
+    }
+    frame
+}
+
+/// Memory by category, GCs and JS allocation samples of a Node.js target.
+/// `sites`: (kind, V8 space, bytes, allocations) of every reported site.
+fn node_report(
+    collector: &Collector,
+    timeline: &Timeline,
+    sites: &[(Kind, Option<String>, u64, u64)],
+    symbolizer: &mut Symbolizer,
+    policy: &GrowthPolicy,
+) -> report::NodeReport {
+    let stats = &collector.node;
+    let (t_s, bytes): (Vec<f64>, Vec<u64>) = stats.live_after_full.iter().copied().unzip();
+    let (live_rate, live_verdict) = analyze::analyze_totals(&t_s, &bytes, policy);
+    let mut pages_by_space: BTreeMap<String, report::PagesHeld> = BTreeMap::new();
+    for (_, space, bytes, pages) in sites.iter().filter(|s| s.0 == Kind::V8Heap) {
+        let held = pages_by_space.entry(space.clone().unwrap_or_default()).or_default();
+        held.pages += pages;
+        held.bytes += bytes;
+    }
+    let categories = Kind::ALL
+        .iter()
+        .map(|&kind| {
+            let series = timeline.kind_series(kind);
+            let (mut rate, mut verdict) = analyze::analyze_totals(&series.t_s, &series.bytes, policy);
+            // Live bytes after full GCs separate a JS-heap leak from a heap
+            // that merely has not been collected yet: prefer them when there are enough.
+            if kind == Kind::V8Heap && live_verdict != report::Verdict::InsufficientData {
+                (rate, verdict) = (live_rate, live_verdict);
+            }
+            let held = sites.iter().filter(|s| s.0 == kind).map(|s| s.2).sum();
+            (
+                kind.name().to_string(),
+                report::Category {
+                    bytes: held,
+                    growth_bytes_per_s: rate,
+                    verdict,
+                },
+            )
+        })
+        .collect();
+    let mut samples: Vec<_> = stats.samples.iter().collect();
+    samples.sort_by_key(|(_, (count, _))| std::cmp::Reverse(*count));
+    let allocation_samples = samples
+        .into_iter()
+        .take(MAX_ALLOCATION_SAMPLES)
+        .map(|(&(probe, stack_id), &(count, bytes))| {
+            let addrs = collector.cached_stack(stack_id).unwrap_or_default();
+            // Taken at an entry probe: frame 0 is an exact instruction pointer.
+            let frames = symbolizer.symbolize(&collector.modules, addrs, false);
+            report::AllocationSample {
+                reason: node::sample_reason(probe).to_string(),
+                samples: count,
+                bytes,
+                frames: frames.into_iter().map(|f| frame(f, true)).collect(),
+            }
+        })
+        .collect();
+    report::NodeReport {
+        gc: report::GcCounts {
+            minor: stats.minor_gcs,
+            full: stats.full_gcs,
+            time_s: stats.gc_seconds,
+        },
+        live_after_full_gc: report::TimeSeries { t_s, bytes },
+        live_after_full_gc_growth_bytes_per_s: live_rate,
+        pages_by_space,
+        allocation_samples,
+        categories,
+        torn_down_at_s: collector.torn_down_at,
+    }
 }

@@ -8,12 +8,16 @@
 
 pub mod analyze;
 pub mod attach;
+pub mod check;
 pub mod cli;
 pub mod collect;
+pub mod diff;
 pub mod heap;
 pub mod hunt;
+pub mod node;
 pub mod placement;
 pub mod preflight;
 pub mod report;
 pub mod symbolize;
 pub mod target;
+pub mod timeline;

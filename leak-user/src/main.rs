@@ -1,10 +1,11 @@
-use std::{io::Write as _, process::ExitCode};
+use std::{io::Write as _, path::Path, process::ExitCode};
 
 use clap::Parser as _;
 use leakscope::{
-    cli::{Cli, Command, Format, HuntArgs},
-    hunt,
-    report::{json, text},
+    check,
+    cli::{CheckArgs, Cli, Command, DiffArgs, DiffFormat, HuntArgs, ReportArgs},
+    diff, hunt,
+    report::{self, json, Report},
 };
 
 fn main() -> ExitCode {
@@ -15,6 +16,9 @@ fn main() -> ExitCode {
         .init();
     let result = match &cli.command {
         Command::Hunt(args) => hunt_command(args),
+        Command::Report(args) => report_command(args),
+        Command::Diff(args) => diff_command(args),
+        Command::Check(args) => check_command(args),
     };
     match result {
         Ok(code) => code,
@@ -26,18 +30,78 @@ fn main() -> ExitCode {
 }
 
 fn hunt_command(args: &HuntArgs) -> anyhow::Result<ExitCode> {
-    let outcome = hunt::run(args)?;
-    let rendered = match args.format {
-        Format::Text => text::render(&outcome.report, args.top),
-        Format::Json => json::render(&outcome.report),
-    };
-    match &args.output {
-        Some(path) => {
-            std::fs::write(path, rendered).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?
-        }
-        None => std::io::stdout().write_all(rendered.as_bytes())?,
-    }
+    let outcome = hunt::run(args, None)?;
+    let rendered = report::render(&outcome.report, args.format, args.top)?;
+    write_output(args.output.as_deref(), &rendered)?;
     outcome.attachment.detach();
     // A launched command's exit code passes through.
     Ok(ExitCode::from(outcome.exit_code.unwrap_or(0).clamp(0, 255) as u8))
+}
+
+fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    let report = read_report(&args.file)?;
+    write_output(args.output.as_deref(), &report::render(&report, args.format, args.top)?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn diff_command(args: &DiffArgs) -> anyhow::Result<ExitCode> {
+    let d = diff::diff(&read_report(&args.a)?, &read_report(&args.b)?);
+    let rendered = match args.format {
+        DiffFormat::Text => diff::render_text(&d),
+        DiffFormat::Json => diff::render_json(&d),
+    };
+    write_output(args.output.as_deref(), rendered.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_report(path: &Path) -> anyhow::Result<Report> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    json::parse(&text).map_err(|e| anyhow::anyhow!("{} is not a leakscope JSON report: {e}", path.display()))
+}
+
+/// Writes to `path`, or to stdout without one (binary formats too: `> file` works).
+fn write_output(path: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
+    match path {
+        Some(path) => std::fs::write(path, bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),
+        None => Ok(std::io::stdout().write_all(bytes)?),
+    }
+}
+
+/// Exit codes: 0 within limits, 1 a limit was exceeded, 2 the check could not run.
+fn check_command(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let mut hunt_args = HuntArgs::launching(&args.command);
+    hunt_args.duration = args.duration;
+    let load = args.load.as_ref().map(|shell_command| hunt::Load {
+        shell_command: shell_command.clone(),
+        after: args.warmup,
+    });
+    let outcome = hunt::run(&hunt_args, load.as_ref())?;
+    let report = &outcome.report;
+    if let Some(path) = &args.output {
+        std::fs::write(path, json::render(report))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    outcome.attachment.detach();
+    if !report.target.exited {
+        // The workload is a service that outlived the load or the duration.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(report.target.pid as i32),
+            nix::sys::signal::SIGTERM,
+        );
+    }
+    if let Some(code) = report.target.exit_code.filter(|&code| code != 0) {
+        anyhow::bail!("the workload `{}` failed with exit code {code}", report.target.command);
+    }
+    let limits = check::Limits {
+        max_growth_bytes: args.max_growth,
+        max_rate_bytes_per_s: args.max_rate.map(|r| r as f64),
+        warmup_s: args.warmup.as_secs_f64(),
+    };
+    let violations = check::evaluate(report, &limits);
+    eprint!("{}", check::explain(&violations, &limits));
+    Ok(if violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

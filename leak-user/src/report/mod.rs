@@ -1,14 +1,18 @@
 //! The report: what a hunt measured, independent of how it is rendered.
 //! Schema `leakscope/report/v1`; fields are documented in the README.
 
+pub mod flamegraph;
+pub mod folded;
 pub mod json;
+pub mod markdown;
+pub mod pprof;
 pub mod text;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::heap::Kind;
+use crate::{cli::Format, heap::Kind};
 
 pub const SCHEMA: &str = "leakscope/report/v1";
 
@@ -17,7 +21,11 @@ pub struct Report {
     pub schema: String,
     pub target: TargetInfo,
     pub duration_s: f64,
+    /// "exact" (every call traced) or "sampled" (figures are estimates).
     pub mode: String,
+    /// Sampled mode: mean bytes between samples (Poisson).
+    #[serde(default)]
+    pub sample_bytes: Option<u64>,
     /// Why the hunt ended: "duration", "interrupted", "target-exited".
     pub ended_by: String,
     pub totals: Totals,
@@ -31,6 +39,66 @@ pub struct Report {
     /// Process-level growth: RSS against what the tracer sees.
     #[serde(default)]
     pub process: Option<ProcessGrowth>,
+    /// Node.js targets only: memory by category, GCs, JS allocation samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeReport>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeReport {
+    pub gc: GcCounts,
+    /// Live JS heap bytes after each full (mark-compact) GC.
+    pub live_after_full_gc: TimeSeries,
+    /// Robust slope of `live_after_full_gc`: the JS-heap leak signal.
+    pub live_after_full_gc_growth_bytes_per_s: Option<f64>,
+    /// V8 pages outstanding at the end, by space ("new", "old", "code", "large", "new_large").
+    pub pages_by_space: BTreeMap<String, PagesHeld>,
+    /// Sampled JS heap allocation stacks, most frequent first.
+    pub allocation_samples: Vec<AllocationSample>,
+    /// One verdict per category: where to look first.
+    pub categories: BTreeMap<String, Category>,
+    /// When Node began tearing down (seconds into the hunt): Node then frees
+    /// the JS heap and every Buffer, so the report keeps the state of that moment.
+    #[serde(default)]
+    pub torn_down_at_s: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GcCounts {
+    pub minor: u64,
+    pub full: u64,
+    /// Seconds between GC starts and ends.
+    pub time_s: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TimeSeries {
+    pub t_s: Vec<f64>,
+    pub bytes: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PagesHeld {
+    pub pages: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AllocationSample {
+    /// "large-object", "young-refill", "map-grow" or "array-grow".
+    pub reason: String,
+    pub samples: u64,
+    /// Bytes requested, where the hook knows them (large objects).
+    pub bytes: u64,
+    pub frames: Vec<Frame>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Category {
+    /// Outstanding at the end.
+    pub bytes: u64,
+    pub growth_bytes_per_s: Option<f64>,
+    pub verdict: Verdict,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -79,6 +147,9 @@ pub struct Site {
     /// Mapping sites only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapping: Option<Mapping>,
+    /// V8 heap sites only: the space of the pages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v8_space: Option<String>,
     /// Innermost first. Empty when the stack was lost (see drops).
     pub frames: Vec<Frame>,
     /// Everything this site allocated during the hunt, freed or not.
@@ -172,6 +243,49 @@ impl From<crate::symbolize::Frame> for Frame {
     }
 }
 
+/// Renders `report` in `format`. `top` bounds the sites listed by the text and
+/// Markdown reports; the stack formats always cover every site, so that they
+/// add up to the totals.
+pub fn render(report: &Report, format: Format, top: usize) -> anyhow::Result<Vec<u8>> {
+    Ok(match format {
+        Format::Text => text::render(report, top).into_bytes(),
+        Format::Json => json::render(report).into_bytes(),
+        Format::Folded => folded::render(report).into_bytes(),
+        Format::Flamegraph => flamegraph::render(report)?,
+        Format::Pprof => pprof::render(report)?,
+        Format::Markdown => markdown::render(report, top).into_bytes(),
+    })
+}
+
+impl Verdict {
+    /// The name used in the JSON report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Leak => "leak",
+            Verdict::Growing => "growing",
+            Verdict::Plateau => "plateau",
+            Verdict::Stable => "stable",
+            Verdict::InsufficientData => "insufficient-data",
+        }
+    }
+}
+
+/// A frame's name where a stack is a list of names (folded, flame graph,
+/// pprof): the function, else where the code is (the address as captured,
+/// not an offset: the report has no module bases), else `[unknown]`.
+pub fn frame_label(frame: &Frame) -> String {
+    match (&frame.function, &frame.module) {
+        (Some(function), _) => function.clone(),
+        (None, Some(module)) => format!("{}@{}", file_name(module), frame.address),
+        (None, None) => "[unknown]".to_string(),
+    }
+}
+
+/// The last component of a path: modules are shown by file name.
+pub fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
 /// `prot_string` of a mapping moved by mremap from one made before the hunt.
 pub const PROT_UNKNOWN: u8 = 0xff;
 
@@ -200,8 +314,75 @@ pub fn human_bytes(bytes: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A report with every kind of site the renderers must handle: growth
+    /// analysis set and unset, a lost stack, an unnamed frame, and names that
+    /// need escaping (`;`, `<`, `&`). Built from JSON, as a saved report is read.
+    pub(crate) fn sample_report() -> Report {
+        let frame = |function: Option<&str>, line: Option<u32>, address: &str| {
+            serde_json::json!({
+                "address": address, "function": function, "file": function.map(|_| "/src/app.c"),
+                "line": line, "module": "/usr/lib/libapp.so",
+            })
+        };
+        let main = frame(Some("main"), Some(90), "0x401200");
+        serde_json::from_value(serde_json::json!({
+            "schema": SCHEMA,
+            "target": {"pid": 4242, "command": "./app --mode=a&b <cfg>", "exited": false, "exit_code": null},
+            "duration_s": 60.0, "mode": "exact", "ended_by": "duration",
+            "totals": {"outstanding_bytes": 50664, "outstanding_allocations": 17,
+                       "by_kind": {"malloc": 42472, "mmap": 8192}, "allocator_internal_bytes": 0},
+            "drops": {"ring_buffer_full": 0, "stack_lost": 1, "pending_calls_full": 0, "malformed_records": 0},
+            "probes": [
+                {"name": "malloc", "aliases": [], "offset": "0x9a0e0", "placement": "entry", "status": "live",
+                 "hits": 120, "return_hits": 120},
+                {"name": "pvalloc", "aliases": [], "offset": "0x9b000", "placement": "entry",
+                 "status": "never-fired", "hits": 0, "return_hits": 0},
+            ],
+            "sites": [
+                {"kind": "malloc", "allocator": "malloc", "outstanding_bytes": 40960, "outstanding_allocations": 10,
+                 "oldest_age_s": 58.5, "allocated_bytes": 81920, "allocated_allocations": 20,
+                 "frames": [frame(Some("cache_insert"), Some(31), "0x401100"),
+                            frame(Some("handle_request"), Some(55), "0x401150"), main.clone()],
+                 "growth_bytes_per_s": 700.0, "verdict": "leak",
+                 "growth": {"share_rising": 0.9, "net_growth_bytes": 40000, "age_p50_s": 30.0, "age_p90_s": 54.0},
+                 "series": {"t_s": [0.0, 30.0, 60.0], "bytes": [960, 20960, 40960], "allocations": [1, 5, 10]}},
+                {"kind": "mmap", "allocator": "mmap", "outstanding_bytes": 8192, "outstanding_allocations": 2,
+                 "oldest_age_s": 50.0, "mapping": {"anonymous": true, "prot": "rw-"},
+                 "frames": [frame(Some("std::array<int; 2>::fill"), None, "0x7f00001000"),
+                            frame(None, None, "0x7f00001234"), main.clone()],
+                 "growth_bytes_per_s": 10.0, "verdict": "plateau"},
+                {"kind": "malloc", "allocator": "calloc", "outstanding_bytes": 1000, "outstanding_allocations": 4,
+                 "oldest_age_s": 59.9, "allocated_bytes": 1000, "allocated_allocations": 4,
+                 "frames": [frame(Some("parse_config"), Some(12), "0x401300"), main],
+                 "growth_bytes_per_s": 0.0, "verdict": "stable"},
+                {"kind": "malloc", "allocator": "malloc", "outstanding_bytes": 512, "outstanding_allocations": 1,
+                 "oldest_age_s": 1.0, "frames": []},
+            ],
+            "command_line": "leakscope hunt -p 4242 --duration 60 --format json -o a.json",
+            "process": {"t_s": [0.0, 30.0, 60.0], "rss_bytes": [4000000, 4030000, 4060000],
+                        "tracked_bytes": [10000, 30000, 50664], "rss_growth_bytes_per_s": 1000.0,
+                        "tracked_growth_bytes_per_s": 678.0, "verdict": "leak"},
+        }))
+        .expect("the sample report matches the schema")
+    }
+
+    /// The sample report as a hunt without growth analysis writes it.
+    pub(crate) fn without_analysis(mut report: Report) -> Report {
+        report.command_line = None;
+        report.process = None;
+        for site in &mut report.sites {
+            site.allocated_bytes = 0;
+            site.allocated_allocations = 0;
+            site.growth_bytes_per_s = None;
+            site.verdict = None;
+            site.growth = None;
+            site.series = None;
+        }
+        report
+    }
 
     #[test]
     fn formats_bytes_and_protection() {
@@ -212,5 +393,21 @@ mod tests {
         assert_eq!(prot_string(0), "---");
         assert_eq!(prot_string(5), "r-x");
         assert_eq!(prot_string(PROT_UNKNOWN), "???");
+    }
+
+    #[test]
+    fn labels_frames_by_function_then_module() {
+        let mut frame = Frame {
+            address: "0x7f0012".into(),
+            function: Some("parse_request".into()),
+            file: None,
+            line: None,
+            module: Some("/usr/lib/libapp.so".into()),
+        };
+        assert_eq!(frame_label(&frame), "parse_request");
+        frame.function = None;
+        assert_eq!(frame_label(&frame), "libapp.so@0x7f0012");
+        frame.module = None;
+        assert_eq!(frame_label(&frame), "[unknown]");
     }
 }

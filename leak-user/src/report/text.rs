@@ -31,6 +31,13 @@ pub fn render(report: &Report, top: usize) -> String {
         kinds.join(", "),
         human_bytes(totals.allocator_internal_bytes),
     );
+    if let Some(mean) = report.sample_bytes {
+        let _ = writeln!(
+            out,
+            "sampled: one sample per {} allocated on average (Poisson); heap figures are unbiased estimates, mappings exact",
+            human_bytes(mean)
+        );
+    }
     let lost: Vec<String> = report
         .drops
         .iter()
@@ -55,6 +62,9 @@ pub fn render(report: &Report, top: usize) -> String {
         if !names.is_empty() {
             let _ = writeln!(out, "{label}: {}", names.join(", "));
         }
+    }
+    if let Some(node) = &report.node {
+        write_node(&mut out, node);
     }
     if report.sites.is_empty() {
         let _ = writeln!(out, "\nno outstanding allocations");
@@ -102,5 +112,51 @@ fn write_site(out: &mut String, rank: usize, site: &Site) {
             .map(|m| m.rsplit('/').next().unwrap_or(m))
             .unwrap_or("?");
         let _ = writeln!(out, "    {:<18} {function}{location}  ({module})", frame.address);
+    }
+}
+
+/// Node.js: one line per category, so a reader knows where to look first.
+fn write_node(out: &mut String, node: &super::NodeReport) {
+    let _ = writeln!(out, "\nnode.js memory by category:");
+    for (name, category) in &node.categories {
+        let rate = category
+            .growth_bytes_per_s
+            .map(|r| format!(" at {}/s", human_bytes(r.max(0.0) as u64)))
+            .unwrap_or_default();
+        let verdict = format!("{:?}", category.verdict).to_lowercase();
+        let _ = writeln!(out, "  {name:<12} {:>10}  {verdict}{rate}", human_bytes(category.bytes));
+    }
+    let live = node
+        .live_after_full_gc
+        .bytes
+        .last()
+        .map(|b| human_bytes(*b))
+        .unwrap_or_else(|| "n/a".to_string());
+    let _ = writeln!(
+        out,
+        "  GCs: {} minor, {} full ({:.2} s); live after the last full GC: {live}",
+        node.gc.minor, node.gc.full, node.gc.time_s
+    );
+    if let Some(t) = node.torn_down_at_s {
+        let _ = writeln!(
+            out,
+            "  (figures as of node's teardown at {t:.1} s: it frees the JS heap and Buffers on exit)"
+        );
+    }
+    if let Some(top) = node.allocation_samples.first() {
+        let js: Vec<&str> = top
+            .frames
+            .iter()
+            .filter_map(|f| f.function.as_deref())
+            .filter(|f| !f.starts_with("Builtins_"))
+            .take(4)
+            .collect();
+        let _ = writeln!(
+            out,
+            "  most sampled JS heap allocation ({}, {} samples): {}",
+            top.reason,
+            top.samples,
+            js.join(" <- ")
+        );
     }
 }

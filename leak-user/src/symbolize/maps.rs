@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use super::cfi::Cfi;
+use super::{cfi::Cfi, perfmap::PerfMap};
 
 /// An ELF file mapped by the target.
 pub(super) struct ModuleFile {
@@ -68,6 +68,8 @@ pub struct ProcessModules {
     pid: u32,
     /// Sorted by start and disjoint.
     mappings: Vec<Mapping>,
+    /// JIT code names, for addresses outside every file mapping.
+    pub perf_map: PerfMap,
 }
 
 impl ProcessModules {
@@ -76,6 +78,7 @@ impl ProcessModules {
         Self {
             pid,
             mappings: Vec::new(),
+            perf_map: PerfMap::default(),
         }
     }
 
@@ -89,6 +92,7 @@ impl ProcessModules {
     /// maps file cannot be read (process gone).
     pub fn refresh(&mut self) -> io::Result<()> {
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))?;
+        self.perf_map.refresh(self.pid);
         for entry in maps.lines().filter_map(MapsEntry::parse) {
             self.add(entry);
         }

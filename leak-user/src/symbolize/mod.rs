@@ -7,6 +7,7 @@
 
 mod cfi;
 mod maps;
+mod perfmap;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -17,6 +18,9 @@ use blazesym::symbolize::Input;
 pub use cfi::{FramelessUnwinder, MAX_SKIPPED};
 use maps::ModuleFile;
 pub use maps::ProcessModules;
+
+/// The `module` of frames named from a perf map.
+pub const JIT_MODULE: &str = "[jit]";
 
 /// One symbolized frame. Fields are None when unknown.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -90,12 +94,14 @@ impl Symbolizer {
     fn frame(&mut self, modules: &ProcessModules, address: u64, is_return: bool) -> Frame {
         let pc = if is_return { address.saturating_sub(1) } else { address };
         let Some(mapping) = modules.find(pc) else {
+            // Outside every file: JIT code, named if the JIT writes a perf map.
+            let jit = modules.perf_map.lookup(pc);
             return Frame {
                 address,
-                function: None,
-                file: None,
-                line: None,
-                module: None,
+                function: jit.map(|s| s.function.clone()),
+                file: jit.and_then(|s| s.file.clone()),
+                line: jit.and_then(|s| s.line),
+                module: jit.map(|_| JIT_MODULE.to_string()),
             };
         };
         let info = match &mapping.file {

@@ -1,0 +1,214 @@
+//! `leakscope check`: a CI gate that fails when memory grows beyond a limit
+//! while a workload runs.
+
+use std::fmt::Write as _;
+
+use crate::{
+    analyze,
+    report::{human_bytes, Report, Series, Site},
+};
+
+/// The acceptance criteria, e.g. "no more than 10 MB of growth after 5 s of warm-up".
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_growth_bytes: u64,
+    pub max_rate_bytes_per_s: Option<f64>,
+    pub warmup_s: f64,
+}
+
+/// One limit exceeded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Violation {
+    /// "total" or the site's innermost named frame.
+    pub what: String,
+    pub growth_bytes: i64,
+    pub rate_bytes_per_s: Option<f64>,
+    pub reason: String,
+}
+
+/// Growth after warm-up, and its robust rate, of a sampled series. A series
+/// that starts after the warm-up grew from nothing.
+fn growth_after(t_s: &[f64], bytes: &[u64], warmup_s: f64) -> (i64, Option<f64>) {
+    let Some(&last) = bytes.last() else { return (0, None) };
+    let baseline = t_s
+        .iter()
+        .zip(bytes)
+        .rfind(|(t, _)| **t <= warmup_s)
+        .map_or(0, |(_, b)| *b);
+    let (t, y): (Vec<f64>, Vec<f64>) = t_s
+        .iter()
+        .zip(bytes)
+        .filter(|(t, _)| **t >= warmup_s)
+        .map(|(t, b)| (*t, *b as f64))
+        .unzip();
+    (last as i64 - baseline as i64, analyze::theil_sen_slope(&t, &y))
+}
+
+fn site_name(site: &Site) -> String {
+    let frame = site
+        .frames
+        .iter()
+        .find(|f| f.function.is_some())
+        .or(site.frames.first());
+    match frame {
+        Some(f) => {
+            let function = f.function.as_deref().unwrap_or(&f.address);
+            match (&f.file, f.line) {
+                (Some(file), Some(line)) => format!("{function} ({file}:{line}) via {}", site.allocator),
+                _ => format!("{function} via {}", site.allocator),
+            }
+        }
+        None => format!("[stack lost] via {}", site.allocator),
+    }
+}
+
+fn judge(what: String, growth: i64, rate: Option<f64>, limits: &Limits) -> Option<Violation> {
+    let reason = if growth > limits.max_growth_bytes as i64 {
+        format!(
+            "grew {} after warm-up (limit {})",
+            human_bytes(growth as u64),
+            human_bytes(limits.max_growth_bytes)
+        )
+    } else {
+        match (rate, limits.max_rate_bytes_per_s) {
+            (Some(rate), Some(max)) if rate > max => {
+                format!(
+                    "grows {}/s (limit {}/s)",
+                    human_bytes(rate as u64),
+                    human_bytes(max as u64)
+                )
+            }
+            _ => return None,
+        }
+    };
+    Some(Violation {
+        what,
+        growth_bytes: growth,
+        rate_bytes_per_s: rate,
+        reason,
+    })
+}
+
+/// Every limit the hunt's report exceeds: per site, and in total.
+pub fn evaluate(report: &Report, limits: &Limits) -> Vec<Violation> {
+    let mut violations: Vec<Violation> = report
+        .sites
+        .iter()
+        .filter_map(|site| {
+            let (growth, rate) = match &site.series {
+                Some(Series { t_s, bytes, .. }) => growth_after(t_s, bytes, limits.warmup_s),
+                // Unsampled: all it holds counts as growth.
+                None => (site.outstanding_bytes as i64, None),
+            };
+            judge(site_name(site), growth, rate, limits)
+        })
+        .collect();
+    if let Some(process) = &report.process {
+        let (growth, rate) = growth_after(&process.t_s, &process.tracked_bytes, limits.warmup_s);
+        violations.extend(judge("total".to_string(), growth, rate, limits));
+    }
+    violations.sort_by_key(|v| std::cmp::Reverse(v.growth_bytes));
+    violations
+}
+
+/// The short explanation printed by `check`.
+pub fn explain(violations: &[Violation], limits: &Limits) -> String {
+    let mut out = String::new();
+    if violations.is_empty() {
+        let _ = writeln!(
+            out,
+            "leakscope check: passed (no growth beyond {} after warm-up)",
+            human_bytes(limits.max_growth_bytes)
+        );
+        return out;
+    }
+    let _ = writeln!(out, "leakscope check: FAILED, {} limit(s) exceeded:", violations.len());
+    for v in violations {
+        let _ = writeln!(out, "  {}: {}", v.what, v.reason);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{json, ProcessGrowth};
+
+    fn report_with(series: Vec<(f64, u64)>, total: Vec<(f64, u64)>) -> Report {
+        let site = serde_json::json!({
+            "kind": "malloc", "allocator": "malloc", "outstanding_bytes": 1300, "outstanding_allocations": 13,
+            "oldest_age_s": 5.0,
+            "frames": [{"address": "0x1", "function": "leak_malloc", "file": "fixture.c", "line": 26, "module": "/f"}]
+        });
+        let report = serde_json::json!({
+            "schema": crate::report::SCHEMA, "target": {"pid": 1, "command": "f", "exited": true, "exit_code": 0},
+            "duration_s": 6.0, "mode": "exact", "ended_by": "target-exited",
+            "totals": {"outstanding_bytes": 1300, "outstanding_allocations": 13, "by_kind": {}, "allocator_internal_bytes": 0},
+            "drops": {}, "probes": [], "sites": [site]
+        });
+        let mut report = json::parse(&report.to_string()).unwrap();
+        let (t_s, bytes): (Vec<f64>, Vec<u64>) = series.into_iter().unzip();
+        report.sites[0].series = Some(Series {
+            allocations: vec![0; t_s.len()],
+            t_s,
+            bytes,
+        });
+        let (t_s, tracked_bytes): (Vec<f64>, Vec<u64>) = total.into_iter().unzip();
+        report.process = Some(ProcessGrowth {
+            rss_bytes: tracked_bytes.clone(),
+            t_s,
+            tracked_bytes,
+            ..Default::default()
+        });
+        report
+    }
+
+    fn limits(max_growth_bytes: u64, max_rate: Option<f64>) -> Limits {
+        Limits {
+            max_growth_bytes,
+            max_rate_bytes_per_s: max_rate,
+            warmup_s: 2.0,
+        }
+    }
+
+    #[test]
+    fn growth_is_measured_from_the_end_of_warmup() {
+        // 1000 bytes held during warm-up, then +300.
+        let s = vec![
+            (0.0, 0),
+            (1.0, 1000),
+            (2.0, 1000),
+            (3.0, 1100),
+            (4.0, 1200),
+            (5.0, 1300),
+        ];
+        let report = report_with(s.clone(), s);
+        assert!(evaluate(&report, &limits(300, None)).is_empty());
+        let v = evaluate(&report, &limits(299, None));
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert_eq!(v[0].growth_bytes, 300);
+        assert!(v.iter().any(|v| v.what == "total"));
+        assert!(
+            v.iter().any(|v| v.what.starts_with("leak_malloc (fixture.c:26)")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn rate_limit_uses_the_robust_slope_after_warmup() {
+        let s = vec![(0.0, 0), (2.0, 0), (3.0, 100), (4.0, 200), (5.0, 300), (6.0, 400)];
+        let report = report_with(s, vec![]);
+        let v = evaluate(&report, &limits(1 << 20, Some(50.0)));
+        assert_eq!(v.len(), 1);
+        assert!((v[0].rate_bytes_per_s.unwrap() - 100.0).abs() < 1e-9);
+        assert!(evaluate(&report, &limits(1 << 20, Some(150.0))).is_empty());
+    }
+
+    #[test]
+    fn a_site_born_after_warmup_grew_from_nothing() {
+        let report = report_with(vec![(3.0, 500), (4.0, 500)], vec![]);
+        assert_eq!(evaluate(&report, &limits(499, None))[0].growth_bytes, 500);
+        assert!(explain(&evaluate(&report, &limits(499, None)), &limits(499, None)).contains("FAILED"));
+        assert!(explain(&[], &limits(499, None)).contains("passed"));
+    }
+}

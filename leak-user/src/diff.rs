@@ -1,0 +1,320 @@
+//! `leakscope diff A.json B.json`: what grew between two reports.
+//!
+//! Sites are matched by what their stacks mean (kind, allocator, and each
+//! frame's function, file, line and module), never by raw addresses, which
+//! ASLR changes from run to run. Sites of one report with the same key (stacks
+//! that differ only in addresses of unnamed code) are added up.
+//!
+//! JSON output, schema `leakscope/diff/v1`: `totals` (`a`, `b`: `bytes`,
+//! `allocations`; `delta_bytes`, `delta_allocations`: b − a) and `sites[]`
+//! (`status`: `new`, `grown`, `shrunk`, `gone` or `same`; `kind`, `allocator`,
+//! `frames[]` innermost first with `function`, `file`, `line`, `module`; `a`,
+//! `b`, `delta_bytes`, `delta_allocations`), listed in that order of status,
+//! largest change first.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use crate::{
+    heap::Kind,
+    report::{file_name, human_bytes, Report},
+};
+
+pub const SCHEMA: &str = "leakscope/diff/v1";
+
+#[derive(Debug, Serialize)]
+pub struct Diff {
+    pub schema: &'static str,
+    pub totals: TotalsDiff,
+    pub sites: Vec<SiteDiff>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TotalsDiff {
+    pub a: Amount,
+    pub b: Amount,
+    pub delta_bytes: i64,
+    pub delta_allocations: i64,
+}
+
+/// Outstanding memory of a site (or of a report) at the end of its hunt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Amount {
+    pub bytes: u64,
+    pub allocations: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SiteDiff {
+    pub status: Status,
+    pub kind: Kind,
+    pub allocator: String,
+    pub frames: Vec<FrameKey>,
+    pub a: Amount,
+    pub b: Amount,
+    pub delta_bytes: i64,
+    pub delta_allocations: i64,
+}
+
+/// Listed in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Only in B.
+    New,
+    Grown,
+    Shrunk,
+    /// Only in A.
+    Gone,
+    Same,
+}
+
+/// A frame without its address.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct FrameKey {
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub module: Option<String>,
+}
+
+type SiteKey = (Kind, String, Vec<FrameKey>);
+
+pub fn diff(a: &Report, b: &Report) -> Diff {
+    let mut matched: BTreeMap<SiteKey, (Option<Amount>, Option<Amount>)> = BTreeMap::new();
+    for (report, in_b) in [(a, false), (b, true)] {
+        for site in &report.sites {
+            let frames = site
+                .frames
+                .iter()
+                .map(|f| FrameKey {
+                    function: f.function.clone(),
+                    file: f.file.clone(),
+                    line: f.line,
+                    module: f.module.clone(),
+                })
+                .collect();
+            let entry = matched.entry((site.kind, site.allocator.clone(), frames)).or_default();
+            let amount = if in_b { &mut entry.1 } else { &mut entry.0 };
+            let amount = amount.get_or_insert_with(Amount::default);
+            amount.bytes += site.outstanding_bytes;
+            amount.allocations += site.outstanding_allocations;
+        }
+    }
+    let mut sites: Vec<SiteDiff> = matched
+        .into_iter()
+        .map(|((kind, allocator, frames), (a, b))| {
+            let delta_bytes = delta(a.unwrap_or_default().bytes, b.unwrap_or_default().bytes);
+            let status = match (a, b) {
+                (None, _) => Status::New,
+                (_, None) => Status::Gone,
+                _ if delta_bytes > 0 => Status::Grown,
+                _ if delta_bytes < 0 => Status::Shrunk,
+                _ => Status::Same,
+            };
+            let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
+            SiteDiff {
+                status,
+                kind,
+                allocator,
+                frames,
+                a,
+                b,
+                delta_bytes,
+                delta_allocations: delta(a.allocations, b.allocations),
+            }
+        })
+        .collect();
+    sites.sort_by(|x, y| {
+        x.status
+            .cmp(&y.status)
+            .then(y.delta_bytes.unsigned_abs().cmp(&x.delta_bytes.unsigned_abs()))
+    });
+    let amount = |r: &Report| Amount {
+        bytes: r.totals.outstanding_bytes,
+        allocations: r.totals.outstanding_allocations,
+    };
+    let (a, b) = (amount(a), amount(b));
+    Diff {
+        schema: SCHEMA,
+        totals: TotalsDiff {
+            a,
+            b,
+            delta_bytes: delta(a.bytes, b.bytes),
+            delta_allocations: delta(a.allocations, b.allocations),
+        },
+        sites,
+    }
+}
+
+fn delta(a: u64, b: u64) -> i64 {
+    b as i64 - a as i64
+}
+
+pub fn render_json(diff: &Diff) -> String {
+    let mut out = serde_json::to_string_pretty(diff).expect("a diff always serializes");
+    out.push('\n');
+    out
+}
+
+/// A table of the sites that changed, most grown first.
+pub fn render_text(diff: &Diff) -> String {
+    let mut out = String::new();
+    let t = &diff.totals;
+    let _ = writeln!(
+        out,
+        "outstanding: {} -> {}: {} ({:+} allocations)",
+        amount_text(t.a),
+        amount_text(t.b),
+        signed_bytes(t.delta_bytes),
+        t.delta_allocations
+    );
+    let count = |status| diff.sites.iter().filter(|s| s.status == status).count();
+    let _ = writeln!(
+        out,
+        "call stacks: {} new, {} grown, {} shrunk, {} gone, {} unchanged\n",
+        count(Status::New),
+        count(Status::Grown),
+        count(Status::Shrunk),
+        count(Status::Gone),
+        count(Status::Same)
+    );
+    let _ = writeln!(
+        out,
+        "{:<7} {:>11}  {:>22}  {:>22}  call stack (innermost first)",
+        "status", "delta", "A", "B"
+    );
+    for site in diff.sites.iter().filter(|s| s.status != Status::Same) {
+        let status = format!("{:?}", site.status).to_lowercase();
+        let _ = writeln!(
+            out,
+            "{status:<7} {:>11}  {:>22}  {:>22}  {}",
+            signed_bytes(site.delta_bytes),
+            amount_text(site.a),
+            amount_text(site.b),
+            stack_text(site)
+        );
+    }
+    out
+}
+
+fn amount_text(a: Amount) -> String {
+    format!("{} ({} allocs)", human_bytes(a.bytes), a.allocations)
+}
+
+fn signed_bytes(delta: i64) -> String {
+    let sign = if delta < 0 { "-" } else { "+" };
+    format!("{sign}{}", human_bytes(delta.unsigned_abs()))
+}
+
+/// `malloc via calloc: leak_calloc (app.c:31) <- workload <- main`, up to 4 frames.
+fn stack_text(site: &SiteDiff) -> String {
+    let frames: Vec<String> = site
+        .frames
+        .iter()
+        .take(4)
+        .map(|f| match (&f.function, &f.file, f.line) {
+            (Some(function), Some(file), Some(line)) => format!("{function} ({}:{line})", file_name(file)),
+            (Some(function), _, _) => function.clone(),
+            (None, _, _) => f.module.as_deref().map_or("[unknown]", file_name).to_string(),
+        })
+        .collect();
+    let stack = if frames.is_empty() {
+        "[stack lost]".to_string()
+    } else {
+        frames.join(" <- ")
+    };
+    format!("{} via {}: {stack}", site.kind.name(), site.allocator)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::tests::sample_report;
+
+    /// B: another run of the sample (every address moved), where
+    /// cache_insert grew by one 1001-byte block, parse_config freed all, and
+    /// a new calloc site appeared.
+    fn later_run() -> Report {
+        let mut b = sample_report();
+        for site in &mut b.sites {
+            for frame in &mut site.frames {
+                frame.address = format!("{}0", frame.address);
+            }
+        }
+        b.sites[0].outstanding_bytes += 1001;
+        b.sites[0].outstanding_allocations += 1;
+        b.sites.remove(2);
+        let mut new = b.sites[0].clone();
+        new.allocator = "calloc".into();
+        new.outstanding_bytes = 300;
+        new.outstanding_allocations = 3;
+        b.sites.push(new);
+        b.totals.outstanding_bytes += 1001 - 1000 + 300;
+        b.totals.outstanding_allocations = b.totals.outstanding_allocations + 1 + 3 - 4;
+        b
+    }
+
+    #[test]
+    fn matches_stacks_across_address_changes() {
+        let d = diff(&sample_report(), &later_run());
+        let summary: Vec<(Status, &str, i64)> = d
+            .sites
+            .iter()
+            .map(|s| {
+                let name = s.frames.first().and_then(|f| f.function.as_deref()).unwrap_or("-");
+                (s.status, name, s.delta_bytes)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Status::New, "cache_insert", 300),
+                (Status::Grown, "cache_insert", 1001),
+                (Status::Gone, "parse_config", -1000),
+                (Status::Same, "-", 0),
+                (Status::Same, "std::array<int; 2>::fill", 0),
+            ]
+        );
+        let grown = &d.sites[1];
+        assert_eq!(
+            grown.a,
+            Amount {
+                bytes: 40960,
+                allocations: 10
+            }
+        );
+        assert_eq!(
+            grown.b,
+            Amount {
+                bytes: 41961,
+                allocations: 11
+            }
+        );
+        assert_eq!(grown.delta_allocations, 1);
+        assert_eq!((d.totals.delta_bytes, d.totals.delta_allocations), (301, 0));
+
+        let json: serde_json::Value = serde_json::from_str(&render_json(&d)).unwrap();
+        assert_eq!(json["schema"], SCHEMA);
+        assert_eq!(json["sites"][1]["status"], "grown");
+        assert_eq!(json["sites"][1]["kind"], "malloc");
+        assert_eq!(json["sites"][1]["frames"][0]["line"], 31);
+        assert_eq!(json["totals"]["b"]["bytes"], 50965);
+
+        let text = render_text(&d);
+        let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            words.contains("1 new, 1 grown, 0 shrunk, 1 gone, 2 unchanged"),
+            "{text}"
+        );
+        assert!(
+            words.contains(
+                "grown +1001 B 40.0 KiB (10 allocs) 41.0 KiB (11 allocs) malloc via malloc: \
+                 cache_insert (app.c:31) <- handle_request (app.c:55) <- main (app.c:90)"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("std::array"), "unchanged sites are not listed:\n{text}");
+    }
+}

@@ -1,0 +1,101 @@
+//! What the Node.js/V8 hooks tell beyond allocations: garbage collections,
+//! live bytes after each, and samples of JS heap allocation per stack.
+
+use std::collections::HashMap;
+
+use leak_common::Probe;
+
+/// V8's GarbageCollector enum, as passed to GarbageCollectionEpilogue.
+const MARK_COMPACTOR: u8 = 1;
+
+/// Points kept per live-bytes series (one per GC; older ones beyond are dropped).
+const MAX_GC_POINTS: usize = 4096;
+
+#[derive(Default)]
+pub struct NodeStats {
+    pub minor_gcs: u64,
+    pub full_gcs: u64,
+    /// Time spent between GC starts and ends (pauses and their main-thread work).
+    pub gc_seconds: f64,
+    gc_started_at: Option<f64>,
+    /// (seconds into the hunt, live bytes) after each full GC.
+    pub live_after_full: Vec<(f64, u64)>,
+    /// Allocation samples by (probe, stack id): (samples, bytes).
+    pub samples: HashMap<(Probe, i64), (u64, u64)>,
+}
+
+impl NodeStats {
+    pub fn gc_start(&mut self, t_s: f64) {
+        self.gc_started_at = Some(t_s);
+    }
+
+    /// A GC ended; `collector` is V8's GarbageCollector, `live` the heap's
+    /// live bytes (Heap::SizeOfObjects) at that point.
+    pub fn gc_end(&mut self, t_s: f64, collector: u8, live: u64) {
+        if let Some(start) = self.gc_started_at.take() {
+            self.gc_seconds += t_s - start;
+        }
+        if collector == MARK_COMPACTOR {
+            self.full_gcs += 1;
+            if self.live_after_full.len() < MAX_GC_POINTS {
+                self.live_after_full.push((t_s, live));
+            }
+        } else {
+            self.minor_gcs += 1;
+        }
+    }
+
+    pub fn sample(&mut self, probe: Probe, stack_id: i64, bytes: u64) {
+        let (samples, total) = self.samples.entry((probe, stack_id)).or_default();
+        *samples += 1;
+        *total += bytes;
+    }
+}
+
+/// The name of a V8 AllocationSpace id (V8 11: 1 new, 2 old, 3 code, 5 new
+/// large objects, 6 large objects).
+pub fn space_name(id: u8) -> String {
+    match id {
+        1 => "new".to_string(),
+        2 => "old".to_string(),
+        3 => "code".to_string(),
+        5 => "new_large".to_string(),
+        6 => "large".to_string(),
+        other => format!("space_{other}"),
+    }
+}
+
+/// Why an allocation sample was taken.
+pub fn sample_reason(probe: Probe) -> &'static str {
+    match probe {
+        Probe::V8LargeObject => "large-object",
+        Probe::V8MapGrow => "map-grow",
+        Probe::V8ArrayGrow => "array-grow",
+        _ => "young-refill",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_gcs_and_samples() {
+        let mut stats = NodeStats::default();
+        stats.gc_start(0.5);
+        stats.gc_end(1.0, 0, 100);
+        assert!((stats.gc_seconds - 0.5).abs() < 1e-9);
+        stats.gc_end(2.0, MARK_COMPACTOR, 500);
+        stats.gc_end(3.0, 2, 100);
+        assert_eq!((stats.minor_gcs, stats.full_gcs), (2, 1));
+        assert_eq!(stats.live_after_full, [(2.0, 500)]);
+        stats.sample(Probe::V8LargeObject, 7, 1000);
+        stats.sample(Probe::V8LargeObject, 7, 24);
+        assert_eq!(stats.samples[&(Probe::V8LargeObject, 7)], (2, 1024));
+        assert_eq!(
+            (space_name(2), space_name(9)),
+            ("old".to_string(), "space_9".to_string())
+        );
+        assert_eq!(sample_reason(Probe::V8YoungRefill), "young-refill");
+    }
+}

@@ -1,0 +1,449 @@
+//! A leak investigation report in Markdown, to paste into an issue or a
+//! postmortem. It separates what was measured (bytes, counts, ages) from what
+//! was derived (fitted growth rates, verdicts), and ends with the command
+//! that reproduces the hunt.
+
+use std::fmt::Write as _;
+
+use super::{file_name, human_bytes, Frame, Report, Site, Verdict};
+
+/// At most this many rows of the process's memory over time.
+const SERIES_ROWS: usize = 12;
+
+pub fn render(report: &Report, top: usize) -> String {
+    let mut out = String::new();
+    let t = &report.target;
+    let _ = writeln!(out, "# Memory leak investigation: PID {} {}\n", t.pid, code(&t.command));
+    let method = if report.mode == "exact" {
+        "Every allocator call was traced, so byte counts, allocation counts and ages are measured."
+    } else {
+        "Allocations were sampled, so heap byte and allocation counts are estimates; mappings are traced exactly."
+    };
+    let _ = writeln!(
+        out,
+        "leakscope traced PID {} for {} ({} mode). {method} Growth rates are fitted slopes \
+         (Theil–Sen) over the samples taken during the hunt, and verdicts classify them.\n",
+        t.pid,
+        secs(report.duration_s),
+        report.mode
+    );
+    summary(&mut out, report);
+    timeline(&mut out, report);
+    sites(&mut out, report, top);
+    by_kind(&mut out, report);
+    rss(&mut out, report);
+    data_quality(&mut out, report);
+    out.push_str("## Reproduce\n\n");
+    match &report.command_line {
+        Some(command) => {
+            let _ = writeln!(out, "```sh\n{command}\n```");
+        }
+        None => out.push_str("The report does not record the command that produced it.\n"),
+    }
+    out
+}
+
+fn summary(out: &mut String, report: &Report) {
+    out.push_str("## Summary\n\n");
+    let totals = &report.totals;
+    let _ = writeln!(
+        out,
+        "- **Held at the end**: {} in {} allocations at {} (measured).",
+        human_bytes(totals.outstanding_bytes),
+        totals.outstanding_allocations,
+        plural(report.sites.len(), "call stack")
+    );
+    let growing: Vec<&Site> = report
+        .sites
+        .iter()
+        .filter(|s| matches!(s.verdict, Some(Verdict::Leak | Verdict::Growing)))
+        .collect();
+    let leaks = growing.iter().filter(|s| s.verdict == Some(Verdict::Leak)).count();
+    let analysed = report.sites.iter().any(|s| s.verdict.is_some());
+    if !growing.is_empty() {
+        let rate: f64 = growing.iter().filter_map(|s| s.growth_bytes_per_s).sum();
+        let _ = writeln!(
+            out,
+            "- **What leaks**: {} with verdict `leak` and {} more `growing`, together growing at {} (fitted).",
+            plural(leaks, "call stack"),
+            growing.len() - leaks,
+            rate_text(rate)
+        );
+    } else if analysed {
+        out.push_str("- **What leaks**: no call stack keeps growing: every verdict is `plateau`, `stable` or `insufficient-data`.\n");
+    } else {
+        out.push_str(
+            "- **What leaks**: this report has no growth analysis, so it cannot tell a leak from memory \
+             that is merely held. The call stacks are ranked by the bytes they hold.\n",
+        );
+    }
+    // The fastest-growing site if any grows, else the one holding the most.
+    let top = if growing.is_empty() {
+        report.sites.iter().max_by_key(|s| s.outstanding_bytes)
+    } else {
+        ranked(report).into_iter().find(|s| growing.contains(s))
+    };
+    if let Some(top) = top {
+        let growth = top
+            .growth_bytes_per_s
+            .map(|r| format!(", growing at {} (fitted)", rate_text(r)))
+            .unwrap_or_default();
+        let verdict = top
+            .verdict
+            .map(|v| format!(", verdict `{}`", v.as_str()))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "- **{}**: {} holds {} in {} allocations{growth}{verdict}.",
+            if growing.is_empty() { "Largest" } else { "Fastest" },
+            site_name(top),
+            human_bytes(top.outstanding_bytes),
+            top.outstanding_allocations,
+        );
+        let _ = writeln!(
+            out,
+            "- **Since when**: its oldest surviving allocation is {} old, made {} (measured; \
+             memory allocated before tracing started is not seen).",
+            secs(top.oldest_age_s),
+            made_at(report, top)
+        );
+    }
+    if let Some(p) = &report.process {
+        let _ = writeln!(
+            out,
+            "- **Process**: RSS grew at {}, tracked memory at {}; process verdict {}.",
+            p.rss_growth_bytes_per_s.map_or("?".to_string(), rate_text),
+            p.tracked_growth_bytes_per_s.map_or("?".to_string(), rate_text),
+            p.verdict.map_or("none".to_string(), |v| format!("`{}`", v.as_str())),
+        );
+    }
+    out.push('\n');
+}
+
+fn timeline(out: &mut String, report: &Report) {
+    out.push_str("## Timeline\n\nTimes are seconds since tracing started (the report records no wall-clock time).\n\n");
+    let ended_by = match report.ended_by.as_str() {
+        "duration" => "the `--duration` limit",
+        "interrupted" => "an interrupt (Ctrl-C or SIGTERM)",
+        "target-exited" => "the target's exit",
+        other => other,
+    };
+    let t = &report.target;
+    let target = match (t.exited, t.exit_code) {
+        (true, Some(code)) => format!("exited during the hunt, with code {code}"),
+        (true, None) => "exited during the hunt".to_string(),
+        (false, _) => "was still running at the end".to_string(),
+    };
+    let end = secs(report.duration_s);
+    let _ = writeln!(
+        out,
+        "| event | t |\n|---|---|\n| probes attached, tracing starts | 0 s |\n\
+         | hunt ends, by {ended_by} | {end} |\n\nDuration {end}; the target {target}.\n",
+    );
+    let Some(p) = report.process.as_ref().filter(|p| !p.t_s.is_empty()) else {
+        return;
+    };
+    out.push_str("| t | RSS | tracked by leakscope |\n|---:|---:|---:|\n");
+    for i in spread(p.t_s.len(), SERIES_ROWS) {
+        let value = |series: &[u64]| series.get(i).map_or("?".to_string(), |b| human_bytes(*b));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            secs(p.t_s[i]),
+            value(&p.rss_bytes),
+            value(&p.tracked_bytes)
+        );
+    }
+    out.push('\n');
+}
+
+fn sites(out: &mut String, report: &Report, top: usize) {
+    let by_growth = report.sites.iter().any(|s| s.growth_bytes_per_s.is_some());
+    out.push_str(if by_growth {
+        "## Top growing call stacks\n\nRanked by fitted growth rate, then by bytes held.\n\n"
+    } else {
+        "## Largest call stacks\n\nRanked by bytes held at the end.\n\n"
+    });
+    let ranked = ranked(report);
+    if ranked.is_empty() {
+        out.push_str("No outstanding allocations.\n\n");
+    }
+    for (rank, site) in ranked.iter().take(top).enumerate() {
+        let verdict = site.verdict.map(|v| format!(": {}", v.as_str())).unwrap_or_default();
+        let _ = writeln!(out, "### {}. {}{verdict}\n", rank + 1, site_name(site));
+        let via = match &site.mapping {
+            Some(m) => format!(
+                "{} ({} {})",
+                code(&site.allocator),
+                if m.anonymous { "anonymous" } else { "file-backed" },
+                m.prot
+            ),
+            None => code(&site.allocator),
+        };
+        let _ = writeln!(
+            out,
+            "- **Holds** {} ({} B) in {} allocations, {} memory via {via}",
+            human_bytes(site.outstanding_bytes),
+            site.outstanding_bytes,
+            site.outstanding_allocations,
+            site.kind.name()
+        );
+        let _ = writeln!(
+            out,
+            "- **Oldest allocation** {} old, made {}",
+            secs(site.oldest_age_s),
+            made_at(report, site)
+        );
+        if site.allocated_allocations > 0 {
+            let _ = writeln!(
+                out,
+                "- **Allocated during the hunt** {} in {} allocations (freed or not)",
+                human_bytes(site.allocated_bytes),
+                site.allocated_allocations
+            );
+        }
+        if let Some(rate) = site.growth_bytes_per_s {
+            let mut growth = format!("- **Growth** {} (fitted)", rate_text(rate));
+            if let Some(g) = &site.growth {
+                let _ = write!(
+                    growth,
+                    "; net {}{} over the hunt, rising in {:.0}% of samples; allocation ages p50 {}, p90 {}",
+                    if g.net_growth_bytes < 0 { "-" } else { "+" },
+                    human_bytes(g.net_growth_bytes.unsigned_abs()),
+                    g.share_rising * 100.0,
+                    secs(g.age_p50_s),
+                    secs(g.age_p90_s)
+                );
+            }
+            let _ = writeln!(out, "{growth}");
+        }
+        out.push_str("\n```text\n");
+        if site.frames.is_empty() {
+            out.push_str("(stack lost: see Drops)\n");
+        }
+        for frame in &site.frames {
+            let _ = writeln!(out, "{}", frame_line(frame));
+        }
+        out.push_str("```\n\n");
+    }
+    if ranked.len() > top {
+        let rest: u64 = ranked[top..].iter().map(|s| s.outstanding_bytes).sum();
+        let _ = writeln!(
+            out,
+            "Not listed: {}, holding {} (`--top N` lists more).\n",
+            plural(ranked.len() - top, "call stack"),
+            human_bytes(rest)
+        );
+    }
+}
+
+fn by_kind(out: &mut String, report: &Report) {
+    let totals = &report.totals;
+    out.push_str("## Memory by kind\n\n| kind | held | share |\n|---|---:|---:|\n");
+    for (kind, bytes) in &totals.by_kind {
+        let share = if totals.outstanding_bytes == 0 {
+            0.0
+        } else {
+            *bytes as f64 * 100.0 / totals.outstanding_bytes as f64
+        };
+        let _ = writeln!(out, "| {kind} | {} | {share:.1}% |", human_bytes(*bytes));
+    }
+    let _ = writeln!(
+        out,
+        "\nMappings made by the allocator itself (arenas, large blocks) hold {} more; \
+         the malloc call stacks already count that memory.\n",
+        human_bytes(totals.allocator_internal_bytes)
+    );
+}
+
+fn rss(out: &mut String, report: &Report) {
+    out.push_str("## RSS versus tracked memory\n\n");
+    let Some(p) = &report.process else {
+        out.push_str("Not recorded in this report.\n\n");
+        return;
+    };
+    let ends = |series: &[u64]| match (series.first(), series.last()) {
+        (Some(first), Some(last)) => (human_bytes(*first), human_bytes(*last)),
+        _ => ("?".to_string(), "?".to_string()),
+    };
+    let rate = |r: Option<f64>| r.map_or("?".to_string(), rate_text);
+    let (rss_start, rss_end) = ends(&p.rss_bytes);
+    let (tracked_start, tracked_end) = ends(&p.tracked_bytes);
+    let _ = writeln!(
+        out,
+        "| | start | end | growth (fitted) |\n|---|---:|---:|---:|\n\
+         | RSS | {rss_start} | {rss_end} | {} |\n| tracked by leakscope | {tracked_start} | {tracked_end} | {} |\n",
+        rate(p.rss_growth_bytes_per_s),
+        rate(p.tracked_growth_bytes_per_s)
+    );
+    if let Some(verdict) = p.verdict {
+        let _ = writeln!(out, "Process verdict: `{}`.\n", verdict.as_str());
+    }
+    out.push_str(
+        "RSS counts resident pages, tracked memory what the traced allocators handed out. \
+         RSS growing faster than tracked memory is memory the probes do not see: \
+         fragmentation, other allocators, stacks.\n\n",
+    );
+}
+
+fn data_quality(out: &mut String, report: &Report) {
+    out.push_str("## Data quality\n\n### Drops\n\n");
+    let lost: Vec<(&String, &u64)> = report.drops.iter().filter(|(_, n)| **n > 0).collect();
+    if lost.is_empty() {
+        out.push_str("None: every event was recorded.\n\n");
+    } else {
+        out.push_str("Events were lost, so the figures are lower bounds.\n\n| counter | lost |\n|---|---:|\n");
+        for (name, n) in lost {
+            let _ = writeln!(out, "| {name} | {n} |");
+        }
+        out.push('\n');
+    }
+    out.push_str("### Probes\n\n| probe | status | hits | return hits |\n|---|---|---:|---:|\n");
+    for p in &report.probes {
+        let returns = p.return_hits.map_or("–".to_string(), |n| n.to_string());
+        let _ = writeln!(out, "| {} | {} | {} | {returns} |", p.name, p.status, p.hits);
+    }
+    out.push('\n');
+}
+
+/// Sites by growth rate (those without one last), then by bytes held.
+fn ranked(report: &Report) -> Vec<&Site> {
+    let mut sites: Vec<&Site> = report.sites.iter().collect();
+    sites.sort_by(|a, b| {
+        let growth = |s: &Site| s.growth_bytes_per_s.unwrap_or(f64::NEG_INFINITY);
+        growth(b)
+            .total_cmp(&growth(a))
+            .then(b.outstanding_bytes.cmp(&a.outstanding_bytes))
+    });
+    sites
+}
+
+/// The innermost named frame, with its source line: where the memory was asked for.
+fn site_name(site: &Site) -> String {
+    let Some(frame) = site.frames.iter().find(|f| f.function.is_some()) else {
+        return if site.frames.is_empty() {
+            "a lost stack".to_string()
+        } else {
+            "an unnamed stack".to_string()
+        };
+    };
+    let function = code(frame.function.as_deref().unwrap_or_default());
+    match (&frame.file, frame.line) {
+        (Some(file), Some(line)) => format!("{function} ({}:{line})", file_name(file)),
+        _ => function,
+    }
+}
+
+/// When the oldest surviving allocation of `site` was made, in hunt time.
+fn made_at(report: &Report, site: &Site) -> String {
+    format!("at t ≈ {}", secs((report.duration_s - site.oldest_age_s).max(0.0)))
+}
+
+/// Seconds, with milliseconds for short spans (a hunt of a short command).
+fn secs(s: f64) -> String {
+    if s.abs() < 1.0 {
+        format!("{s:.3} s")
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+fn frame_line(frame: &Frame) -> String {
+    let mut line = frame.function.clone().unwrap_or_else(|| frame.address.clone());
+    if let Some(file) = &frame.file {
+        let _ = write!(line, "  {file}");
+        if let Some(n) = frame.line {
+            let _ = write!(line, ":{n}");
+        }
+    }
+    if let Some(module) = &frame.module {
+        let _ = write!(line, "  ({})", file_name(module));
+    }
+    line
+}
+
+fn rate_text(bytes_per_s: f64) -> String {
+    let sign = if bytes_per_s < 0.0 { "-" } else { "+" };
+    format!("{sign}{}/s", human_bytes(bytes_per_s.abs().round() as u64))
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+/// Inline code; a name holding a backtick gets a longer fence.
+fn code(s: &str) -> String {
+    if s.contains('`') {
+        format!("`` {s} ``")
+    } else {
+        format!("`{s}`")
+    }
+}
+
+/// Up to `rows` indices spread evenly over `0..len`, first and last included.
+fn spread(len: usize, rows: usize) -> Vec<usize> {
+    if len <= rows {
+        return (0..len).collect();
+    }
+    (0..rows).map(|i| i * (len - 1) / (rows - 1)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{sample_report, without_analysis};
+    use super::*;
+
+    /// The text between `## heading` and the next `## `.
+    fn section<'a>(md: &'a str, heading: &str) -> &'a str {
+        let start = md
+            .find(&format!("## {heading}\n"))
+            .unwrap_or_else(|| panic!("no section {heading}:\n{md}"));
+        let rest = &md[start + 3..];
+        &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn leads_with_the_leak_and_ranks_by_growth() {
+        let md = render(&sample_report(), 2);
+        let summary = section(&md, "Summary");
+        assert!(
+            summary.contains("1 call stack with verdict `leak` and 0 more `growing`"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("`cache_insert` (app.c:31) holds 40.0 KiB"),
+            "{summary}"
+        );
+        assert!(summary.contains("made at t ≈ 1.5 s"), "{summary}");
+        let sites = section(&md, "Top growing call stacks");
+        let leak = sites.find("### 1. `cache_insert` (app.c:31): leak").expect(sites);
+        let plateau = sites.find("### 2. `std::array<int; 2>::fill`: plateau").expect(sites);
+        assert!(leak < plateau);
+        assert!(sites.contains("```text\ncache_insert  /src/app.c:31  (libapp.so)\nhandle_request"));
+        assert!(sites.contains("Not listed: 2 call stacks, holding 1.5 KiB"), "{sites}");
+        assert!(section(&md, "Timeline").contains("| 30.0 s | 3.8 MiB | 29.3 KiB |"));
+        assert!(section(&md, "RSS versus tracked memory").contains("| RSS | 3.8 MiB | 3.9 MiB | +1000 B/s |"));
+        assert!(section(&md, "Data quality").contains("| stack_lost | 1 |"));
+        assert!(section(&md, "Data quality").contains("| pvalloc | never-fired | 0 | 0 |"));
+        assert!(section(&md, "Reproduce").contains("```sh\nleakscope hunt -p 4242"));
+        assert_eq!(md.matches("```").count() % 2, 0, "fences are balanced");
+    }
+
+    #[test]
+    fn without_analysis_ranks_by_bytes_and_says_so() {
+        let md = render(&without_analysis(sample_report()), 10);
+        assert!(section(&md, "Summary").contains("no growth analysis"));
+        let sites = section(&md, "Largest call stacks");
+        assert!(sites.contains("### 1. `cache_insert` (app.c:31)\n"));
+        assert!(sites.contains("### 4. a lost stack\n"));
+        assert!(sites.contains("(stack lost: see Drops)"));
+        assert!(section(&md, "RSS versus tracked memory").contains("Not recorded"));
+        assert!(section(&md, "Reproduce").contains("does not record"));
+    }
+
+    #[test]
+    fn spreads_rows_over_the_series() {
+        assert_eq!(spread(3, 12), [0, 1, 2]);
+        assert_eq!(spread(100, 4), [0, 33, 66, 99]);
+    }
+}
