@@ -18,6 +18,7 @@ pub fn setup() -> Result<()> {
     rust_src()?;
     rustfmt_clippy()?;
     gcc()?;
+    go()?;
     node();
     bpf_linker()?;
     tracefs()
@@ -109,6 +110,20 @@ pub fn bench_tools() -> Result<()> {
 /// Whether an executable of that name is on PATH.
 pub fn on_path(name: &str) -> bool {
     env::var_os("PATH").is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+}
+
+/// The pprof test reads leakscope's profiles with `go tool pprof`.
+fn go() -> Result<()> {
+    if output(Command::new("go").arg("version")).is_ok() {
+        ok("go (for go tool pprof)");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("go is missing; install it as root: apt-get update && apt-get install -y golang-go");
+    }
+    installing("go (Debian's golang-go, for go tool pprof)");
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get").args(["install", "-y", "golang-go"]))
 }
 
 /// Only the Node.js tests need node.
