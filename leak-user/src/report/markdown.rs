@@ -48,10 +48,10 @@ fn summary(out: &mut String, report: &Report) {
     let totals = &report.totals;
     let _ = writeln!(
         out,
-        "- **Held at the end**: {} in {} allocations at {} (measured).",
+        "- **Held at the end**: {} in {} at {} (measured).",
         human_bytes(totals.outstanding_bytes),
-        totals.outstanding_allocations,
-        plural(report.sites.len(), "call stack")
+        plural(totals.outstanding_allocations, "allocation"),
+        plural(report.sites.len() as u64, "call stack")
     );
     let growing: Vec<&Site> = report
         .sites
@@ -65,7 +65,7 @@ fn summary(out: &mut String, report: &Report) {
         let _ = writeln!(
             out,
             "- **What leaks**: {} with verdict `leak` and {} more `growing`, together growing at {} (fitted).",
-            plural(leaks, "call stack"),
+            plural(leaks as u64, "call stack"),
             growing.len() - leaks,
             rate_text(rate)
         );
@@ -94,11 +94,11 @@ fn summary(out: &mut String, report: &Report) {
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "- **{}**: {} holds {} in {} allocations{growth}{verdict}.",
+            "- **{}**: {} holds {} in {}{growth}{verdict}.",
             if growing.is_empty() { "Largest" } else { "Fastest" },
             site_name(top),
             human_bytes(top.outstanding_bytes),
-            top.outstanding_allocations,
+            plural(top.outstanding_allocations, "allocation"),
         );
         let _ = writeln!(
             out,
@@ -182,10 +182,10 @@ fn sites(out: &mut String, report: &Report, top: usize) {
         };
         let _ = writeln!(
             out,
-            "- **Holds** {} ({} B) in {} allocations, {} memory via {via}",
+            "- **Holds** {} ({} B) in {}, {} memory via {via}",
             human_bytes(site.outstanding_bytes),
             site.outstanding_bytes,
-            site.outstanding_allocations,
+            plural(site.outstanding_allocations, "allocation"),
             site.kind.name()
         );
         let _ = writeln!(
@@ -197,9 +197,9 @@ fn sites(out: &mut String, report: &Report, top: usize) {
         if site.allocated_allocations > 0 {
             let _ = writeln!(
                 out,
-                "- **Allocated during the hunt** {} in {} allocations (freed or not)",
+                "- **Allocated during the hunt** {} in {} (freed or not)",
                 human_bytes(site.allocated_bytes),
-                site.allocated_allocations
+                plural(site.allocated_allocations, "allocation")
             );
         }
         if let Some(rate) = site.growth_bytes_per_s {
@@ -231,7 +231,7 @@ fn sites(out: &mut String, report: &Report, top: usize) {
         let _ = writeln!(
             out,
             "Not listed: {}, holding {} (`--top N` lists more).\n",
-            plural(ranked.len() - top, "call stack"),
+            plural((ranked.len() - top) as u64, "call stack"),
             human_bytes(rest)
         );
     }
@@ -318,9 +318,19 @@ fn ranked(report: &Report) -> Vec<&Site> {
     sites
 }
 
-/// The innermost named frame, with its source line: where the memory was asked for.
+/// The innermost named frame past the allocator's own (libc's `__mmap64`
+/// for `mmap`), with its source line: where the memory was asked for.
 fn site_name(site: &Site) -> String {
-    let Some(frame) = site.frames.iter().find(|f| f.function.is_some()) else {
+    let allocator_own = |f: &&Frame| {
+        let function = f.function.as_deref().unwrap_or_default();
+        site.allocator.split('/').any(|name| function.contains(name))
+    };
+    let named = site.frames.iter().filter(|f| f.function.is_some());
+    let Some(frame) = named
+        .clone()
+        .find(|f| !allocator_own(f))
+        .or_else(|| named.clone().next())
+    else {
         return if site.frames.is_empty() {
             "a lost stack".to_string()
         } else {
@@ -367,7 +377,7 @@ fn rate_text(bytes_per_s: f64) -> String {
     format!("{sign}{}/s", human_bytes(bytes_per_s.abs().round() as u64))
 }
 
-fn plural(n: usize, noun: &str) -> String {
+fn plural(n: u64, noun: &str) -> String {
     format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
@@ -439,6 +449,19 @@ mod tests {
         assert!(sites.contains("(stack lost: see Drops)"));
         assert!(section(&md, "RSS versus tracked memory").contains("Not recorded"));
         assert!(section(&md, "Reproduce").contains("does not record"));
+    }
+
+    #[test]
+    fn names_a_site_past_the_allocators_own_frames() {
+        let mut site = sample_report().sites[1].clone();
+        site.frames[0].function = Some("__mmap64".into());
+        assert_eq!(
+            site_name(&site),
+            "`main` (app.c:90)",
+            "the unnamed frame is skipped too"
+        );
+        site.frames.truncate(1);
+        assert_eq!(site_name(&site), "`__mmap64`", "no other named frame");
     }
 
     #[test]
