@@ -147,6 +147,8 @@ pub enum EventOp {
     AllocationSample = 10,
     /// The runtime began freeing everything on its way out (Node's teardown).
     Teardown = 11,
+    /// A user stack seen for the first time: a `StackRecord`.
+    Stack = 12,
 }
 
 impl EventOp {
@@ -163,6 +165,7 @@ impl EventOp {
             9 => EventOp::GcEnd,
             10 => EventOp::AllocationSample,
             11 => EventOp::Teardown,
+            12 => EventOp::Stack,
             _ => return None,
         })
     }
@@ -195,8 +198,24 @@ pub struct HeapEvent {
     pub size: u64,
     pub old_addr: u64,
     pub old_size: u64,
-    /// Id in the `STACKS` map, or negative when no stack could be taken.
-    pub stack_id: i64,
+    /// Content hash of the user stack (its `StackRecord` came before), or 0
+    /// when no stack could be taken.
+    pub stack: u64,
+}
+
+/// Frames kept per stack (the kernel's PERF_MAX_STACK_DEPTH).
+pub const MAX_STACK_FRAMES: usize = 127;
+
+/// A user stack, delivered once per content hash (again only after the
+/// kernel side forgot it): innermost frame first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackRecord {
+    pub op: u8,
+    pub _pad: [u8; 3],
+    pub frames_len: u32,
+    pub hash: u64,
+    pub frames: [u64; MAX_STACK_FRAMES],
 }
 
 /// Words of user stack copied from the stack pointer up. Enough to cover the
@@ -225,7 +244,7 @@ pub const EXP_QUANTILES_LEN: u32 = 1024;
 pub enum DropReason {
     /// The ring buffer was full: the event is gone.
     RingBufFull = 0,
-    /// The stack map was full or the stack hashed to a taken slot.
+    /// No user stack could be taken, or the ring buffer had no room to send a new one.
     StackLost = 1,
     /// No room to remember an entry probe until its return probe.
     PendingFull = 2,
@@ -273,4 +292,5 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers with no padding holes that matter.
     unsafe impl aya::Pod for super::HeapEvent {}
     unsafe impl aya::Pod for super::SiteEvent {}
+    unsafe impl aya::Pod for super::StackRecord {}
 }

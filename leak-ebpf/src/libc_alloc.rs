@@ -174,7 +174,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         addr,
         size: call.size,
         old_addr: call.old_addr,
-        stack_id: -1,
+        stack: 0,
         ..HeapEvent::default()
     };
     if v8_page && addr != 0 {
@@ -236,7 +236,7 @@ pub fn release_block(probe: Probe, addr: u64) {
         ts_ns: now,
         entry_ns: now,
         addr,
-        stack_id: -1,
+        stack: 0,
         ..HeapEvent::default()
     });
 }

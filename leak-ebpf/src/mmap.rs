@@ -98,7 +98,7 @@ fn event(op: EventOp, tid: u32, call: &PendingSyscall) -> HeapEvent {
         tid,
         ts_ns: now_ns(),
         entry_ns: call.entry_ns,
-        stack_id: -1,
+        stack: 0,
         ..HeapEvent::default()
     }
 }
@@ -113,7 +113,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
             tid,
             ts_ns: now,
             entry_ns: now,
-            stack_id: -1,
+            stack: 0,
             ..HeapEvent::default()
         });
     }

@@ -15,7 +15,7 @@ use leak_common::{counter, EventOp, HeapEvent, Probe};
 
 use crate::{
     libc_alloc::{enter, release_block},
-    shared::{attached_probe, count, emit, now_ns, target_tid, user_stack_id},
+    shared::{attached_probe, count, emit, now_ns, target_tid, user_stack},
 };
 
 /// Offset of the AllocationSpace id in v8::internal::Space (field notes).
@@ -87,7 +87,7 @@ fn emit_runtime_event(op: EventOp, probe: Probe, size: u64, detail: u8) {
         ts_ns: now,
         entry_ns: now,
         size,
-        stack_id: -1,
+        stack: 0,
         ..HeapEvent::default()
     });
 }
@@ -156,7 +156,7 @@ pub fn v8_allocation_sample(ctx: ProbeContext) -> u32 {
         ts_ns: now,
         entry_ns: now,
         size,
-        stack_id: user_stack_id(&ctx),
+        stack: user_stack(&ctx),
         ..HeapEvent::default()
     });
     0

@@ -1,13 +1,14 @@
 //! Maps and helpers used by every probe family.
 
 use aya_ebpf::{
-    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::map,
-    maps::{PerCpuArray, RingBuf, StackTrace},
-    programs::tracing::StackIdContext,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     EbpfContext,
 };
-use leak_common::{counter, DropReason, HeapEvent, Probe, SiteEvent, STACK_WINDOW_WORDS};
+use leak_common::{
+    counter, DropReason, EventOp, HeapEvent, Probe, SiteEvent, StackRecord, MAX_STACK_FRAMES, STACK_WINDOW_WORDS,
+};
 
 /// The process being traced; written by user space before load.
 #[unsafe(no_mangle)]
@@ -18,9 +19,14 @@ static TARGET_TGID: u32 = 0;
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// User call stacks of allocation sites.
+/// Content hashes of the stacks already sent to user space. When one is
+/// evicted, its stack is simply sent again. Size set by user space (`--max-stacks`).
 #[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(32 * 1024, 0);
+static DELIVERED_STACKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(64 * 1024, 0);
+
+/// Where a stack is assembled before it is hashed (too big for the BPF stack).
+#[map]
+static STACK_SCRATCH: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// Probe hit counts and drop counts; layout in `leak_common::counter`.
 #[map]
@@ -70,16 +76,53 @@ pub fn count_drop(reason: DropReason) {
     count(counter::drops(reason));
 }
 
-/// The user stack of the current thread, or -1 (counted as a drop).
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x100_0000_01b3;
+
+/// The user stack of the current thread, as a content hash (0 when none
+/// could be taken, counted as a drop). A stack not delivered yet is written
+/// to the ring buffer first, so user space knows it before any event that
+/// names it. Content hashes do not collide the way the kernel's stack map
+/// buckets do, and nothing is lost when the delivered set forgets a stack.
 #[inline(always)]
-pub fn user_stack_id<C: StackIdContext>(ctx: &C) -> i64 {
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
-        Ok(id) => id,
-        Err(_) => {
-            count_drop(DropReason::StackLost);
-            -1
-        }
+pub fn user_stack<C: EbpfContext>(ctx: &C) -> u64 {
+    let Some(record) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: the per-CPU scratch slot is ours until this program returns.
+    let record = unsafe { &mut *record };
+    // SAFETY: the helper writes at most the given size into the buffer.
+    let len = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            record.frames.as_mut_ptr().cast(),
+            (MAX_STACK_FRAMES * 8) as u32,
+            BPF_F_USER_STACK,
+        )
+    };
+    if len <= 0 {
+        count_drop(DropReason::StackLost);
+        return 0;
     }
+    let frames = (len as usize / 8).min(MAX_STACK_FRAMES);
+    let mut hash = FNV_OFFSET ^ frames as u64;
+    for frame in record.frames.iter().take(frames) {
+        hash = (hash ^ frame).wrapping_mul(FNV_PRIME);
+    }
+    let hash = hash.max(1);
+    // SAFETY: map values are plain data.
+    if unsafe { DELIVERED_STACKS.get(hash) }.is_some() {
+        return hash;
+    }
+    record.op = EventOp::Stack as u8;
+    record.frames_len = frames as u32;
+    record.hash = hash;
+    if EVENTS.output::<StackRecord>(&*record, wakeup_flags()).is_err() {
+        count_drop(DropReason::StackLost);
+        return 0;
+    }
+    let _ = DELIVERED_STACKS.insert(hash, 1, 0);
+    hash
 }
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -102,7 +145,9 @@ pub fn wakeup_flags() -> u64 {
 /// Writes an event that creates memory, with its stack and the stack window
 /// above the user stack pointer `sp` (see `STACK_WINDOW_WORDS`).
 #[inline(always)]
-pub fn emit_site_event<C: StackIdContext>(ctx: &C, heap: HeapEvent, sp: u64) {
+pub fn emit_site_event<C: EbpfContext>(ctx: &C, heap: HeapEvent, sp: u64) {
+    // Before the event's own record: user space must know the stack first.
+    let stack = user_stack(ctx);
     let Some(mut entry) = EVENTS.reserve::<SiteEvent>(0) else {
         count_drop(DropReason::RingBufFull);
         return;
@@ -110,10 +155,7 @@ pub fn emit_site_event<C: StackIdContext>(ctx: &C, heap: HeapEvent, sp: u64) {
     let record = entry.as_mut_ptr();
     // SAFETY: `record` points at a reserved, exclusively owned ring buffer record.
     unsafe {
-        (*record).heap = HeapEvent {
-            stack_id: user_stack_id(ctx),
-            ..heap
-        };
+        (*record).heap = HeapEvent { stack, ..heap };
         (*record).sp = sp;
         (*record).stack_window =
             bpf_probe_read_user(sp as *const [u64; STACK_WINDOW_WORDS]).unwrap_or([0; STACK_WINDOW_WORDS]);

@@ -299,7 +299,7 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         .override_global("TARGET_TGID", &options.pid, true)
         .override_global("SAMPLE_BYTES", &sample_bytes, true)
         .map_max_entries("EVENTS", options.ring_buffer_bytes)
-        .map_max_entries("STACKS", options.max_stacks)
+        .map_max_entries("DELIVERED_STACKS", options.max_stacks)
         .load(EBPF_OBJECT)
         .context("loading the eBPF programs failed (is this kernel 5.15+ with BTF, and are we root?)")?;
     if let Some(mean) = options.sample_bytes {

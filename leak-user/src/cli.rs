@@ -62,11 +62,11 @@ pub struct HuntArgs {
     /// Ring buffer size shared by all CPUs; raise it if drops are reported.
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     pub ring_buffer_mib: u32,
-    /// Capacity of the kernel's stack map (distinct allocation stacks, ~1 KiB
-    /// of kernel memory each). Default: 32768, or 65536 for Node.js targets,
-    /// whose JIT frames make many more distinct stacks.
-    #[arg(long, value_name = "N")]
-    pub max_stacks: Option<u32>,
+    /// Distinct stacks the kernel side remembers as already sent (LRU, ~64
+    /// bytes each). A forgotten stack is sent again, never lost: raise it only
+    /// if ring-buffer traffic matters.
+    #[arg(long, value_name = "N", default_value_t = 64 * 1024)]
+    pub max_stacks: u32,
     /// Command to launch and trace from its first instruction.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 
-use aya::maps::{MapData, StackTraceMap};
-use leak_common::{EventOp, HeapEvent, Probe, SiteEvent, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS};
+use leak_common::{
+    EventOp, HeapEvent, Probe, SiteEvent, StackRecord, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS, MAX_STACK_FRAMES,
+};
 
 use crate::{
     heap::{charged_size, sample_weight, Heap, Kind, SiteKey},
@@ -18,8 +19,8 @@ const PROT_EXEC: u8 = 4;
 pub struct Collector {
     pub heap: Heap,
     pub modules: ProcessModules,
-    /// Raw user stacks by kernel stack id, read once each.
-    stacks: HashMap<i64, Vec<u64>>,
+    /// User stacks by content hash, as delivered by the kernel side.
+    stacks: HashMap<u64, Vec<u64>>,
     pub events: u64,
     /// How many times the target exec'd: site ids are re-issued each time.
     pub execs: u64,
@@ -57,7 +58,17 @@ impl Collector {
     }
 
     /// Applies one ring-buffer record.
-    pub fn apply(&mut self, record: &[u8], stack_map: &StackTraceMap<&MapData>) {
+    pub fn apply(&mut self, record: &[u8]) {
+        if record.first() == Some(&(EventOp::Stack as u8)) {
+            match read_record::<StackRecord>(record) {
+                Some(stack) => {
+                    let frames = &stack.frames[..(stack.frames_len as usize).min(MAX_STACK_FRAMES)];
+                    self.stacks.insert(stack.hash, frames.to_vec());
+                }
+                None => self.malformed += 1,
+            }
+            return;
+        }
         let Some(event) = read_record::<HeapEvent>(record) else {
             self.malformed += 1;
             return;
@@ -74,13 +85,13 @@ impl Collector {
         match op {
             EventOp::Free => self.heap.free(e.addr, e.entry_ns),
             EventOp::Unmap => self.heap.unmap(e.addr, e.size, e.entry_ns),
+            EventOp::Stack => unreachable!("stack records are handled above"),
             EventOp::Teardown => self.torn_down_at = Some(self.seconds_since_start(e.ts_ns)),
             EventOp::GcStart => self.node.gc_start(self.seconds_since_start(e.ts_ns)),
             EventOp::GcEnd => self.node.gc_end(self.seconds_since_start(e.ts_ns), e.detail, e.size),
             EventOp::AllocationSample => {
                 // Read the stack now: the report needs it after detaching.
-                let _ = self.raw_stack(e.stack_id, stack_map);
-                self.node.sample(probe, e.stack_id, e.size);
+                self.node.sample(probe, e.stack, e.size);
             }
             EventOp::Exec => {
                 // A new program: its addresses mean other code.
@@ -100,7 +111,7 @@ impl Collector {
                     self.modules_changed = true;
                 }
                 let internal = e.flags & FLAG_ALLOCATOR_INTERNAL != 0;
-                let site = self.site(&site_event, probe, internal, stack_map);
+                let site = self.site(&site_event, probe, internal);
                 let size = charged_size(probe, e.size);
                 match op {
                     EventOp::Alloc => {
@@ -123,16 +134,10 @@ impl Collector {
 
     /// The site of an event that creates memory, its stack completed with the
     /// frames a frame-pointer walk skips.
-    fn site(
-        &mut self,
-        site_event: &SiteEvent,
-        probe: Probe,
-        internal: bool,
-        stack_map: &StackTraceMap<&MapData>,
-    ) -> u32 {
+    fn site(&mut self, site_event: &SiteEvent, probe: Probe, internal: bool) -> u32 {
         let event = &site_event.heap;
         let heap = matches!(EventOp::from_u8(event.op), Some(EventOp::Alloc | EventOp::Realloc));
-        let mut key = SiteKey::heap(probe, event.stack_id);
+        let mut key = SiteKey::heap(probe, event.stack);
         if !heap {
             key = SiteKey {
                 kind: Kind::Mmap,
@@ -151,10 +156,10 @@ impl Collector {
         }
         // Allocator-internal mappings are not shown as sites: no stack needed.
         if internal {
-            key.stack_id = -1;
+            key.stack = 0;
             return self.heap.intern(key);
         }
-        if let Some(&frame0) = self.raw_stack(event.stack_id, stack_map).and_then(|s| s.first()) {
+        if let Some(&frame0) = self.stack(event.stack).and_then(|s| s.first()) {
             self.refresh_modules_if_changed();
             // Heap stacks are taken at the return probe: frame 0 is a return address.
             key.skipped_callers =
@@ -168,21 +173,10 @@ impl Collector {
         ts_ns.saturating_sub(self.started_ns) as f64 / 1e9
     }
 
-    /// The frames of a kernel stack id, innermost first.
-    pub fn raw_stack(&mut self, stack_id: i64, stack_map: &StackTraceMap<&MapData>) -> Option<&[u64]> {
-        if stack_id < 0 {
-            return None;
-        }
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.stacks.entry(stack_id) {
-            let trace = stack_map.get(&(stack_id as u32), 0).ok()?;
-            slot.insert(trace.frames().iter().map(|f| f.ip).collect());
-        }
-        self.stacks.get(&stack_id).map(Vec::as_slice)
-    }
-
-    /// A stack read earlier with `raw_stack`.
-    pub fn cached_stack(&self, stack_id: i64) -> Option<&[u64]> {
-        self.stacks.get(&stack_id).map(Vec::as_slice)
+    /// The frames of a stack by content hash, innermost first; None when it
+    /// was lost (hash 0, or its record was dropped).
+    pub fn stack(&self, hash: u64) -> Option<&[u64]> {
+        self.stacks.get(&hash).map(Vec::as_slice)
     }
 
     /// Re-reads the target's mappings after it mapped new code. A process

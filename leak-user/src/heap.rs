@@ -57,8 +57,8 @@ impl Kind {
 pub struct SiteKey {
     pub kind: Kind,
     pub probe: Probe,
-    /// Id in the kernel stack map; negative when the stack was lost.
-    pub stack_id: i64,
+    /// Content hash of the call stack; 0 when the stack was lost.
+    pub stack: u64,
     /// Return addresses a frame-pointer walk skipped (zero-padded), inserted
     /// after frame 0 when the stack is shown.
     pub skipped_callers: [u64; MAX_SKIPPED],
@@ -70,11 +70,11 @@ pub struct SiteKey {
 }
 
 impl SiteKey {
-    pub fn heap(probe: Probe, stack_id: i64) -> SiteKey {
+    pub fn heap(probe: Probe, stack: u64) -> SiteKey {
         SiteKey {
             kind: Kind::of(probe),
             probe,
-            stack_id,
+            stack,
             skipped_callers: [0; MAX_SKIPPED],
             anonymous: false,
             detail: 0,
@@ -341,11 +341,11 @@ impl Heap {
 mod tests {
     use super::*;
 
-    fn heap_site(h: &mut Heap, stack: i64) -> SiteId {
+    fn heap_site(h: &mut Heap, stack: u64) -> SiteId {
         h.intern(SiteKey::heap(Probe::Malloc, stack))
     }
 
-    fn map_site(h: &mut Heap, stack: i64) -> SiteId {
+    fn map_site(h: &mut Heap, stack: u64) -> SiteId {
         h.intern(SiteKey {
             kind: Kind::Mmap,
             probe: Probe::Mmap,

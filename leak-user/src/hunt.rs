@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, RingBuf, StackTraceMap};
+use aya::maps::{MapData, RingBuf};
 use leak_common::DropReason;
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -103,9 +103,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let options = LoadOptions {
         pid: target.pid,
         ring_buffer_bytes: args.ring_buffer_mib.max(1) * 1024 * 1024,
-        max_stacks: args
-            .max_stacks
-            .unwrap_or(if modules.node.is_some() { 64 * 1024 } else { 32 * 1024 }),
+        max_stacks: args.max_stacks,
         sample_bytes: args.sample_bytes,
     };
     let mut ebpf = attach::load(&options)?;
@@ -148,13 +146,8 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let report_started = Instant::now();
 
     // Everything the report needs from the kernel, then detach.
-    let stack_map = StackTraceMap::try_from(ebpf.map("STACKS").context("STACKS map missing")?)?;
     let cutoff = monotonic_ns().saturating_sub(args.min_age.as_nanos() as u64);
     let totals = collector.heap.totals(cutoff);
-    for &site in totals.keys() {
-        let stack_id = collector.heap.site(site).stack_id;
-        let _ = collector.raw_stack(stack_id, &stack_map);
-    }
     let counters = Counters::read(&ebpf)?;
     if end != End::TargetExited {
         collector.refresh_modules();
@@ -192,7 +185,6 @@ async fn collect_until_end(
     announce_attached: impl FnOnce(),
 ) -> Result<(End, Option<i32>)> {
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
-    let stack_map = StackTraceMap::try_from(ebpf.map("STACKS").context("STACKS map missing")?)?;
     // SAFETY: the descriptor stays owned by the AsyncFd and is never replaced.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE)? };
     // Handlers first: the attach announcement is the cue to start a workload
@@ -227,7 +219,7 @@ async fn collect_until_end(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), collector, &stack_map);
+                drain(guard.get_inner_mut(), collector);
                 guard.clear_ready();
                 collector.refresh_modules_if_changed();
             }
@@ -242,10 +234,10 @@ async fn collect_until_end(
             _ = terminate.recv() => break (End::Interrupted, None),
             _ = sleep_until(deadline) => break (End::Duration, None),
             _ = refresh.tick() => collector.refresh_modules(),
-            _ = poll.tick() => drain(ring.get_mut(), collector, &stack_map),
+            _ = poll.tick() => drain(ring.get_mut(), collector),
             _ = tick(&mut summary) => print_summary(collector, started.elapsed()),
             _ = sample.tick() => {
-                drain(ring.get_mut(), collector, &stack_map);
+                drain(ring.get_mut(), collector);
                 if collector.execs != execs_seen {
                     execs_seen = collector.execs;
                     timeline.reset_sites();
@@ -259,7 +251,7 @@ async fn collect_until_end(
         }
     };
     // Events written before the end are still queued.
-    drain(ring.get_mut(), collector, &stack_map);
+    drain(ring.get_mut(), collector);
     Ok(end)
 }
 
@@ -286,9 +278,9 @@ async fn readable(fd: Option<&AsyncFd<OwnedFd>>) {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, collector: &mut Collector, stack_map: &StackTraceMap<&MapData>) {
+fn drain(ring: &mut RingBuf<MapData>, collector: &mut Collector) {
     while let Some(record) = ring.next() {
-        collector.apply(&record, stack_map);
+        collector.apply(&record);
     }
 }
 
@@ -353,7 +345,7 @@ fn build_report(
         .iter()
         .map(|(&id, t)| {
             let key = collector.heap.site(id);
-            let mut addrs: Vec<u64> = collector.cached_stack(key.stack_id).unwrap_or_default().to_vec();
+            let mut addrs: Vec<u64> = collector.stack(key.stack).unwrap_or_default().to_vec();
             if !addrs.is_empty() {
                 let skipped = key.skipped_callers.iter().copied().filter(|&a| a != 0);
                 addrs.splice(1..1, skipped);
@@ -560,8 +552,8 @@ fn node_report(
     let allocation_samples = samples
         .into_iter()
         .take(MAX_ALLOCATION_SAMPLES)
-        .map(|(&(probe, stack_id), &(count, bytes))| {
-            let addrs = collector.cached_stack(stack_id).unwrap_or_default();
+        .map(|(&(probe, stack), &(count, bytes))| {
+            let addrs = collector.stack(stack).unwrap_or_default();
             // Taken at an entry probe: frame 0 is an exact instruction pointer.
             let frames = symbolizer.symbolize(&collector.modules, addrs, false);
             report::AllocationSample {

@@ -20,8 +20,8 @@ pub struct NodeStats {
     gc_started_at: Option<f64>,
     /// (seconds into the hunt, live bytes) after each full GC.
     pub live_after_full: Vec<(f64, u64)>,
-    /// Allocation samples by (probe, stack id): (samples, bytes).
-    pub samples: HashMap<(Probe, i64), (u64, u64)>,
+    /// Allocation samples by (probe, stack hash): (samples, bytes).
+    pub samples: HashMap<(Probe, u64), (u64, u64)>,
 }
 
 impl NodeStats {
@@ -45,8 +45,8 @@ impl NodeStats {
         }
     }
 
-    pub fn sample(&mut self, probe: Probe, stack_id: i64, bytes: u64) {
-        let (samples, total) = self.samples.entry((probe, stack_id)).or_default();
+    pub fn sample(&mut self, probe: Probe, stack: u64, bytes: u64) {
+        let (samples, total) = self.samples.entry((probe, stack)).or_default();
         *samples += 1;
         *total += bytes;
     }
