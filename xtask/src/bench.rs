@@ -328,12 +328,14 @@ fn attach(plan: &Plan, tools: &Tools) -> Result<Section> {
     }
     let hunt = |pid: &str| tools.hunt(true, &["--duration", "1", "-p", pid, "--format", "json", "-o", &report]);
     let mut timings = vec![[Vec::new(), Vec::new(), Vec::new()]; targets.len()];
+    let mut node_probes = false;
     for rep in 1..=plan.reps {
         for ((name, target), timing) in targets.iter().zip(&mut timings) {
             let log = output_stderr(&hunt(&target.pid().to_string()))?;
             for (phrase, values) in LOGGED.iter().zip(timing.iter_mut()) {
                 values.push(logged_secs(&log, phrase).with_context(|| format!("no `{phrase}` line in:\n{log}"))?);
             }
+            node_probes |= has_node_section(&fs::read_to_string(&report)?);
             eprintln!(
                 "rep {rep}/{}: {name}: attached in {} s",
                 plan.reps,
@@ -349,6 +351,15 @@ fn attach(plan: &Plan, tools: &Tools) -> Result<Section> {
     if !tools.node {
         rows.push([vec!["node".to_string()], unavailable("not available: `node` not found")].concat());
     }
+    let mut notes =
+        vec!["An idle target leaves next to nothing to symbolize: 2b times the report of 10k stacks.".into()];
+    if node_probes {
+        notes.push(
+            "On node, leakscope also attached its Node-specific probes (the reports have a `node` section): \
+             load + attach includes resolving them."
+                .into(),
+        );
+    }
     Ok(Section {
         title: "2a. Time to attach and to report",
         about: format!(
@@ -360,7 +371,7 @@ fn attach(plan: &Plan, tools: &Tools) -> Result<Section> {
         commands: vec![shell_line(&hunt("PID"))],
         header: vec!["target", "load + attach", "report built", "detach"],
         rows,
-        notes: vec!["An idle target leaves next to nothing to symbolize: 2b times the report of 10k stacks.".into()],
+        notes,
     })
 }
 
@@ -494,7 +505,8 @@ fn outstanding(_plan: &Plan, tools: &Tools) -> Result<Section> {
         .iter()
         .map(|m| {
             format!(
-                "{} of {} {}: {:.1} MiB",
+                "{}{} of {} {}: {:.1} MiB",
+                m.name.as_ref().map_or(String::new(), |n| format!("{n} ")),
                 m.kind,
                 m.max_entries,
                 // A ring buffer's max_entries is its size in bytes.
@@ -541,8 +553,7 @@ fn outstanding(_plan: &Plan, tools: &Tools) -> Result<Section> {
             "`bench/hold_many.c` waits on stdin; leakscope attaches (`-p`), then the program mallocs {HELD} \
              blocks of 16–64 B, keeps them and sleeps. A second later leakscope is interrupted (SIGINT) and \
              writes its report. Its VmHWM is polled from /proc/PID/status until it exits. The BPF map sizes \
-             are the `memlock` of the map fds in /proc/PID/fdinfo (Debian's bpftool cannot tell which process \
-             holds a map). One run."
+             are the `memlock` of its map fds in /proc/PID/fdinfo; bpftool names them. One run."
         ),
         commands: vec![format!("{prog} {HELD}"), shell_line(&hunt_argv("PID"))],
         header: vec!["figure", "value"],
@@ -633,11 +644,7 @@ fn http_service(plan: &Plan, tools: &Tools) -> Result<Section> {
             "drops (last run)",
         ],
         rows: vec![],
-        notes: vec![
-            "Node-specific probes (ArrayBuffer allocator, V8 heap pages, GC): not yet available. \
-                     leakscope traces node's libc allocator calls and mappings only."
-                .into(),
-        ],
+        notes: vec![],
     };
     if let Err(why) = needs(tools.node, "node").and(needs(tools.wrk, "wrk")) {
         section.rows.push([vec!["all".into()], unavailable(&why)].concat());
@@ -669,6 +676,7 @@ fn http_service(plan: &Plan, tools: &Tools) -> Result<Section> {
     requests_per_sec(&wrk(2))?;
     let mut samples = vec![Vec::new(); configs.len()];
     let mut last_drops = vec!["–".to_string(); configs.len()];
+    let mut node_probes = false;
     for rep in 1..=plan.load_reps {
         for (i, (name, config)) in configs.iter().enumerate() {
             let Ok(hunt_argv) = config else { continue };
@@ -683,7 +691,9 @@ fn http_service(plan: &Plan, tools: &Tools) -> Result<Section> {
                 if !status.success() {
                     bail!("leakscope ended with {status} on the Node.js service:\n{}", hunt.log());
                 }
-                last_drops[i] = drops(&fs::read_to_string(&report_path)?);
+                let json = fs::read_to_string(&report_path)?;
+                last_drops[i] = drops(&json);
+                node_probes |= has_node_section(&json);
             }
             eprintln!("rep {rep}/{}: {name}: {rps:.0} requests/s", plan.load_reps);
             samples[i].push(rps);
@@ -704,6 +714,14 @@ fn http_service(plan: &Plan, tools: &Tools) -> Result<Section> {
         };
         section.rows.push([vec![name.to_string()], figures].concat());
     }
+    section.notes.push(match node_probes {
+        true => "The traced runs had leakscope's Node-specific probes live too (ArrayBuffer allocator, V8 pages, \
+                 GC; the reports have a `node` section): the figures include their cost."
+            .into(),
+        false => "Node-specific probes (ArrayBuffer allocator, V8 heap pages, GC): not available in this build (the \
+                  reports have no `node` section); leakscope traced node's libc allocator calls and mappings only."
+            .into(),
+    });
     let shown = |argv: &Vec<String>| {
         let line = shell_line(argv).replace(&url, "http://127.0.0.1:PORT/");
         line.replace(&format!("-p {pid}"), "-p PID")
@@ -968,6 +986,11 @@ fn json_count(json: &str, key: &str) -> Option<u64> {
     rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse().ok()
 }
 
+/// Whether a report has the `node` section of a hunt with Node-specific probes.
+fn has_node_section(json: &str) -> bool {
+    json.contains("\"node\": {")
+}
+
 /// The report's drop counters, e.g. `ring_buffer_full 0, stack_lost 12, …`.
 fn drops(json: &str) -> String {
     [
@@ -998,12 +1021,15 @@ fn vm_mib(pid: u32, field: &str) -> Option<f64> {
 }
 
 struct BpfMap {
+    /// From bpftool, when it is installed.
+    name: Option<String>,
     kind: &'static str,
     max_entries: u64,
     memlock: u64,
 }
 
-/// The BPF maps a process holds, from the fdinfo of its map fds.
+/// The BPF maps a process holds, from the fdinfo of its map fds (Debian's
+/// bpftool cannot tell which process holds a map; it names one by id).
 fn bpf_maps(pid: u32) -> Result<Vec<BpfMap>> {
     let mut ids = Vec::new();
     let mut maps = Vec::new();
@@ -1026,12 +1052,19 @@ fn bpf_maps(pid: u32) -> Result<Vec<BpfMap>> {
         let kind = match kind {
             1 => "hash",
             2 => "array",
+            5 => "percpu_hash",
             6 => "percpu_array",
             7 => "stack_trace",
+            9 => "lru_hash",
             27 => "ringbuf",
             _ => "other",
         };
+        // `ID: TYPE  name NAME  flags …`
+        let name = output(Command::new("bpftool").args(["map", "show", "id", &id.to_string()]))
+            .ok()
+            .and_then(|show| Some(show.split_once("  name ")?.1.split_whitespace().next()?.to_owned()));
         maps.push(BpfMap {
+            name,
             kind,
             max_entries: field("max_entries:").unwrap_or(0),
             memlock: field("memlock:").unwrap_or(0),

@@ -89,13 +89,14 @@ fn gcc() -> Result<()> {
 }
 
 /// Only `cargo xtask bench` needs these: bpftrace runs the naive floor and the
-/// peer script, wrk loads the Node.js service. `setup()` leaves them out so
-/// tests and the demo do not depend on them; bench reports a tool that is
-/// still missing instead of failing.
+/// peer script, wrk loads the Node.js service, bpftool names BPF maps.
+/// `setup()` leaves them out so tests and the demo do not depend on them;
+/// bench reports a tool that is still missing instead of failing.
 pub fn bench_tools() -> Result<()> {
-    let missing: Vec<&str> = ["bpftrace", "wrk"].into_iter().filter(|t| !on_path(t)).collect();
+    let tools = ["bpftrace", "wrk", "bpftool"];
+    let missing: Vec<&str> = tools.into_iter().filter(|t| !on_path(t)).collect();
     if missing.is_empty() {
-        ok("bpftrace and wrk");
+        ok(&tools.join(", "));
         return Ok(());
     }
     let names = missing.join(" ");
