@@ -19,7 +19,7 @@ use leak_common::{counter, DropReason, EventOp, HeapEvent, Probe};
 
 use crate::{
     sampling,
-    shared::{attached_probe, count, count_drop, emit, emit_site_event, now_ns, target_tid},
+    shared::{attached_probe, count, count_drop, emit, emit_site_event, event_now, now_ns, target_tid},
 };
 
 /// Arguments of an allocator call between its entry and return probes.
@@ -228,16 +228,9 @@ pub fn release_block(probe: Probe, addr: u64) {
     if addr == 0 || !sampling::release(addr) {
         return;
     }
-    let now = now_ns();
     emit(&HeapEvent {
-        op: EventOp::Free as u8,
-        probe: probe as u8,
-        tid,
-        ts_ns: now,
-        entry_ns: now,
         addr,
-        stack: 0,
-        ..HeapEvent::default()
+        ..event_now(EventOp::Free, probe, tid)
     });
 }
 

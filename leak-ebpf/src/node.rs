@@ -15,7 +15,7 @@ use leak_common::{counter, EventOp, HeapEvent, Probe};
 
 use crate::{
     libc_alloc::{enter, release_block},
-    shared::{attached_probe, count, emit, now_ns, target_tid, user_stack},
+    shared::{attached_probe, count, emit, event_now, target_tid, user_stack},
 };
 
 /// Offset of the AllocationSpace id in v8::internal::Space (field notes).
@@ -78,17 +78,10 @@ pub fn v8_free_page(ctx: ProbeContext) -> u32 {
 fn emit_runtime_event(op: EventOp, probe: Probe, size: u64, detail: u8) {
     let Some(tid) = target_tid() else { return };
     count(counter::entry_hits(probe));
-    let now = now_ns();
     emit(&HeapEvent {
-        op: op as u8,
-        probe: probe as u8,
-        detail,
-        tid,
-        ts_ns: now,
-        entry_ns: now,
         size,
-        stack: 0,
-        ..HeapEvent::default()
+        detail,
+        ..event_now(op, probe, tid)
     });
 }
 
@@ -147,17 +140,12 @@ pub fn v8_allocation_sample(ctx: ProbeContext) -> u32 {
     } else {
         0
     };
-    let now = now_ns();
     // V8 functions start with `push %rbp`: the kernel keeps the caller in the walk.
+    let stack = user_stack(&ctx);
     emit(&HeapEvent {
-        op: EventOp::AllocationSample as u8,
-        probe: probe as u8,
-        tid,
-        ts_ns: now,
-        entry_ns: now,
         size,
-        stack: user_stack(&ctx),
-        ..HeapEvent::default()
+        stack,
+        ..event_now(EventOp::AllocationSample, probe, tid)
     });
     0
 }

@@ -163,6 +163,20 @@ pub fn emit_site_event<C: EbpfContext>(ctx: &C, heap: HeapEvent, sp: u64) {
     entry.submit(wakeup_flags());
 }
 
+/// An event of the current moment without a stack; callers fill in the rest.
+#[inline(always)]
+pub fn event_now(op: EventOp, probe: Probe, tid: u32) -> HeapEvent {
+    let now = now_ns();
+    HeapEvent {
+        op: op as u8,
+        probe: probe as u8,
+        tid,
+        ts_ns: now,
+        entry_ns: now,
+        ..HeapEvent::default()
+    }
+}
+
 /// Writes `event` to the ring buffer, counting a drop when it is full.
 #[inline(always)]
 pub fn emit(event: &HeapEvent) {

@@ -552,31 +552,16 @@ fn attach_module(
         }
         let file_offset = function.file_offset + placed.offset;
         let entry = function.file_offset;
-        match spec.hook {
-            Hook::Entry => links.uprobes.push(attach_uprobe(
-                ebpf,
-                spec.program,
-                &host_path,
-                file_offset,
-                probe,
-                scope(),
-            )?),
-            Hook::Return => links
+        // A return probe always sits on the entry: it hijacks the return address there.
+        let points = match spec.hook {
+            Hook::Entry => vec![(spec.program, file_offset)],
+            Hook::Return => vec![(spec.program, entry)],
+            Hook::Paired => vec![(spec.program, file_offset), (RETURN_PROGRAM, entry)],
+        };
+        for (program, offset) in points {
+            links
                 .uprobes
-                .push(attach_uprobe(ebpf, spec.program, &host_path, entry, probe, scope())?),
-            Hook::Paired => {
-                links.uprobes.push(attach_uprobe(
-                    ebpf,
-                    spec.program,
-                    &host_path,
-                    file_offset,
-                    probe,
-                    scope(),
-                )?);
-                links
-                    .uprobes
-                    .push(attach_uprobe(ebpf, RETURN_PROGRAM, &host_path, entry, probe, scope())?);
-            }
+                .push(attach_uprobe(ebpf, program, &host_path, offset, probe, scope())?);
         }
         first_at.insert(function.vaddr, probes.len());
         probes.push(AttachedProbe {
