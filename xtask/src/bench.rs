@@ -30,9 +30,6 @@ const SAMPLE_BYTES: &str = "524288";
 const LEAVES: u64 = 10_000;
 /// Allocations kept outstanding in the memory benchmark.
 const HELD: u64 = 1_000_000;
-/// leakscope's default `--max-stacks`, and one large enough that 10k stacks
-/// rarely share a hash bucket.
-const STACK_MAPS: [u64; 2] = [32_768, 1 << 20];
 
 /// How much of each benchmark to run: the full run stays under 10 minutes,
 /// `--quick` under 2.
@@ -42,7 +39,7 @@ struct Plan {
     reps: usize,
     /// malloc+free pairs per microbenchmark run: 200k take ~4 s under the floor's probes.
     pairs: u64,
-    /// Hunts of the distinct-stacks program at the default stack map size.
+    /// Hunts of the distinct-stacks program.
     stack_reps: usize,
     /// Rounds of malloc+free over all stacks in the map-filling benchmark.
     fill_rounds: u64,
@@ -380,96 +377,65 @@ fn distinct_stacks(plan: &Plan, tools: &Tools) -> Result<Section> {
     let prog = compile("many_stacks")?;
     let report_path = work_dir().join("stacks.json");
     let report = rel(&report_path);
-    let leaves = LEAVES.to_string();
-    let hunt = |max_stacks: u64| {
-        let n = max_stacks.to_string();
-        let size: &[&str] = if max_stacks == STACK_MAPS[0] {
-            &[]
-        } else {
-            &["--max-stacks", &n]
-        };
-        let args = [size, &["--format", "json", "-o", &report, "--", &prog, &leaves, "1"]].concat();
-        tools.hunt(true, &args)
-    };
-    let configs = [(STACK_MAPS[0], plan.stack_reps), (STACK_MAPS[1], 1)];
-    let mut rows = Vec::new();
-    let mut notes = Vec::new();
-    for &(max_stacks, runs) in &configs {
-        let mut figures = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
-        for run in 1..=runs {
-            let log = output_stderr(&hunt(max_stacks))?;
-            let json = fs::read_to_string(&report_path)?;
-            let sites = json
-                .split_once("\"sites\":")
-                .map_or(0, |(_, s)| s.matches("\"kind\":").count());
-            let measured = [
-                logged_secs(&log, LOGGED[0]),
-                logged_secs(&log, LOGGED[1]),
-                Some(sites as f64),
-                Some(json.matches("\"function\": \"leaf\"").count() as f64),
-                json_count(&json, "stack_lost").map(|n| n as f64),
-            ];
-            for (values, value) in figures.iter_mut().zip(measured) {
-                values.push(value.with_context(|| format!("missing figure in the log or report:\n{log}"))?);
-            }
-            eprintln!(
-                "run {run}/{runs}: --max-stacks {max_stacks}: {} sites at leaf()",
-                figures[3][run - 1]
-            );
-        }
-        let [attached, built, sites, leaf_sites, lost] = &figures;
-        let median = |v: &Vec<f64>| stats(v).map_or("–".into(), |s| format!("{:.0}", s.median));
-        // bpf_get_stackid keeps one stack per hash bucket: k distinct stacks in
-        // n buckets collide about k²/2n times (while k ≪ n).
-        let expected_lost = (LEAVES * LEAVES) as f64 / (2 * max_stacks) as f64;
-        rows.push(vec![
-            max_stacks.to_string(),
-            runs.to_string(),
-            fmt_secs(attached),
-            fmt_secs(built),
-            median(sites),
-            median(leaf_sites),
-            median(lost),
-            format!("{expected_lost:.0}"),
-        ]);
-        if let Some(lost) = stats(lost).filter(|s| s.median > 0.0) {
-            notes.push(format!(
-                "With --max-stacks {max_stacks}, {:.0} of the {LEAVES} leaf stacks were lost (`stack_lost`, \
-                 {:.1} %). Their bytes still count, under one site without frames.",
-                lost.median,
-                lost.median / LEAVES as f64 * 100.0
-            ));
-        }
-    }
-    notes.push(
-        "Stacks are lost to hash collisions long before the stack map is full: `bpf_get_stackid` keeps one stack \
-         per bucket, so about k²/2n of k distinct stacks collide in n buckets (last column). A larger \
-         --max-stacks cuts the loss, at the price of kernel memory (each entry holds 127 frames, ~1 KiB) and \
-         of attach time."
-            .into(),
+    let argv = tools.hunt(
+        true,
+        &["--format", "json", "-o", &report, "--", &prog, &LEAVES.to_string(), "1"],
     );
+    let mut figures = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for run in 1..=plan.stack_reps {
+        let log = output_stderr(&argv)?;
+        let json = fs::read_to_string(&report_path)?;
+        let sites = json
+            .split_once("\"sites\":")
+            .map_or(0, |(_, s)| s.matches("\"kind\":").count());
+        let measured = [
+            logged_secs(&log, LOGGED[0]),
+            logged_secs(&log, LOGGED[1]),
+            Some(sites as f64),
+            // Each leaf's site has leaf() as its innermost frame.
+            Some(json.matches("\"function\": \"leaf\"").count() as f64),
+            json_count(&json, "stack_lost").map(|n| n as f64),
+        ];
+        for (values, value) in figures.iter_mut().zip(measured) {
+            values.push(value.with_context(|| format!("missing figure in the log or report:\n{log}"))?);
+        }
+        eprintln!("run {run}/{}: {} sites at leaf()", plan.stack_reps, figures[3][run - 1]);
+    }
+    let [attached, built, sites, leaf_sites, lost] = &figures;
+    let median = |v: &Vec<f64>| stats(v).map_or(0.0, |s| s.median);
+    let mut notes = Vec::new();
+    let missing = LEAVES as f64 - median(leaf_sites);
+    if missing > 0.0 {
+        notes.push(format!(
+            "{missing:.0} of the {LEAVES} leaf stacks are missing from the report (median); `stack_lost` counts \
+             {:.0} (their bytes still count, under a site without frames).",
+            median(lost)
+        ));
+    }
     Ok(Section {
         title: "2b. Symbolization of 10k distinct stacks",
         about: format!(
             "`bench/many_stacks.c` walks a binary call tree of depth 14 whose first {LEAVES} leaves each malloc \
              one block and keep it: every level calls down through one of two call sites, so every block has \
-             its own stack. Launch mode. Times are median (min–max), seconds; counts are medians."
+             its own stack. Launch mode, default capacities. {} runs; times are median (min–max), seconds; \
+             counts are medians.",
+            plan.stack_reps
         ),
-        commands: configs
-            .iter()
-            .map(|&(max_stacks, _)| shell_line(&hunt(max_stacks)))
-            .collect(),
+        commands: vec![shell_line(&argv)],
         header: vec![
-            "--max-stacks",
-            "runs",
             "load + attach",
             "report built",
             "sites",
             "sites at leaf()",
             "stack_lost",
-            "k²/2n",
         ],
-        rows,
+        rows: vec![vec![
+            fmt_secs(attached),
+            fmt_secs(built),
+            format!("{:.0}", median(sites)),
+            format!("{:.0}", median(leaf_sites)),
+            format!("{:.0}", median(lost)),
+        ]],
         notes,
     })
 }
@@ -602,7 +568,7 @@ fn maps_fill(plan: &Plan, tools: &Tools) -> Result<Section> {
     };
     let rows = vec![
         row("untraced", &untraced, "–".into()),
-        row("leakscope, 1 MiB ring buffer, 64 stacks", &traced, drops(&json)),
+        row("leakscope --ring-buffer-mib 1 --max-stacks 64", &traced, drops(&json)),
     ];
     let mut notes = vec![];
     if !traced.status.success() || !traced.stdout.contains("done") {
