@@ -135,6 +135,7 @@ type Benchmark = fn(&Plan, &Tools) -> Result<Section>;
 pub fn bench(quick: bool) -> Result<()> {
     require_root("the benchmarks")?;
     let started = Instant::now();
+    let load_before = load_average()?;
     setup::setup()?;
     // Not part of `setup()`: only the benchmarks need bpftrace and wrk, and a
     // missing one is reported in its table rather than stopping the run.
@@ -165,7 +166,8 @@ pub fn bench(quick: bool) -> Result<()> {
         sections.push(section);
     }
     fs::remove_dir_all(work_dir())?;
-    let doc = document(&plan, &tools, &sections, started.elapsed())?;
+    let load = format!("{load_before} before, {} after", load_average()?);
+    let doc = document(&plan, &tools, &sections, &load, started.elapsed())?;
     fs::write("BENCHMARKS.md", doc).context("cannot write BENCHMARKS.md")?;
     eprintln!("wrote BENCHMARKS.md in {:.0} s", started.elapsed().as_secs_f64());
     if !failed.is_empty() {
@@ -286,7 +288,9 @@ fn malloc_free(plan: &Plan, tools: &Tools) -> Result<Section> {
             "`bench/malloc_free.c` (gcc -O2 -g -fno-omit-frame-pointer) keeps 1024 blocks of mixed sizes \
              (16 B to 4000 B) and replaces one per step; it prints the ns per malloc+free pair of its loop. \
              {} pairs per run; {} runs of each configuration, interleaved. Ratios are of medians. \
-             The bpftrace scripts probe `{libc}`, the libc the program loads.",
+             The bpftrace scripts probe `{libc}`, the libc the program loads. \
+             leakscope's reader shares the 2 cores with the target and with whatever else runs (the bpftrace \
+             floor has no such reader), so its ratios move with the load average above.",
             plan.pairs, plan.reps
         ),
         commands: configs
@@ -1133,8 +1137,16 @@ impl Section {
     }
 }
 
+/// The 1, 5 and 15 minute load averages. Other work on the machine competes
+/// with leakscope's reader for the 2 cores (the floor has no reader), so the
+/// ratios move with it.
+fn load_average() -> Result<String> {
+    let loadavg = fs::read_to_string("/proc/loadavg")?;
+    Ok(loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
 /// BENCHMARKS.md: when, where and how it was measured, then each section.
-fn document(plan: &Plan, tools: &Tools, sections: &[Section], took: Duration) -> Result<String> {
+fn document(plan: &Plan, tools: &Tools, sections: &[Section], load: &str, took: Duration) -> Result<String> {
     // `gcc (Debian 12.2.0-14) 12.2.0`, `v20.20.2` (node), `wrk debian/4.1.0-3+b2 [epoll] Copyright …`:
     // the first line up to any `[`, named after the tool.
     let version = |argv: &[&str]| {
@@ -1207,6 +1219,7 @@ fn document(plan: &Plan, tools: &Tools, sections: &[Section], took: Duration) ->
             format!("{}, {cores} cores", cpu.unwrap_or_else(|| "unknown".into())),
         ),
         ("memory", mem_gib.map_or("unknown".into(), |g| format!("{g:.0} GiB"))),
+        ("load average (1, 5, 15 min)", load.to_owned()),
         (
             "leakscope commit",
             output(Command::new("git").args(["describe", "--always", "--dirty"]))?
