@@ -81,7 +81,7 @@ fn summary(out: &mut String, report: &Report) {
     let top = if growing.is_empty() {
         report.sites.iter().max_by_key(|s| s.outstanding_bytes)
     } else {
-        ranked(report).into_iter().find(|s| growing.contains(s))
+        super::ranked(report).into_iter().find(|s| growing.contains(s))
     };
     if let Some(top) = top {
         let growth = top
@@ -164,7 +164,7 @@ fn sites(out: &mut String, report: &Report, top: usize) {
     } else {
         "## Largest call stacks\n\nRanked by bytes held at the end.\n\n"
     });
-    let ranked = ranked(report);
+    let ranked = super::ranked(report);
     if ranked.is_empty() {
         out.push_str("No outstanding allocations.\n\n");
     }
@@ -304,18 +304,6 @@ fn data_quality(out: &mut String, report: &Report) {
         let _ = writeln!(out, "| {} | {} | {} | {returns} |", p.name, p.status, p.hits);
     }
     out.push('\n');
-}
-
-/// Sites by growth rate (those without one last), then by bytes held.
-fn ranked(report: &Report) -> Vec<&Site> {
-    let mut sites: Vec<&Site> = report.sites.iter().collect();
-    sites.sort_by(|a, b| {
-        let growth = |s: &Site| s.growth_bytes_per_s.unwrap_or(f64::NEG_INFINITY);
-        growth(b)
-            .total_cmp(&growth(a))
-            .then(b.outstanding_bytes.cmp(&a.outstanding_bytes))
-    });
-    sites
 }
 
 /// The innermost named frame past the allocator's own (libc's `__mmap64`

@@ -257,6 +257,21 @@ pub fn render(report: &Report, format: Format, top: usize) -> anyhow::Result<Vec
     })
 }
 
+/// Sites as a reader should see them: by verdict (leak, growing, plateau,
+/// stable, too little data, none), then growth rate, then bytes held.
+pub fn ranked(report: &Report) -> Vec<&Site> {
+    let mut sites: Vec<&Site> = report.sites.iter().collect();
+    sites.sort_by(|a, b| {
+        let severity = |s: &Site| s.verdict.map_or(Verdict::InsufficientData as u8 + 1, |v| v as u8);
+        let growth = |s: &Site| s.growth_bytes_per_s.unwrap_or(f64::NEG_INFINITY);
+        severity(a)
+            .cmp(&severity(b))
+            .then(growth(b).total_cmp(&growth(a)))
+            .then(b.outstanding_bytes.cmp(&a.outstanding_bytes))
+    });
+    sites
+}
+
 impl Verdict {
     /// The name used in the JSON report.
     pub fn as_str(self) -> &'static str {

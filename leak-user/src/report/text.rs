@@ -69,7 +69,8 @@ pub fn render(report: &Report, top: usize) -> String {
     if report.sites.is_empty() {
         let _ = writeln!(out, "\nno outstanding allocations");
     }
-    for (rank, site) in report.sites.iter().take(top).enumerate() {
+    write_verdicts(&mut out, report);
+    for (rank, site) in super::ranked(report).into_iter().take(top).enumerate() {
         write_site(&mut out, rank + 1, site);
     }
     if report.sites.len() > top {
@@ -88,9 +89,14 @@ fn write_site(out: &mut String, rank: usize, site: &Site) {
         .as_ref()
         .map(|m| format!(" [{} {}]", if m.anonymous { "anon" } else { "file" }, m.prot))
         .unwrap_or_default();
+    let verdict = match (site.verdict, site.growth_bytes_per_s) {
+        (Some(v), Some(rate)) if rate > 0.0 => format!("{}, +{}/s: ", v.as_str(), human_bytes(rate as u64)),
+        (Some(v), _) => format!("{}: ", v.as_str()),
+        (None, _) => String::new(),
+    };
     let _ = writeln!(
         out,
-        "\n#{rank} {} outstanding in {} allocations, oldest {:.1} s, via {}{mapping}",
+        "\n#{rank} {verdict}{} outstanding in {} allocations, oldest {:.1} s, via {}{mapping}",
         human_bytes(site.outstanding_bytes),
         site.outstanding_allocations,
         site.oldest_age_s,
@@ -159,4 +165,23 @@ fn write_node(out: &mut String, node: &super::NodeReport) {
             js.join(" <- ")
         );
     }
+}
+
+/// The verdict counts, so a reader sees first whether anything keeps growing.
+fn write_verdicts(out: &mut String, report: &Report) {
+    let mut counts = std::collections::BTreeMap::new();
+    for site in &report.sites {
+        if let Some(v) = site.verdict {
+            *counts.entry(v).or_insert(0u64) += 1;
+        }
+    }
+    if counts.is_empty() {
+        return;
+    }
+    let summary: Vec<String> = counts.iter().map(|(v, n)| format!("{n} {}", v.as_str())).collect();
+    let _ = writeln!(
+        out,
+        "\nsites by verdict: {} (ranked below by verdict, then growth rate)",
+        summary.join(", ")
+    );
 }
