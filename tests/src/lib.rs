@@ -437,6 +437,16 @@ pub struct Attach {
     pub fixture_status: ExitStatus,
 }
 
+impl Attach {
+    /// The mode of a run whose fixture was still alive when the hunt ended.
+    pub fn mode_alive(&self) -> Mode {
+        Mode::Attach {
+            pid: self.fixture_pid,
+            exited: false,
+        }
+    }
+}
+
 /// Attach mode: start `FIXTURE --wait`, read "ready", start
 /// `leakscope hunt -p PID --format json -o F --top 1000 <hunt_args>`, wait for
 /// its "attached" line, SIGUSR1 the fixture, read "done", end as `stop` says,
@@ -721,6 +731,16 @@ impl Verdict {
         if !ok {
             self.problems.push(msg());
         }
+    }
+
+    /// leakscope must have exited 0.
+    pub fn check_exit_ok(&mut self, status: ExitStatus, stderr: &str) {
+        self.check(status.success(), || {
+            format!(
+                "leakscope exit {} (expected 0)\n--- leakscope stderr ---\n{stderr}",
+                describe_status(status)
+            )
+        });
     }
 
     /// Panics with every problem (and `context`) if there is any.

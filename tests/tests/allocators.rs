@@ -22,12 +22,7 @@ fn check(report: &Value, path: &Path, mode: Mode, status: ExitStatus, stderr: &s
         mode,
         &expected::allocators(),
         |v| {
-            v.check(status.success(), || {
-                format!(
-                    "leakscope exit {} (expected 0)\n--- leakscope stderr ---\n{stderr}",
-                    describe_status(status)
-                )
-            });
+            v.check_exit_ok(status, stderr);
             for (name, calls) in expected::ALLOCATOR_CALLS {
                 check_probe_hits(v, report, name, *calls);
             }
@@ -53,11 +48,7 @@ fn launch() {
 fn attach_until_sigint() {
     let path = fixture();
     let run = run_attach(&path, &[], Stop::Signal(libc::SIGINT));
-    let mode = Mode::Attach {
-        pid: run.fixture_pid,
-        exited: false,
-    };
-    check(&run.report, &path, mode, run.status, &run.stderr);
+    check(&run.report, &path, run.mode_alive(), run.status, &run.stderr);
 }
 
 #[test]
@@ -70,11 +61,7 @@ fn attach_until_duration() {
         "duration_s {d} for --duration 5\n--- leakscope stderr ---\n{}",
         run.stderr
     );
-    let mode = Mode::Attach {
-        pid: run.fixture_pid,
-        exited: false,
-    };
-    check(&run.report, &path, mode, run.status, &run.stderr);
+    check(&run.report, &path, run.mode_alive(), run.status, &run.stderr);
 }
 
 #[test]

@@ -17,12 +17,7 @@ fn fixture() -> PathBuf {
 fn check(report: &Value, path: &Path, mode: Mode, status: ExitStatus, stderr: &str) {
     // check_fixture_report also requires every drop counter to be 0.
     check_fixture_report(report, NAME, path, OriginRule::Module, mode, &expected::churn(), |v| {
-        v.check(status.success(), || {
-            format!(
-                "leakscope exit {} (expected 0)\n--- leakscope stderr ---\n{stderr}",
-                describe_status(status)
-            )
-        });
+        v.check_exit_ok(status, stderr);
         check_probe_hits(v, report, "malloc", expected::CHURN_MALLOCS);
         check_probe_hits(v, report, "free", expected::CHURN_FREES);
     });
@@ -43,9 +38,5 @@ fn attach_until_sigint() {
     let start = Instant::now();
     let run = run_attach(&path, &[], Stop::Signal(libc::SIGINT));
     eprintln!("churn attach took {:?}", start.elapsed());
-    let mode = Mode::Attach {
-        pid: run.fixture_pid,
-        exited: false,
-    };
-    check(&run.report, &path, mode, run.status, &run.stderr);
+    check(&run.report, &path, run.mode_alive(), run.status, &run.stderr);
 }

@@ -21,12 +21,7 @@ fn check(report: &Value, path: &Path, mode: Mode, status: ExitStatus, stderr: &s
         mode,
         &expected::mappings(),
         |v| {
-            v.check(status.success(), || {
-                format!(
-                    "leakscope exit {} (expected 0)\n--- leakscope stderr ---\n{stderr}",
-                    describe_status(status)
-                )
-            });
+            v.check_exit_ok(status, stderr);
         },
     );
 }
@@ -42,9 +37,5 @@ fn launch() {
 fn attach_until_sigterm() {
     let path = fixture();
     let run = run_attach(&path, &[], Stop::Signal(libc::SIGTERM));
-    let mode = Mode::Attach {
-        pid: run.fixture_pid,
-        exited: false,
-    };
-    check(&run.report, &path, mode, run.status, &run.stderr);
+    check(&run.report, &path, run.mode_alive(), run.status, &run.stderr);
 }

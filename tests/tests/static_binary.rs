@@ -52,9 +52,5 @@ fn launch() {
 fn attach_until_sigint() {
     let path = fixture();
     let run = run_attach(&path, &[], Stop::Signal(libc::SIGINT));
-    let mode = Mode::Attach {
-        pid: run.fixture_pid,
-        exited: false,
-    };
-    check(&run.report, &path, mode, run.status, &run.stderr);
+    check(&run.report, &path, run.mode_alive(), run.status, &run.stderr);
 }

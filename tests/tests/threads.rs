@@ -22,12 +22,7 @@ fn check(report: &Value, path: &Path, mode: Mode, status: ExitStatus, stderr: &s
         mode,
         &expected::threads(),
         |v| {
-            v.check(status.success(), || {
-                format!(
-                    "leakscope exit {} (expected 0)\n--- leakscope stderr ---\n{stderr}",
-                    describe_status(status)
-                )
-            });
+            v.check_exit_ok(status, stderr);
             // Explicitly (check_sites also flags it as unexpected): the arenas
             // malloc maps for new threads are allocator-internal, not mmap sites.
             for site in report["sites"].as_array().into_iter().flatten() {
@@ -58,9 +53,5 @@ fn launch() {
 fn attach_until_sigint() {
     let path = fixture();
     let run = run_attach(&path, &[], Stop::Signal(libc::SIGINT));
-    let mode = Mode::Attach {
-        pid: run.fixture_pid,
-        exited: false,
-    };
-    check(&run.report, &path, mode, run.status, &run.stderr);
+    check(&run.report, &path, run.mode_alive(), run.status, &run.stderr);
 }
