@@ -44,10 +44,14 @@ pub enum Probe {
     V8ArrayGrow = 25,
     /// node::FreeEnvironment: Node starts tearing down (and freeing) everything.
     NodeTeardown = 26,
+    /// The brk syscall: the program break moved (watch only; in a hunt it is malloc's business).
+    Brk = 27,
+    /// A software page-fault perf event: a page was touched for the first time (watch only).
+    PageFault = 28,
 }
 
 impl Probe {
-    pub const COUNT: usize = 27;
+    pub const COUNT: usize = 29;
     pub const ALL: [Probe; Probe::COUNT] = [
         Probe::Malloc,
         Probe::Calloc,
@@ -76,6 +80,8 @@ impl Probe {
         Probe::V8MapGrow,
         Probe::V8ArrayGrow,
         Probe::NodeTeardown,
+        Probe::Brk,
+        Probe::PageFault,
     ];
 
     pub fn from_u8(value: u8) -> Option<Probe> {
@@ -84,7 +90,7 @@ impl Probe {
 
     /// Node.js and V8 hooks, as opposed to libc and syscalls.
     pub fn is_node(self) -> bool {
-        self as u8 >= Probe::ArrayBufferAllocate as u8
+        (Probe::ArrayBufferAllocate as u8..=Probe::NodeTeardown as u8).contains(&(self as u8))
     }
 
     /// The libc symbol (or syscall) name.
@@ -117,6 +123,8 @@ impl Probe {
             Probe::V8MapGrow => "Runtime_MapGrow",
             Probe::V8ArrayGrow => "Runtime_GrowArrayElements",
             Probe::NodeTeardown => "node::FreeEnvironment",
+            Probe::Brk => "brk",
+            Probe::PageFault => "page-faults",
         }
     }
 }
@@ -149,6 +157,8 @@ pub enum EventOp {
     Teardown = 11,
     /// A user stack seen for the first time: a `StackRecord`.
     Stack = 12,
+    /// brk succeeded: `addr` is the new program break (a `SiteEvent`).
+    Brk = 13,
 }
 
 impl EventOp {
@@ -166,6 +176,7 @@ impl EventOp {
             10 => EventOp::AllocationSample,
             11 => EventOp::Teardown,
             12 => EventOp::Stack,
+            13 => EventOp::Brk,
             _ => return None,
         })
     }
@@ -250,14 +261,17 @@ pub enum DropReason {
     PendingFull = 2,
     /// Sampled mode: no room to remember a sampled block; its free will be missed.
     SampledBlocksFull = 3,
+    /// Page-fault attribution: no room for another stack; its faults are not counted.
+    FaultStacksFull = 4,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::RingBufFull,
         DropReason::StackLost,
         DropReason::PendingFull,
         DropReason::SampledBlocksFull,
+        DropReason::FaultStacksFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -266,6 +280,7 @@ impl DropReason {
             DropReason::StackLost => "stack_lost",
             DropReason::PendingFull => "pending_calls_full",
             DropReason::SampledBlocksFull => "sampled_blocks_full",
+            DropReason::FaultStacksFull => "fault_stacks_full",
         }
     }
 }

@@ -10,6 +10,7 @@
 mod libc_alloc;
 mod mmap;
 mod node;
+mod page_fault;
 mod sampling;
 mod shared;
 

@@ -1,5 +1,6 @@
-//! Syscall tracepoints for mmap, munmap and mremap: they see mappings made
-//! through libc and through raw syscalls alike.
+//! Syscall tracepoints for mmap, munmap, mremap and brk: they see mappings
+//! made through libc and through raw syscalls alike. brk is attached by
+//! `watch` only: in a hunt the program break is malloc's internal business.
 //!
 //! Arguments are saved at sys_enter and the result recorded at sys_exit, so
 //! failed calls (MAP_FAILED, EINVAL) never reach user space. A syscall cannot
@@ -38,6 +39,8 @@ static PENDING_SYSCALLS: HashMap<u32, PendingSyscall> = HashMap::with_max_entrie
 const ARG0: usize = 16;
 const RET: usize = 16;
 const MAP_ANONYMOUS: u64 = 0x20;
+/// The heap above the program break is readable and writable.
+const PROT_READ_WRITE: u8 = 3;
 /// Offset of `sp` in x86-64 `struct pt_regs`.
 const PT_REGS_SP: usize = 19 * 8;
 
@@ -203,5 +206,32 @@ pub fn sys_exit_mremap(ctx: TracePointContext) -> u32 {
         };
         emit_site_event(&ctx, heap, user_sp());
     }
+    0
+}
+
+/// brk(addr) returns the new program break (the old one when it fails, which
+/// user space sees as no change). User space knows the break before it, so
+/// one event per call is enough: no pending state.
+#[tracepoint]
+pub fn sys_exit_brk(ctx: TracePointContext) -> u32 {
+    let Some(tid) = target_tid() else { return 0 };
+    count(counter::entry_hits(Probe::Brk));
+    // SAFETY: reads within the tracepoint record.
+    let Ok(new_break) = (unsafe { ctx.read_at::<u64>(RET) }) else {
+        return 0;
+    };
+    let now = now_ns();
+    let heap = HeapEvent {
+        op: EventOp::Brk as u8,
+        probe: Probe::Brk as u8,
+        flags: FLAG_ANONYMOUS,
+        detail: PROT_READ_WRITE,
+        tid,
+        ts_ns: now,
+        entry_ns: now,
+        addr: new_break,
+        ..HeapEvent::default()
+    };
+    emit_site_event(&ctx, heap, user_sp());
     0
 }

@@ -15,9 +15,10 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{
+        perf_event::{PerfEventConfig, PerfEventLink, PerfEventScope, SamplePolicy, SoftwareEvent},
         trace_point::TracePointLink,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
-        TracePoint, UProbe,
+        PerfEvent, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
@@ -44,6 +45,7 @@ enum Hook {
 /// One probed function: its symbol (a C name, or a mangled C++ prefix that
 /// ends with the function's own name, so that parameter lists may change
 /// between versions), the program and the argument registers it reads.
+#[derive(Clone, Copy)]
 struct ProbeSpec {
     probe: Probe,
     symbol: &'static str,
@@ -204,6 +206,17 @@ const NODE_PROBES: &[ProbeSpec] = &[
     ),
 ];
 
+/// The Node hooks of `watch`: JS heap pages and GCs, which fire a few times
+/// per GC rather than per allocation.
+const WATCH_NODE_PROBES: &[Probe] = &[
+    Probe::V8AllocatePage,
+    Probe::V8AllocateLargePage,
+    Probe::V8FreePage,
+    Probe::V8GcStart,
+    Probe::V8GcEnd,
+    Probe::V8SizeOfObjects,
+];
+
 const RETURN_PROGRAM: &str = "alloc_return";
 const SYSCALL_PROBES: &[(Probe, &str)] = &[
     (Probe::Mmap, "mmap"),
@@ -266,6 +279,7 @@ impl AttachedProbe {
 pub struct Links {
     uprobes: Vec<UProbeLink>,
     tracepoints: Vec<TracePointLink>,
+    perf_events: Vec<PerfEventLink>,
 }
 
 impl Links {
@@ -278,6 +292,7 @@ impl Links {
             for link in self.tracepoints {
                 scope.spawn(move || drop(link));
             }
+            drop(self.perf_events);
         });
     }
 }
@@ -439,51 +454,120 @@ fn find_functions(elf: &Path, specs: &[ProbeSpec]) -> Result<BTreeMap<&'static s
     Ok(found)
 }
 
-/// Attaches every probe. `libc` is the target's libc path as the target sees
-/// it (opened through /proc/PID/root so that containers work).
-pub fn attach(ebpf: &mut Ebpf, pid: u32, modules: &TargetModules) -> Result<(Vec<AttachedProbe>, Links)> {
+/// Which probes a tracing session needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeSet {
+    /// `hunt`: every allocator, mappings, and all Node hooks.
+    Hunt,
+    /// `watch` tier 2: no allocator probes. Page faults (one sample every
+    /// `fault_period` faults), mappings and brk, and Node's page and GC hooks.
+    Watch { fault_period: u64 },
+}
+
+/// Attaches the probes of `set`. Modules are paths as the target sees them
+/// (opened through /proc/PID/root so that containers work).
+pub fn attach(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    modules: &TargetModules,
+    set: ProbeSet,
+) -> Result<(Vec<AttachedProbe>, Links)> {
     let mut probes = Vec::new();
     let mut links = Links::default();
-    match &modules.libc {
-        Some(libc) => attach_module(ebpf, pid, libc, LIBC_PROBES, &mut probes, &mut links)?,
-        None => probes.extend(LIBC_PROBES.iter().map(AttachedProbe::missing)),
+    match (&modules.libc, set) {
+        (Some(libc), ProbeSet::Hunt) => attach_module(ebpf, pid, libc, LIBC_PROBES, &mut probes, &mut links)?,
+        (None, ProbeSet::Hunt) => probes.extend(LIBC_PROBES.iter().map(AttachedProbe::missing)),
+        (_, ProbeSet::Watch { .. }) => {}
     }
     if let Some(node) = &modules.node {
-        let before = probes.len();
-        // Node's hooks are internals that move between versions: a missing one
-        // is a warning, not a failed hunt.
-        if let Err(e) = attach_module(ebpf, pid, node, NODE_PROBES, &mut probes, &mut links) {
-            eprintln!("leakscope: warning: node: {e:#}");
-        }
-        for p in probes[before..].iter().filter(|p| p.status == ProbeStatus::Missing) {
-            eprintln!(
-                "leakscope: warning: node: {} not found or not placeable in {}: not traced",
-                p.probe.name(),
-                node.display()
-            );
-        }
-        let live = probes[before..]
+        let specs: Vec<ProbeSpec> = NODE_PROBES
             .iter()
-            .filter(|p| p.status == ProbeStatus::Attached)
-            .count();
-        eprintln!(
-            "leakscope: node: {live} of {} Node/V8 hooks attached in {}",
-            NODE_PROBES.len(),
-            node.display()
-        );
+            .filter(|spec| set == ProbeSet::Hunt || WATCH_NODE_PROBES.contains(&spec.probe))
+            .copied()
+            .collect();
+        attach_node(ebpf, pid, node, &specs, &mut probes, &mut links);
     }
     for &(probe, syscall) in SYSCALL_PROBES {
         for phase in ["enter", "exit"] {
             attach_tracepoint(ebpf, "syscalls", &format!("sys_{phase}_{syscall}"), &mut links)?;
         }
-        probes.push(AttachedProbe {
-            status: ProbeStatus::Attached,
-            has_return: true,
-            ..AttachedProbe::missing(&spec(probe, syscall, "", &[], Hook::Entry))
-        });
+        probes.push(attached_without_uprobe(probe, true));
     }
     attach_tracepoint(ebpf, "sched", "sched_process_exec", &mut links)?;
+    if let ProbeSet::Watch { fault_period } = set {
+        attach_tracepoint(ebpf, "syscalls", "sys_exit_brk", &mut links)?;
+        probes.push(attached_without_uprobe(Probe::Brk, false));
+        attach_page_faults(ebpf, pid, fault_period, &mut links)?;
+        probes.push(attached_without_uprobe(Probe::PageFault, false));
+    }
     Ok((probes, links))
+}
+
+/// Node's hooks are internals that move between versions: a missing one is
+/// a warning, not a failed session.
+fn attach_node(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    node: &Path,
+    specs: &[ProbeSpec],
+    probes: &mut Vec<AttachedProbe>,
+    links: &mut Links,
+) {
+    let before = probes.len();
+    if let Err(e) = attach_module(ebpf, pid, node, specs, probes, links) {
+        eprintln!("leakscope: warning: node: {e:#}");
+    }
+    for p in probes[before..].iter().filter(|p| p.status == ProbeStatus::Missing) {
+        eprintln!(
+            "leakscope: warning: node: {} not found or not placeable in {}: not traced",
+            p.probe.name(),
+            node.display()
+        );
+    }
+    let live = probes[before..]
+        .iter()
+        .filter(|p| p.status == ProbeStatus::Attached)
+        .count();
+    eprintln!(
+        "leakscope: node: {live} of {} Node/V8 hooks attached in {}",
+        specs.len(),
+        node.display()
+    );
+}
+
+/// A probe that is a tracepoint or perf event rather than a uprobe.
+fn attached_without_uprobe(probe: Probe, has_return: bool) -> AttachedProbe {
+    AttachedProbe {
+        status: ProbeStatus::Attached,
+        has_return,
+        ..AttachedProbe::missing(&spec(probe, probe.name(), "", &[], Hook::Entry))
+    }
+}
+
+/// Software page-fault events on every thread of `pid`, inherited by the
+/// threads they create: the cost stays with the target (a per-CPU event
+/// would run the program for every fault on the machine).
+fn attach_page_faults(ebpf: &mut Ebpf, pid: u32, period: u64, links: &mut Links) -> Result<()> {
+    let program: &mut PerfEvent = ebpf.program_mut("page_fault").context("program missing")?.try_into()?;
+    program.load().context("the kernel rejected page_fault")?;
+    let threads = fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("process {pid} has exited"))?;
+    for tid in threads.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        let attached = program.attach(
+            PerfEventConfig::Software(SoftwareEvent::PageFaults),
+            PerfEventScope::OneProcess { pid: tid, cpu: None },
+            SamplePolicy::Period(period.max(1)),
+            true,
+        );
+        match attached {
+            Ok(link) => links.perf_events.push(program.take_link(link)?),
+            // The thread exited since the directory was read.
+            Err(e) if Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => {
+                return Err(e).with_context(|| format!("cannot open page-fault events on thread {tid}"))
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Attaches the program named like the tracepoint.

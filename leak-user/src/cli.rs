@@ -30,6 +30,10 @@ pub enum Command {
     /// Run COMMAND under a hunt and fail (exit 1) when memory held by any site,
     /// or in total, grows beyond a limit after warm-up: a CI leak gate.
     Check(CheckArgs),
+    /// Run as a daemon: sample the memory of matching processes, attribute
+    /// their growth cheaply, alert on growth or on nearing the memory limit,
+    /// and hunt the leak on alert. Serves /metrics and /health.
+    Watch(WatchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -132,7 +136,7 @@ pub struct CheckArgs {
     pub max_growth: u64,
     /// Largest growth rate allowed (robust slope after warm-up), e.g. 100KB/s.
     #[arg(long, value_name = "SIZE/s", value_parser = parse_rate)]
-    pub max_rate: Option<u64>,
+    pub max_rate: Option<f64>,
     /// Growth during the first SECS does not count (start-up, caches filling).
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "0")]
     pub warmup: Duration,
@@ -151,14 +155,108 @@ pub struct CheckArgs {
     pub command: Vec<String>,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct WatchArgs {
+    /// A process to watch (repeatable).
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Watch every process with this name (/proc/PID/comm), including ones
+    /// that start later (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Watch every process in this memory cgroup and its children, as
+    /// /proc/PID/cgroup names it, e.g. /system.slice/app.service (repeatable).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<String>,
+    /// Per-target rules (TOML, see the README); targets it names are watched too.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// How often memory is sampled and processes are discovered.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "10")]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub rules: RuleArgs,
+    /// POST every alert as JSON to this http:// URL.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+    /// Run `sh -c COMMAND` for every alert, with the alert JSON on stdin.
+    #[arg(long, value_name = "COMMAND")]
+    pub alert_command: Option<String>,
+    /// The same alert (process, rule, severity) is sent again at most this often.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "3600")]
+    pub alert_repeat: Duration,
+    /// The alert level that starts a hunt of the process.
+    #[arg(long, value_enum, default_value_t = EscalateOn::Warning)]
+    pub escalate_on: EscalateOn,
+    /// Length of an escalated hunt.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "60")]
+    pub hunt_duration: Duration,
+    /// Sampling interval of an escalated hunt: its overhead budget (a larger
+    /// interval costs less and estimates small sites less precisely).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "512KiB")]
+    pub hunt_sample_bytes: u64,
+    /// At most one hunt per process in this period.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "3600")]
+    pub hunt_cooldown: Duration,
+    /// Where escalated hunts write their reports (one directory per hunt).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/leakscope/reports")]
+    pub reports: PathBuf,
+    /// Address of the /metrics and /health server.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+    /// Tier 1 only: no eBPF programs, no growth attribution before a hunt.
+    #[arg(long)]
+    pub no_probes: bool,
+    /// Tier 2: take one stack every N page faults.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub fault_period: u64,
+    /// Processes given probes (tier 2) at most; more are watched by tier 1 only.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub max_probed: usize,
+}
+
+/// Alert thresholds; a `--config` file can override them per target.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct RuleArgs {
+    /// Growth rate fit window: the rate is the robust slope of anonymous
+    /// memory over this long, and is judged only once it covers all of it.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "600")]
+    pub window: Duration,
+    /// Growth rate that raises a warning, e.g. 10MiB/h, 100KiB/s, 5MB/min.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, default_value = "10MiB/h")]
+    pub warn_rate: f64,
+    /// Growth rate that raises a critical alert.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, default_value = "100MiB/h")]
+    pub crit_rate: f64,
+    /// Memory use, in % of the memory limit, that raises a warning.
+    #[arg(long, value_name = "PCT", default_value_t = 80.0)]
+    pub warn_limit: f64,
+    /// Memory use, in % of the limit, that raises a critical alert.
+    #[arg(long, value_name = "PCT", default_value_t = 95.0)]
+    pub crit_limit: f64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EscalateOn {
+    Warning,
+    Critical,
+    Never,
+}
+
 impl HuntArgs {
     /// A launch-mode hunt of `command` with every other option at its default
     /// (the defaults stay defined once, in the attributes above).
     pub fn launching(command: &[String]) -> HuntArgs {
-        let argv = ["leakscope", "hunt", "--"]
-            .into_iter()
-            .map(String::from)
-            .chain(command.iter().cloned());
+        Self::parsed(["--"].into_iter().map(String::from).chain(command.iter().cloned()))
+    }
+
+    /// An attach-mode hunt of `pid` with every other option at its default.
+    pub fn attaching(pid: u32) -> HuntArgs {
+        Self::parsed(["-p".to_string(), pid.to_string()])
+    }
+
+    fn parsed(hunt_argv: impl IntoIterator<Item = String>) -> HuntArgs {
+        let argv = ["leakscope", "hunt"].into_iter().map(String::from).chain(hunt_argv);
         let Command::Hunt(args) = Cli::parse_from(argv).command else {
             unreachable!("parsed a hunt command line")
         };
@@ -185,9 +283,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((value * scale as f64).round() as u64)
 }
 
-/// A rate: a size per second, `100KB/s` (the `/s` is optional).
-fn parse_rate(s: &str) -> Result<u64, String> {
-    parse_size(s.trim().strip_suffix("/s").unwrap_or(s))
+/// A rate in bytes per second: a size per `s` (the default), `min` or `h`:
+/// `100KB/s`, `5MB/min`, `10MiB/h`.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (size, per_s) = match t.rsplit_once('/') {
+        None => (t, 1.0),
+        Some((size, "s")) => (size, 1.0),
+        Some((size, "min" | "m")) => (size, 60.0),
+        Some((size, "h")) => (size, 3600.0),
+        Some((_, unit)) => return Err(format!("`{s}`: unknown time unit `{unit}` (use /s, /min, /h)")),
+    };
+    Ok(parse_size(size)? as f64 / per_s)
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -248,10 +355,43 @@ mod tests {
         };
         assert_eq!(
             (c.max_growth, c.max_rate, c.warmup),
-            (10 << 20, Some(1 << 20), Duration::from_secs(2))
+            (10 << 20, Some(f64::from(1 << 20)), Duration::from_secs(2))
         );
         assert_eq!(c.command, ["./svc"]);
         assert!(Cli::try_parse_from(["leakscope", "check", "--max-growth", "1"]).is_err());
+    }
+
+    #[test]
+    fn parses_rates_and_watch() {
+        assert_eq!(parse_rate("100KB/s"), Ok(102_400.0));
+        assert_eq!(parse_rate("2KiB"), Ok(2048.0));
+        assert_eq!(parse_rate("6KiB/min"), Ok(102.4));
+        assert_eq!(parse_rate("36KiB/h"), Ok(10.24));
+        assert!(parse_rate("1MB/fortnight").is_err());
+        let cli = Cli::try_parse_from([
+            "leakscope",
+            "watch",
+            "-p",
+            "7",
+            "-p",
+            "8",
+            "--comm",
+            "node",
+            "--warn-rate",
+            "1MiB/h",
+            "--interval",
+            "0.5",
+        ])
+        .unwrap();
+        let Command::Watch(w) = cli.command else {
+            panic!("not watch")
+        };
+        assert_eq!((w.pids, w.comms), (vec![7, 8], vec!["node".to_string()]));
+        assert_eq!(w.rules.warn_rate, 1048576.0 / 3600.0);
+        assert_eq!(w.rules.crit_rate, 100.0 * 1048576.0 / 3600.0);
+        assert_eq!(w.interval, Duration::from_millis(500));
+        assert_eq!(w.escalate_on, EscalateOn::Warning);
+        assert_eq!(w.listen, "127.0.0.1:9464".parse().unwrap());
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Collector {
     pub malformed: u64,
     modules_changed: bool,
     unwinder: FramelessUnwinder,
+    /// The program break as last seen (`watch`); brk events move it.
+    program_break: Option<u64>,
 }
 
 impl Collector {
@@ -54,6 +56,7 @@ impl Collector {
             malformed: 0,
             modules_changed: true,
             unwinder: FramelessUnwinder::default(),
+            program_break: None,
         }
     }
 
@@ -99,10 +102,11 @@ impl Collector {
                 self.unwinder = FramelessUnwinder::default();
                 self.node = NodeStats::default();
                 self.torn_down_at = None;
+                self.program_break = None;
                 self.execs += 1;
                 self.modules_changed = true;
             }
-            EventOp::Alloc | EventOp::Realloc | EventOp::Map | EventOp::Remap => {
+            EventOp::Alloc | EventOp::Realloc | EventOp::Map | EventOp::Remap | EventOp::Brk => {
                 let Some(site_event) = read_record::<SiteEvent>(record) else {
                     self.malformed += 1;
                     return;
@@ -124,6 +128,7 @@ impl Collector {
                             .alloc(e.addr, size, sample_weight(size, self.sample_bytes), e.ts_ns, site);
                     }
                     EventOp::Map => self.heap.map(e.addr, e.size, e.ts_ns, site, internal),
+                    EventOp::Brk => self.move_break(e.addr, e.ts_ns, site),
                     _ => self.heap.remap(
                         e.old_addr, e.old_size, e.addr, e.size, e.entry_ns, e.ts_ns, site, internal,
                     ),
@@ -169,6 +174,24 @@ impl Collector {
         self.heap.intern(key)
     }
 
+    /// Where the program break is before any brk event is seen: the end of
+    /// the `[heap]` mapping. Growth above it is recorded as a mapping.
+    pub fn set_program_break(&mut self, program_break: u64) {
+        self.program_break = Some(program_break);
+    }
+
+    /// The break moved to `new_break`: growth is new memory of `site`, a
+    /// shrink releases the top of the heap. The first event of a process
+    /// whose break was not known only sets it.
+    fn move_break(&mut self, new_break: u64, ts_ns: u64, site: u32) {
+        let old_break = self.program_break.replace(new_break).unwrap_or(new_break);
+        if new_break > old_break {
+            self.heap.map(old_break, new_break - old_break, ts_ns, site, false);
+        } else if new_break < old_break {
+            self.heap.unmap(new_break, old_break - new_break, ts_ns);
+        }
+    }
+
     fn seconds_since_start(&self, ts_ns: u64) -> f64 {
         ts_ns.saturating_sub(self.started_ns) as f64 / 1e9
     }
@@ -177,6 +200,11 @@ impl Collector {
     /// was lost (hash 0, or its record was dropped).
     pub fn stack(&self, hash: u64) -> Option<&[u64]> {
         self.stacks.get(&hash).map(Vec::as_slice)
+    }
+
+    /// Distinct stacks known.
+    pub fn stack_count(&self) -> usize {
+        self.stacks.len()
     }
 
     /// Re-reads the target's mappings after it mapped new code. A process

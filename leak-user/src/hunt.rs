@@ -16,7 +16,7 @@ use tokio::{
 
 use crate::{
     analyze::{self, GrowthPolicy},
-    attach::{self, AttachedProbe, Counters, Links, LoadOptions, ProbeStatus},
+    attach::{self, AttachedProbe, Counters, Links, LoadOptions, ProbeSet, ProbeStatus},
     cli::HuntArgs,
     collect::Collector,
     heap::Kind,
@@ -107,7 +107,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         sample_bytes: args.sample_bytes,
     };
     let mut ebpf = attach::load(&options)?;
-    let (probes, links) = attach::attach(&mut ebpf, target.pid, &modules)?;
+    let (probes, links) = attach::attach(&mut ebpf, target.pid, &modules, ProbeSet::Hunt)?;
     if modules.libc.is_none() {
         eprintln!(
             "leakscope: warning: PID {} maps no libc (a static binary?): malloc-family calls are not traced, only mmap/munmap/mremap",

@@ -21,3 +21,4 @@ pub mod report;
 pub mod symbolize;
 pub mod target;
 pub mod timeline;
+pub mod watch;

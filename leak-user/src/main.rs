@@ -6,6 +6,7 @@ use leakscope::{
     cli::{CheckArgs, Cli, Command, DiffArgs, DiffFormat, HuntArgs, ReportArgs},
     diff, hunt,
     report::{self, json, Report},
+    watch,
 };
 
 fn main() -> ExitCode {
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
         Command::Report(args) => report_command(args),
         Command::Diff(args) => diff_command(args),
         Command::Check(args) => check_command(args),
+        Command::Watch(args) => watch::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -94,7 +96,7 @@ fn check_command(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let limits = check::Limits {
         max_growth_bytes: args.max_growth,
-        max_rate_bytes_per_s: args.max_rate.map(|r| r as f64),
+        max_rate_bytes_per_s: args.max_rate,
         warmup_s: args.warmup.as_secs_f64(),
     };
     let violations = check::evaluate(report, &limits);

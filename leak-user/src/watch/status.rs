@@ -1,0 +1,209 @@
+//! What the daemon knows, as served: `/health` (JSON) and `/metrics`
+//! (Prometheus text format). The sampling loop publishes a new `Status` each
+//! round; the HTTP server only reads it.
+
+use std::collections::BTreeMap;
+
+use prometheus::{CounterVec, Encoder as _, GaugeVec, Opts, Registry, TextEncoder};
+use serde::Serialize;
+
+use super::{attribution::GrowingPath, notify::Alert, rules::Severity};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub status: &'static str,
+    pub targets: Vec<TargetStatus>,
+    /// Alerts sent, by severity.
+    pub alerts_sent: BTreeMap<&'static str, u64>,
+    /// Alerts held back by the repeat limit.
+    pub alerts_suppressed: u64,
+    pub self_rss_bytes: u64,
+    pub self_cpu_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetStatus {
+    pub pid: u32,
+    pub comm: String,
+    /// "leaking" while a growth-rate rule holds, else "healthy".
+    pub status: &'static str,
+    /// The highest severity of the rules that hold now.
+    pub alert: Option<Severity>,
+    /// 1: memory sampling only; 2: with growth attribution probes.
+    pub tier: u8,
+    pub rss_bytes: u64,
+    pub anon_bytes: u64,
+    pub file_bytes: u64,
+    pub cgroup_usage_bytes: Option<u64>,
+    pub limit_bytes: u64,
+    pub limit_ratio: f64,
+    /// Anonymous memory's robust growth rate over the window; None until
+    /// the window is covered.
+    pub growth_bytes_per_s: Option<f64>,
+    pub tracked_bytes: BTreeMap<&'static str, u64>,
+    pub page_faulted_bytes: u64,
+    pub probe_hits: BTreeMap<&'static str, u64>,
+    pub drops: BTreeMap<&'static str, u64>,
+    pub hunts: u64,
+    pub reports: Vec<String>,
+    pub last_alert: Option<Alert>,
+    pub growing_paths: Vec<GrowingPath>,
+}
+
+impl Status {
+    pub fn health_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("the status serializes")
+    }
+
+    /// The Prometheus text exposition of this status.
+    pub fn metrics_text(&self) -> String {
+        let registry = Registry::new();
+        let target = ["pid", "comm"];
+        let gauge = |name: &str, help: &str, extra: &[&str]| {
+            let labels: Vec<&str> = target.iter().chain(extra).copied().collect();
+            let g = GaugeVec::new(Opts::new(name, help), &labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = CounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let rss = gauge("leakscope_target_rss_bytes", "Resident memory (VmRSS).", &[]);
+        let anon = gauge(
+            "leakscope_target_anon_bytes",
+            "Anonymous resident memory (RssAnon).",
+            &[],
+        );
+        let file = gauge(
+            "leakscope_target_file_bytes",
+            "File-backed and shared resident memory.",
+            &[],
+        );
+        let limit = gauge(
+            "leakscope_target_memory_limit_bytes",
+            "The tightest memory limit: cgroup memory.max up the tree, else the host's memory.",
+            &[],
+        );
+        let ratio = gauge(
+            "leakscope_target_memory_limit_ratio",
+            "Memory use over the limit (cgroup usage against a cgroup limit, else RSS against host memory).",
+            &[],
+        );
+        let cgroup = gauge(
+            "leakscope_target_cgroup_usage_bytes",
+            "memory.current of the target's cgroup.",
+            &[],
+        );
+        let growth = gauge(
+            "leakscope_target_growth_bytes_per_second",
+            "Robust (Theil-Sen) growth rate of anonymous memory over the rule window.",
+            &[],
+        );
+        let alert = gauge(
+            "leakscope_target_alert_state",
+            "0 no rule holds, 1 warning, 2 critical.",
+            &[],
+        );
+        let tier = gauge(
+            "leakscope_target_tier",
+            "1 memory sampling only, 2 with growth attribution probes.",
+            &[],
+        );
+        let tracked = gauge(
+            "leakscope_target_tracked_bytes",
+            "Memory held per kind as the probes see it (mmap, brk, v8_heap).",
+            &["kind"],
+        );
+        let labels = ["pid", "comm"];
+        let faults = counter(
+            "leakscope_target_page_faulted_bytes_total",
+            "Bytes of pages first touched (page faults times the page size), since watching began.",
+            &labels,
+        );
+        let hits = counter(
+            "leakscope_target_probe_hits_total",
+            "Probe hits: the tracer's cost driver.",
+            &["pid", "comm", "probe"],
+        );
+        let drops = counter(
+            "leakscope_target_drops_total",
+            "Records lost, by reason.",
+            &["pid", "comm", "reason"],
+        );
+        let hunts = counter("leakscope_target_hunts_total", "Escalated hunts run.", &labels);
+        for t in &self.targets {
+            let pid = t.pid.to_string();
+            let id = [pid.as_str(), t.comm.as_str()];
+            rss.with_label_values(&id).set(t.rss_bytes as f64);
+            anon.with_label_values(&id).set(t.anon_bytes as f64);
+            file.with_label_values(&id).set(t.file_bytes as f64);
+            limit.with_label_values(&id).set(t.limit_bytes as f64);
+            ratio.with_label_values(&id).set(t.limit_ratio);
+            if let Some(usage) = t.cgroup_usage_bytes {
+                cgroup.with_label_values(&id).set(usage as f64);
+            }
+            if let Some(rate) = t.growth_bytes_per_s {
+                growth.with_label_values(&id).set(rate);
+            }
+            alert
+                .with_label_values(&id)
+                .set(t.alert.map_or(0.0, |s| f64::from(s as u8 + 1)));
+            tier.with_label_values(&id).set(f64::from(t.tier));
+            hunts.with_label_values(&id).inc_by(t.hunts as f64);
+            if t.tier < 2 {
+                continue;
+            }
+            for (kind, bytes) in &t.tracked_bytes {
+                tracked
+                    .with_label_values(&[pid.as_str(), t.comm.as_str(), kind])
+                    .set(*bytes as f64);
+            }
+            faults.with_label_values(&id).inc_by(t.page_faulted_bytes as f64);
+            for (probe, n) in &t.probe_hits {
+                hits.with_label_values(&[pid.as_str(), t.comm.as_str(), probe])
+                    .inc_by(*n as f64);
+            }
+            for (reason, n) in &t.drops {
+                drops
+                    .with_label_values(&[pid.as_str(), t.comm.as_str(), reason])
+                    .inc_by(*n as f64);
+            }
+        }
+        let alerts = counter("leakscope_alerts_total", "Alerts sent, by severity.", &["severity"]);
+        for (severity, n) in &self.alerts_sent {
+            alerts.with_label_values(&[severity]).inc_by(*n as f64);
+        }
+        counter(
+            "leakscope_alerts_suppressed_total",
+            "Alerts held back by --alert-repeat.",
+            &[],
+        )
+        .with_label_values::<&str>(&[])
+        .inc_by(self.alerts_suppressed as f64);
+        let own = |name: &str, help: &str, value: f64| {
+            let g = prometheus::Gauge::with_opts(Opts::new(name, help)).expect("valid metric");
+            g.set(value);
+            registry.register(Box::new(g)).expect("unique metric");
+        };
+        own("leakscope_targets", "Processes watched.", self.targets.len() as f64);
+        own(
+            "leakscope_self_rss_bytes",
+            "leakscope's own resident memory.",
+            self.self_rss_bytes as f64,
+        );
+        let cpu = prometheus::Counter::with_opts(Opts::new(
+            "leakscope_self_cpu_seconds_total",
+            "CPU time leakscope itself used (user + system).",
+        ))
+        .expect("valid metric");
+        cpu.inc_by(self.self_cpu_seconds);
+        registry.register(Box::new(cpu)).expect("unique metric");
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .expect("metrics encode");
+        String::from_utf8(text).expect("metrics are UTF-8")
+    }
+}
