@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod expected;
+pub mod prometheus;
+pub mod webhook;
 
 /// Flags every fixture is built with (the brief fixes them).
 pub const FIXTURE_CFLAGS: &[&str] = &["-O1", "-g", "-fno-omit-frame-pointer", "-pthread"];

@@ -40,6 +40,9 @@ enum Cmd {
         /// Fewer repetitions and shorter runs (under 2 minutes instead of 10)
         #[arg(long)]
         quick: bool,
+        /// Run only this section (its number, e.g. 4 or 2a) and print it, leaving BENCHMARKS.md alone
+        #[arg(long, value_name = "SECTION")]
+        only: Option<String>,
     },
 }
 
@@ -64,7 +67,7 @@ fn try_main() -> Result<ExitCode> {
         }
         Cmd::Demo => return demo::demo(),
         Cmd::Test { args } => test::test(&args)?,
-        Cmd::Bench { quick } => bench::bench(quick)?,
+        Cmd::Bench { quick, only } => bench::bench(quick, only.as_deref())?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,7 @@
 //! step checked first and only done when missing (see shared toolchain notes).
 use std::{
     env, fs,
-    os::unix::fs::symlink,
+    os::unix::fs::{symlink, PermissionsExt as _},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -19,6 +19,7 @@ pub fn setup() -> Result<()> {
     rustfmt_clippy()?;
     gcc()?;
     go()?;
+    prometheus()?;
     node();
     bpf_linker()?;
     tracefs()
@@ -125,6 +126,97 @@ fn go() -> Result<()> {
     installing("go (Debian's golang-go, for go tool pprof)");
     run(Command::new("apt-get").arg("update"))?;
     run(Command::new("apt-get").args(["install", "-y", "golang-go"]))
+}
+
+/// The `watch` tests scrape leakscope with a real Prometheus server and check
+/// its /metrics with `promtool check metrics`: Debian's `prometheus` package
+/// ships both binaries. The tests start their own server (own port, config and
+/// storage), so the package's service must not run: the maintainer script
+/// would start it (`invoke-rc.d` without systemd, as in containers;
+/// `deb-systemd-invoke` with it), leaving a daemon on :9090 that nothing
+/// needs. Both ask `/usr/sbin/policy-rc.d` first, so the install runs under
+/// one that forbids starting services (exit 101, see
+/// /usr/share/doc/init-system-helpers/README.policy-rc.d.gz); whatever
+/// policy-rc.d was there is put back afterwards. `--no-install-recommends`
+/// leaves out prometheus-node-exporter, another daemon (:9100).
+fn prometheus() -> Result<()> {
+    let works = |tool| output(Command::new(tool).arg("--version")).is_ok();
+    if works("prometheus") && works("promtool") {
+        ok("prometheus and promtool");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "prometheus/promtool are missing; install them as root: apt-get update && apt-get install -y --no-install-recommends prometheus"
+        );
+    }
+    installing("prometheus and promtool (Debian's prometheus, its service not started)");
+    run(Command::new("apt-get").arg("update"))?;
+    {
+        let _no_start = NoServiceStart::new()?;
+        run(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "prometheus",
+        ]))?;
+    }
+    // With systemd the unit is still enabled, so it would start at the next
+    // boot: disable it (nothing to do without systemd, e.g. in a container).
+    if Path::new("/run/systemd/system").is_dir() {
+        run(Command::new("systemctl").args(["disable", "--now", "prometheus.service"]))?;
+    }
+    if !(works("prometheus") && works("promtool")) {
+        bail!("the prometheus package is installed, but `prometheus --version` or `promtool --version` fails");
+    }
+    ok("prometheus and promtool");
+    Ok(())
+}
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// While alive, `/usr/sbin/policy-rc.d` forbids every service start; dropping
+/// it restores the previous policy-rc.d (or removes ours if there was none).
+struct NoServiceStart {
+    saved: Option<PathBuf>,
+}
+
+impl NoServiceStart {
+    fn new() -> Result<NoServiceStart> {
+        let policy = Path::new(POLICY_RC_D);
+        let aside = PathBuf::from(format!("{POLICY_RC_D}.leakscope-saved"));
+        // Left over by an interrupted run: the policy-rc.d in place is ours.
+        if aside.symlink_metadata().is_ok() {
+            fs::rename(&aside, policy).with_context(|| format!("cannot restore {POLICY_RC_D}"))?;
+        }
+        let saved = if policy.symlink_metadata().is_ok() {
+            fs::rename(policy, &aside).with_context(|| format!("cannot move {POLICY_RC_D} aside"))?;
+            Some(aside)
+        } else {
+            None
+        };
+        let guard = NoServiceStart { saved };
+        fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while it installs packages\nexit 101\n",
+        )
+        .with_context(|| format!("cannot write {POLICY_RC_D}"))?;
+        fs::set_permissions(policy, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot make {POLICY_RC_D} executable"))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for NoServiceStart {
+    fn drop(&mut self) {
+        let restored = match &self.saved {
+            Some(aside) => fs::rename(aside, POLICY_RC_D),
+            None => fs::remove_file(POLICY_RC_D),
+        };
+        if let Err(e) = restored {
+            eprintln!("warning: cannot restore {POLICY_RC_D}: {e}");
+        }
+    }
 }
 
 /// Only the Node.js tests need node.

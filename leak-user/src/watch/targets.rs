@@ -81,7 +81,23 @@ pub fn selections(args: &WatchArgs) -> Result<Vec<Selection>> {
     if selections.is_empty() {
         bail!("nothing to watch: give -p PID, --comm NAME, --cgroup PATH or a --config with [[target]] entries");
     }
+    for selection in &selections {
+        check_rules(&selection.rules).with_context(|| format!("rules for {:?}", selection.selector))?;
+    }
     Ok(selections)
+}
+
+fn check_rules(rules: &RuleArgs) -> Result<()> {
+    if rules.window.is_zero() {
+        bail!("the window must be longer than 0 s");
+    }
+    if rules.warn_rate > rules.crit_rate {
+        bail!("the warning growth rate is above the critical one");
+    }
+    if rules.warn_limit > rules.crit_limit {
+        bail!("the warning limit % is above the critical one");
+    }
+    Ok(())
 }
 
 fn parse_config(text: &str, defaults: &RuleArgs) -> Result<Vec<Selection>> {
@@ -179,7 +195,7 @@ mod tests {
         RuleArgs {
             window: Duration::from_secs(600),
             warn_rate: 1.0,
-            crit_rate: 2.0,
+            crit_rate: 1e9,
             warn_limit: 80.0,
             crit_limit: 95.0,
         }
@@ -201,7 +217,7 @@ mod tests {
         assert_eq!(selections[0].selector, Selector::Comm("node".into()));
         assert_eq!(selections[0].rules.warn_rate, 5.0 * 1048576.0 / 3600.0);
         assert_eq!(selections[0].rules.window, Duration::from_secs(300));
-        assert_eq!(selections[0].rules.crit_rate, 2.0);
+        assert_eq!(selections[0].rules.crit_rate, 1e9);
         assert_eq!(
             selections[1].selector,
             Selector::Cgroup("/system.slice/db.service".into())
@@ -213,6 +229,9 @@ mod tests {
         assert!(parse_config("[[target]]\npid = 1\ncomm = \"x\"\n", &defaults()).is_err());
         assert!(parse_config("[[target]]\npid = 1\nwarn_rate = \"1MB/week\"\n", &defaults()).is_err());
         assert!(parse_config("[[target]]\npid = 1\nwarn_rat = \"1MB\"\n", &defaults()).is_err());
+        let inverted = parse_config("[[target]]\npid = 1\nwarn_rate = \"2GiB/s\"\n", &defaults()).unwrap();
+        assert!(check_rules(&inverted[0].rules).is_err());
+        assert!(check_rules(&selections[0].rules).is_ok());
     }
 
     #[test]
