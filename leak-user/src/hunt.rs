@@ -500,7 +500,7 @@ fn command_line() -> String {
 
 /// A report frame. In a Node target, code outside every file and absent from
 /// the perf map is JIT code all the same.
-fn frame(f: crate::symbolize::Frame, is_node: bool) -> Frame {
+pub(crate) fn frame(f: crate::symbolize::Frame, is_node: bool) -> Frame {
     let mut frame = Frame::from(f);
     if is_node && frame.function.is_none() && frame.module.is_none() {
         frame.function = Some("[v8 jit]".to_string());

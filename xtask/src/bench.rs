@@ -1565,7 +1565,7 @@ fn clock_ticks() -> Result<f64> {
 
 /// What a watch's /metrics says its tier 2 saw: page faults (counted as
 /// the contract names them, or as bytes faulted in), probe hits and drops,
-/// each summed over its label sets; those it lacks are left out, bar drops.
+/// each summed over its label sets; those it lacks are left out.
 fn tier_two_metrics(metrics: &str) -> String {
     let mut seen = Vec::new();
     if let Some(n) = metric_sum(metrics, "leakscope_target_page_faults_total") {
@@ -1577,9 +1577,13 @@ fn tier_two_metrics(metrics: &str) -> String {
     if let Some(n) = metric_sum(metrics, "leakscope_target_probe_hits_total") {
         seen.push(format!("{n:.0} probe hits"));
     }
-    let drops = metric_sum(metrics, "leakscope_target_drops_total");
-    seen.push(format!("{} drops", drops.map_or("?".into(), |n| format!("{n:.0}"))));
-    seen.join(", ")
+    if let Some(n) = metric_sum(metrics, "leakscope_target_drops_total") {
+        seen.push(format!("{n:.0} drops"));
+    }
+    match seen.is_empty() {
+        true => "no tier-2 series".into(),
+        false => seen.join(", "),
+    }
 }
 
 /// The sum of a metric's samples over all its label sets in Prometheus text

@@ -15,6 +15,7 @@ use crate::{
     attach::{self, Counters, Links, LoadOptions, ProbeSet},
     collect::Collector,
     heap::{Kind, PAGE_SIZE},
+    hunt,
     report::{frame_label, Frame},
     symbolize::Symbolizer,
 };
@@ -53,6 +54,7 @@ pub struct Attribution {
     collector: Collector,
     fault_period: u64,
     faults: HashMap<u64, FaultPath>,
+    is_node: bool,
 }
 
 impl Attribution {
@@ -79,6 +81,7 @@ impl Attribution {
             collector,
             fault_period,
             faults: HashMap::new(),
+            is_node: modules.node.is_some(),
         })
     }
 
@@ -130,7 +133,10 @@ impl Attribution {
                 GrowingPath {
                     bytes_per_s: path.rate,
                     faulted_bytes: path.samples * self.fault_period * PAGE_SIZE,
-                    frames: frames.into_iter().map(|f| frame_text(Frame::from(f))).collect(),
+                    frames: frames
+                        .into_iter()
+                        .map(|f| frame_text(hunt::frame(f, self.is_node)))
+                        .collect(),
                 }
             })
             .collect()

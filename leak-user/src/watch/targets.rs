@@ -166,9 +166,14 @@ fn candidate(proc: &Path, pid: u32, selections: &[Selection]) -> Option<Candidat
         }
     })?;
     let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    let stat = StatFields::parse(&stat)?;
+    // Kernel threads and zombies have no memory of their own to watch.
+    if stat.kernel_thread || stat.zombie {
+        return None;
+    }
     Some(Candidate {
         comm,
-        start_ticks: start_ticks(&stat)?,
+        start_ticks: stat.start_ticks,
         selection,
     })
 }
@@ -178,11 +183,29 @@ fn in_cgroup(path: &str, wanted: &str) -> bool {
     path == wanted || wanted.is_empty() || path.strip_prefix(wanted).is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// Field 22 of /proc/PID/stat (starttime), counted after the `(comm)`, which
-/// may itself contain spaces and parentheses.
-fn start_ticks(stat: &str) -> Option<u64> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+/// PF_KTHREAD in the flags of /proc/PID/stat.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The fields of /proc/PID/stat that matter here.
+#[derive(Debug, PartialEq)]
+struct StatFields {
+    zombie: bool,
+    kernel_thread: bool,
+    /// starttime, in clock ticks since boot.
+    start_ticks: u64,
+}
+
+impl StatFields {
+    /// Fields are counted after the `(comm)`, which may itself contain
+    /// spaces and parentheses: state is field 3, flags 9, starttime 22.
+    fn parse(stat: &str) -> Option<StatFields> {
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        Some(StatFields {
+            zombie: matches!(*fields.first()?, "Z" | "X"),
+            kernel_thread: fields.get(6)?.parse::<u64>().ok()? & PF_KTHREAD != 0,
+            start_ticks: fields.get(19)?.parse().ok()?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -270,6 +293,21 @@ mod tests {
         assert!(!in_cgroup("/system.slicer/a", "/system.slice"));
         assert!(in_cgroup("/anything", "/"));
         let stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(start_ticks(stat), Some(987654));
+        let fields = StatFields::parse(stat).unwrap();
+        assert_eq!(
+            fields,
+            StatFields {
+                zombie: false,
+                kernel_thread: false,
+                start_ticks: 987654
+            }
+        );
+        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0";
+        assert!(StatFields::parse(kthread).unwrap().kernel_thread);
+        assert!(
+            StatFields::parse("7 (z) Z 1 7 7 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0")
+                .unwrap()
+                .zombie
+        );
     }
 }
