@@ -207,3 +207,65 @@ impl Status {
         String::from_utf8(text).expect("metrics are UTF-8")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(pid: u32, tier: u8) -> TargetStatus {
+        TargetStatus {
+            pid,
+            comm: "svc".into(),
+            status: "leaking",
+            alert: Some(Severity::Critical),
+            tier,
+            rss_bytes: 4096,
+            anon_bytes: 2048,
+            file_bytes: 2048,
+            cgroup_usage_bytes: None,
+            limit_bytes: 8192,
+            limit_ratio: 0.5,
+            growth_bytes_per_s: Some(12.5),
+            tracked_bytes: [("brk", 1024)].into_iter().collect(),
+            page_faulted_bytes: 8192,
+            probe_hits: [("page-faults", 2)].into_iter().collect(),
+            drops: [("ring_buffer_full", 0)].into_iter().collect(),
+            hunts: 1,
+            reports: vec![],
+            last_alert: None,
+            growing_paths: vec![],
+        }
+    }
+
+    #[test]
+    fn metrics_name_every_target() {
+        let status = Status {
+            status: "ok",
+            targets: vec![target(1, 2), target(2, 1)],
+            alerts_sent: [("critical", 3)].into_iter().collect(),
+            ..Status::default()
+        };
+        let text = status.metrics_text();
+        for line in [
+            r#"leakscope_target_rss_bytes{comm="svc",pid="1"} 4096"#,
+            r#"leakscope_target_rss_bytes{comm="svc",pid="2"} 4096"#,
+            r#"leakscope_target_alert_state{comm="svc",pid="1"} 2"#,
+            r#"leakscope_target_growth_bytes_per_second{comm="svc",pid="1"} 12.5"#,
+            r#"leakscope_target_tracked_bytes{comm="svc",kind="brk",pid="1"} 1024"#,
+            r#"leakscope_target_page_faulted_bytes_total{comm="svc",pid="1"} 8192"#,
+            r#"leakscope_target_drops_total{comm="svc",pid="1",reason="ring_buffer_full"} 0"#,
+            r#"leakscope_alerts_total{severity="critical"} 3"#,
+            "leakscope_targets 2",
+            "# TYPE leakscope_self_cpu_seconds_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+        }
+        assert!(
+            !text.contains(r#"leakscope_target_tracked_bytes{comm="svc",kind="brk",pid="2"}"#),
+            "tier 1 has no probe figures"
+        );
+        let health: serde_json::Value = serde_json::from_str(&status.health_json()).unwrap();
+        assert_eq!(health["targets"][0]["status"], "leaking");
+        assert_eq!(health["targets"][0]["alert"], "critical");
+    }
+}

@@ -133,19 +133,27 @@ fn parse_config(text: &str, defaults: &RuleArgs) -> Result<Vec<Selection>> {
 /// Every live process some selection picks (never leakscope itself), by PID.
 pub fn scan(selections: &[Selection]) -> BTreeMap<u32, Candidate> {
     let own = std::process::id();
-    let mut found = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
+    // PIDs alone need no walk over every process.
+    let pids: Vec<u32> = match selections
+        .iter()
+        .map(|s| match s.selector {
+            Selector::Pid(pid) => Some(pid),
+            _ => None,
+        })
+        .collect::<Option<Vec<u32>>>()
+    {
+        Some(pids) => pids,
+        None => std::fs::read_dir("/proc")
+            .map(|dir| {
+                dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
-    for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-        if pid == own {
-            continue;
-        }
-        if let Some(candidate) = candidate(Path::new("/proc"), pid, selections) {
-            found.insert(pid, candidate);
-        }
-    }
-    found
+    pids.into_iter()
+        .filter(|&pid| pid != own)
+        .filter_map(|pid| Some((pid, candidate(Path::new("/proc"), pid, selections)?)))
+        .collect()
 }
 
 fn candidate(proc: &Path, pid: u32, selections: &[Selection]) -> Option<Candidate> {
