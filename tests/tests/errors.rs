@@ -135,3 +135,32 @@ fn usage_without_target() {
     let out = run_leakscope(&["hunt"], ERROR_TIMEOUT, "usage");
     assert_eq!(out.status.code(), Some(2), "usage error\n{}", out.describe());
 }
+
+/// `watch` refuses what it cannot do before it starts: a PID that does not
+/// exist, no target at all, a webhook it cannot reach, a port in use.
+#[test]
+fn watch_refuses_bad_input() {
+    let reports = scratch_dir("watch-errors");
+    let reports = reports.to_str().unwrap();
+    let watch = |args: &[&str], label: &str| {
+        let mut argv = vec!["watch", "--reports", reports];
+        argv.extend_from_slice(args);
+        run_leakscope(&argv, ERROR_TIMEOUT, label)
+    };
+    let out = watch(&["-p", "4194304"], "watch-no-pid");
+    assert_one_error(&out, Some(2), Some("no process with PID 4194304"));
+    let out = watch(&[], "watch-nothing");
+    assert_one_error(&out, Some(2), Some("nothing to watch"));
+    let own = std::process::id().to_string();
+    let out = watch(&["-p", &own, "--webhook", "https://example.com/hook"], "watch-https");
+    assert_one_error(&out, Some(2), Some("only http://"));
+    let out = watch(
+        &["-p", &own, "--warn-rate", "2MiB/s", "--crit-rate", "1MiB/s"],
+        "watch-rates",
+    );
+    assert_one_error(&out, Some(2), Some("warning growth rate is above the critical one"));
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = busy.local_addr().unwrap().to_string();
+    let out = watch(&["-p", &own, "--listen", &address], "watch-port-in-use");
+    assert_one_error(&out, Some(2), Some(&format!("cannot listen on {address}")));
+}

@@ -55,6 +55,20 @@ const GROWING_PATHS: usize = 5;
 
 pub fn run(args: &WatchArgs) -> Result<()> {
     let selections = targets::selections(args)?;
+    for selection in &selections {
+        if let targets::Selector::Pid(pid) = selection.selector {
+            anyhow::ensure!(
+                std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                "no process with PID {pid}"
+            );
+        }
+    }
+    if let Some(url) = &args.webhook {
+        anyhow::ensure!(
+            url.starts_with("http://"),
+            "--webhook {url}: only http:// URLs are supported (put a local relay in front of https endpoints)"
+        );
+    }
     if !args.no_probes {
         preflight::check()?;
     }
