@@ -24,6 +24,9 @@ use crate::{
 const RING_BUFFER_BYTES: u32 = 4 << 20;
 /// Stacks the kernel side remembers as sent, and distinct fault stacks counted.
 const MAX_STACKS: u32 = 16 * 1024;
+/// Fault stacks counted before the coldest half is dropped from the kernel's
+/// map, so that new code paths always find room in a daemon running for weeks.
+const PRUNE_FAULT_STACKS_AT: usize = MAX_STACKS as usize * 3 / 4;
 /// Stacks kept in user space before the session is started afresh: the
 /// daemon's memory stays bounded however many code paths a target runs.
 const MAX_KNOWN_STACKS: usize = 64 * 1024;
@@ -54,6 +57,8 @@ pub struct Attribution {
     collector: Collector,
     fault_period: u64,
     faults: HashMap<u64, FaultPath>,
+    /// Samples of the stacks pruned from `faults`.
+    pruned_samples: u64,
     is_node: bool,
 }
 
@@ -81,6 +86,7 @@ impl Attribution {
             collector,
             fault_period,
             faults: HashMap::new(),
+            pruned_samples: 0,
             is_node: modules.node.is_some(),
         })
     }
@@ -110,6 +116,23 @@ impl Attribution {
             let new_bytes = samples.saturating_sub(path.samples) * self.fault_period * PAGE_SIZE;
             path.samples = samples;
             path.rate += (1.0 - keep) * new_bytes as f64 / dt_s.max(1e-3);
+        }
+        if self.faults.len() > PRUNE_FAULT_STACKS_AT {
+            self.prune_coldest_half()?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the half of the fault stacks growing slowest, here and in the
+    /// kernel. Faults counted between the read above and the removal are lost.
+    fn prune_coldest_half(&mut self) -> Result<()> {
+        let mut by_rate: Vec<(u64, f64)> = self.faults.iter().map(|(&stack, p)| (stack, p.rate)).collect();
+        by_rate.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let mut map: PerCpuHashMap<&mut MapData, u64, u64> =
+            PerCpuHashMap::try_from(self.ebpf.map_mut("FAULT_STACKS").context("FAULT_STACKS map missing")?)?;
+        for &(stack, _) in &by_rate[..by_rate.len() / 2] {
+            let _ = map.remove(&stack);
+            self.pruned_samples += self.faults.remove(&stack).map_or(0, |p| p.samples);
         }
         Ok(())
     }
@@ -144,7 +167,7 @@ impl Attribution {
 
     /// Pages first touched since watching began, in bytes.
     pub fn faulted_bytes(&self) -> u64 {
-        self.faults.values().map(|p| p.samples).sum::<u64>() * self.fault_period * PAGE_SIZE
+        (self.pruned_samples + self.faults.values().map(|p| p.samples).sum::<u64>()) * self.fault_period * PAGE_SIZE
     }
 
     /// Memory held by what the probes see: `mmap`, `brk`, and for Node `v8_heap`.
