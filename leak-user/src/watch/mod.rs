@@ -145,15 +145,8 @@ impl<'a> Daemon<'a> {
     }
 
     async fn run(mut self) -> Result<()> {
-        let listener = tokio::net::TcpListener::bind(self.args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", self.args.listen))?;
-        let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, server::router(self.status.clone())).with_graceful_shutdown(async {
-            let _ = server_stopped.await;
-        });
-        let server = tokio::spawn(async move { server.await });
-        eprintln!("leakscope: watch listening on http://{}", self.args.listen);
+        let server = server::Server::start(self.args.listen, self.status.clone())?;
+        eprintln!("leakscope: watch listening on http://{}", server.address);
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut round = tokio::time::interval(self.args.interval.max(Duration::from_millis(100)));
@@ -169,8 +162,7 @@ impl<'a> Daemon<'a> {
             }
         }
         eprintln!("leakscope: stopping: detaching from {} processes", self.watched.len());
-        let _ = stop_server.send(());
-        let _ = server.await;
+        server.stop();
         let pids: Vec<u32> = self.watched.keys().copied().collect();
         for pid in pids {
             self.forget(pid);
