@@ -159,6 +159,9 @@ pub enum EventOp {
     Stack = 12,
     /// brk succeeded: `addr` is the new program break (a `SiteEvent`).
     Brk = 13,
+    /// The first page fault counted for stack `stack`: a `SiteEvent`, whose
+    /// stack window lets user space recover the callers the walk skipped.
+    FaultStack = 14,
 }
 
 impl EventOp {
@@ -177,6 +180,7 @@ impl EventOp {
             11 => EventOp::Teardown,
             12 => EventOp::Stack,
             13 => EventOp::Brk,
+            14 => EventOp::FaultStack,
             _ => return None,
         })
     }

@@ -7,7 +7,6 @@
 //! nest within a thread, so the pending state is keyed by thread id alone.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
     macros::{map, tracepoint},
     maps::HashMap,
     programs::TracePointContext,
@@ -16,7 +15,7 @@ use leak_common::{counter, DropReason, EventOp, HeapEvent, Probe, FLAG_ALLOCATOR
 
 use crate::{
     libc_alloc::inside_allocator,
-    shared::{count, count_drop, emit, emit_site_event, now_ns, target_tid},
+    shared::{count, count_drop, emit, emit_site_event, now_ns, target_tid, user_sp},
 };
 
 #[repr(C)]
@@ -41,22 +40,11 @@ const RET: usize = 16;
 const MAP_ANONYMOUS: u64 = 0x20;
 /// The heap above the program break is readable and writable.
 const PROT_READ_WRITE: u8 = 3;
-/// Offset of `sp` in x86-64 `struct pt_regs`.
-const PT_REGS_SP: usize = 19 * 8;
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
     // SAFETY: reads within the tracepoint record.
     unsafe { ctx.read_at::<u64>(ARG0 + 8 * n) }.unwrap_or(0)
-}
-
-#[inline(always)]
-fn user_sp() -> u64 {
-    // SAFETY: the helpers return the current task and its saved user registers.
-    unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-        bpf_probe_read_kernel(regs.add(PT_REGS_SP) as *const u64).unwrap_or(0)
-    }
 }
 
 #[inline(always)]

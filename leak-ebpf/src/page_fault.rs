@@ -9,9 +9,9 @@ use aya_ebpf::{
     maps::PerCpuHashMap,
     programs::PerfEventContext,
 };
-use leak_common::{counter, DropReason, Probe};
+use leak_common::{counter, DropReason, EventOp, Probe};
 
-use crate::shared::{count, count_drop, target_tid, user_stack};
+use crate::shared::{count, count_drop, emit_site_event, event_now, target_tid, user_sp, user_stack};
 
 /// Samples per user stack (content hash, as in `StackRecord`), per CPU so
 /// that no atomics are needed; each sample stands for the perf event's sample
@@ -21,9 +21,7 @@ static FAULT_STACKS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(1
 
 #[perf_event]
 pub fn page_fault(ctx: PerfEventContext) -> u32 {
-    if target_tid().is_none() {
-        return 0;
-    }
+    let Some(tid) = target_tid() else { return 0 };
     count(counter::entry_hits(Probe::PageFault));
     let stack = user_stack(&ctx);
     if stack == 0 {
@@ -35,7 +33,12 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
         None => {
             if FAULT_STACKS.insert(&stack, &1, 0).is_err() {
                 count_drop(DropReason::FaultStacksFull);
+                return 0;
             }
+            // Once per stack: the window that recovers the callers a
+            // frame-pointer walk skips (a first touch inside memset).
+            let first = event_now(EventOp::FaultStack, Probe::PageFault, tid);
+            emit_site_event(&ctx, first, user_sp());
         }
     }
     0

@@ -1,7 +1,10 @@
 //! Maps and helpers used by every probe family.
 
 use aya_ebpf::{
-    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+    },
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
     EbpfContext,
@@ -33,6 +36,19 @@ static STACK_SCRATCH: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(1
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
 
 const BPF_F_USER_STACK: u64 = 1 << 8;
+/// Offset of `sp` in x86-64 `struct pt_regs`.
+const PT_REGS_SP: usize = 19 * 8;
+
+/// The user stack pointer of the current thread, as saved when it entered
+/// the kernel (a syscall, or a page fault taken in user or kernel mode).
+#[inline(always)]
+pub fn user_sp() -> u64 {
+    // SAFETY: the helpers return the current task and its saved user registers.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        bpf_probe_read_kernel(regs.add(PT_REGS_SP) as *const u64).unwrap_or(0)
+    }
+}
 
 /// Which probed function fired: the cookie set at attach, so one program can
 /// serve several functions with the same signature.

@@ -10,7 +10,7 @@ use crate::{
     heap::{charged_size, sample_weight, Heap, Kind, SiteKey},
     node::NodeStats,
     report::PROT_UNKNOWN,
-    symbolize::{FramelessUnwinder, ProcessModules},
+    symbolize::{FramelessUnwinder, ProcessModules, MAX_SKIPPED},
 };
 
 /// PROT_EXEC: a file mapped executable is a library or JIT image to symbolize.
@@ -39,6 +39,9 @@ pub struct Collector {
     unwinder: FramelessUnwinder,
     /// The program break as last seen (`watch`); brk events move it.
     program_break: Option<u64>,
+    /// Callers a frame-pointer walk skipped, per page-fault stack (`watch`),
+    /// recovered from the window of the first fault counted for the stack.
+    fault_callers: HashMap<u64, [u64; MAX_SKIPPED]>,
 }
 
 impl Collector {
@@ -57,6 +60,7 @@ impl Collector {
             modules_changed: true,
             unwinder: FramelessUnwinder::default(),
             program_break: None,
+            fault_callers: HashMap::new(),
         }
     }
 
@@ -103,8 +107,18 @@ impl Collector {
                 self.node = NodeStats::default();
                 self.torn_down_at = None;
                 self.program_break = None;
+                self.fault_callers.clear();
                 self.execs += 1;
                 self.modules_changed = true;
+            }
+            EventOp::FaultStack => {
+                let Some(site_event) = read_record::<SiteEvent>(record) else {
+                    self.malformed += 1;
+                    return;
+                };
+                // Frame 0 is the faulting instruction itself.
+                let skipped = self.skipped_callers(&site_event, false);
+                self.fault_callers.insert(e.stack, skipped);
             }
             EventOp::Alloc | EventOp::Realloc | EventOp::Map | EventOp::Remap | EventOp::Brk => {
                 let Some(site_event) = read_record::<SiteEvent>(record) else {
@@ -164,14 +178,40 @@ impl Collector {
             key.stack = 0;
             return self.heap.intern(key);
         }
-        if let Some(&frame0) = self.stack(event.stack).and_then(|s| s.first()) {
-            self.refresh_modules_if_changed();
-            // Heap stacks are taken at the return probe: frame 0 is a return address.
-            key.skipped_callers =
-                self.unwinder
-                    .skipped_callers(&self.modules, frame0, heap, site_event.sp, &site_event.stack_window);
-        }
+        // Heap stacks are taken at the return probe: frame 0 is a return address.
+        key.skipped_callers = self.skipped_callers(site_event, heap);
         self.heap.intern(key)
+    }
+
+    /// The return addresses the frame-pointer walk of `site_event`'s stack
+    /// skipped, recovered from its stack window (zero-padded).
+    fn skipped_callers(&mut self, site_event: &SiteEvent, frame0_returns: bool) -> [u64; MAX_SKIPPED] {
+        let Some(&frame0) = self.stack(site_event.heap.stack).and_then(|s| s.first()) else {
+            return [0; MAX_SKIPPED];
+        };
+        self.refresh_modules_if_changed();
+        self.unwinder.skipped_callers(
+            &self.modules,
+            frame0,
+            frame0_returns,
+            site_event.sp,
+            &site_event.stack_window,
+        )
+    }
+
+    /// The frames of a stack with the callers the walk skipped put back
+    /// after frame 0, innermost first; empty when the stack was lost.
+    pub fn completed_stack(&self, hash: u64, skipped: &[u64; MAX_SKIPPED]) -> Vec<u64> {
+        let mut addrs = self.stack(hash).unwrap_or_default().to_vec();
+        if !addrs.is_empty() {
+            addrs.splice(1..1, skipped.iter().copied().filter(|&a| a != 0));
+        }
+        addrs
+    }
+
+    /// A page-fault stack, completed as `completed_stack` does.
+    pub fn fault_stack(&self, hash: u64) -> Vec<u64> {
+        self.completed_stack(hash, self.fault_callers.get(&hash).unwrap_or(&[0; MAX_SKIPPED]))
     }
 
     /// Where the program break is before any brk event is seen: the end of

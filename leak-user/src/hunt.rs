@@ -345,11 +345,7 @@ fn build_report(
         .iter()
         .map(|(&id, t)| {
             let key = collector.heap.site(id);
-            let mut addrs: Vec<u64> = collector.stack(key.stack).unwrap_or_default().to_vec();
-            if !addrs.is_empty() {
-                let skipped = key.skipped_callers.iter().copied().filter(|&a| a != 0);
-                addrs.splice(1..1, skipped);
-            }
+            let addrs = collector.completed_stack(key.stack, &key.skipped_callers);
             // Heap stacks are taken at the return probe: frame 0 is a return address too.
             let frames = symbolizer.symbolize(&collector.modules, &addrs, key.kind == Kind::Malloc);
             let series = timeline.site_series(id);

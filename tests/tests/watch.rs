@@ -972,3 +972,44 @@ fn metrics_parser_reads_labels_and_values() {
     assert!(s[1].labels.is_empty());
     assert_eq!(s[2].value, f64::INFINITY);
 }
+
+/// Pages first touched inside libc's `memset` (no frame pointer): the
+/// frame-pointer walk from the fault skips the function that called it, and
+/// the growing path must still name it, right after `memset`.
+#[test]
+fn growing_path_names_the_caller_of_memset() {
+    let fixture = build_fixture("late_leak", &[]);
+    let leaker = Fixture::start(&fixture, "zeroed", 0, 1024);
+    let mut watch = Watch::start(&[
+        "-p".into(),
+        leaker.pid().to_string(),
+        "--interval".into(),
+        "0.5".into(),
+        "--escalate-on".into(),
+        "never".into(),
+        "--reports".into(),
+        scratch_dir("watch-memset").display().to_string(),
+    ]);
+    let found = poll(SCAN_TIMEOUT, || {
+        let health = watch.health()?;
+        let target = health_of(&health, leaker.pid()).ok_or("the leaker is not in /health")?;
+        let paths = target["growing_paths"].as_array().cloned().unwrap_or_default();
+        let frames = |p: &Value| -> Vec<String> {
+            p["frames"]
+                .as_array()
+                .map(|f| f.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
+                .unwrap_or_default()
+        };
+        paths
+            .iter()
+            .map(frames)
+            .find(|f| f.first().is_some_and(|f| f.contains("memset")))
+            .ok_or_else(|| format!("no path starts in memset: {paths:?}"))
+    });
+    let frames = found.unwrap_or_else(|why| panic!("{why}\n{}", watch.context()));
+    assert!(
+        frames.get(1).is_some_and(|f| f.starts_with("leak_zeroed ")),
+        "the caller of memset is recovered: {frames:?}"
+    );
+    assert!(watch.terminate().success(), "{}", watch.context());
+}

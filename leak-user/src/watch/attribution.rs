@@ -150,9 +150,9 @@ impl Attribution {
             .into_iter()
             .take(n)
             .map(|(&stack, path)| {
-                let addrs = self.collector.stack(stack).unwrap_or_default();
+                let addrs = self.collector.fault_stack(stack);
                 // Frame 0 is the faulting instruction, not a return address.
-                let frames = symbolizer.symbolize(&self.collector.modules, addrs, false);
+                let frames = symbolizer.symbolize(&self.collector.modules, &addrs, false);
                 GrowingPath {
                     bytes_per_s: path.rate,
                     faulted_bytes: path.samples * self.fault_period * PAGE_SIZE,
