@@ -52,6 +52,8 @@ use crate::{
 const DRAIN_PERIOD: Duration = Duration::from_millis(250);
 /// Growing code paths kept per target.
 const GROWING_PATHS: usize = 5;
+/// Report directories listed per target in /health (the newest).
+const REPORTS_LISTED: usize = 16;
 
 pub fn run(args: &WatchArgs) -> Result<()> {
     let selections = targets::selections(args)?;
@@ -373,6 +375,9 @@ impl<'a> Daemon<'a> {
         if let Some(watched) = watched {
             watched.hunting = false;
             if let Ok(dir) = done.result {
+                if watched.reports.len() == REPORTS_LISTED {
+                    watched.reports.remove(0);
+                }
                 watched.reports.push(dir);
             }
         }
