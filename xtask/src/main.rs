@@ -37,7 +37,7 @@ enum Cmd {
     },
     /// Set up, build, then measure leakscope's costs against untraced runs and peers; writes BENCHMARKS.md (as root)
     Bench {
-        /// Fewer repetitions and shorter runs (under 2 minutes instead of 10)
+        /// Fewer repetitions and shorter runs (about 2 minutes instead of 9)
         #[arg(long)]
         quick: bool,
         /// Run only this section (its number, e.g. 4 or 2a) and print it, leaving BENCHMARKS.md alone

@@ -102,7 +102,6 @@ impl Attribution {
     /// average over about `window_s`.
     pub fn update(&mut self, dt_s: f64, window_s: f64) -> Result<()> {
         self.drain();
-        self.collector.refresh_modules();
         let map: PerCpuHashMap<&MapData, u64, u64> =
             PerCpuHashMap::try_from(self.ebpf.map("FAULT_STACKS").context("FAULT_STACKS map missing")?)?;
         let keep = (-dt_s / window_s.max(dt_s)).exp();
