@@ -566,6 +566,8 @@ fn leak_is_alerted_and_escalated_steady_is_not() {
     let steady_path = alias(&fixture, &dir, &steady_comm);
     let reports = dir.join("reports");
     let hook = Webhook::start();
+    // The alert command appends each alert's JSON (its stdin) here.
+    let alerts_file = dir.join("alerts-from-command.json");
 
     // Watch first, by comm: the fixtures are picked up at a scan, quiet,
     // and the leak starts while watched.
@@ -590,6 +592,8 @@ fn leak_is_alerted_and_escalated_steady_is_not() {
         reports.display().to_string(),
         "--webhook".into(),
         hook.url("/hook"),
+        "--alert-command".into(),
+        format!("cat >> {}", alerts_file.display()),
     ]);
     // No series of the leaker can start before it does.
     let leaker_spawned = Instant::now();
@@ -631,6 +635,20 @@ fn leak_is_alerted_and_escalated_steady_is_not() {
             alert_at.duration_since(leaker_spawned)
         )
     });
+
+    // The alert command got the same alert on its stdin (it runs after the webhook).
+    let from_command = poll(Duration::from_secs(10), || {
+        let text = fs::read_to_string(&alerts_file).map_err(|e| e.to_string())?;
+        serde_json::Deserializer::from_str(&text)
+            .into_iter::<Value>()
+            .filter_map(Result::ok)
+            .find(|a| a["at"] == alert["at"] && is_leak_alert(a))
+            .ok_or_else(|| format!("not among the command's alerts yet: {text}"))
+    });
+    match from_command {
+        Ok(a) => v.check(a == alert, || format!("the command got {a}, the webhook {alert}")),
+        Err(why) => v.check(false, || format!("--alert-command: {why}")),
+    }
 
     // The escalated hunt writes its report directory.
     let prefix = format!("leakscope: hunt of PID {lp} written to ");
