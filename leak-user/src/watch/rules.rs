@@ -13,6 +13,9 @@ use crate::{analyze::theil_sen_slope, cli::RuleArgs};
 /// The part of the window a series must span before its rate is judged
 /// (a little slack for the first samples, taken on a timer).
 const WINDOW_COVERED: f64 = 0.95;
+/// Samples per window that the rate is fitted to, at most (Theil–Sen takes
+/// every pair: 120 points are 7,140 slopes).
+const MAX_FIT_POINTS: usize = 120;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -64,7 +67,16 @@ impl GrowthSeries {
     /// Adds a sample at `t_s` seconds and forgets the samples before the
     /// window, except the last of them: with samples on a jittery timer, the
     /// series then always spans the whole window.
+    /// Past `MAX_FIT_POINTS` per window the newest sample replaces the
+    /// previous one instead of adding to the series: the fit, done every
+    /// round, costs the same at any --interval.
     pub fn push(&mut self, t_s: f64, bytes: u64, window_s: f64) {
+        let spacing = window_s / MAX_FIT_POINTS as f64;
+        // The newest point stays provisional until it is `spacing` past the one before.
+        let len = self.points.len();
+        if len >= 2 && self.points[len - 1].0 - self.points[len - 2].0 < spacing {
+            self.points.pop_back();
+        }
         self.points.push_back((t_s, bytes as f64));
         while self.points.get(1).is_some_and(|&(t, _)| t <= t_s - window_s) {
             self.points.pop_front();
@@ -194,6 +206,19 @@ mod tests {
         series.push(70.6 + 0.5, 1_000_000 + 2000 * 71, 60.0);
         assert!(series.rate(60.0).is_some());
         assert!(series.points.front().unwrap().0 <= 71.1 - 60.0);
+    }
+
+    #[test]
+    fn dense_samples_are_thinned_to_a_bounded_fit() {
+        let mut series = GrowthSeries::default();
+        for i in 0..=6000 {
+            let t = f64::from(i) * 0.1;
+            series.push(t, 1000 + (t * 500.0) as u64, 60.0);
+        }
+        assert!(series.points.len() <= MAX_FIT_POINTS + 2, "{}", series.points.len());
+        assert_eq!(series.points.back().unwrap().0, 600.0, "the newest sample is kept");
+        let rate = series.rate(60.0).unwrap();
+        assert!((rate - 500.0).abs() < 1.0, "{rate}");
     }
 
     #[test]
