@@ -218,6 +218,8 @@ const WATCH_NODE_PROBES: &[Probe] = &[
 ];
 
 const RETURN_PROGRAM: &str = "alloc_return";
+/// Code read per probed function, for placement: more than any prologue decoded.
+const PROLOGUE_BYTES: usize = 64;
 const SYSCALL_PROBES: &[(Probe, &str)] = &[
     (Probe::Mmap, "mmap"),
     (Probe::Munmap, "munmap"),
@@ -415,7 +417,12 @@ struct FunctionCode {
 /// The named functions of `elf` (from .dynsym and .symtab), with their code.
 /// The functions of `elf` (from .dynsym and .symtab) matching `specs`, by spec symbol.
 fn find_functions(elf: &Path, specs: &[ProbeSpec]) -> Result<BTreeMap<&'static str, FunctionCode>> {
-    let data = fs::read(elf).with_context(|| format!("cannot read {}", elf.display()))?;
+    // Mapped, not read: node is a 100 MB file, of which only the symbol
+    // tables (17 MB) and a few prologues are touched, so only they take memory.
+    let handle = fs::File::open(elf).with_context(|| format!("cannot read {}", elf.display()))?;
+    // SAFETY: a read-only private mapping; a file truncated meanwhile could
+    // fault, which executables and libraries in use are not.
+    let data = unsafe { memmap2::Mmap::map(&handle) }.with_context(|| format!("cannot map {}", elf.display()))?;
     let file = object::File::parse(&*data).map_err(|e| anyhow!("{} is not a valid ELF file: {e}", elf.display()))?;
     let mut found = BTreeMap::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
@@ -439,7 +446,7 @@ fn find_functions(elf: &Path, specs: &[ProbeSpec]) -> Result<BTreeMap<&'static s
         let file_offset = vaddr - segment.address() + segment_offset;
         let start = file_offset as usize;
         let code = data
-            .get(start..(start + 64).min(data.len()))
+            .get(start..(start + PROLOGUE_BYTES).min(data.len()))
             .unwrap_or_default()
             .to_vec();
         found.insert(
