@@ -20,5 +20,6 @@ pub mod preflight;
 pub mod report;
 pub mod symbolize;
 pub mod target;
+pub mod target_files;
 pub mod timeline;
 pub mod watch;

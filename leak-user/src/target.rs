@@ -15,6 +15,7 @@ use anyhow::{bail, Context as _, Result};
 use nix::{
     sys::{
         ptrace,
+        signal::Signal,
         wait::{waitpid, WaitPidFlag, WaitStatus},
     },
     unistd::Pid,
@@ -160,10 +161,19 @@ impl Launched {
                     at_exit();
                     let _ = ptrace::cont(pid, None);
                 }
-                // A group-stop (SIGSTOP, SIGTSTP): stay stopped, as without us.
-                Ok(WaitStatus::PtraceEvent(..)) => {
+                // A group-stop (SIGSTOP, SIGTSTP, ...): stay stopped, as without
+                // us, but keep listening for SIGCONT.
+                Ok(WaitStatus::PtraceEvent(_, signal, event))
+                    if event == libc::PTRACE_EVENT_STOP && is_stop_signal(signal) =>
+                {
                     // SAFETY: PTRACE_LISTEN on our stopped tracee; no pointers.
                     unsafe { libc::ptrace(libc::PTRACE_LISTEN, pid.as_raw(), 0, 0) };
+                }
+                // The stop that ends a group-stop (SIGCONT arrived, reported
+                // with SIGTRAP) or any other event: run on. Listening here too
+                // would keep the child stopped after SIGCONT.
+                Ok(WaitStatus::PtraceEvent(..)) => {
+                    let _ = ptrace::cont(pid, None);
                 }
                 // A signal on its way to the child: deliver it.
                 Ok(WaitStatus::Stopped(_, signal)) => {
@@ -189,6 +199,13 @@ impl Launched {
         };
         let _ = ptrace::detach(pid, pending);
     }
+}
+
+fn is_stop_signal(signal: Signal) -> bool {
+    matches!(
+        signal,
+        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+    )
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {

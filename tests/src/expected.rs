@@ -96,6 +96,11 @@ pub fn churn() -> Vec<Expect> {
 pub const CHURN_MALLOCS: u64 = 200_003;
 pub const CHURN_FREES: u64 = 200_000;
 
+/// `ticker.c`.
+pub fn ticker() -> Vec<Expect> {
+    vec![Expect::heap("tick", "tick", "malloc", 40 * 2000, &[40])]
+}
+
 /// `exitcode.c`.
 pub fn exitcode() -> Vec<Expect> {
     vec![Expect::heap("exit_leak", "leak_before_exit", "malloc", 3333, &[1])]

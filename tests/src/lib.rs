@@ -454,11 +454,17 @@ impl Attach {
 /// its "attached" line, SIGUSR1 the fixture, read "done", end as `stop` says,
 /// then stop the fixture (SIGTERM) and parse F.
 pub fn run_attach(fixture: &Path, hunt_args: &[&str], stop: Stop) -> Attach {
+    run_attach_command(Command::new(fixture), hunt_args, stop)
+}
+
+/// [`run_attach`] for a fixture command prepared by the caller (its
+/// environment, its user).
+pub fn run_attach_command(mut cmd: Command, hunt_args: &[&str], stop: Stop) -> Attach {
+    let fixture = PathBuf::from(cmd.get_program());
     let name = fixture.file_name().unwrap().to_string_lossy().into_owned();
     let dir = scratch_dir(&format!("attach-{name}"));
     let report_path = dir.join("report.json");
 
-    let mut cmd = Command::new(fixture);
     cmd.arg("--wait").stdin(Stdio::null()).stdout(Stdio::piped());
     let mut target = Proc::spawn(cmd, &format!("fixture {name}"));
     let target_out = target.take_stdout();

@@ -3,12 +3,13 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::{fd::AsRawFd, unix::fs::MetadataExt as _};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use super::{cfi::Cfi, perfmap::PerfMap};
+use crate::target_files::{open_in_root, Owner};
 
 /// An ELF file mapped by the target.
 pub(super) struct ModuleFile {
@@ -22,14 +23,26 @@ pub(super) struct ModuleFile {
 }
 
 impl ModuleFile {
-    fn open(pid: u32, range: &str, path: &str) -> Option<Self> {
+    fn open(pid: u32, entry: &MapsEntry<'_>) -> Option<Self> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         // map_files/ yields exactly the mapped inode, even if the file was
-        // since replaced or deleted; the root/ path is the fallback when that
-        // directory is not accessible. Both work across mount namespaces.
-        let file = File::open(format!("/proc/{pid}/map_files/{range}"))
-            .or_else(|_| File::open(format!("/proc/{pid}/root{path}")))
-            .map_err(|err| log::debug!("cannot open {path} of pid {pid}: {err}"))
+        // since replaced or deleted. The path is the fallback when that
+        // entry is gone; the target may have swapped a symlink or another
+        // file in since it mapped it, hence the rules of target_files and the
+        // inode check. Both work across mount namespaces.
+        let file = File::open(format!("/proc/{pid}/map_files/{}", entry.range))
+            .and_then(|file| match file.metadata()?.file_type().is_file() {
+                true => Ok(file),
+                false => Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")),
+            })
+            .or_else(|_| {
+                let file = open_in_root(pid, entry.path, Owner::Any)?;
+                match file.metadata()?.ino() == entry.inode {
+                    true => Ok(file),
+                    false => Err(io::Error::other("not the file that was mapped")),
+                }
+            })
+            .map_err(|err| log::debug!("cannot open {} of pid {pid}: {err}", entry.path))
             .ok()?;
         Some(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -116,7 +129,7 @@ impl ProcessModules {
             .iter()
             .find(|m| m.dev == entry.dev && m.inode == entry.inode && m.path == entry.path)
             .and_then(|m| m.file.clone())
-            .or_else(|| ModuleFile::open(self.pid, entry.range, entry.path).map(Arc::new));
+            .or_else(|| ModuleFile::open(self.pid, &entry).map(Arc::new));
         self.mappings.retain(|m| m.end <= entry.start || m.start >= entry.end);
         let idx = self.mappings.partition_point(|m| m.start < entry.start);
         self.mappings.insert(
