@@ -7,8 +7,10 @@
 //! block; nothing of the root-only file may reach the report.
 
 use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use leakscope_tests::*;
 use serde_json::Value;
@@ -16,10 +18,10 @@ use serde_json::Value;
 const NOBODY: u32 = 65534;
 const JIT_ADDRESS: u64 = 0x100_0000_0000;
 
-/// Hunts jit_perfmap (as `nobody`, with `PERF_MAP=perf_map`) until its
-/// workload is done, then checks the JIT site's exact count.
-fn hunt(perf_map: &str) -> Attach {
-    // Copied where `nobody` can reach it, whatever the checkout's parent directories allow.
+/// jit_perfmap as `nobody` with `PERF_MAP=perf_map`, from a copy where
+/// `nobody` can reach it whatever the checkout's parent directories allow.
+/// The copy's directory is removed by the caller.
+fn as_nobody(perf_map: &str) -> (Command, PathBuf) {
     static RUN: AtomicU32 = AtomicU32::new(0);
     let n = RUN.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("leakscope-jit-{}-{n}", std::process::id()));
@@ -29,6 +31,13 @@ fn hunt(perf_map: &str) -> Attach {
     std::fs::copy(build_fixture("jit_perfmap", &[]), &path).unwrap();
     let mut cmd = Command::new(&path);
     cmd.env("PERF_MAP", perf_map).uid(NOBODY).gid(NOBODY);
+    (cmd, dir)
+}
+
+/// Hunts jit_perfmap (see [`as_nobody`]) until its workload is done, then
+/// checks the JIT site's exact count.
+fn hunt(perf_map: &str) -> Attach {
+    let (cmd, dir) = as_nobody(perf_map);
     let run = run_attach_command(cmd, &[], Stop::Signal(libc::SIGINT));
     let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", run.fixture_pid));
     let _ = std::fs::remove_dir_all(&dir);
@@ -102,4 +111,52 @@ fn a_symlinked_perf_map_discloses_nothing() {
         "the root-only file reached the report"
     );
     assert!(run.stderr.contains("not reading /tmp/perf-"), "{}", run.stderr);
+}
+
+/// In `watch`, one target with a FIFO for a perf map used to block the
+/// daemon: every target's monitoring stopped and SIGTERM was ignored.
+#[test]
+fn a_fifo_perf_map_does_not_block_watch() {
+    let (mut cmd, dir) = as_nobody("fifo");
+    cmd.arg("--wait").stdin(Stdio::null()).stdout(Stdio::piped());
+    let mut target = Proc::spawn(cmd, "jit_perfmap");
+    let out = target.take_stdout();
+    out.wait_for(|l| l == "ready", Duration::from_secs(30)).unwrap();
+    let addr = format!("127.0.0.1:{}", leakscope_tests::prometheus::free_port());
+    let mut cmd = Command::new(leakscope_bin());
+    cmd.args([
+        "watch",
+        "--interval",
+        "0.5",
+        "--listen",
+        &addr,
+        "-p",
+        &target.pid().to_string(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut watch = Proc::spawn(cmd, "leakscope watch");
+    let err = watch.take_stderr();
+    // The perf map is read when the target's probes attach.
+    let refused = err.wait_for(|l| l.contains("not reading /tmp/perf-"), ATTACH_TIMEOUT);
+    let listed = (0..40).any(|_| {
+        std::thread::sleep(Duration::from_millis(250));
+        leakscope_tests::webhook::http_get(&addr, "/health", Duration::from_secs(5))
+            .ok()
+            .and_then(|r| serde_json::from_str::<Value>(&r.body).ok())
+            .is_some_and(|health| {
+                health["targets"]
+                    .as_array()
+                    .is_some_and(|ts| ts.iter().any(|t| t["pid"].as_i64() == Some(target.pid() as i64)))
+            })
+    });
+    watch.signal(libc::SIGTERM);
+    let status = watch.wait_or_panic(Duration::from_secs(60), &|| err.text(Duration::ZERO));
+    let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", target.pid()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = err.text(Duration::from_secs(2));
+    assert!(refused.is_ok(), "no warning about the FIFO\n{stderr}");
+    assert!(listed, "/health never listed the target\n{stderr}");
+    assert!(status.success(), "watch exit {}\n{stderr}", describe_status(status));
 }
