@@ -96,6 +96,23 @@ pub fn churn() -> Vec<Expect> {
 pub const CHURN_MALLOCS: u64 = 200_003;
 pub const CHURN_FREES: u64 = 200_000;
 
+/// `faults.c`, per FAULT: threads, fork (child_leak absent), exec
+/// (before_exec absent), steady.
+pub fn faults(fault: &str) -> Vec<Expect> {
+    match fault {
+        "threads" => vec![Expect::heap(
+            "thread_block",
+            "thread_block",
+            "malloc",
+            300 * 1000,
+            &[300],
+        )],
+        "fork" => vec![Expect::heap("parent_leak", "parent_leak", "malloc", 10 * 1111, &[10])],
+        "exec" => vec![Expect::heap("after_exec", "after_exec", "malloc", 9 * 999, &[9])],
+        _ => vec![Expect::heap("steady_leak", "steady_leak", "malloc", 12 * 1212, &[12])],
+    }
+}
+
 /// `ticker.c`.
 pub fn ticker() -> Vec<Expect> {
     vec![Expect::heap("tick", "tick", "malloc", 40 * 2000, &[40])]
