@@ -162,7 +162,8 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         exit_code,
         duration,
     };
-    let report = build_report(&collector, &timeline, totals, &probes, &counters, &ended);
+    let mut report = build_report(&collector, &timeline, totals, &probes, &counters, &ended);
+    report::drops::mark_and_warn(&mut report);
     log::info!(
         "report built {:.3} s after the hunt ended",
         report_started.elapsed().as_secs_f64()
@@ -371,6 +372,7 @@ fn build_report(
                 allocated_allocations: collector.heap.allocated(id).1,
                 growth_bytes_per_s: growth.as_ref().and_then(|g| g.slope_bytes_per_s),
                 verdict: growth.as_ref().map(|g| g.verdict),
+                verdict_caveat: None,
                 growth: growth.map(|g| g.stats),
                 series,
             }

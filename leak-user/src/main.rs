@@ -41,7 +41,9 @@ fn hunt_command(args: &HuntArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
-    let report = read_report(&args.file)?;
+    let mut report = read_report(&args.file)?;
+    // A report saved by an older leakscope has no marks yet.
+    report::drops::mark_and_warn(&mut report);
     write_output(args.output.as_deref(), &report::render(&report, args.format, args.top)?)?;
     Ok(ExitCode::SUCCESS)
 }

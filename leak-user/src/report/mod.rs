@@ -1,6 +1,7 @@
 //! The report: what a hunt measured, independent of how it is rendered.
 //! Schema `leakscope/report/v1`; fields are documented in the README.
 
+pub mod drops;
 pub mod flamegraph;
 pub mod folded;
 pub mod json;
@@ -29,7 +30,8 @@ pub struct Report {
     /// Why the hunt ended: "duration", "interrupted", "target-exited".
     pub ended_by: String,
     pub totals: Totals,
-    /// Records lost, by reason; all zero means the report is exact.
+    /// Records lost, by reason; all zero means nothing was lost. Lost frees
+    /// make figures over-counts, lost allocations under-counts.
     pub drops: BTreeMap<String, u64>,
     pub probes: Vec<ProbeReport>,
     pub sites: Vec<Site>,
@@ -162,6 +164,9 @@ pub struct Site {
     pub growth_bytes_per_s: Option<f64>,
     #[serde(default)]
     pub verdict: Option<Verdict>,
+    /// Why lost events may have changed the verdict (see `drops`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict_caveat: Option<String>,
     /// The numbers behind the verdict.
     #[serde(default)]
     pub growth: Option<GrowthStats>,
