@@ -59,7 +59,7 @@ fn diff_command(args: &DiffArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn read_report(path: &Path) -> anyhow::Result<Report> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let text = leakscope::input::read_text(path, leakscope::input::REPORT_LIMIT)?;
     json::parse(&text).map_err(|e| anyhow::anyhow!("{} is not a leakscope JSON report: {e}", path.display()))
 }
 

@@ -164,3 +164,65 @@ fn watch_refuses_bad_input() {
     let out = watch(&["-p", &own, "--listen", &address], "watch-port-in-use");
     assert_one_error(&out, Some(2), Some(&format!("cannot listen on {address}")));
 }
+
+/// `report`, `diff` and `watch --config` read the files they are given
+/// whole: /dev/zero, a FIFO and a file past the bound are refused at once
+/// (they used to grow memory until the OOM killer came).
+#[test]
+fn inputs_are_bounded() {
+    let dir = scratch_dir("bounded-inputs");
+    let fifo = dir.join("fifo");
+    let _ = fs::remove_file(&fifo);
+    let fifo_c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0, "mkfifo");
+    // Sparse: past the 1 GiB bound for reports without using the disk.
+    let huge = dir.join("huge.json");
+    fs::File::create(&huge).unwrap().set_len((1 << 30) + 1).unwrap();
+    let big_config = dir.join("big.toml");
+    fs::write(&big_config, "#".repeat((1 << 20) + 1)).unwrap();
+    let (fifo, huge, big_config) = (
+        fifo.to_str().unwrap(),
+        huge.to_str().unwrap(),
+        big_config.to_str().unwrap(),
+    );
+    let not_regular = |path: &str| format!("cannot read {path}: not a regular file");
+    for (args, label, error) in [
+        (vec!["report", "/dev/zero"], "report-zero", not_regular("/dev/zero")),
+        (vec!["report", fifo], "report-fifo", not_regular(fifo)),
+        (
+            vec!["report", huge],
+            "report-huge",
+            format!("cannot read {huge}: larger than the limit of 1.0 GiB"),
+        ),
+        (
+            vec!["diff", "/dev/zero", "/dev/zero"],
+            "diff-zero",
+            not_regular("/dev/zero"),
+        ),
+        (
+            vec!["diff", huge, huge],
+            "diff-huge",
+            format!("cannot read {huge}: larger than the limit"),
+        ),
+        (
+            vec!["watch", "--config", "/dev/zero"],
+            "config-zero",
+            not_regular("/dev/zero"),
+        ),
+        (
+            vec!["watch", "--config", big_config],
+            "config-big",
+            format!("cannot read {big_config}: larger than the limit of 1.0 MiB"),
+        ),
+    ] {
+        let started = Instant::now();
+        let out = run_leakscope(&args, ERROR_TIMEOUT, label);
+        assert_one_error(&out, Some(2), Some(&error));
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{label} took {:?}",
+            started.elapsed()
+        );
+    }
+}

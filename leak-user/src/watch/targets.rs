@@ -65,7 +65,7 @@ struct ConfigFile {
 pub fn selections(args: &WatchArgs) -> Result<Vec<Selection>> {
     let mut selections = Vec::new();
     if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = crate::input::read_text(path, crate::input::CONFIG_LIMIT)?;
         selections = parse_config(&text, &args.rules).with_context(|| format!("{}", path.display()))?;
     }
     let cli = args
