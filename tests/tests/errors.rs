@@ -159,6 +159,15 @@ fn watch_refuses_bad_input() {
         "watch-rates",
     );
     assert_one_error(&out, Some(2), Some("warning growth rate is above the critical one"));
+    // A negative window used to panic (exit 101).
+    let config = Path::new(reports).join("negative-window.toml");
+    fs::write(&config, format!("[[target]]\npid = {own}\nwindow = -5\n")).unwrap();
+    let out = watch(&["--config", config.to_str().unwrap()], "watch-negative-window");
+    assert_one_error(
+        &out,
+        Some(2),
+        Some("[[target]] number 1: window: -5 must be a non-negative"),
+    );
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = busy.local_addr().unwrap().to_string();
     let out = watch(&["-p", &own, "--listen", &address], "watch-port-in-use");

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 
 use super::memory::memory_cgroup;
-use crate::cli::{parse_rate, RuleArgs, WatchArgs};
+use crate::cli::{parse_rate, seconds, RuleArgs, WatchArgs};
 
 /// The kernel keeps 15 bytes of a process name (TASK_COMM_LEN − 1).
 const COMM_LEN: usize = 15;
@@ -118,8 +118,12 @@ fn parse_config(text: &str, defaults: &RuleArgs) -> Result<Vec<Selection>> {
                 Some(text) => parse_rate(&text).map_err(|e| anyhow::anyhow!("{}: {e}", context())),
                 None => Ok(default),
             };
+            let window = match entry.window {
+                Some(secs) => seconds(secs).map_err(|e| anyhow::anyhow!("{}: window: {e}", context()))?,
+                None => defaults.window,
+            };
             let rules = RuleArgs {
-                window: entry.window.map_or(defaults.window, std::time::Duration::from_secs_f64),
+                window,
                 warn_rate: rate(entry.warn_rate, defaults.warn_rate)?,
                 crit_rate: rate(entry.crit_rate, defaults.crit_rate)?,
                 warn_limit: entry.warn_limit.unwrap_or(defaults.warn_limit),
@@ -260,6 +264,13 @@ mod tests {
         assert!(parse_config("[[target]]\npid = 1\ncomm = \"x\"\n", &defaults()).is_err());
         assert!(parse_config("[[target]]\npid = 1\nwarn_rate = \"1MB/week\"\n", &defaults()).is_err());
         assert!(parse_config("[[target]]\npid = 1\nwarn_rat = \"1MB\"\n", &defaults()).is_err());
+        for window in ["-5", "nan", "inf", "1e300"] {
+            let error = parse_config(&format!("[[target]]\npid = 1\nwindow = {window}\n"), &defaults()).unwrap_err();
+            assert!(
+                error.to_string().starts_with("[[target]] number 1: window: "),
+                "{window}: {error}"
+            );
+        }
         let inverted = parse_config("[[target]]\npid = 1\nwarn_rate = \"2GiB/s\"\n", &defaults()).unwrap();
         assert!(check_rules(&inverted[0].rules).is_err());
         assert!(check_rules(&selections[0].rules).is_ok());
