@@ -318,8 +318,9 @@ pub fn prot_string(prot: u8) -> String {
 }
 
 /// Human-readable byte counts: "512 B", "12.5 KiB", "3.0 MiB".
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+pub fn human_bytes(bytes: impl Into<u128>) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let bytes: u128 = bytes.into();
     let mut value = bytes as f64;
     let mut unit = 0;
     while value >= 1024.0 && unit < UNITS.len() - 1 {
@@ -406,9 +407,9 @@ pub(crate) mod tests {
 
     #[test]
     fn formats_bytes_and_protection() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(12 * 1024 + 512), "12.5 KiB");
-        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+        assert_eq!(human_bytes(512u64), "512 B");
+        assert_eq!(human_bytes(12 * 1024 + 512u64), "12.5 KiB");
+        assert_eq!(human_bytes(3u64 << 20), "3.0 MiB");
         assert_eq!(prot_string(3), "rw-");
         assert_eq!(prot_string(0), "---");
         assert_eq!(prot_string(5), "r-x");
