@@ -437,6 +437,8 @@ pub struct Attach {
     pub stderr: String,
     pub fixture_pid: i32,
     pub fixture_status: ExitStatus,
+    /// Everything the fixture printed.
+    pub fixture_stdout: String,
 }
 
 impl Attach {
@@ -554,6 +556,7 @@ pub fn run_attach(fixture: &Path, hunt_args: &[&str], stop: Stop) -> Attach {
         stderr,
         fixture_pid: pid,
         fixture_status,
+        fixture_stdout: target_out.text(grace),
     }
 }
 

@@ -130,6 +130,47 @@ fn not_root() {
     assert_one_error(&out, Some(2), Some("root"));
 }
 
+/// A kernel thread has no user memory: refused, instead of an empty report
+/// that blamed "a static binary?".
+#[test]
+fn kernel_thread() {
+    // PF_KTHREAD in field 9 of /proc/PID/stat.
+    let kthread = fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let flags = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(6));
+            flags
+                .and_then(|f| f.parse::<u64>().ok())
+                .is_some_and(|f| f & 0x0020_0000 != 0)
+        })
+        .expect("no kernel thread visible in /proc");
+    let out = hunt_pid(&kthread.to_string(), "kernel-thread");
+    assert_one_error(&out, Some(2), Some(&format!("PID {kthread} is a kernel thread")));
+}
+
+/// A /proc/PID/maps that cannot be read is not an exited process. Here
+/// /proc/1/maps is not readable even by root (PID 1 belongs to the host's
+/// container runtime); where it is readable, no other process is tried.
+#[test]
+fn unreadable_maps_is_not_an_exit() {
+    let denied = match fs::read_to_string("/proc/1/maps") {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => true,
+        Ok(_) => false,
+        Err(e) => panic!("reading /proc/1/maps: {e}"),
+    };
+    if !denied {
+        eprintln!("/proc/1/maps is readable here: nothing to check");
+        return;
+    }
+    let out = hunt_pid("1", "pid1-maps");
+    assert_one_error(&out, Some(2), Some("cannot read /proc/1/maps: Permission denied"));
+    assert!(!out.stderr.contains("exited"), "{}", out.describe());
+}
+
 #[test]
 fn usage_without_target() {
     let out = run_leakscope(&["hunt"], ERROR_TIMEOUT, "usage");
