@@ -318,7 +318,7 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         .map_max_entries("EVENTS", options.ring_buffer_bytes)
         .map_max_entries("DELIVERED_STACKS", options.max_stacks)
         .load(EBPF_OBJECT)
-        .context("loading the eBPF programs failed (is this kernel 5.15+ with BTF, and are we root?)")?;
+        .map_err(load_error)?;
     if let Some(mean) = options.sample_bytes {
         let mut quantiles: Array<&mut MapData, u64> =
             Array::try_from(ebpf.map_mut("EXP_QUANTILES").context("EXP_QUANTILES map missing")?)?;
@@ -327,6 +327,25 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         }
     }
     Ok(ebpf)
+}
+
+/// Why loading failed. Out of file descriptors is said as such: every map
+/// and program is one, and blaming BTF or root sends the reader astray.
+fn load_error(error: aya::EbpfError) -> anyhow::Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(cause) = source {
+        let errno = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error);
+        if matches!(errno, Some(libc::EMFILE | libc::ENFILE)) {
+            return anyhow::anyhow!(
+                "loading the eBPF programs failed: too many open files (each map and program takes a descriptor; raise `ulimit -n`): {error}"
+            );
+        }
+        source = cause.source();
+    }
+    anyhow::Error::new(error)
+        .context("loading the eBPF programs failed (is this kernel 5.15+ with BTF, and are we root?)")
 }
 
 /// Gaps between samples for the kernel side to draw from: the quantiles of

@@ -27,7 +27,7 @@ pub struct Target {
 }
 
 /// `PF_KTHREAD` in the flags of /proc/PID/stat (include/linux/sched.h).
-const PF_KTHREAD: u64 = 0x0020_0000;
+pub const PF_KTHREAD: u64 = 0x0020_0000;
 
 /// An existing process, checked to be alive and to be a user process.
 pub fn existing(pid: u32) -> Result<Target> {

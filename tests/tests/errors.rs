@@ -276,3 +276,44 @@ fn inputs_are_bounded() {
         );
     }
 }
+
+/// Out of descriptors while loading the eBPF programs: said as such, not
+/// blamed on BTF or root.
+#[test]
+fn loader_out_of_descriptors() {
+    use std::os::unix::process::CommandExt as _;
+    let mut sleeper = Command::new("sleep");
+    sleeper.arg("300").stdin(Stdio::null());
+    let target = Proc::spawn(sleeper, "sleep");
+    let dir = scratch_dir("loader-emfile");
+    let mut cmd = Command::new(leakscope_bin());
+    cmd.args(["hunt", "-p", &target.pid().to_string(), "--duration", "300", "-o"])
+        .arg(dir.join("report.txt"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe. 12 descriptors: enough to
+    // start, not for the maps.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 12,
+                rlim_max: 12,
+            };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    let mut tracer = Proc::spawn(cmd, "leakscope");
+    let (out, err) = (tracer.take_stdout(), tracer.take_stderr());
+    let status = tracer.wait_or_panic(ERROR_TIMEOUT, &|| err.text(Duration::ZERO));
+    let out = HuntOutput {
+        status,
+        stdout: out.text(Duration::from_secs(1)),
+        stderr: err.text(Duration::from_secs(1)),
+    };
+    assert_one_error(&out, Some(2), Some("too many open files"));
+    assert!(!out.stderr.contains("BTF"), "{}", out.describe());
+}

@@ -135,7 +135,9 @@ fn parse_config(text: &str, defaults: &RuleArgs) -> Result<Vec<Selection>> {
 }
 
 /// Every live process some selection picks (never leakscope itself), by PID.
-pub fn scan(selections: &[Selection]) -> BTreeMap<u32, Candidate> {
+/// An error (out of descriptors, say) is not "no processes": the caller
+/// keeps its targets rather than drop them.
+pub fn scan(selections: &[Selection]) -> std::io::Result<BTreeMap<u32, Candidate>> {
     let own = std::process::id();
     // PIDs alone need no walk over every process.
     let pids: Vec<u32> = match selections
@@ -147,56 +149,66 @@ pub fn scan(selections: &[Selection]) -> BTreeMap<u32, Candidate> {
         .collect::<Option<Vec<u32>>>()
     {
         Some(pids) => pids,
-        None => std::fs::read_dir("/proc")
-            .map(|dir| {
-                dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-                    .collect()
-            })
-            .unwrap_or_default(),
+        None => std::fs::read_dir("/proc")?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .collect(),
     };
-    pids.into_iter()
-        .filter(|&pid| pid != own)
-        .filter_map(|pid| Some((pid, candidate(Path::new("/proc"), pid, selections)?)))
-        .collect()
+    let mut found = BTreeMap::new();
+    for pid in pids.into_iter().filter(|&pid| pid != own) {
+        if let Some(candidate) = candidate(Path::new("/proc"), pid, selections)? {
+            found.insert(pid, candidate);
+        }
+    }
+    Ok(found)
 }
 
-fn candidate(proc: &Path, pid: u32, selections: &[Selection]) -> Option<Candidate> {
+/// A /proc file of a process; None once the process is gone.
+fn read_proc_file(path: &Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn candidate(proc: &Path, pid: u32, selections: &[Selection]) -> std::io::Result<Option<Candidate>> {
     let dir = proc.join(pid.to_string());
-    let comm = std::fs::read_to_string(dir.join("comm")).ok()?.trim_end().to_string();
-    let mut cgroup = None;
-    let selection = selections.iter().position(|s| match &s.selector {
+    let Some(comm) = read_proc_file(&dir.join("comm"))? else {
+        return Ok(None);
+    };
+    let comm = comm.trim_end().to_string();
+    let by_cgroup = selections.iter().any(|s| matches!(s.selector, Selector::Cgroup(_)));
+    let cgroup = match by_cgroup {
+        true => read_proc_file(&dir.join("cgroup"))?
+            .and_then(|t| memory_cgroup(&t))
+            .map(|c| c.path),
+        false => None,
+    };
+    let Some(selection) = selections.iter().position(|s| match &s.selector {
         Selector::Pid(wanted) => *wanted == pid,
         Selector::Comm(name) => name.get(..COMM_LEN.min(name.len())) == Some(comm.as_str()),
-        Selector::Cgroup(wanted) => {
-            let path = cgroup.get_or_insert_with(|| {
-                std::fs::read_to_string(dir.join("cgroup"))
-                    .ok()
-                    .and_then(|t| memory_cgroup(&t))
-                    .map(|c| c.path)
-            });
-            path.as_deref().is_some_and(|path| in_cgroup(path, wanted))
-        }
-    })?;
-    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-    let stat = StatFields::parse(&stat)?;
+        Selector::Cgroup(wanted) => cgroup.as_deref().is_some_and(|path| in_cgroup(path, wanted)),
+    }) else {
+        return Ok(None);
+    };
+    let Some(stat) = read_proc_file(&dir.join("stat"))?.and_then(|stat| StatFields::parse(&stat)) else {
+        return Ok(None);
+    };
     // Kernel threads and zombies have no memory of their own to watch.
     if stat.kernel_thread || stat.zombie {
-        return None;
+        return Ok(None);
     }
-    Some(Candidate {
+    Ok(Some(Candidate {
         comm,
         start_ticks: stat.start_ticks,
         selection,
-    })
+    }))
 }
 
 fn in_cgroup(path: &str, wanted: &str) -> bool {
     let wanted = wanted.trim_end_matches('/');
     path == wanted || wanted.is_empty() || path.strip_prefix(wanted).is_some_and(|rest| rest.starts_with('/'))
 }
-
-/// PF_KTHREAD in the flags of /proc/PID/stat.
-const PF_KTHREAD: u64 = 0x0020_0000;
 
 /// The fields of /proc/PID/stat that matter here.
 #[derive(Debug, PartialEq)]
@@ -214,7 +226,7 @@ impl StatFields {
         let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
         Some(StatFields {
             zombie: matches!(*fields.first()?, "Z" | "X"),
-            kernel_thread: fields.get(6)?.parse::<u64>().ok()? & PF_KTHREAD != 0,
+            kernel_thread: fields.get(6)?.parse::<u64>().ok()? & crate::target::PF_KTHREAD != 0,
             start_ticks: fields.get(19)?.parse().ok()?,
         })
     }
@@ -295,6 +307,7 @@ mod tests {
                     rules: defaults(),
                 }],
             )
+            .unwrap()
         };
         let by_pid = select(Selector::Pid(pid)).unwrap();
         assert_eq!(by_pid.comm, comm);
