@@ -27,7 +27,30 @@ pub struct Target {
 }
 
 /// `PF_KTHREAD` in the flags of /proc/PID/stat (include/linux/sched.h).
-pub const PF_KTHREAD: u64 = 0x0020_0000;
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The fields of /proc/PID/stat that matter here.
+#[derive(Debug, PartialEq)]
+pub struct ProcStat {
+    pub zombie: bool,
+    /// No user memory to trace.
+    pub kernel_thread: bool,
+    /// starttime, in clock ticks since boot: tells a reused PID apart.
+    pub start_ticks: u64,
+}
+
+impl ProcStat {
+    /// Fields are counted after the `(comm)`, which may itself contain
+    /// spaces and parentheses: state is field 3, flags 9, starttime 22.
+    pub fn parse(stat: &str) -> Option<ProcStat> {
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        Some(ProcStat {
+            zombie: matches!(*fields.first()?, "Z" | "X"),
+            kernel_thread: fields.get(6)?.parse::<u64>().ok()? & PF_KTHREAD != 0,
+            start_ticks: fields.get(19)?.parse().ok()?,
+        })
+    }
+}
 
 /// An existing process, checked to be alive and to be a user process.
 pub fn existing(pid: u32) -> Result<Target> {
@@ -35,17 +58,11 @@ pub fn existing(pid: u32) -> Result<Target> {
     let Ok(stat) = fs::read_to_string(proc_dir.join("stat")) else {
         bail!("no such process: PID {pid}");
     };
-    // The fields follow the parenthesised command name, which may contain spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    if matches!(fields.first(), Some(&("Z" | "X"))) {
+    let stat = ProcStat::parse(&stat).with_context(|| format!("cannot parse /proc/{pid}/stat"))?;
+    if stat.zombie {
         bail!("process {pid} has already exited (it is a zombie)");
     }
-    // Field 9, the flags: a kernel thread has no user memory to trace.
-    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
-    if flags & PF_KTHREAD != 0 {
+    if stat.kernel_thread {
         bail!("PID {pid} is a kernel thread: it has no user-space memory to trace");
     }
     if pid as i32 == std::process::id() as i32 {

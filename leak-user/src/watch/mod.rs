@@ -10,12 +10,12 @@
 
 mod attribution;
 mod escalate;
-mod memory;
+pub(crate) mod memory;
 mod notify;
 mod rules;
 mod server;
 mod status;
-mod targets;
+pub(crate) mod targets;
 
 use std::{
     collections::BTreeMap,

@@ -8,7 +8,10 @@ use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 
 use super::memory::memory_cgroup;
-use crate::cli::{parse_rate, seconds, RuleArgs, WatchArgs};
+use crate::{
+    cli::{parse_rate, seconds, RuleArgs, WatchArgs},
+    target::ProcStat,
+};
 
 /// The kernel keeps 15 bytes of a process name (TASK_COMM_LEN − 1).
 const COMM_LEN: usize = 15;
@@ -87,7 +90,7 @@ pub fn selections(args: &WatchArgs) -> Result<Vec<Selection>> {
     Ok(selections)
 }
 
-fn check_rules(rules: &RuleArgs) -> Result<()> {
+pub(crate) fn check_rules(rules: &RuleArgs) -> Result<()> {
     if rules.window.is_zero() {
         bail!("the window must be longer than 0 s");
     }
@@ -100,7 +103,7 @@ fn check_rules(rules: &RuleArgs) -> Result<()> {
     Ok(())
 }
 
-fn parse_config(text: &str, defaults: &RuleArgs) -> Result<Vec<Selection>> {
+pub(crate) fn parse_config(text: &str, defaults: &RuleArgs) -> Result<Vec<Selection>> {
     let config: ConfigFile = toml::from_str(text)?;
     config
         .target
@@ -191,7 +194,7 @@ fn candidate(proc: &Path, pid: u32, selections: &[Selection]) -> std::io::Result
     }) else {
         return Ok(None);
     };
-    let Some(stat) = read_proc_file(&dir.join("stat"))?.and_then(|stat| StatFields::parse(&stat)) else {
+    let Some(stat) = read_proc_file(&dir.join("stat"))?.and_then(|stat| ProcStat::parse(&stat)) else {
         return Ok(None);
     };
     // Kernel threads and zombies have no memory of their own to watch.
@@ -208,28 +211,6 @@ fn candidate(proc: &Path, pid: u32, selections: &[Selection]) -> std::io::Result
 fn in_cgroup(path: &str, wanted: &str) -> bool {
     let wanted = wanted.trim_end_matches('/');
     path == wanted || wanted.is_empty() || path.strip_prefix(wanted).is_some_and(|rest| rest.starts_with('/'))
-}
-
-/// The fields of /proc/PID/stat that matter here.
-#[derive(Debug, PartialEq)]
-struct StatFields {
-    zombie: bool,
-    kernel_thread: bool,
-    /// starttime, in clock ticks since boot.
-    start_ticks: u64,
-}
-
-impl StatFields {
-    /// Fields are counted after the `(comm)`, which may itself contain
-    /// spaces and parentheses: state is field 3, flags 9, starttime 22.
-    fn parse(stat: &str) -> Option<StatFields> {
-        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-        Some(StatFields {
-            zombie: matches!(*fields.first()?, "Z" | "X"),
-            kernel_thread: fields.get(6)?.parse::<u64>().ok()? & crate::target::PF_KTHREAD != 0,
-            start_ticks: fields.get(19)?.parse().ok()?,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -325,19 +306,19 @@ mod tests {
         assert!(!in_cgroup("/system.slicer/a", "/system.slice"));
         assert!(in_cgroup("/anything", "/"));
         let stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 987654 1000 10";
-        let fields = StatFields::parse(stat).unwrap();
+        let fields = ProcStat::parse(stat).unwrap();
         assert_eq!(
             fields,
-            StatFields {
+            ProcStat {
                 zombie: false,
                 kernel_thread: false,
                 start_ticks: 987654
             }
         );
         let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0";
-        assert!(StatFields::parse(kthread).unwrap().kernel_thread);
+        assert!(ProcStat::parse(kthread).unwrap().kernel_thread);
         assert!(
-            StatFields::parse("7 (z) Z 1 7 7 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0")
+            ProcStat::parse("7 (z) Z 1 7 7 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0")
                 .unwrap()
                 .zombie
         );
