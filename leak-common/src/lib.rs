@@ -44,7 +44,8 @@ pub enum Probe {
     V8ArrayGrow = 25,
     /// node::FreeEnvironment: Node starts tearing down (and freeing) everything.
     NodeTeardown = 26,
-    /// The brk syscall: the program break moved (watch only; in a hunt it is malloc's business).
+    /// The brk syscall: the program break moved (watch, and hunts of static
+    /// binaries; with libc's malloc probed it is malloc's business).
     Brk = 27,
     /// A software page-fault perf event: a page was touched for the first time (watch only).
     PageFault = 28,

@@ -1,6 +1,7 @@
 //! Syscall tracepoints for mmap, munmap, mremap and brk: they see mappings
 //! made through libc and through raw syscalls alike. brk is attached by
-//! `watch` only: in a hunt the program break is malloc's internal business.
+//! `watch`, and by a hunt of a program without libc (static): elsewhere in a
+//! hunt the program break is the probed malloc's internal business.
 //!
 //! Arguments are saved at sys_enter and the result recorded at sys_exit, so
 //! failed calls (MAP_FAILED, EINVAL) never reach user space. A syscall cannot

@@ -318,7 +318,7 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         .map_max_entries("EVENTS", options.ring_buffer_bytes)
         .map_max_entries("DELIVERED_STACKS", options.max_stacks)
         .load(EBPF_OBJECT)
-        .context("loading the eBPF programs failed (is this kernel 5.15+ with BTF, and are we root?)")?;
+        .map_err(load_error)?;
     if let Some(mean) = options.sample_bytes {
         let mut quantiles: Array<&mut MapData, u64> =
             Array::try_from(ebpf.map_mut("EXP_QUANTILES").context("EXP_QUANTILES map missing")?)?;
@@ -327,6 +327,25 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         }
     }
     Ok(ebpf)
+}
+
+/// Why loading failed. Out of file descriptors is said as such: every map
+/// and program is one, and blaming BTF or root sends the reader astray.
+fn load_error(error: aya::EbpfError) -> anyhow::Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(cause) = source {
+        let errno = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error);
+        if matches!(errno, Some(libc::EMFILE | libc::ENFILE)) {
+            return anyhow::anyhow!(
+                "loading the eBPF programs failed: too many open files (each map and program takes a descriptor; raise `ulimit -n`): {error}"
+            );
+        }
+        source = cause.source();
+    }
+    anyhow::Error::new(error)
+        .context("loading the eBPF programs failed (is this kernel 5.15+ with BTF, and are we root?)")
 }
 
 /// Gaps between samples for the kernel side to draw from: the quantiles of
@@ -360,7 +379,8 @@ fn is_node(path: &Path) -> bool {
 
 /// The modules of a running process.
 pub fn target_modules(pid: u32) -> Result<TargetModules> {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).with_context(|| format!("process {pid} has exited"))?;
+    let maps =
+        fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| crate::target::proc_read_error(pid, "maps", e))?;
     let mut paths: Vec<PathBuf> = maps
         .lines()
         .filter_map(|l| l.split_whitespace().nth(5))
@@ -501,9 +521,14 @@ pub fn attach(
         probes.push(attached_without_uprobe(probe, true));
     }
     attach_tracepoint(ebpf, "sched", "sched_process_exec", &mut links)?;
-    if let ProbeSet::Watch { fault_period } = set {
+    // The program break: watch follows all anonymous memory; a hunt of a
+    // program without libc (static) has no malloc probes, so brk is all it
+    // sees of the heap. With libc's malloc probed, brk is malloc's business.
+    if matches!(set, ProbeSet::Watch { .. }) || modules.libc.is_none() {
         attach_tracepoint(ebpf, "syscalls", "sys_exit_brk", &mut links)?;
         probes.push(attached_without_uprobe(Probe::Brk, false));
+    }
+    if let ProbeSet::Watch { fault_period } = set {
         attach_page_faults(ebpf, pid, fault_period, &mut links)?;
         probes.push(attached_without_uprobe(Probe::PageFault, false));
     }
@@ -557,7 +582,8 @@ fn attached_without_uprobe(probe: Probe, has_return: bool) -> AttachedProbe {
 fn attach_page_faults(ebpf: &mut Ebpf, pid: u32, period: u64, links: &mut Links) -> Result<()> {
     let program: &mut PerfEvent = ebpf.program_mut("page_fault").context("program missing")?.try_into()?;
     program.load().context("the kernel rejected page_fault")?;
-    let threads = fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("process {pid} has exited"))?;
+    let threads =
+        fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| crate::target::proc_read_error(pid, "task", e))?;
     for tid in threads.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
         let attached = program.attach(
             PerfEventConfig::Software(SoftwareEvent::PageFaults),

@@ -299,10 +299,13 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("`{s}` must be a non-negative number of seconds"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    seconds(secs).map_err(|_| format!("`{s}` must be a non-negative number of seconds"))
+}
+
+/// `secs` as a duration; negative, NaN and out-of-range values are errors
+/// (`Duration::from_secs_f64` panics on them).
+pub fn seconds(secs: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{secs} must be a non-negative number of seconds"))
 }
 
 #[cfg(test)]

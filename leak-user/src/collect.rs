@@ -214,10 +214,10 @@ impl Collector {
         self.completed_stack(hash, self.fault_callers.get(&hash).unwrap_or(&[0; MAX_SKIPPED]))
     }
 
-    /// Where the program break is before any brk event is seen: the end of
-    /// the `[heap]` mapping. Growth above it is recorded as a mapping.
-    pub fn set_program_break(&mut self, program_break: u64) {
-        self.program_break = Some(program_break);
+    /// Where the program break is before any brk event is seen, from
+    /// /proc: growth above it is recorded as a mapping.
+    pub fn read_program_break(&mut self, pid: u32) {
+        self.program_break = program_break(pid).or(self.program_break);
     }
 
     /// The break moved to `new_break`: growth is new memory of `site`, a
@@ -260,6 +260,19 @@ impl Collector {
             log::debug!("cannot re-read the target's mappings: {e}");
         }
     }
+}
+
+/// The current program break: the end of the `[heap]` mapping, or where the
+/// heap will start (start_brk, field 47 of /proc/PID/stat) before it exists.
+fn program_break(pid: u32) -> Option<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    if let Some(line) = maps.lines().find(|l| l.ends_with("[heap]")) {
+        let end = line.split_whitespace().next()?.split_once('-')?.1;
+        return u64::from_str_radix(end, 16).ok();
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(44)?.parse().ok()
 }
 
 fn read_record<T: Copy>(record: &[u8]) -> Option<T> {

@@ -34,15 +34,17 @@ pub struct Diff {
 pub struct TotalsDiff {
     pub a: Amount,
     pub b: Amount,
-    pub delta_bytes: i64,
-    pub delta_allocations: i64,
+    pub delta_bytes: i128,
+    pub delta_allocations: i128,
 }
 
 /// Outstanding memory of a site (or of a report) at the end of its hunt.
+/// Wider than a report's u64 counts: sites with one key add up, and their
+/// differences must not wrap (a growth would show as "shrunk").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Amount {
-    pub bytes: u64,
-    pub allocations: u64,
+    pub bytes: u128,
+    pub allocations: u128,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,8 +55,8 @@ pub struct SiteDiff {
     pub frames: Vec<FrameKey>,
     pub a: Amount,
     pub b: Amount,
-    pub delta_bytes: i64,
-    pub delta_allocations: i64,
+    pub delta_bytes: i128,
+    pub delta_allocations: i128,
 }
 
 /// Listed in this order.
@@ -98,8 +100,8 @@ pub fn diff(a: &Report, b: &Report) -> Diff {
             let entry = matched.entry((site.kind, site.allocator.clone(), frames)).or_default();
             let amount = if in_b { &mut entry.1 } else { &mut entry.0 };
             let amount = amount.get_or_insert_with(Amount::default);
-            amount.bytes += site.outstanding_bytes;
-            amount.allocations += site.outstanding_allocations;
+            amount.bytes += u128::from(site.outstanding_bytes);
+            amount.allocations += u128::from(site.outstanding_allocations);
         }
     }
     let mut sites: Vec<SiteDiff> = matched
@@ -132,8 +134,8 @@ pub fn diff(a: &Report, b: &Report) -> Diff {
             .then(y.delta_bytes.unsigned_abs().cmp(&x.delta_bytes.unsigned_abs()))
     });
     let amount = |r: &Report| Amount {
-        bytes: r.totals.outstanding_bytes,
-        allocations: r.totals.outstanding_allocations,
+        bytes: r.totals.outstanding_bytes.into(),
+        allocations: r.totals.outstanding_allocations.into(),
     };
     let (a, b) = (amount(a), amount(b));
     Diff {
@@ -148,8 +150,10 @@ pub fn diff(a: &Report, b: &Report) -> Diff {
     }
 }
 
-fn delta(a: u64, b: u64) -> i64 {
-    b as i64 - a as i64
+/// b − a. Amounts are sums of at most a few million u64 counts, far below
+/// i128's range.
+fn delta(a: u128, b: u128) -> i128 {
+    b as i128 - a as i128
 }
 
 pub fn render_json(diff: &Diff) -> String {
@@ -203,7 +207,7 @@ fn amount_text(a: Amount) -> String {
     format!("{} ({} allocs)", human_bytes(a.bytes), a.allocations)
 }
 
-fn signed_bytes(delta: i64) -> String {
+fn signed_bytes(delta: i128) -> String {
     let sign = if delta < 0 { "-" } else { "+" };
     format!("{sign}{}", human_bytes(delta.unsigned_abs()))
 }
@@ -259,7 +263,7 @@ mod tests {
     #[test]
     fn matches_stacks_across_address_changes() {
         let d = diff(&sample_report(), &later_run());
-        let summary: Vec<(Status, &str, i64)> = d
+        let summary: Vec<(Status, &str, i128)> = d
             .sites
             .iter()
             .map(|s| {
@@ -316,5 +320,34 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("std::array"), "unchanged sites are not listed:\n{text}");
+    }
+
+    /// Near u64::MAX a difference wider than i64 used to wrap: a growth
+    /// showed as "shrunk", and two sites of one key overflowed their sum.
+    #[test]
+    fn growth_near_u64_max_neither_wraps_nor_overflows() {
+        let a = sample_report();
+        let mut b = sample_report();
+        b.sites[0].outstanding_bytes = u64::MAX;
+        b.totals.outstanding_bytes = u64::MAX;
+        let d = diff(&a, &b);
+        let grown = d.sites.iter().find(|s| s.a.bytes == 40960).unwrap();
+        assert_eq!(grown.status, Status::Grown);
+        assert_eq!(grown.delta_bytes, i128::from(u64::MAX) - 40960);
+        assert_eq!(d.totals.delta_bytes, i128::from(u64::MAX) - 50664);
+        let text = render_text(&d);
+        assert!(
+            text.lines().any(|l| l.starts_with("grown") && l.contains("+16.0 EiB")),
+            "{text}"
+        );
+        // The same stack twice in B: the sum is past u64.
+        let mut twice = b.clone();
+        twice.sites.push(b.sites[0].clone());
+        let d = diff(&a, &twice);
+        let grown = d.sites.iter().find(|s| s.a.bytes == 40960).unwrap();
+        assert_eq!(grown.b.bytes, 2 * u128::from(u64::MAX));
+        assert_eq!(grown.status, Status::Grown);
+        let json: serde_json::Value = serde_json::from_str(&render_json(&d)).unwrap();
+        assert!(json["sites"][0]["delta_bytes"].as_f64().unwrap() > 3.6e19);
     }
 }

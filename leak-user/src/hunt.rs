@@ -110,7 +110,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let (probes, links) = attach::attach(&mut ebpf, target.pid, &modules, ProbeSet::Hunt)?;
     if modules.libc.is_none() {
         eprintln!(
-            "leakscope: warning: PID {} maps no libc (a static binary?): malloc-family calls are not traced, only mmap/munmap/mremap",
+            "leakscope: warning: PID {} maps no libc (a static binary?): malloc-family calls are not traced, only mmap/munmap/mremap and the heap's growth (brk)",
             target.pid
         );
     }
@@ -128,6 +128,8 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let mut collector = Collector::new(target.pid, args.sample_bytes);
     collector.started_ns = monotonic_ns();
     collector.refresh_modules();
+    // Used when brk is traced (a static binary); a launched command's exec resets it.
+    collector.read_program_break(target.pid);
     let mut timeline = Timeline::new(target.pid);
     let announce = || eprintln!("leakscope: attached to PID {} ({attached} probes)", target.pid);
     let (end, exit_code) = runtime.block_on(collect_until_end(
@@ -162,7 +164,8 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         exit_code,
         duration,
     };
-    let report = build_report(&collector, &timeline, totals, &probes, &counters, &ended);
+    let mut report = build_report(&collector, &timeline, totals, &probes, &counters, &ended);
+    report::drops::mark_and_warn(&mut report);
     log::info!(
         "report built {:.3} s after the hunt ended",
         report_started.elapsed().as_secs_f64()
@@ -371,6 +374,7 @@ fn build_report(
                 allocated_allocations: collector.heap.allocated(id).1,
                 growth_bytes_per_s: growth.as_ref().and_then(|g| g.slope_bytes_per_s),
                 verdict: growth.as_ref().map(|g| g.verdict),
+                verdict_caveat: None,
                 growth: growth.map(|g| g.stats),
                 series,
             }

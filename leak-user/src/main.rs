@@ -41,7 +41,9 @@ fn hunt_command(args: &HuntArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
-    let report = read_report(&args.file)?;
+    let mut report = read_report(&args.file)?;
+    // A report saved by an older leakscope has no marks yet.
+    report::drops::mark_and_warn(&mut report);
     write_output(args.output.as_deref(), &report::render(&report, args.format, args.top)?)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -57,7 +59,7 @@ fn diff_command(args: &DiffArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn read_report(path: &Path) -> anyhow::Result<Report> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let text = leakscope::input::read_text(path, leakscope::input::REPORT_LIMIT)?;
     json::parse(&text).map_err(|e| anyhow::anyhow!("{} is not a leakscope JSON report: {e}", path.display()))
 }
 

@@ -27,24 +27,63 @@ pub struct Target {
     pub command: String,
 }
 
-/// An existing process, checked to be alive.
+/// `PF_KTHREAD` in the flags of /proc/PID/stat (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The fields of /proc/PID/stat that matter here.
+#[derive(Debug, PartialEq)]
+pub struct ProcStat {
+    pub zombie: bool,
+    /// No user memory to trace.
+    pub kernel_thread: bool,
+    /// starttime, in clock ticks since boot: tells a reused PID apart.
+    pub start_ticks: u64,
+}
+
+impl ProcStat {
+    /// Fields are counted after the `(comm)`, which may itself contain
+    /// spaces and parentheses: state is field 3, flags 9, starttime 22.
+    pub fn parse(stat: &str) -> Option<ProcStat> {
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        Some(ProcStat {
+            zombie: matches!(*fields.first()?, "Z" | "X"),
+            kernel_thread: fields.get(6)?.parse::<u64>().ok()? & PF_KTHREAD != 0,
+            start_ticks: fields.get(19)?.parse().ok()?,
+        })
+    }
+}
+
+/// An existing process, checked to be alive and to be a user process.
 pub fn existing(pid: u32) -> Result<Target> {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     let Ok(stat) = fs::read_to_string(proc_dir.join("stat")) else {
         bail!("no such process: PID {pid}");
     };
-    // The state follows the parenthesised command name, which may contain spaces.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    if matches!(state, Some("Z" | "X")) {
+    let stat = ProcStat::parse(&stat).with_context(|| format!("cannot parse /proc/{pid}/stat"))?;
+    if stat.zombie {
         bail!("process {pid} has already exited (it is a zombie)");
+    }
+    if stat.kernel_thread {
+        bail!("PID {pid} is a kernel thread: it has no user-space memory to trace");
     }
     if pid as i32 == std::process::id() as i32 {
         bail!("leakscope cannot trace itself");
     }
     let command = command_line(pid).unwrap_or_else(|| format!("[pid {pid}]"));
     Ok(Target { pid, command })
+}
+
+/// The error for a failed read of `/proc/PID/FILE`: "has exited" only when
+/// the process is gone; otherwise what the read failed with (permission
+/// denied, too many open files, ...).
+pub fn proc_read_error(pid: u32, file: &str, error: std::io::Error) -> anyhow::Error {
+    let gone = matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ESRCH))
+        && !Path::new(&format!("/proc/{pid}")).exists();
+    if gone {
+        anyhow::anyhow!("process {pid} has exited")
+    } else {
+        anyhow::anyhow!("cannot read /proc/{pid}/{file}: {error}")
+    }
 }
 
 /// The process's command line, or `None` once it is gone.
@@ -249,6 +288,24 @@ mod tests {
         let err = existing(u32::MAX / 2).unwrap_err().to_string();
         assert!(err.contains("no such process"), "{err}");
         assert!(existing(std::process::id()).is_err());
+    }
+
+    #[test]
+    fn only_a_gone_process_has_exited() {
+        let io = std::io::Error::from_raw_os_error;
+        let own = std::process::id();
+        assert_eq!(
+            proc_read_error(own, "maps", io(libc::EACCES)).to_string(),
+            format!("cannot read /proc/{own}/maps: Permission denied (os error 13)")
+        );
+        assert!(proc_read_error(own, "maps", io(libc::EMFILE))
+            .to_string()
+            .ends_with("Too many open files (os error 24)"));
+        let gone = u32::MAX / 2;
+        assert_eq!(
+            proc_read_error(gone, "maps", io(libc::ENOENT)).to_string(),
+            format!("process {gone} has exited")
+        );
     }
 
     #[test]

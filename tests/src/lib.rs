@@ -437,6 +437,8 @@ pub struct Attach {
     pub stderr: String,
     pub fixture_pid: i32,
     pub fixture_status: ExitStatus,
+    /// Everything the fixture printed.
+    pub fixture_stdout: String,
 }
 
 impl Attach {
@@ -560,6 +562,7 @@ pub fn run_attach_command(mut cmd: Command, hunt_args: &[&str], stop: Stop) -> A
         stderr,
         fixture_pid: pid,
         fixture_status,
+        fixture_stdout: target_out.text(grace),
     }
 }
 

@@ -130,6 +130,47 @@ fn not_root() {
     assert_one_error(&out, Some(2), Some("root"));
 }
 
+/// A kernel thread has no user memory: refused, instead of an empty report
+/// that blamed "a static binary?".
+#[test]
+fn kernel_thread() {
+    // PF_KTHREAD in field 9 of /proc/PID/stat.
+    let kthread = fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let flags = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(6));
+            flags
+                .and_then(|f| f.parse::<u64>().ok())
+                .is_some_and(|f| f & 0x0020_0000 != 0)
+        })
+        .expect("no kernel thread visible in /proc");
+    let out = hunt_pid(&kthread.to_string(), "kernel-thread");
+    assert_one_error(&out, Some(2), Some(&format!("PID {kthread} is a kernel thread")));
+}
+
+/// A /proc/PID/maps that cannot be read is not an exited process. Here
+/// /proc/1/maps is not readable even by root (PID 1 belongs to the host's
+/// container runtime); where it is readable, no other process is tried.
+#[test]
+fn unreadable_maps_is_not_an_exit() {
+    let denied = match fs::read_to_string("/proc/1/maps") {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => true,
+        Ok(_) => false,
+        Err(e) => panic!("reading /proc/1/maps: {e}"),
+    };
+    if !denied {
+        eprintln!("/proc/1/maps is readable here: nothing to check");
+        return;
+    }
+    let out = hunt_pid("1", "pid1-maps");
+    assert_one_error(&out, Some(2), Some("cannot read /proc/1/maps: Permission denied"));
+    assert!(!out.stderr.contains("exited"), "{}", out.describe());
+}
+
 #[test]
 fn usage_without_target() {
     let out = run_leakscope(&["hunt"], ERROR_TIMEOUT, "usage");
@@ -159,8 +200,120 @@ fn watch_refuses_bad_input() {
         "watch-rates",
     );
     assert_one_error(&out, Some(2), Some("warning growth rate is above the critical one"));
+    // A negative window used to panic (exit 101).
+    let config = Path::new(reports).join("negative-window.toml");
+    fs::write(&config, format!("[[target]]\npid = {own}\nwindow = -5\n")).unwrap();
+    let out = watch(&["--config", config.to_str().unwrap()], "watch-negative-window");
+    assert_one_error(
+        &out,
+        Some(2),
+        Some("[[target]] number 1: window: -5 must be a non-negative"),
+    );
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = busy.local_addr().unwrap().to_string();
     let out = watch(&["-p", &own, "--listen", &address], "watch-port-in-use");
     assert_one_error(&out, Some(2), Some(&format!("cannot listen on {address}")));
+}
+
+/// `report`, `diff` and `watch --config` read the files they are given
+/// whole: /dev/zero, a FIFO and a file past the bound are refused at once
+/// (they used to grow memory until the OOM killer came).
+#[test]
+fn inputs_are_bounded() {
+    let dir = scratch_dir("bounded-inputs");
+    let fifo = dir.join("fifo");
+    let _ = fs::remove_file(&fifo);
+    let fifo_c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0, "mkfifo");
+    // Sparse: past the 1 GiB bound for reports without using the disk.
+    let huge = dir.join("huge.json");
+    fs::File::create(&huge).unwrap().set_len((1 << 30) + 1).unwrap();
+    let big_config = dir.join("big.toml");
+    fs::write(&big_config, "#".repeat((1 << 20) + 1)).unwrap();
+    let (fifo, huge, big_config) = (
+        fifo.to_str().unwrap(),
+        huge.to_str().unwrap(),
+        big_config.to_str().unwrap(),
+    );
+    let not_regular = |path: &str| format!("cannot read {path}: not a regular file");
+    for (args, label, error) in [
+        (vec!["report", "/dev/zero"], "report-zero", not_regular("/dev/zero")),
+        (vec!["report", fifo], "report-fifo", not_regular(fifo)),
+        (
+            vec!["report", huge],
+            "report-huge",
+            format!("cannot read {huge}: larger than the limit of 1.0 GiB"),
+        ),
+        (
+            vec!["diff", "/dev/zero", "/dev/zero"],
+            "diff-zero",
+            not_regular("/dev/zero"),
+        ),
+        (
+            vec!["diff", huge, huge],
+            "diff-huge",
+            format!("cannot read {huge}: larger than the limit"),
+        ),
+        (
+            vec!["watch", "--config", "/dev/zero"],
+            "config-zero",
+            not_regular("/dev/zero"),
+        ),
+        (
+            vec!["watch", "--config", big_config],
+            "config-big",
+            format!("cannot read {big_config}: larger than the limit of 1.0 MiB"),
+        ),
+    ] {
+        let started = Instant::now();
+        let out = run_leakscope(&args, ERROR_TIMEOUT, label);
+        assert_one_error(&out, Some(2), Some(&error));
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{label} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// Out of descriptors while loading the eBPF programs: said as such, not
+/// blamed on BTF or root.
+#[test]
+fn loader_out_of_descriptors() {
+    use std::os::unix::process::CommandExt as _;
+    let mut sleeper = Command::new("sleep");
+    sleeper.arg("300").stdin(Stdio::null());
+    let target = Proc::spawn(sleeper, "sleep");
+    let dir = scratch_dir("loader-emfile");
+    let mut cmd = Command::new(leakscope_bin());
+    cmd.args(["hunt", "-p", &target.pid().to_string(), "--duration", "300", "-o"])
+        .arg(dir.join("report.txt"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe. 12 descriptors: enough to
+    // start, not for the maps.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 12,
+                rlim_max: 12,
+            };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    let mut tracer = Proc::spawn(cmd, "leakscope");
+    let (out, err) = (tracer.take_stdout(), tracer.take_stderr());
+    let status = tracer.wait_or_panic(ERROR_TIMEOUT, &|| err.text(Duration::ZERO));
+    let out = HuntOutput {
+        status,
+        stdout: out.text(Duration::from_secs(1)),
+        stderr: err.text(Duration::from_secs(1)),
+    };
+    assert_one_error(&out, Some(2), Some("too many open files"));
+    assert!(!out.stderr.contains("BTF"), "{}", out.describe());
 }

@@ -121,6 +121,11 @@ impl Watch {
     /// `leakscope watch --listen 127.0.0.1:<free port> <args>`; waits for
     /// its "watch listening on" line, which must name that address.
     fn start(args: &[String]) -> Watch {
+        Watch::start_with(args, |_| {})
+    }
+
+    /// `start`, with `adjust` applied to the command first.
+    fn start_with(args: &[String], adjust: impl FnOnce(&mut Command)) -> Watch {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(leakscope_bin());
         cmd.arg("watch")
@@ -129,6 +134,7 @@ impl Watch {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        adjust(&mut cmd);
         let mut proc = Proc::spawn(cmd, "leakscope watch");
         let err = proc.take_stderr();
         match err.wait_for(|l| l.starts_with(LISTENING_PREFIX), LISTEN_TIMEOUT) {
@@ -1028,6 +1034,112 @@ fn growing_path_names_the_caller_of_memset() {
     assert!(
         frames.get(1).is_some_and(|f| f.starts_with("leak_zeroed ")),
         "the caller of memset is recovered: {frames:?}"
+    );
+    assert!(watch.terminate().success(), "{}", watch.context());
+}
+
+/// The endpoint cannot starve the monitor. Under a descriptor limit of 256,
+/// 400 idle connections used to take every descriptor: scrapes failed and
+/// the target was dropped and added again. Now scrapes go on during the
+/// flood, the target stays, idle connections are closed after the header
+/// timeout (5 s), and an oversized request head is refused.
+#[test]
+fn connection_flood_neither_fails_scrapes_nor_drops_targets() {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::process::CommandExt as _;
+
+    let fixture = Fixture::start(&build_fixture("late_leak", &[]), "steady", 0, 64);
+    let mut watch = Watch::start_with(
+        &[
+            "-p".into(),
+            fixture.pid().to_string(),
+            "--interval".into(),
+            "0.5".into(),
+        ],
+        |cmd| {
+            // SAFETY: setrlimit is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let limit = libc::rlimit {
+                        rlim_cur: 256,
+                        rlim_max: 256,
+                    };
+                    match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                        0 => Ok(()),
+                        _ => Err(std::io::Error::last_os_error()),
+                    }
+                });
+            }
+        },
+    );
+    let watching = format!("leakscope: watching PID {}", fixture.pid());
+    watch.wait_line(&watching, SCAN_TIMEOUT);
+    let target_pid = fixture.pid();
+    let series_of_target = |text: &str| value_for(&parse_metrics(text), "leakscope_target_rss_bytes", target_pid);
+    poll(SERIES_TIMEOUT, || {
+        watch
+            .metrics()
+            .map(|m| series_of_target(&m))
+            .and_then(|v| v.ok_or("no series yet".into()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", watch.context()));
+
+    let flood: Vec<std::net::TcpStream> = (0..400)
+        .map(|i| std::net::TcpStream::connect(&watch.addr).unwrap_or_else(|e| panic!("flood connection {i}: {e}")))
+        .collect();
+    // Scrapes during the flood, over several sampling rounds.
+    for round in 0..8 {
+        let metrics = watch
+            .metrics()
+            .unwrap_or_else(|e| panic!("scrape {round} during the flood: {e}\n{}", watch.context()));
+        assert!(
+            series_of_target(&metrics).is_some(),
+            "scrape {round}: the target's series is gone"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    let stderr = watch.stderr();
+    assert_eq!(
+        stderr.matches(&watching).count(),
+        1,
+        "the target was dropped or added again:\n{stderr}"
+    );
+    assert!(!stderr.contains("no longer watching"), "{stderr}");
+
+    // Every idle connection is closed by now (the header timeout is 5 s).
+    thread::sleep(Duration::from_secs(2));
+    for (i, mut conn) in flood.into_iter().enumerate() {
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut byte = [0u8; 1];
+        let read = conn.read(&mut byte);
+        assert!(
+            matches!(read, Ok(0))
+                || read
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "idle connection {i} is still open: {read:?}"
+        );
+    }
+
+    // A request head past the bound: refused, never read to its end.
+    let mut big = std::net::TcpStream::connect(&watch.addr).unwrap();
+    big.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
+    let head = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(64 << 10)
+    );
+    let _ = big.write_all(head.as_bytes());
+    let mut answer = Vec::new();
+    let _ = big.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "oversized head answered: {answer}"
+    );
+    assert!(
+        watch.metrics().is_ok(),
+        "scrape after the oversized request\n{}",
+        watch.context()
     );
     assert!(watch.terminate().success(), "{}", watch.context());
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, build, demo, tests and benchmarks of leakscope (see README, "Quick start").
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -35,6 +36,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Fuzz each parser of untrusted input (cargo-fuzz, nightly) for a bounded time
+    Fuzz {
+        /// Seconds per target
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Set up, build, then measure leakscope's costs against untraced runs and peers; writes BENCHMARKS.md (as root)
     Bench {
         /// Fewer repetitions and shorter runs (about 2 minutes instead of 9)
@@ -67,6 +74,7 @@ fn try_main() -> Result<ExitCode> {
         }
         Cmd::Demo => return demo::demo(),
         Cmd::Test { args } => test::test(&args)?,
+        Cmd::Fuzz { seconds } => fuzz::fuzz(seconds)?,
         Cmd::Bench { quick, only } => bench::bench(quick, only.as_deref())?,
     }
     Ok(ExitCode::SUCCESS)

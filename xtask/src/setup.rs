@@ -22,6 +22,7 @@ pub fn setup() -> Result<()> {
     prometheus()?;
     node();
     bpf_linker()?;
+    cargo_fuzz()?;
     tracefs()
 }
 
@@ -51,6 +52,16 @@ fn nightly() -> Result<()> {
     }
     installing("nightly toolchain");
     run(rustup().args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+}
+
+/// `cargo xtask fuzz` (and the suite's short pass) run cargo-fuzz.
+pub fn cargo_fuzz() -> Result<()> {
+    if output(Command::new("cargo").args(["fuzz", "--version"])).is_ok() {
+        ok("cargo-fuzz");
+        return Ok(());
+    }
+    installing("cargo-fuzz");
+    run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
 }
 
 /// The eBPF crate is built with `-Z build-std=core`.

@@ -34,7 +34,8 @@ pub fn test(args: &[String]) -> Result<()> {
     let watched = watch.finish();
     tests?;
     println!("{}", watched?);
-    Ok(())
+    // A short pass over every fuzz target: the parsers stay panic-free.
+    crate::fuzz::fuzz(crate::fuzz::SHORT_PASS_SECONDS)
 }
 
 /// The processes the suite starts, by name: the C fixtures and Node.

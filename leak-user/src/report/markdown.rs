@@ -169,7 +169,15 @@ fn sites(out: &mut String, report: &Report, top: usize) {
         out.push_str("No outstanding allocations.\n\n");
     }
     for (rank, site) in ranked.iter().take(top).enumerate() {
-        let verdict = site.verdict.map(|v| format!(": {}", v.as_str())).unwrap_or_default();
+        let caveat = site
+            .verdict_caveat
+            .as_ref()
+            .map(|c| format!(" (unsure: {c})"))
+            .unwrap_or_default();
+        let verdict = site
+            .verdict
+            .map(|v| format!(": {}{caveat}", v.as_str()))
+            .unwrap_or_default();
         let _ = writeln!(out, "### {}. {}{verdict}\n", rank + 1, site_name(site));
         let via = match &site.mapping {
             Some(m) => format!(
@@ -289,10 +297,17 @@ fn rss(out: &mut String, report: &Report) {
 fn data_quality(out: &mut String, report: &Report) {
     out.push_str("## Data quality\n\n### Drops\n\n");
     let lost: Vec<(&String, &u64)> = report.drops.iter().filter(|(_, n)| **n > 0).collect();
-    if lost.is_empty() {
-        out.push_str("None: every event was recorded.\n\n");
-    } else {
-        out.push_str("Events were lost, so the figures are lower bounds.\n\n| counter | lost |\n|---|---:|\n");
+    match super::drops::Bias::of(&report.drops).describe() {
+        None if report.sample_bytes.is_some() => {
+            out.push_str("None: no sampled event was lost (the heap figures are still estimates).\n\n")
+        }
+        None => out.push_str("None: every event was recorded.\n\n"),
+        Some(meaning) => {
+            let _ = writeln!(out, "Events were lost: {meaning}.\n");
+        }
+    }
+    if !lost.is_empty() {
+        out.push_str("| counter | lost |\n|---|---:|\n");
         for (name, n) in lost {
             let _ = writeln!(out, "| {name} | {n} |");
         }

@@ -1,6 +1,7 @@
 //! The report: what a hunt measured, independent of how it is rendered.
 //! Schema `leakscope/report/v1`; fields are documented in the README.
 
+pub mod drops;
 pub mod flamegraph;
 pub mod folded;
 pub mod json;
@@ -29,7 +30,8 @@ pub struct Report {
     /// Why the hunt ended: "duration", "interrupted", "target-exited".
     pub ended_by: String,
     pub totals: Totals,
-    /// Records lost, by reason; all zero means the report is exact.
+    /// Records lost, by reason; all zero means nothing was lost. Lost frees
+    /// make figures over-counts, lost allocations under-counts.
     pub drops: BTreeMap<String, u64>,
     pub probes: Vec<ProbeReport>,
     pub sites: Vec<Site>,
@@ -162,6 +164,9 @@ pub struct Site {
     pub growth_bytes_per_s: Option<f64>,
     #[serde(default)]
     pub verdict: Option<Verdict>,
+    /// Why lost events may have changed the verdict (see `drops`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict_caveat: Option<String>,
     /// The numbers behind the verdict.
     #[serde(default)]
     pub growth: Option<GrowthStats>,
@@ -313,8 +318,9 @@ pub fn prot_string(prot: u8) -> String {
 }
 
 /// Human-readable byte counts: "512 B", "12.5 KiB", "3.0 MiB".
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+pub fn human_bytes(bytes: impl Into<u128>) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let bytes: u128 = bytes.into();
     let mut value = bytes as f64;
     let mut unit = 0;
     while value >= 1024.0 && unit < UNITS.len() - 1 {
@@ -401,9 +407,9 @@ pub(crate) mod tests {
 
     #[test]
     fn formats_bytes_and_protection() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(12 * 1024 + 512), "12.5 KiB");
-        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+        assert_eq!(human_bytes(512u64), "512 B");
+        assert_eq!(human_bytes(12 * 1024 + 512u64), "12.5 KiB");
+        assert_eq!(human_bytes(3u64 << 20), "3.0 MiB");
         assert_eq!(prot_string(3), "rw-");
         assert_eq!(prot_string(0), "---");
         assert_eq!(prot_string(5), "r-x");

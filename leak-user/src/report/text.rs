@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{human_bytes, Report, Site};
+use super::{drops, human_bytes, Report, Site};
 
 pub fn render(report: &Report, top: usize) -> String {
     let mut out = String::new();
@@ -38,16 +38,18 @@ pub fn render(report: &Report, top: usize) -> String {
             human_bytes(mean)
         );
     }
-    let lost: Vec<String> = report
-        .drops
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(k, n)| format!("{k}={n}"))
-        .collect();
-    if lost.is_empty() {
-        let _ = writeln!(out, "drops: none (exact)");
-    } else {
-        let _ = writeln!(out, "drops: {} (figures are lower bounds)", lost.join(" "));
+    let lost = drops::nonzero(&report.drops);
+    match drops::Bias::of(&report.drops).describe() {
+        // A sampled report is an estimate even when nothing was lost.
+        None if report.sample_bytes.is_some() => {
+            let _ = writeln!(out, "drops: none");
+        }
+        None => {
+            let _ = writeln!(out, "drops: none (exact)");
+        }
+        Some(meaning) => {
+            let _ = writeln!(out, "drops: {} ({meaning})", lost.join(" "));
+        }
     }
     for (status, label) in [
         ("never-fired", "probes that never fired"),
@@ -89,9 +91,14 @@ fn write_site(out: &mut String, rank: usize, site: &Site) {
         .as_ref()
         .map(|m| format!(" [{} {}]", if m.anonymous { "anon" } else { "file" }, m.prot))
         .unwrap_or_default();
+    let caveat = site
+        .verdict_caveat
+        .as_ref()
+        .map(|c| format!(" (unsure: {c})"))
+        .unwrap_or_default();
     let verdict = match (site.verdict, site.growth_bytes_per_s) {
-        (Some(v), Some(rate)) if rate > 0.0 => format!("{}, +{}/s: ", v.as_str(), human_bytes(rate as u64)),
-        (Some(v), _) => format!("{}: ", v.as_str()),
+        (Some(v), Some(rate)) if rate > 0.0 => format!("{}, +{}/s{caveat}: ", v.as_str(), human_bytes(rate as u64)),
+        (Some(v), _) => format!("{}{caveat}: ", v.as_str()),
         (None, _) => String::new(),
     };
     let _ = writeln!(
@@ -184,4 +191,42 @@ fn write_verdicts(out: &mut String, report: &Report) {
         "\nsites by verdict: {} (ranked below by verdict, then growth rate)",
         summary.join(", ")
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::tests::sample_report;
+
+    fn drops_line(report: &Report) -> String {
+        let text = render(report, 10);
+        text.lines().find(|l| l.starts_with("drops:")).unwrap().to_string()
+    }
+
+    #[test]
+    fn says_which_way_drops_bias_the_figures() {
+        let mut report = sample_report();
+        report.drops.insert("ring_buffer_full".into(), 7);
+        crate::report::drops::mark_verdicts(&mut report);
+        let line = drops_line(&report);
+        assert!(line.contains("ring_buffer_full=7"), "{line}");
+        assert!(line.contains("over-counts (frees were lost)"), "{line}");
+        assert!(line.contains("under-counts (allocations were lost)"), "{line}");
+        assert!(!line.contains("lower bounds"), "{line}");
+        let text = render(&report, 10);
+        assert!(
+            text.contains("leak, +700 B/s (unsure: lost frees may have inflated this growth)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_sampled_report_is_never_exact() {
+        let mut report = sample_report();
+        report.drops.values_mut().for_each(|n| *n = 0);
+        assert_eq!(drops_line(&report), "drops: none (exact)");
+        report.mode = "sampled".into();
+        report.sample_bytes = Some(512 << 10);
+        assert_eq!(drops_line(&report), "drops: none");
+    }
 }

@@ -154,7 +154,7 @@ impl ProcessModules {
 }
 
 /// One executable, file-backed line of /proc/PID/maps.
-struct MapsEntry<'a> {
+pub(crate) struct MapsEntry<'a> {
     range: &'a str,
     start: u64,
     end: u64,
@@ -165,7 +165,7 @@ struct MapsEntry<'a> {
 }
 
 impl<'a> MapsEntry<'a> {
-    fn parse(line: &'a str) -> Option<Self> {
+    pub(crate) fn parse(line: &'a str) -> Option<Self> {
         let mut rest = line;
         let range = next_field(&mut rest);
         let perms = next_field(&mut rest);

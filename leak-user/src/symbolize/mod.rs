@@ -6,8 +6,8 @@
 //! namespaces; [`Symbolizer`] turns addresses into [`Frame`]s with blazesym.
 
 mod cfi;
-mod maps;
-mod perfmap;
+pub(crate) mod maps;
+pub(crate) mod perfmap;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

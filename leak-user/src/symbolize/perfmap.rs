@@ -100,7 +100,7 @@ impl PerfMap {
 /// `3ad1a4a0c0a0 12c JS:*retainBuffers file:///srv/app.js:12:20`: V8 prefixes
 /// JS functions with `JS:` and a tier mark (`~` interpreted, `^` Sparkplug,
 /// `+` Maglev, `*` TurboFan), then `name location:line:column`.
-fn parse_line(line: &str) -> Option<(u64, JitSymbol)> {
+pub(crate) fn parse_line(line: &str) -> Option<(u64, JitSymbol)> {
     let mut fields = line.splitn(3, ' ');
     let start = u64::from_str_radix(fields.next()?, 16).ok()?;
     let size = u64::from_str_radix(fields.next()?, 16).ok()?;

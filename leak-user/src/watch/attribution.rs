@@ -76,9 +76,7 @@ impl Attribution {
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let mut collector = Collector::new(pid, None);
         collector.refresh_modules();
-        if let Some(program_break) = program_break(pid) {
-            collector.set_program_break(program_break);
-        }
+        collector.read_program_break(pid);
         Ok(Attribution {
             ebpf,
             links,
@@ -205,17 +203,4 @@ fn frame_text(frame: Frame) -> String {
         (Some(file), Some(line)) => format!("{} ({}:{line})", frame_label(&frame), crate::report::file_name(file)),
         _ => frame_label(&frame),
     }
-}
-
-/// The current program break: the end of the `[heap]` mapping, or where the
-/// heap will start (start_brk, field 47 of /proc/PID/stat) before it exists.
-fn program_break(pid: u32) -> Option<u64> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    if let Some(line) = maps.lines().find(|l| l.ends_with("[heap]")) {
-        let end = line.split_whitespace().next()?.split_once('-')?.1;
-        return u64::from_str_radix(end, 16).ok();
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(44)?.parse().ok()
 }

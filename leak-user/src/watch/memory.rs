@@ -90,7 +90,7 @@ pub fn memory_cgroup(proc_cgroup: &str) -> Option<MemoryCgroup> {
     }
 }
 
-fn parse_status(status: &str) -> Option<MemorySample> {
+pub(crate) fn parse_status(status: &str) -> Option<MemorySample> {
     let field = |name| kib_field(status, name).unwrap_or(0);
     Some(MemorySample {
         // Kernel threads have no VmRSS line: nothing to watch.
@@ -106,7 +106,7 @@ fn parse_status(status: &str) -> Option<MemorySample> {
 fn kib_field(text: &str, name: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(name))?;
     let kib: u64 = line[name.len()..].split_whitespace().next()?.parse().ok()?;
-    Some(kib * 1024)
+    kib.checked_mul(1024)
 }
 
 /// Usage of a memory cgroup, and the tightest limit on the way up to the root.

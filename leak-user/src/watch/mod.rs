@@ -10,12 +10,12 @@
 
 mod attribution;
 mod escalate;
-mod memory;
+pub(crate) mod memory;
 mod notify;
 mod rules;
 mod server;
 mod status;
-mod targets;
+pub(crate) mod targets;
 
 use std::{
     collections::BTreeMap,
@@ -184,7 +184,30 @@ impl<'a> Daemon<'a> {
         let now = Instant::now();
         let dt_s = now.duration_since(self.last_round).as_secs_f64();
         self.last_round = now;
-        let found = targets::scan(&self.selections);
+        match targets::scan(&self.selections) {
+            Ok(found) => self.update_targets(found),
+            // Out of descriptors, say: nothing is dropped for that.
+            Err(e) => eprintln!("leakscope: warning: cannot scan the processes ({e}): the targets stay as they are"),
+        }
+        let t_s = self.started.elapsed().as_secs_f64();
+        let pids: Vec<u32> = self.watched.keys().copied().collect();
+        for pid in pids {
+            if !self.sample(pid, t_s, dt_s) {
+                // Unreadable but still there (out of descriptors): next round.
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    self.forget(pid);
+                }
+                continue;
+            }
+            self.judge(pid);
+        }
+        self.background.retain(|handle| !handle.is_finished());
+        self.publish();
+    }
+
+    /// Drops the targets that are gone (or were replaced: a reused PID) and
+    /// adds the new ones.
+    fn update_targets(&mut self, found: BTreeMap<u32, Candidate>) {
         let gone: Vec<u32> = self
             .watched
             .iter()
@@ -199,17 +222,6 @@ impl<'a> Daemon<'a> {
                 self.add(pid, candidate);
             }
         }
-        let t_s = self.started.elapsed().as_secs_f64();
-        let pids: Vec<u32> = self.watched.keys().copied().collect();
-        for pid in pids {
-            if !self.sample(pid, t_s, dt_s) {
-                self.forget(pid);
-                continue;
-            }
-            self.judge(pid);
-        }
-        self.background.retain(|handle| !handle.is_finished());
-        self.publish();
     }
 
     fn add(&mut self, pid: u32, candidate: Candidate) {

@@ -8,7 +8,10 @@ use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 
 use super::memory::memory_cgroup;
-use crate::cli::{parse_rate, RuleArgs, WatchArgs};
+use crate::{
+    cli::{parse_rate, seconds, RuleArgs, WatchArgs},
+    target::ProcStat,
+};
 
 /// The kernel keeps 15 bytes of a process name (TASK_COMM_LEN − 1).
 const COMM_LEN: usize = 15;
@@ -65,7 +68,7 @@ struct ConfigFile {
 pub fn selections(args: &WatchArgs) -> Result<Vec<Selection>> {
     let mut selections = Vec::new();
     if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = crate::input::read_text(path, crate::input::CONFIG_LIMIT)?;
         selections = parse_config(&text, &args.rules).with_context(|| format!("{}", path.display()))?;
     }
     let cli = args
@@ -87,7 +90,7 @@ pub fn selections(args: &WatchArgs) -> Result<Vec<Selection>> {
     Ok(selections)
 }
 
-fn check_rules(rules: &RuleArgs) -> Result<()> {
+pub(crate) fn check_rules(rules: &RuleArgs) -> Result<()> {
     if rules.window.is_zero() {
         bail!("the window must be longer than 0 s");
     }
@@ -100,7 +103,7 @@ fn check_rules(rules: &RuleArgs) -> Result<()> {
     Ok(())
 }
 
-fn parse_config(text: &str, defaults: &RuleArgs) -> Result<Vec<Selection>> {
+pub(crate) fn parse_config(text: &str, defaults: &RuleArgs) -> Result<Vec<Selection>> {
     let config: ConfigFile = toml::from_str(text)?;
     config
         .target
@@ -118,8 +121,12 @@ fn parse_config(text: &str, defaults: &RuleArgs) -> Result<Vec<Selection>> {
                 Some(text) => parse_rate(&text).map_err(|e| anyhow::anyhow!("{}: {e}", context())),
                 None => Ok(default),
             };
+            let window = match entry.window {
+                Some(secs) => seconds(secs).map_err(|e| anyhow::anyhow!("{}: window: {e}", context()))?,
+                None => defaults.window,
+            };
             let rules = RuleArgs {
-                window: entry.window.map_or(defaults.window, std::time::Duration::from_secs_f64),
+                window,
                 warn_rate: rate(entry.warn_rate, defaults.warn_rate)?,
                 crit_rate: rate(entry.crit_rate, defaults.crit_rate)?,
                 warn_limit: entry.warn_limit.unwrap_or(defaults.warn_limit),
@@ -131,7 +138,9 @@ fn parse_config(text: &str, defaults: &RuleArgs) -> Result<Vec<Selection>> {
 }
 
 /// Every live process some selection picks (never leakscope itself), by PID.
-pub fn scan(selections: &[Selection]) -> BTreeMap<u32, Candidate> {
+/// An error (out of descriptors, say) is not "no processes": the caller
+/// keeps its targets rather than drop them.
+pub fn scan(selections: &[Selection]) -> std::io::Result<BTreeMap<u32, Candidate>> {
     let own = std::process::id();
     // PIDs alone need no walk over every process.
     let pids: Vec<u32> = match selections
@@ -143,77 +152,65 @@ pub fn scan(selections: &[Selection]) -> BTreeMap<u32, Candidate> {
         .collect::<Option<Vec<u32>>>()
     {
         Some(pids) => pids,
-        None => std::fs::read_dir("/proc")
-            .map(|dir| {
-                dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-                    .collect()
-            })
-            .unwrap_or_default(),
+        None => std::fs::read_dir("/proc")?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .collect(),
     };
-    pids.into_iter()
-        .filter(|&pid| pid != own)
-        .filter_map(|pid| Some((pid, candidate(Path::new("/proc"), pid, selections)?)))
-        .collect()
+    let mut found = BTreeMap::new();
+    for pid in pids.into_iter().filter(|&pid| pid != own) {
+        if let Some(candidate) = candidate(Path::new("/proc"), pid, selections)? {
+            found.insert(pid, candidate);
+        }
+    }
+    Ok(found)
 }
 
-fn candidate(proc: &Path, pid: u32, selections: &[Selection]) -> Option<Candidate> {
+/// A /proc file of a process; None once the process is gone.
+fn read_proc_file(path: &Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn candidate(proc: &Path, pid: u32, selections: &[Selection]) -> std::io::Result<Option<Candidate>> {
     let dir = proc.join(pid.to_string());
-    let comm = std::fs::read_to_string(dir.join("comm")).ok()?.trim_end().to_string();
-    let mut cgroup = None;
-    let selection = selections.iter().position(|s| match &s.selector {
+    let Some(comm) = read_proc_file(&dir.join("comm"))? else {
+        return Ok(None);
+    };
+    let comm = comm.trim_end().to_string();
+    let by_cgroup = selections.iter().any(|s| matches!(s.selector, Selector::Cgroup(_)));
+    let cgroup = match by_cgroup {
+        true => read_proc_file(&dir.join("cgroup"))?
+            .and_then(|t| memory_cgroup(&t))
+            .map(|c| c.path),
+        false => None,
+    };
+    let Some(selection) = selections.iter().position(|s| match &s.selector {
         Selector::Pid(wanted) => *wanted == pid,
         Selector::Comm(name) => name.get(..COMM_LEN.min(name.len())) == Some(comm.as_str()),
-        Selector::Cgroup(wanted) => {
-            let path = cgroup.get_or_insert_with(|| {
-                std::fs::read_to_string(dir.join("cgroup"))
-                    .ok()
-                    .and_then(|t| memory_cgroup(&t))
-                    .map(|c| c.path)
-            });
-            path.as_deref().is_some_and(|path| in_cgroup(path, wanted))
-        }
-    })?;
-    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-    let stat = StatFields::parse(&stat)?;
+        Selector::Cgroup(wanted) => cgroup.as_deref().is_some_and(|path| in_cgroup(path, wanted)),
+    }) else {
+        return Ok(None);
+    };
+    let Some(stat) = read_proc_file(&dir.join("stat"))?.and_then(|stat| ProcStat::parse(&stat)) else {
+        return Ok(None);
+    };
     // Kernel threads and zombies have no memory of their own to watch.
     if stat.kernel_thread || stat.zombie {
-        return None;
+        return Ok(None);
     }
-    Some(Candidate {
+    Ok(Some(Candidate {
         comm,
         start_ticks: stat.start_ticks,
         selection,
-    })
+    }))
 }
 
 fn in_cgroup(path: &str, wanted: &str) -> bool {
     let wanted = wanted.trim_end_matches('/');
     path == wanted || wanted.is_empty() || path.strip_prefix(wanted).is_some_and(|rest| rest.starts_with('/'))
-}
-
-/// PF_KTHREAD in the flags of /proc/PID/stat.
-const PF_KTHREAD: u64 = 0x0020_0000;
-
-/// The fields of /proc/PID/stat that matter here.
-#[derive(Debug, PartialEq)]
-struct StatFields {
-    zombie: bool,
-    kernel_thread: bool,
-    /// starttime, in clock ticks since boot.
-    start_ticks: u64,
-}
-
-impl StatFields {
-    /// Fields are counted after the `(comm)`, which may itself contain
-    /// spaces and parentheses: state is field 3, flags 9, starttime 22.
-    fn parse(stat: &str) -> Option<StatFields> {
-        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-        Some(StatFields {
-            zombie: matches!(*fields.first()?, "Z" | "X"),
-            kernel_thread: fields.get(6)?.parse::<u64>().ok()? & PF_KTHREAD != 0,
-            start_ticks: fields.get(19)?.parse().ok()?,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -260,6 +257,13 @@ mod tests {
         assert!(parse_config("[[target]]\npid = 1\ncomm = \"x\"\n", &defaults()).is_err());
         assert!(parse_config("[[target]]\npid = 1\nwarn_rate = \"1MB/week\"\n", &defaults()).is_err());
         assert!(parse_config("[[target]]\npid = 1\nwarn_rat = \"1MB\"\n", &defaults()).is_err());
+        for window in ["-5", "nan", "inf", "1e300"] {
+            let error = parse_config(&format!("[[target]]\npid = 1\nwindow = {window}\n"), &defaults()).unwrap_err();
+            assert!(
+                error.to_string().starts_with("[[target]] number 1: window: "),
+                "{window}: {error}"
+            );
+        }
         let inverted = parse_config("[[target]]\npid = 1\nwarn_rate = \"2GiB/s\"\n", &defaults()).unwrap();
         assert!(check_rules(&inverted[0].rules).is_err());
         assert!(check_rules(&selections[0].rules).is_ok());
@@ -284,6 +288,7 @@ mod tests {
                     rules: defaults(),
                 }],
             )
+            .unwrap()
         };
         let by_pid = select(Selector::Pid(pid)).unwrap();
         assert_eq!(by_pid.comm, comm);
@@ -301,19 +306,19 @@ mod tests {
         assert!(!in_cgroup("/system.slicer/a", "/system.slice"));
         assert!(in_cgroup("/anything", "/"));
         let stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 987654 1000 10";
-        let fields = StatFields::parse(stat).unwrap();
+        let fields = ProcStat::parse(stat).unwrap();
         assert_eq!(
             fields,
-            StatFields {
+            ProcStat {
                 zombie: false,
                 kernel_thread: false,
                 start_ticks: 987654
             }
         );
         let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0";
-        assert!(StatFields::parse(kthread).unwrap().kernel_thread);
+        assert!(ProcStat::parse(kthread).unwrap().kernel_thread);
         assert!(
-            StatFields::parse("7 (z) Z 1 7 7 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0")
+            ProcStat::parse("7 (z) Z 1 7 7 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0")
                 .unwrap()
                 .zombie
         );

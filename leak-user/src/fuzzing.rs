@@ -1,0 +1,86 @@
+//! Entry points of the parsers of untrusted input, for the fuzz targets in
+//! `fuzz/` (`cargo xtask fuzz`). Whatever the bytes, each must return: a
+//! panic, an overflow or a hang is a bug. The inputs are what a traced
+//! process or a user controls: its perf map and /proc files, saved reports,
+//! the watch config.
+
+use std::time::Duration;
+
+use crate::{
+    cli::{Format, RuleArgs},
+    diff,
+    report::{self, drops, json},
+    symbolize::{maps::MapsEntry, perfmap},
+    target::ProcStat,
+    timeline,
+    watch::{memory, targets},
+};
+
+/// One line of `/tmp/perf-PID.map` (the file belongs to the target's user).
+pub fn perf_map_line(line: &str) {
+    if let Some((start, symbol)) = perfmap::parse_line(line) {
+        assert!(symbol.end >= start, "a JIT range ends before it starts: {line:?}");
+    }
+}
+
+/// `/proc/PID/maps` (paths are the target's to choose).
+pub fn proc_maps(text: &str) {
+    for line in text.lines() {
+        let _ = MapsEntry::parse(line);
+    }
+}
+
+/// `/proc/PID/status`.
+pub fn proc_status(text: &str) {
+    let _ = memory::parse_status(text);
+    let _ = timeline::vm_rss_bytes(text);
+}
+
+/// `/proc/PID/stat` (the command name inside the parentheses is the target's).
+pub fn proc_stat(text: &str) {
+    let _ = ProcStat::parse(text);
+}
+
+/// `/proc/PID/cgroup`.
+pub fn proc_cgroup(text: &str) {
+    let _ = memory::memory_cgroup(text);
+}
+
+/// A saved JSON report, as `report` and `diff` read it; one that parses is
+/// rendered in every format and diffed against itself.
+pub fn report_json(text: &str) {
+    let Ok(mut report) = json::parse(text) else {
+        return;
+    };
+    drops::mark_verdicts(&mut report);
+    let _ = drops::warning(&report);
+    for format in [
+        Format::Text,
+        Format::Json,
+        Format::Folded,
+        Format::Flamegraph,
+        Format::Pprof,
+        Format::Markdown,
+    ] {
+        let _ = report::render(&report, format, 20);
+    }
+    let d = diff::diff(&report, &report);
+    let _ = diff::render_text(&d);
+    let _ = diff::render_json(&d);
+}
+
+/// The watch `--config` file.
+pub fn watch_config(text: &str) {
+    let defaults = RuleArgs {
+        window: Duration::from_secs(600),
+        warn_rate: 10.0 * 1048576.0 / 3600.0,
+        crit_rate: 100.0 * 1048576.0 / 3600.0,
+        warn_limit: 80.0,
+        crit_limit: 95.0,
+    };
+    if let Ok(selections) = targets::parse_config(text, &defaults) {
+        for selection in &selections {
+            let _ = targets::check_rules(&selection.rules);
+        }
+    }
+}
