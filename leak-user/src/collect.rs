@@ -7,7 +7,7 @@ use leak_common::{
 };
 
 use crate::{
-    heap::{charged_size, sample_weight, Heap, Kind, SiteKey},
+    heap::{charged_size, Heap, Kind, SiteKey},
     node::NodeStats,
     report::PROT_UNKNOWN,
     symbolize::{FramelessUnwinder, ProcessModules, MAX_SKIPPED},
@@ -47,7 +47,7 @@ pub struct Collector {
 impl Collector {
     pub fn new(pid: u32, sample_bytes: Option<u64>) -> Collector {
         Collector {
-            heap: Heap::default(),
+            heap: Heap::new(sample_bytes),
             modules: ProcessModules::new(pid),
             stacks: HashMap::new(),
             events: 0,
@@ -102,7 +102,7 @@ impl Collector {
             }
             EventOp::Exec => {
                 // A new program: its addresses mean other code.
-                self.heap = Heap::default();
+                self.heap = Heap::new(self.sample_bytes);
                 self.unwinder = FramelessUnwinder::default();
                 self.node = NodeStats::default();
                 self.torn_down_at = None;
@@ -132,14 +132,10 @@ impl Collector {
                 let site = self.site(&site_event, probe, internal);
                 let size = charged_size(probe, e.size);
                 match op {
-                    EventOp::Alloc => {
-                        self.heap
-                            .alloc(e.addr, size, sample_weight(size, self.sample_bytes), e.ts_ns, site)
-                    }
+                    EventOp::Alloc => self.heap.alloc(e.addr, size, e.ts_ns, site),
                     EventOp::Realloc => {
                         self.heap.free(e.old_addr, e.entry_ns);
-                        self.heap
-                            .alloc(e.addr, size, sample_weight(size, self.sample_bytes), e.ts_ns, site);
+                        self.heap.alloc(e.addr, size, e.ts_ns, site);
                     }
                     EventOp::Map => self.heap.map(e.addr, e.size, e.ts_ns, site, internal),
                     EventOp::Brk => self.move_break(e.addr, e.ts_ns, site),

@@ -85,14 +85,29 @@ impl SiteKey {
 /// Index into `Heap::sites`.
 pub type SiteId = u32;
 
+/// One outstanding heap block, kept small: a hunt may hold millions. Its
+/// sampling weight is not stored, since it follows from its size.
 #[derive(Clone, Copy, Debug)]
 struct Block {
-    size: u64,
-    ts_ns: u64,
+    /// [`HUGE`]: the size is in `Heap::huge_sizes`.
+    size: u32,
     site: SiteId,
-    /// How many allocations this one stands for: 1 when every call is
-    /// traced, 1/P(sampled) in sampled mode.
-    weight: f32,
+    ts_ns: u64,
+}
+
+/// The block's size does not fit a u32.
+const HUGE: u32 = u32::MAX;
+
+/// The block table is split in this many shards, each growing on its own:
+/// one table of a million entries copies itself whole when it doubles,
+/// which doubles leakscope's peak memory for that moment.
+const BLOCK_SHARDS: usize = 64;
+
+type BlockTable = HashMap<u64, Block, foldhash::fast::FixedState>;
+
+fn shard_of(addr: u64) -> usize {
+    // Fibonacci hashing spreads 16-byte-aligned and page-aligned addresses alike.
+    ((addr >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % BLOCK_SHARDS
 }
 
 /// A live page range; pieces of one partially unmapped mapping share `origin`.
@@ -114,11 +129,15 @@ pub struct SiteTotals {
     pub oldest_ts_ns: u64,
 }
 
-#[derive(Default)]
 pub struct Heap {
     sites: Vec<SiteKey>,
     site_ids: HashMap<SiteKey, SiteId>,
-    blocks: HashMap<u64, Block>,
+    blocks: Vec<BlockTable>,
+    /// Sizes of blocks of 4 GiB or more, by address.
+    huge_sizes: HashMap<u64, u64>,
+    /// The mean sampling interval in sampled mode: blocks weigh
+    /// [`sample_weight`] of their size. None: every call is traced.
+    sample_mean: Option<u64>,
     ranges: BTreeMap<u64, Range>,
     next_origin: u64,
     /// Bytes and allocations each site made during the hunt, freed or not.
@@ -149,7 +168,37 @@ pub fn page_round_up(len: u64) -> u64 {
     len.div_ceil(PAGE_SIZE).saturating_mul(PAGE_SIZE)
 }
 
+impl Default for Heap {
+    fn default() -> Heap {
+        Heap::new(None)
+    }
+}
+
 impl Heap {
+    pub fn new(sample_mean: Option<u64>) -> Heap {
+        Heap {
+            sites: Vec::new(),
+            site_ids: HashMap::new(),
+            blocks: (0..BLOCK_SHARDS).map(|_| BlockTable::default()).collect(),
+            huge_sizes: HashMap::new(),
+            sample_mean,
+            ranges: BTreeMap::new(),
+            next_origin: 0,
+            allocated: Vec::new(),
+        }
+    }
+
+    /// Every outstanding block, with its size and weight.
+    fn blocks(&self) -> impl Iterator<Item = (u64, &Block, f64)> + '_ {
+        self.blocks.iter().flatten().map(|(&addr, b)| {
+            let size = match b.size {
+                HUGE => self.huge_sizes[&addr],
+                size => u64::from(size),
+            };
+            (size, b, f64::from(sample_weight(size, self.sample_mean)))
+        })
+    }
+
     pub fn site(&self, id: SiteId) -> &SiteKey {
         &self.sites[id as usize]
     }
@@ -168,23 +217,33 @@ impl Heap {
     /// A heap block was returned to the caller. A block already recorded at
     /// that address must have been freed unseen (e.g. its event was dropped);
     /// the new one replaces it.
-    pub fn alloc(&mut self, addr: u64, size: u64, weight: f32, ts_ns: u64, site: SiteId) {
-        self.count_allocation(site, size, weight);
-        self.blocks.insert(
+    pub fn alloc(&mut self, addr: u64, size: u64, ts_ns: u64, site: SiteId) {
+        self.count_allocation(site, size, sample_weight(size, self.sample_mean));
+        let stored = u32::try_from(size).ok().filter(|&s| s != HUGE).unwrap_or(HUGE);
+        if stored == HUGE {
+            self.huge_sizes.insert(addr, size);
+        } else if !self.huge_sizes.is_empty() {
+            self.huge_sizes.remove(&addr);
+        }
+        self.blocks[shard_of(addr)].insert(
             addr,
             Block {
-                size,
-                ts_ns,
+                size: stored,
                 site,
-                weight,
+                ts_ns,
             },
         );
     }
 
     /// The block at `addr` was freed by a call that began at `entry_ns`.
     pub fn free(&mut self, addr: u64, entry_ns: u64) {
-        if self.blocks.get(&addr).is_some_and(|b| b.ts_ns < entry_ns) {
-            self.blocks.remove(&addr);
+        let shard = &mut self.blocks[shard_of(addr)];
+        let Some(block) = shard.get(&addr).filter(|b| b.ts_ns < entry_ns).copied() else {
+            return;
+        };
+        shard.remove(&addr);
+        if block.size == HUGE {
+            self.huge_sizes.remove(&addr);
         }
     }
 
@@ -294,9 +353,8 @@ impl Heap {
             *a += allocations;
             *oldest = (*oldest).min(ts_ns);
         };
-        for b in self.blocks.values().filter(|b| b.ts_ns < cutoff_ns) {
-            let weight = f64::from(b.weight);
-            add(b.site, b.size as f64 * weight, weight, b.ts_ns);
+        for (size, b, weight) in self.blocks().filter(|(_, b, _)| b.ts_ns < cutoff_ns) {
+            add(b.site, size as f64 * weight, weight, b.ts_ns);
         }
         // A mapping split by partial unmaps is still one allocation.
         let mut origins_seen = std::collections::HashSet::new();
@@ -327,7 +385,7 @@ impl Heap {
     pub fn ages_s(&self, now_ns: u64) -> HashMap<SiteId, Vec<f64>> {
         let mut ages: HashMap<SiteId, Vec<f64>> = HashMap::new();
         let age = |ts_ns: u64| now_ns.saturating_sub(ts_ns) as f64 / 1e9;
-        for b in self.blocks.values() {
+        for (_, b, _) in self.blocks() {
             ages.entry(b.site).or_default().push(age(b.ts_ns));
         }
         for r in self.ranges.values().filter(|r| !r.allocator_internal) {
@@ -366,7 +424,7 @@ mod tests {
     fn free_removes_only_blocks_allocated_before_the_call() {
         let mut h = Heap::default();
         let a = heap_site(&mut h, 1);
-        h.alloc(0x1000, 100, 1.0, 10, a);
+        h.alloc(0x1000, 100, 10, a);
         h.free(0x1000, 5); // a free that began before this block existed
         assert_eq!(of(&h, a), (100, 1));
         h.free(0x1000, 20);
@@ -379,17 +437,17 @@ mod tests {
     fn realloc_as_free_then_alloc_spares_reused_addresses() {
         let mut h = Heap::default();
         let (m, r) = (heap_site(&mut h, 1), h.intern(SiteKey::heap(Probe::Realloc, 2)));
-        h.alloc(0x1000, 100, 1.0, 10, m);
+        h.alloc(0x1000, 100, 10, m);
         h.free(0x1000, 20);
-        h.alloc(0x2000, 500, 1.0, 21, r);
+        h.alloc(0x2000, 500, 21, r);
         assert_eq!(of(&h, m), (0, 0));
         assert_eq!(of(&h, r), (500, 1));
         assert_eq!((h.allocated(m), h.allocated(r)), ((100, 1), (500, 1)));
         // The old address was re-used by another thread before the realloc's
         // event arrived: that newer block survives.
-        h.alloc(0x3000, 7, 1.0, 30, m);
+        h.alloc(0x3000, 7, 30, m);
         h.free(0x3000, 25);
-        h.alloc(0x4000, 8, 1.0, 31, r);
+        h.alloc(0x4000, 8, 31, r);
         assert_eq!(of(&h, m), (7, 1));
     }
 
@@ -453,8 +511,8 @@ mod tests {
     fn min_age_cutoff_and_oldest_timestamp() {
         let mut h = Heap::default();
         let a = heap_site(&mut h, 1);
-        h.alloc(1, 10, 1.0, 100, a);
-        h.alloc(2, 20, 1.0, 200, a);
+        h.alloc(1, 10, 100, a);
+        h.alloc(2, 20, 200, a);
         let t = &h.totals(150)[&a];
         assert_eq!((t.bytes, t.allocations, t.oldest_ts_ns), (10, 1, 100));
         assert_eq!(h.totals(u64::MAX)[&a].oldest_ts_ns, 100);
@@ -462,12 +520,31 @@ mod tests {
 
     #[test]
     fn sampled_blocks_count_with_their_weight() {
+        let mut h = Heap::new(Some(1000));
+        let a = heap_site(&mut h, 1);
+        h.alloc(1, 1000, 10, a);
+        h.alloc(2, 1000, 10, a);
+        let weight = f64::from(sample_weight(1000, Some(1000)));
+        assert_eq!(
+            of(&h, a),
+            ((2000.0 * weight).round() as u64, (2.0 * weight).round() as u64)
+        );
+        assert_eq!(h.allocated(a), of(&h, a));
+    }
+
+    #[test]
+    fn huge_blocks_keep_their_size() {
         let mut h = Heap::default();
         let a = heap_site(&mut h, 1);
-        h.alloc(1, 100, 1.5, 10, a);
-        h.alloc(2, 100, 1.5, 10, a);
-        assert_eq!(of(&h, a), (300, 3));
-        assert_eq!(h.allocated(a), (300, 3));
+        h.alloc(0x1000, 5 << 32, 10, a);
+        h.alloc(0x2000, u64::from(u32::MAX), 10, a);
+        assert_eq!(of(&h, a), ((5 << 32) + u64::from(u32::MAX), 2));
+        h.free(0x1000, 20);
+        assert_eq!(of(&h, a), (u64::from(u32::MAX), 1));
+        assert!(h.huge_sizes.len() == 1);
+        // A small block at a huge one's address replaces it.
+        h.alloc(0x2000, 16, 30, a);
+        assert_eq!((of(&h, a), h.huge_sizes.len()), ((16, 1), 0));
     }
 
     #[test]
