@@ -1,8 +1,10 @@
 //! Loads the eBPF object and attaches its programs to the target.
 //!
-//! libc's allocators get uprobes scoped to the target process (placed by
-//! `placement`); mappings are seen through the syscall tracepoints, which also
-//! catch raw `syscall(SYS_mmap, ...)` calls.
+//! The malloc family gets uprobes scoped to the target process (placed by
+//! `placement`), in whichever object each function resolves to (`lookup`:
+//! libc, or a preloaded or linked jemalloc, tcmalloc, mimalloc); mappings are
+//! seen through the syscall tracepoints, which also catch raw
+//! `syscall(SYS_mmap, ...)` calls.
 
 use std::{
     collections::BTreeMap,
@@ -26,7 +28,10 @@ use iced_x86::Register;
 use leak_common::{counter, DropReason, Probe, EXP_QUANTILES_LEN};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
-use crate::placement::{self, Handling, Placement};
+use crate::{
+    lookup::{self, ModuleRef},
+    placement::{self, Handling, Placement},
+};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
 
@@ -72,7 +77,8 @@ const fn spec(
 
 use Register::{RDI, RDX, RSI};
 
-const LIBC_PROBES: &[ProbeSpec] = &[
+/// The malloc family, as glibc, jemalloc, tcmalloc and mimalloc export it.
+const MALLOC_PROBES: &[ProbeSpec] = &[
     spec(Probe::Malloc, "malloc", "size_enter", &[RDI], Hook::Paired),
     spec(Probe::Calloc, "calloc", "calloc_enter", &[RDI, RSI], Hook::Paired),
     spec(Probe::Realloc, "realloc", "realloc_enter", &[RDI, RSI], Hook::Paired),
@@ -245,6 +251,8 @@ pub struct AttachedProbe {
     /// The probe whose hit counters and attach cookie serve this name (itself,
     /// unless it is an alias).
     pub counted_as: Probe,
+    /// The object probed, as the target names it.
+    pub module: Option<PathBuf>,
     /// Offset of the probe point in the module file.
     pub file_offset: Option<u64>,
     pub placement: Option<Placement>,
@@ -258,6 +266,7 @@ impl AttachedProbe {
             status: ProbeStatus::Missing,
             aliases: vec![],
             counted_as: spec.probe,
+            module: None,
             file_offset: None,
             placement: None,
             has_return: spec.hook != Hook::Entry,
@@ -358,72 +367,48 @@ fn exponential_quantiles(mean: u64) -> Vec<u64> {
         .collect()
 }
 
-/// The modules of the target that get uprobes, by their path as the target
-/// names them.
+/// The modules of the target that get uprobes.
 pub struct TargetModules {
-    /// None for a process without one (a static binary).
-    pub libc: Option<PathBuf>,
+    /// The objects the malloc family may resolve to, in the dynamic loader's
+    /// symbol-lookup order; empty for a static binary.
+    pub lookup_order: Vec<ModuleRef>,
     /// The executable or library holding Node.js and V8, for Node targets.
-    pub node: Option<PathBuf>,
+    pub node: Option<ModuleRef>,
 }
 
-fn is_libc(path: &Path) -> bool {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    name.starts_with("libc.so") || name.starts_with("libc-") || name.starts_with("ld-musl")
-}
-
-/// Whether `path` (as seen from here) defines Node's or V8's hooks.
-fn is_node(path: &Path) -> bool {
-    find_functions(path, NODE_PROBES).is_ok_and(|found| !found.is_empty())
+/// Whether `module` defines Node's or V8's hooks.
+fn is_node(module: &ModuleRef) -> bool {
+    find_functions(&module.open_path, NODE_PROBES, Symbols::All).is_ok_and(|found| !found.is_empty())
 }
 
 /// The modules of a running process.
 pub fn target_modules(pid: u32) -> Result<TargetModules> {
-    let maps =
-        fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| crate::target::proc_read_error(pid, "maps", e))?;
-    let mut paths: Vec<PathBuf> = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .map(PathBuf::from)
-        .collect();
-    paths.dedup();
-    let seen_from_here =
-        |path: &Path| PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
-    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let mut node_candidates = exe.iter().chain(paths.iter().filter(|p| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("libnode"))
-    }));
-    Ok(TargetModules {
-        libc: paths.iter().find(|p| is_libc(p)).cloned(),
-        node: node_candidates.find(|&p| is_node(&seen_from_here(p))).cloned(),
-    })
+    let lookup_order = lookup::process_lookup_order(pid)?;
+    // node is the executable; embedders link libnode.
+    let is_node_candidate = |(i, m): &(usize, &ModuleRef)| {
+        *i == 0
+            || m.path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libnode"))
+    };
+    let node = lookup_order
+        .iter()
+        .enumerate()
+        .filter(is_node_candidate)
+        .map(|(_, m)| m)
+        .find(|m| is_node(m))
+        .cloned();
+    Ok(TargetModules { lookup_order, node })
 }
 
-/// For launch mode, before exec: the modules of the command. A static
-/// executable has no libc; a dynamic one is assumed to use the same system
-/// libc as leakscope (the README says so).
+/// For launch mode, before exec: the modules of the command.
 pub fn command_modules(program: &Path) -> Result<TargetModules> {
-    let data = fs::read(program).with_context(|| format!("cannot read {}", program.display()))?;
-    let is_static = match object::File::parse(&*data) {
-        Ok(object::File::Elf64(elf)) => {
-            use object::read::elf::ProgramHeader as _;
-            let endian = elf.endian();
-            !elf.elf_program_headers()
-                .iter()
-                .any(|ph| ph.p_type(endian) == object::elf::PT_INTERP)
-        }
-        _ => false,
-    };
     let program = fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
+    let node = Some(ModuleRef::local(program.clone())).filter(is_node);
     Ok(TargetModules {
-        libc: if is_static {
-            None
-        } else {
-            target_modules(std::process::id())?.libc
-        },
-        node: is_node(&program).then_some(program),
+        lookup_order: lookup::command_lookup_order(&program)?,
+        node,
     })
 }
 
@@ -434,9 +419,17 @@ struct FunctionCode {
     code: Vec<u8>,
 }
 
-/// The named functions of `elf` (from .dynsym and .symtab), with their code.
-/// The functions of `elf` (from .dynsym and .symtab) matching `specs`, by spec symbol.
-fn find_functions(elf: &Path, specs: &[ProbeSpec]) -> Result<BTreeMap<&'static str, FunctionCode>> {
+/// Which symbol tables name a function.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Symbols {
+    /// .dynsym only: what other objects link against (and may interpose).
+    Exported,
+    /// .dynsym and .symtab: internals too.
+    All,
+}
+
+/// The functions of `elf` matching `specs`, by spec symbol, with their code.
+fn find_functions(elf: &Path, specs: &[ProbeSpec], tables: Symbols) -> Result<BTreeMap<&'static str, FunctionCode>> {
     // Mapped, not read: node is a 100 MB file, of which only the symbol
     // tables (17 MB) and a few prologues are touched, so only they take memory.
     let handle = fs::File::open(elf).with_context(|| format!("cannot read {}", elf.display()))?;
@@ -445,7 +438,8 @@ fn find_functions(elf: &Path, specs: &[ProbeSpec]) -> Result<BTreeMap<&'static s
     let data = unsafe { memmap2::Mmap::map(&handle) }.with_context(|| format!("cannot map {}", elf.display()))?;
     let file = object::File::parse(&*data).map_err(|e| anyhow!("{} is not a valid ELF file: {e}", elf.display()))?;
     let mut found = BTreeMap::new();
-    for symbol in file.dynamic_symbols().chain(file.symbols()) {
+    let internal = file.symbols().filter(|_| tables == Symbols::All);
+    for symbol in file.dynamic_symbols().chain(internal) {
         let Ok(name) = symbol.name() else { continue };
         // Mangled names carry each component's length, so a prefix ending in
         // the function's name cannot match another function.
@@ -454,7 +448,11 @@ fn find_functions(elf: &Path, specs: &[ProbeSpec]) -> Result<BTreeMap<&'static s
         let Some(spec) = specs.iter().find(matches) else {
             continue;
         };
-        if symbol.kind() != object::SymbolKind::Text || symbol.address() == 0 || found.contains_key(spec.symbol) {
+        if symbol.kind() != object::SymbolKind::Text
+            || symbol.is_undefined()
+            || symbol.address() == 0
+            || found.contains_key(spec.symbol)
+        {
             continue;
         }
         let vaddr = symbol.address();
@@ -501,10 +499,8 @@ pub fn attach(
 ) -> Result<(Vec<AttachedProbe>, Links)> {
     let mut probes = Vec::new();
     let mut links = Links::default();
-    match (&modules.libc, set) {
-        (Some(libc), ProbeSet::Hunt) => attach_module(ebpf, pid, libc, LIBC_PROBES, &mut probes, &mut links)?,
-        (None, ProbeSet::Hunt) => probes.extend(LIBC_PROBES.iter().map(AttachedProbe::missing)),
-        (_, ProbeSet::Watch { .. }) => {}
+    if set == ProbeSet::Hunt {
+        attach_malloc_family(ebpf, pid, &modules.lookup_order, &mut probes, &mut links)?;
     }
     if let Some(node) = &modules.node {
         let specs: Vec<ProbeSpec> = NODE_PROBES
@@ -524,7 +520,7 @@ pub fn attach(
     // The program break: watch follows all anonymous memory; a hunt of a
     // program without libc (static) has no malloc probes, so brk is all it
     // sees of the heap. With libc's malloc probed, brk is malloc's business.
-    if matches!(set, ProbeSet::Watch { .. }) || modules.libc.is_none() {
+    if matches!(set, ProbeSet::Watch { .. }) || modules.lookup_order.is_empty() {
         attach_tracepoint(ebpf, "syscalls", "sys_exit_brk", &mut links)?;
         probes.push(attached_without_uprobe(Probe::Brk, false));
     }
@@ -535,25 +531,62 @@ pub fn attach(
     Ok((probes, links))
 }
 
+/// Each function of the malloc family in the first object of the lookup
+/// order that exports it: that is the one the process calls. Reported in
+/// `MALLOC_PROBES` order.
+fn attach_malloc_family(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    lookup_order: &[ModuleRef],
+    probes: &mut Vec<AttachedProbe>,
+    links: &mut Links,
+) -> Result<()> {
+    let before = probes.len();
+    let mut unresolved: Vec<ProbeSpec> = MALLOC_PROBES.to_vec();
+    for module in lookup_order {
+        if unresolved.is_empty() {
+            break;
+        }
+        let defined = match find_functions(&module.open_path, &unresolved, Symbols::Exported) {
+            Ok(defined) => defined,
+            Err(e) => {
+                log::debug!("skipping {} in the lookup order: {e:#}", module.path.display());
+                continue;
+            }
+        };
+        let (here, elsewhere): (Vec<ProbeSpec>, Vec<ProbeSpec>) =
+            unresolved.iter().partition(|spec| defined.contains_key(spec.symbol));
+        if !here.is_empty() {
+            attach_module(ebpf, pid, module, &here, &defined, probes, links)?;
+        }
+        unresolved = elsewhere;
+    }
+    probes.extend(unresolved.iter().map(AttachedProbe::missing));
+    probes[before..].sort_by_key(|p| MALLOC_PROBES.iter().position(|spec| spec.probe == p.probe));
+    Ok(())
+}
+
 /// Node's hooks are internals that move between versions: a missing one is
 /// a warning, not a failed session.
 fn attach_node(
     ebpf: &mut Ebpf,
     pid: u32,
-    node: &Path,
+    node: &ModuleRef,
     specs: &[ProbeSpec],
     probes: &mut Vec<AttachedProbe>,
     links: &mut Links,
 ) {
     let before = probes.len();
-    if let Err(e) = attach_module(ebpf, pid, node, specs, probes, links) {
+    let attached = find_functions(&node.open_path, specs, Symbols::All)
+        .and_then(|functions| attach_module(ebpf, pid, node, specs, &functions, probes, links));
+    if let Err(e) = attached {
         eprintln!("leakscope: warning: node: {e:#}");
     }
     for p in probes[before..].iter().filter(|p| p.status == ProbeStatus::Missing) {
         eprintln!(
             "leakscope: warning: node: {} not found or not placeable in {}: not traced",
             p.probe.name(),
-            node.display()
+            node.path.display()
         );
     }
     let live = probes[before..]
@@ -563,7 +596,7 @@ fn attach_node(
     eprintln!(
         "leakscope: node: {live} of {} Node/V8 hooks attached in {}",
         specs.len(),
-        node.display()
+        node.path.display()
     );
 }
 
@@ -614,16 +647,18 @@ fn attach_tracepoint(ebpf: &mut Ebpf, category: &str, name: &str, links: &mut Li
     Ok(())
 }
 
+/// Probes `specs` at `functions` (found in `module`). A function that
+/// cannot be probed is reported missing, with a warning: the report then
+/// says it is not traced, rather than the hunt failing.
 fn attach_module(
     ebpf: &mut Ebpf,
     pid: u32,
-    module: &Path,
+    module: &ModuleRef,
     specs: &[ProbeSpec],
+    functions: &BTreeMap<&'static str, FunctionCode>,
     probes: &mut Vec<AttachedProbe>,
     links: &mut Links,
 ) -> Result<()> {
-    let host_path = PathBuf::from(format!("/proc/{pid}/root")).join(module.strip_prefix("/").unwrap_or(module));
-    let functions = find_functions(&host_path, specs)?;
     let scope = || UProbeScope::OneProcess(NonZeroU32::new(pid).expect("pid is not 0"));
 
     // Probe each address once: glibc's aligned_alloc is memalign.
@@ -652,12 +687,20 @@ fn attach_module(
         };
         let placed = match placed {
             Ok(placed) => placed,
-            Err(e) if probe.is_node() => {
-                log::warn!("cannot place a probe on {} in {}: {e}", probe.name(), module.display());
+            Err(e) => {
+                let message = format!(
+                    "cannot place a probe on {} in {}: {e}",
+                    probe.name(),
+                    module.path.display()
+                );
+                if probe.is_node() {
+                    log::warn!("{message}");
+                } else {
+                    eprintln!("leakscope: warning: {message}: not traced");
+                }
                 probes.push(AttachedProbe::missing(spec));
                 continue;
             }
-            Err(e) => bail!("cannot place a probe on {} in {}: {e}", probe.name(), module.display()),
         };
         if placed.handling == Handling::SingleStepped {
             log::debug!(
@@ -678,7 +721,7 @@ fn attach_module(
         for (program, offset) in points {
             links
                 .uprobes
-                .push(attach_uprobe(ebpf, program, &host_path, offset, probe, scope())?);
+                .push(attach_uprobe(ebpf, program, &module.open_path, offset, probe, scope())?);
         }
         first_at.insert(function.vaddr, probes.len());
         probes.push(AttachedProbe {
@@ -686,6 +729,7 @@ fn attach_module(
             status: ProbeStatus::Attached,
             aliases: vec![],
             counted_as: probe,
+            module: Some(module.path.clone()),
             file_offset: Some(file_offset),
             placement: Some(placed),
             has_return: spec.hook != Hook::Entry,
@@ -761,7 +805,7 @@ mod tests {
 
     /// Where each probe of `specs` goes in the real `module` of this machine.
     fn placements(module: &Path, specs: &[ProbeSpec]) -> BTreeMap<&'static str, Placement> {
-        let functions = find_functions(module, specs).unwrap();
+        let functions = find_functions(module, specs, Symbols::All).unwrap();
         specs
             .iter()
             .filter_map(|spec| {
@@ -777,14 +821,16 @@ mod tests {
 
     #[test]
     fn places_probes_in_this_machines_libc() {
-        let libc = target_modules(std::process::id())
-            .unwrap()
-            .libc
+        let modules = target_modules(std::process::id()).unwrap();
+        let libc = modules
+            .lookup_order
+            .iter()
+            .find(|m| m.path.to_string_lossy().contains("/libc.so"))
             .expect("leakscope maps a libc");
-        let placed = placements(&libc, LIBC_PROBES);
+        let placed = placements(&libc.open_path, MALLOC_PROBES);
         assert_eq!(
             placed.len(),
-            LIBC_PROBES.len(),
+            MALLOC_PROBES.len(),
             "every libc allocator is found: {placed:?}"
         );
         // Allocators start at their entry (their return probe needs it); free
@@ -794,6 +840,27 @@ mod tests {
         let free = &placed["free"];
         assert_eq!(free.handling, Handling::Emulated, "{free:?}");
         assert!(free.offset > 0, "{free:?}");
+    }
+
+    /// The malloc replacements `cargo xtask setup` installs.
+    pub const MALLOC_REPLACEMENTS: &[&str] = &[
+        "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+        "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+        "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2.0",
+    ];
+
+    #[test]
+    fn places_probes_in_the_malloc_replacements() {
+        for library in MALLOC_REPLACEMENTS {
+            let placed = placements(Path::new(library), MALLOC_PROBES);
+            eprintln!("{library}: {placed:#?}");
+            for symbol in ["malloc", "calloc", "realloc", "free", "posix_memalign", "aligned_alloc"] {
+                let p = placed
+                    .get(symbol)
+                    .unwrap_or_else(|| panic!("{library} exports {symbol}"));
+                assert_ne!(p.handling, Handling::Refused, "{library} {symbol}: {p:?}");
+            }
+        }
     }
 
     #[test]

@@ -377,7 +377,8 @@ impl Heap {
                 (site, totals)
             })
             .collect();
-        totals.retain(|_, t| t.bytes > 0);
+        // malloc(0) returns a real chunk: a site of zero-size blocks holds something.
+        totals.retain(|_, t| t.bytes > 0 || t.allocations > 0);
         totals
     }
 

@@ -108,7 +108,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     };
     let mut ebpf = attach::load(&options)?;
     let (probes, links) = attach::attach(&mut ebpf, target.pid, &modules, ProbeSet::Hunt)?;
-    if modules.libc.is_none() {
+    if modules.lookup_order.is_empty() {
         eprintln!(
             "leakscope: warning: PID {} maps no libc (a static binary?): malloc-family calls are not traced, only mmap/munmap/mremap and the heap's growth (brk)",
             target.pid
@@ -447,19 +447,22 @@ fn build_report(
 
 fn probe_report(p: &AttachedProbe, counters: &Counters) -> ProbeReport {
     let hits = counters.entry_hits(p.counted_as);
+    let return_hits = p.has_return.then(|| counters.return_hits(p.counted_as));
     let status = match p.status {
         ProbeStatus::Missing => "missing",
-        ProbeStatus::Attached if hits > 0 => "live",
+        // A return-only probe counts no entries.
+        ProbeStatus::Attached if hits > 0 || return_hits.is_some_and(|r| r > 0) => "live",
         ProbeStatus::Attached => "never-fired",
     };
     ProbeReport {
         name: p.probe.name().to_string(),
         aliases: p.aliases.iter().map(|a| a.to_string()).collect(),
+        module: p.module.as_ref().map(|m| m.display().to_string()),
         offset: p.file_offset.map(|o| format!("{o:#x}")),
         placement: p.placement.as_ref().map(|pl| pl.reason.clone()),
         status: status.to_string(),
         hits,
-        return_hits: p.has_return.then(|| counters.return_hits(p.counted_as)),
+        return_hits,
     }
 }
 

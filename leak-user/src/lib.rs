@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod heap;
 pub mod hunt;
 pub mod input;
+pub mod lookup;
 pub mod node;
 pub mod placement;
 pub mod preflight;

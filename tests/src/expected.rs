@@ -122,3 +122,41 @@ pub fn ticker() -> Vec<Expect> {
 pub fn exitcode() -> Vec<Expect> {
     vec![Expect::heap("exit_leak", "leak_before_exit", "malloc", 3333, &[1])]
 }
+
+/// `replacements.c`, under glibc or a preloaded/linked jemalloc, tcmalloc or
+/// mimalloc. Absent: realloc_seed, failed_realloc, freed_*.
+pub fn replacements() -> Vec<Expect> {
+    vec![
+        Expect::heap("malloc", "leak_malloc", "malloc", 7 * 1001, &[7]),
+        Expect::heap("calloc", "leak_calloc", "calloc", 6 * 3 * 337, &[6]),
+        Expect::heap("realloc_grow", "leak_realloc_chain", "realloc", 2 * 5000, &[2]),
+        Expect::heap(
+            "posix_memalign",
+            "leak_posix_memalign",
+            "posix_memalign",
+            3 * 1500,
+            &[3],
+        ),
+        Expect::heap("aligned_alloc", "leak_aligned_alloc", "aligned_alloc", 4 * 2304, &[4]),
+        Expect::heap("memalign", "leak_memalign", "memalign", 2 * 1700, &[2]),
+        Expect::heap("valloc", "leak_valloc", "valloc", 3 * 3000, &[3]),
+        Expect::heap("failed_realloc_seed", "failed_realloc", "malloc", 2 * 1777, &[2]),
+        // Zero-size blocks are real chunks: counted, with no bytes.
+        Expect::heap("malloc_zero", "leak_zero_size", "malloc", 0, &[1000]),
+        Expect::heap("calloc_zero", "leak_zero_size", "calloc", 0, &[500]),
+        Expect::heap("large", "leak_large", "malloc", 2 * 300_003, &[2]),
+    ]
+}
+
+/// Calls `replacements.c` makes per function (lower bounds for probe hits).
+pub const REPLACEMENT_CALLS: &[(&str, u64)] = &[
+    // leak_malloc 7, chain seeds 2, failed_realloc 2, zero 1000, freed 20, large 2
+    ("malloc", 7 + 2 + 2 + 1000 + 20 + 2),
+    ("calloc", 6 + 500 + 10),
+    ("realloc", 2 * 5 + 2),
+    ("free", 40),
+    ("posix_memalign", 3),
+    ("aligned_alloc", 4 + 10),
+    ("memalign", 2),
+    ("valloc", 3),
+];

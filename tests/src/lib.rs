@@ -337,11 +337,23 @@ pub fn describe_status(s: ExitStatus) -> String {
 /// Runs `program args...` with stdout and stderr captured to files, within
 /// `timeout` (panics on timeout, after killing its process group).
 pub fn run_captured(program: &Path, args: &[OsString], timeout: Duration, label: &str) -> HuntOutput {
+    run_captured_env(program, args, &[], timeout, label)
+}
+
+/// [`run_captured`] with extra environment variables.
+pub fn run_captured_env(
+    program: &Path,
+    args: &[OsString],
+    envs: &[(&str, &str)],
+    timeout: Duration,
+    label: &str,
+) -> HuntOutput {
     let dir = scratch_dir(label);
     let out_path = dir.join("stdout");
     let err_path = dir.join("stderr");
     let mut cmd = Command::new(program);
     cmd.args(args)
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(fs::File::create(&out_path).expect("create stdout file"))
         .stderr(fs::File::create(&err_path).expect("create stderr file"));
@@ -379,7 +391,13 @@ pub struct Launch {
 
 /// `leakscope hunt --format json -o F --top 1000 <hunt_args> -- FIXTURE <fixture_args>`.
 pub fn run_launch(fixture: &Path, fixture_args: &[&str], hunt_args: &[&str]) -> Launch {
-    let (out, report_text) = run_launch_raw(fixture, fixture_args, "json", hunt_args);
+    run_launch_env(fixture, fixture_args, &[], hunt_args)
+}
+
+/// [`run_launch`] with extra environment variables for leakscope, which the
+/// command inherits (`LD_PRELOAD=... leakscope hunt -- COMMAND`).
+pub fn run_launch_env(fixture: &Path, fixture_args: &[&str], envs: &[(&str, &str)], hunt_args: &[&str]) -> Launch {
+    let (out, report_text) = run_launch_raw_env(fixture, fixture_args, envs, "json", hunt_args);
     let report = parse_report(&report_text, &out.describe());
     Launch {
         report,
@@ -391,6 +409,16 @@ pub fn run_launch(fixture: &Path, fixture_args: &[&str], hunt_args: &[&str]) -> 
 
 /// Launch mode with any `--format`; returns the run and the report file's text.
 pub fn run_launch_raw(fixture: &Path, fixture_args: &[&str], format: &str, hunt_args: &[&str]) -> (HuntOutput, String) {
+    run_launch_raw_env(fixture, fixture_args, &[], format, hunt_args)
+}
+
+fn run_launch_raw_env(
+    fixture: &Path,
+    fixture_args: &[&str],
+    envs: &[(&str, &str)],
+    format: &str,
+    hunt_args: &[&str],
+) -> (HuntOutput, String) {
     let name = fixture.file_name().unwrap().to_string_lossy().into_owned();
     let dir = scratch_dir(&format!("launch-{name}"));
     let report_path = dir.join(format!("report.{format}"));
@@ -403,7 +431,13 @@ pub fn run_launch_raw(fixture: &Path, fixture_args: &[&str], format: &str, hunt_
     args.push("--".into());
     args.push(fixture.into());
     args.extend(fixture_args.iter().map(OsString::from));
-    let out = run_captured(&leakscope_bin(), &args, LAUNCH_TIMEOUT, &format!("launch-{name}-run"));
+    let out = run_captured_env(
+        &leakscope_bin(),
+        &args,
+        envs,
+        LAUNCH_TIMEOUT,
+        &format!("launch-{name}-run"),
+    );
     let text = match fs::read_to_string(&report_path) {
         Ok(t) => t,
         Err(e) => panic!(
@@ -456,18 +490,19 @@ impl Attach {
 /// its "attached" line, SIGUSR1 the fixture, read "done", end as `stop` says,
 /// then stop the fixture (SIGTERM) and parse F.
 pub fn run_attach(fixture: &Path, hunt_args: &[&str], stop: Stop) -> Attach {
-    run_attach_command(Command::new(fixture), hunt_args, stop)
+    let mut cmd = Command::new(fixture);
+    cmd.arg("--wait");
+    run_attach_command(fixture, cmd, hunt_args, stop)
 }
 
-/// [`run_attach`] for a fixture command prepared by the caller (its
-/// environment, its user).
-pub fn run_attach_command(mut cmd: Command, hunt_args: &[&str], stop: Stop) -> Attach {
-    let fixture = PathBuf::from(cmd.get_program());
+/// [`run_attach`] with the fixture started by `cmd` (which must pass it
+/// `--wait`): under LD_PRELOAD, in a chroot.
+pub fn run_attach_command(fixture: &Path, mut cmd: Command, hunt_args: &[&str], stop: Stop) -> Attach {
     let name = fixture.file_name().unwrap().to_string_lossy().into_owned();
     let dir = scratch_dir(&format!("attach-{name}"));
     let report_path = dir.join("report.json");
 
-    cmd.arg("--wait").stdin(Stdio::null()).stdout(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
     let mut target = Proc::spawn(cmd, &format!("fixture {name}"));
     let target_out = target.take_stdout();
     if let Err(why) = target_out.wait_for(|l| l == "ready", Duration::from_secs(30)) {

@@ -37,8 +37,9 @@ fn as_nobody(perf_map: &str) -> (Command, PathBuf) {
 /// Hunts jit_perfmap (see [`as_nobody`]) until its workload is done, then
 /// checks the JIT site's exact count.
 fn hunt(perf_map: &str) -> Attach {
-    let (cmd, dir) = as_nobody(perf_map);
-    let run = run_attach_command(cmd, &[], Stop::Signal(libc::SIGINT));
+    let (mut cmd, dir) = as_nobody(perf_map);
+    cmd.arg("--wait");
+    let run = run_attach_command(&dir.join("jit_perfmap"), cmd, &[], Stop::Signal(libc::SIGINT));
     let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", run.fixture_pid));
     let _ = std::fs::remove_dir_all(&dir);
     let mut v = Verdict::new();

@@ -18,6 +18,7 @@ pub fn setup() -> Result<()> {
     rust_src()?;
     rustfmt_clippy()?;
     gcc()?;
+    allocator_libraries()?;
     go()?;
     prometheus()?;
     node();
@@ -98,6 +99,28 @@ fn gcc() -> Result<()> {
     installing("gcc");
     run(Command::new("apt-get").arg("update"))?;
     run(Command::new("apt-get").args(["install", "-y", "gcc"]))
+}
+
+/// The allocator tests run fixtures under these malloc replacements (LD_PRELOAD).
+const ALLOCATOR_PACKAGES: &[&str] = &["libjemalloc2", "libtcmalloc-minimal4", "libmimalloc2.0"];
+
+fn allocator_libraries() -> Result<()> {
+    let installed = |package: &str| {
+        output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+            .is_ok_and(|status| status.trim() == "install ok installed")
+    };
+    let missing: Vec<&str> = ALLOCATOR_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        ok(&ALLOCATOR_PACKAGES.join(", "));
+        return Ok(());
+    }
+    let names = missing.join(" ");
+    if !is_root() {
+        bail!("{names} missing; install as root: apt-get update && apt-get install -y {names}");
+    }
+    installing(&names);
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get").args(["install", "-y"]).args(&missing))
 }
 
 /// Only `cargo xtask bench` needs these: bpftrace runs the naive floor and the

@@ -128,6 +128,9 @@ pub struct ProbeReport {
     pub name: String,
     /// Other names at the same address, covered by this probe.
     pub aliases: Vec<String>,
+    /// The object probed (the one the target's calls resolve to), for uprobes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
     /// Probe point as a file offset in the module ("0x..."), for uprobes.
     pub offset: Option<String>,
     /// Why the probe sits where it does.
