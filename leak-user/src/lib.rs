@@ -14,6 +14,7 @@ pub mod collect;
 pub mod diff;
 pub mod heap;
 pub mod hunt;
+pub mod mode;
 pub mod node;
 pub mod placement;
 pub mod preflight;

@@ -984,6 +984,8 @@ fn attach_buffers_with_duration() {
 
     let mut args: Vec<OsString> = vec![
         "hunt".into(),
+        "--mode".into(),
+        "exact".into(),
         "-p".into(),
         pid.to_string().into(),
         "--duration".into(),

@@ -375,7 +375,23 @@ fn attach(plan: &Plan, tools: &Tools) -> Result<Section> {
             Running::target(&words(&node), "ready")?,
         ));
     }
-    let hunt = |pid: &str| tools.hunt(true, &["--duration", "1", "-p", pid, "--format", "json", "-o", &report]);
+    let hunt = |pid: &str| {
+        tools.hunt(
+            true,
+            &[
+                "--mode",
+                "exact",
+                "--duration",
+                "1",
+                "-p",
+                pid,
+                "--format",
+                "json",
+                "-o",
+                &report,
+            ],
+        )
+    };
     let mut timings = vec![[Vec::new(), Vec::new(), Vec::new()]; targets.len()];
     let mut node_probes = false;
     for rep in 1..=plan.reps {
@@ -518,7 +534,12 @@ fn outstanding(_plan: &Plan, tools: &Tools) -> Result<Section> {
     let report_path = work_dir().join("outstanding.json");
     let report = rel(&report_path);
     let mut target = Running::target(&words(&[&prog, &HELD.to_string()]), "waiting")?;
-    let hunt_argv = |pid: &str| tools.hunt(false, &["-p", pid, "--format", "json", "-o", &report]);
+    let hunt_argv = |pid: &str| {
+        tools.hunt(
+            false,
+            &["--mode", "exact", "-p", pid, "--format", "json", "-o", &report],
+        )
+    };
     let argv = hunt_argv(&target.pid().to_string());
     let mut hunt = Running::leakscope(&argv)?;
     hunt.wait_for("attached to PID", Duration::from_secs(60))?;
@@ -706,7 +727,7 @@ fn http_service(plan: &Plan, tools: &Tools) -> Result<Section> {
     // The hunt to run during the load, if any.
     let configs: [(&str, Available<Option<Vec<String>>>); 3] = [
         ("untraced", Ok(None)),
-        ("leakscope exact", Ok(Some(hunt(&[])))),
+        ("leakscope exact", Ok(Some(hunt(&["--mode", "exact"])))),
         (
             "leakscope sampled",
             tools.sampling().map(|()| Some(hunt(&["--sample-bytes", SAMPLE_BYTES]))),

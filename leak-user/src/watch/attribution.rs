@@ -18,6 +18,7 @@ use crate::{
     hunt,
     report::{frame_label, Frame},
     symbolize::Symbolizer,
+    target,
 };
 
 /// Small: tier 2 sees few events (mappings, new stacks), drained often.
@@ -76,7 +77,7 @@ impl Attribution {
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let mut collector = Collector::new(pid, None);
         collector.refresh_modules();
-        if let Some(program_break) = program_break(pid) {
+        if let Some(program_break) = target::program_break(pid) {
             collector.set_program_break(program_break);
         }
         Ok(Attribution {
@@ -102,15 +103,11 @@ impl Attribution {
     /// average over about `window_s`.
     pub fn update(&mut self, dt_s: f64, window_s: f64) -> Result<()> {
         self.drain();
-        let map: PerCpuHashMap<&MapData, u64, u64> =
-            PerCpuHashMap::try_from(self.ebpf.map("FAULT_STACKS").context("FAULT_STACKS map missing")?)?;
         let keep = (-dt_s / window_s.max(dt_s)).exp();
         for path in self.faults.values_mut() {
             path.rate *= keep;
         }
-        for entry in map.iter() {
-            let (stack, per_cpu) = entry?;
-            let samples: u64 = per_cpu.iter().sum();
+        for (stack, samples) in attach::fault_samples(&self.ebpf)? {
             let path = self.faults.entry(stack).or_default();
             let new_bytes = samples.saturating_sub(path.samples) * self.fault_period * PAGE_SIZE;
             path.samples = samples;
@@ -205,17 +202,4 @@ fn frame_text(frame: Frame) -> String {
         (Some(file), Some(line)) => format!("{} ({}:{line})", frame_label(&frame), crate::report::file_name(file)),
         _ => frame_label(&frame),
     }
-}
-
-/// The current program break: the end of the `[heap]` mapping, or where the
-/// heap will start (start_brk, field 47 of /proc/PID/stat) before it exists.
-fn program_break(pid: u32) -> Option<u64> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    if let Some(line) = maps.lines().find(|l| l.ends_with("[heap]")) {
-        let end = line.split_whitespace().next()?.split_once('-')?.1;
-        return u64::from_str_radix(end, 16).ok();
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(44)?.parse().ok()
 }
