@@ -170,10 +170,12 @@ impl OverheadMeter {
     /// The probes' share of the target's CPU time since the previous call,
     /// in %; None on the first call or once the target is gone.
     pub fn sample(&mut self, ebpf: &Ebpf, counters: &Counters) -> Option<f64> {
+        let (traps_ns, programs_ns) = (self.traps_ns(counters), programs_run_ns(ebpf));
+        log::debug!("probe cost so far: traps {traps_ns:.0} ns, programs {programs_ns:.0} ns");
         let reading = Reading {
             at: Instant::now(),
             target_cpu_s: cpu_seconds(self.pid)?,
-            probe_ns: self.traps_ns(counters) + programs_run_ns(ebpf),
+            probe_ns: traps_ns + programs_ns,
         };
         let last = self.last.replace(reading)?;
         let wall_s = reading.at.duration_since(last.at).as_secs_f64();

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod bpf;
 pub mod expected;
 pub mod prometheus;
 pub mod webhook;
