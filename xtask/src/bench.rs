@@ -24,6 +24,8 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{build, output, repo_root, require_root, run, setup, target_dir};
 
+mod hunt_modes;
+
 /// The issue's target for the cost of an exact hunt, as a fraction of the naive floor.
 const EXACT_TARGET: f64 = 0.35;
 /// Sampling threshold of the sampled configurations (512 KiB, as in the issue).
@@ -172,7 +174,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     let plan = Plan::new(quick);
     fs::create_dir_all(work_dir())?;
 
-    let benchmarks: [(&str, Benchmark); 7] = [
+    let benchmarks: [(&str, Benchmark); 8] = [
         ("1. malloc/free microbenchmark", malloc_free),
         ("2a. Time to attach and to report", attach),
         ("2b. Symbolization of 10k distinct stacks", distinct_stacks),
@@ -183,6 +185,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
             "4. leakscope watch on the Node.js HTTP service under load",
             watch_overhead,
         ),
+        (hunt_modes::TITLE, hunt_modes::hunt_modes),
     ];
     let number = |title: &str| title.split('.').next().unwrap_or_default().to_owned();
     let benchmarks: Vec<_> = benchmarks
