@@ -96,7 +96,7 @@ pub enum Mode {
     /// estimates (--sample-bytes sets the interval, default 512KiB).
     Sampled,
     /// No per-call probes: page faults (pages first touched) per call stack,
-    /// mmap/munmap/mremap/brk exactly, Node's Buffer and V8 page hooks. Costs
+    /// mmap/munmap/mremap/brk exactly, V8's page and GC hooks. Costs
     /// per page of growth, not per allocation.
     Growth,
     /// Exact (sampled with --sample-bytes) while the probes stay within

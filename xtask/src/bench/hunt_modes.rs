@@ -16,8 +16,8 @@ pub(super) fn hunt_modes(plan: &Plan, tools: &Tools) -> Result<Section> {
     let about = format!(
         "The service and load of section 3; {} s of wrk per run, {} runs per configuration, interleaved. \
          `hunt -p PID` attaches before each traced load and is interrupted after it: with the defaults (`auto`: \
-         exact within `--max-overhead 10`, growth mode beyond), `--mode growth` (page faults, mappings, Node's \
-         Buffer and V8 hooks, no malloc probes) and `--mode exact`. CPU per request is node's utime+stime (from \
+         exact within `--max-overhead 10`, growth mode beyond), `--mode growth` (page faults, mappings, V8's \
+         page and GC hooks, no malloc or Buffer probes) and `--mode exact`. CPU per request is node's utime+stime (from \
          /proc) over the requests wrk counted; the traced runs include the probes' cost, which runs in node's time.",
         plan.load_secs, plan.load_reps
     );
