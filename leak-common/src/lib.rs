@@ -251,6 +251,24 @@ pub struct SiteEvent {
     pub stack_window: [u64; STACK_WINDOW_WORDS],
 }
 
+/// Words of user stack sent with the first page fault of a stack. A first
+/// touch inside malloc sits under the frames of `_int_malloc` and `malloc`,
+/// neither with a frame pointer (0x88 bytes to the caller's return address
+/// in glibc 2.36); sent once per stack, so the size costs little.
+pub const FAULT_STACK_WINDOW_WORDS: usize = 64;
+
+/// A page fault with the stack window that recovers the callers a
+/// frame-pointer walk skips (`EventOp::FaultStack`): the first one counted
+/// for a stack, then every one of a stack user space asked to see whole
+/// (`FAULT_WINDOWED`), whose walk hides which caller faulted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FaultSiteEvent {
+    pub heap: HeapEvent,
+    pub sp: u64,
+    pub stack_window: [u64; FAULT_STACK_WINDOW_WORDS],
+}
+
 /// Entries of the table of exponential quantiles used to draw sampling gaps.
 pub const EXP_QUANTILES_LEN: u32 = 1024;
 
@@ -312,5 +330,6 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers with no padding holes that matter.
     unsafe impl aya::Pod for super::HeapEvent {}
     unsafe impl aya::Pod for super::SiteEvent {}
+    unsafe impl aya::Pod for super::FaultSiteEvent {}
     unsafe impl aya::Pod for super::StackRecord {}
 }

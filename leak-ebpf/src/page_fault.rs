@@ -5,13 +5,14 @@
 //! ring buffer.
 
 use aya_ebpf::{
+    helpers::bpf_probe_read_user_buf,
     macros::{map, perf_event},
-    maps::PerCpuHashMap,
+    maps::{HashMap, PerCpuHashMap},
     programs::PerfEventContext,
 };
-use leak_common::{counter, DropReason, EventOp, Probe};
+use leak_common::{counter, DropReason, EventOp, FaultSiteEvent, HeapEvent, Probe, FAULT_STACK_WINDOW_WORDS};
 
-use crate::shared::{count, count_drop, emit_site_event, event_now, target_tid, user_sp, user_stack};
+use crate::shared::{count, count_drop, event_now, target_tid, user_sp, user_stack, wakeup_flags, EVENTS};
 
 /// Samples per user stack (content hash, as in `StackRecord`), per CPU so
 /// that no atomics are needed; each sample stands for the perf event's sample
@@ -19,12 +20,24 @@ use crate::shared::{count, count_drop, emit_site_event, event_now, target_tid, u
 #[map]
 static FAULT_STACKS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(16 * 1024, 0);
 
+/// Stacks whose faults are each sent with their stack window instead of
+/// being counted (set by user space in growth mode): their walk stops in
+/// code without frame pointers (inside malloc), so only the window tells
+/// which caller touched the page.
+#[map]
+static FAULT_WINDOWED: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+
 #[perf_event]
 pub fn page_fault(ctx: PerfEventContext) -> u32 {
     let Some(tid) = target_tid() else { return 0 };
     count(counter::entry_hits(Probe::PageFault));
     let stack = user_stack(&ctx);
     if stack == 0 {
+        return 0;
+    }
+    // SAFETY: a read of a value user space writes only once.
+    if unsafe { FAULT_WINDOWED.get(&stack) }.is_some() {
+        emit_fault_stack(event_now(EventOp::FaultStack, Probe::PageFault, tid), stack, user_sp());
         return 0;
     }
     match FAULT_STACKS.get_ptr_mut(&stack) {
@@ -36,10 +49,35 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
                 return 0;
             }
             // Once per stack: the window that recovers the callers a
-            // frame-pointer walk skips (a first touch inside memset).
+            // frame-pointer walk skips (a first touch inside malloc or memset).
             let first = event_now(EventOp::FaultStack, Probe::PageFault, tid);
-            emit_site_event(&ctx, first, user_sp());
+            emit_fault_stack(first, stack, user_sp());
         }
     }
     0
+}
+
+/// Writes the first fault of a stack with `FAULT_STACK_WINDOW_WORDS` of the
+/// user stack at `sp`, read straight into the ring buffer (more than the
+/// BPF stack holds).
+#[inline(always)]
+fn emit_fault_stack(heap: HeapEvent, stack: u64, sp: u64) {
+    let Some(mut entry) = EVENTS.reserve::<FaultSiteEvent>(0) else {
+        count_drop(DropReason::RingBufFull);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points at a reserved, exclusively owned ring buffer
+    // record; the window is plain words, viewed as bytes for the copy.
+    unsafe {
+        (*record).heap = HeapEvent { stack, ..heap };
+        (*record).sp = sp;
+        let window = core::slice::from_raw_parts_mut(
+            (*record).stack_window.as_mut_ptr().cast::<u8>(),
+            FAULT_STACK_WINDOW_WORDS * 8,
+        );
+        // On failure the kernel zeroes the window: no callers are recovered.
+        let _ = bpf_probe_read_user_buf(sp as *const u8, window);
+    }
+    entry.submit(wakeup_flags());
 }

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{Array, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
     programs::{
         perf_event::{PerfEventConfig, PerfEventLink, PerfEventScope, SamplePolicy, SoftwareEvent},
         trace_point::TracePointLink,
@@ -223,6 +223,21 @@ const WATCH_NODE_PROBES: &[Probe] = &[
     Probe::V8SizeOfObjects,
 ];
 
+/// The Node hooks of growth mode: watch's, and the teardown. Not Buffer
+/// backing stores: Buffer.alloc calls the allocator per Buffer, and its
+/// three traps per request (Free's probe single-stepped) cost an HTTP
+/// service ~50 µs of CPU per request (measured); their pages are seen as
+/// page faults under NodeArrayBufferAllocator::Allocate instead.
+const GROWTH_NODE_PROBES: &[Probe] = &[
+    Probe::V8AllocatePage,
+    Probe::V8AllocateLargePage,
+    Probe::V8FreePage,
+    Probe::V8GcStart,
+    Probe::V8GcEnd,
+    Probe::V8SizeOfObjects,
+    Probe::NodeTeardown,
+];
+
 const RETURN_PROGRAM: &str = "alloc_return";
 /// Code read per probed function, for placement: more than any prologue decoded.
 const PROLOGUE_BYTES: usize = 64;
@@ -288,16 +303,36 @@ impl AttachedProbe {
 /// here), so closing 20 of them one by one takes seconds.
 #[derive(Default)]
 pub struct Links {
-    uprobes: Vec<UProbeLink>,
+    /// With the function each serves.
+    uprobes: Vec<(Probe, UProbeLink)>,
     tracepoints: Vec<TracePointLink>,
     perf_events: Vec<PerfEventLink>,
 }
 
 impl Links {
+    /// Takes out the uprobes of the functions `set` does not probe.
+    fn take_uprobes_outside(&mut self, set: ProbeSet) -> Links {
+        let (kept, taken) = std::mem::take(&mut self.uprobes)
+            .into_iter()
+            .partition(|(probe, _)| set.probes(*probe));
+        self.uprobes = kept;
+        Links {
+            uprobes: taken,
+            ..Links::default()
+        }
+    }
+
+    /// The functions of the uprobes, once each.
+    pub fn probes(&self) -> Vec<Probe> {
+        let mut probes: Vec<Probe> = self.uprobes.iter().map(|(probe, _)| *probe).collect();
+        probes.dedup();
+        probes
+    }
+
     /// Detaches everything, with the grace periods overlapping.
     pub fn detach(self) {
         std::thread::scope(|scope| {
-            for link in self.uprobes {
+            for (_, link) in self.uprobes {
                 scope.spawn(move || drop(link));
             }
             for link in self.tracepoints {
@@ -482,11 +517,33 @@ fn find_functions(elf: &Path, specs: &[ProbeSpec], tables: Symbols) -> Result<BT
 /// Which probes a tracing session needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeSet {
-    /// `hunt`: every allocator, mappings, and all Node hooks.
+    /// `hunt` in exact or sampled mode: every allocator, mappings, and all Node hooks.
     Hunt,
-    /// `watch` tier 2: no allocator probes. Page faults (one sample every
-    /// `fault_period` faults), mappings and brk, and Node's page and GC hooks.
+    /// `hunt` in growth mode: no per-call allocator probes. Page faults (one
+    /// sample every `fault_period` faults), mappings and brk, and Node's
+    /// page, GC and teardown hooks.
+    Growth { fault_period: u64 },
+    /// `watch` tier 2: growth mode's probes without Node's teardown hook.
     Watch { fault_period: u64 },
+}
+
+impl ProbeSet {
+    /// Whether the set probes this function.
+    fn probes(self, probe: Probe) -> bool {
+        match self {
+            ProbeSet::Hunt => true,
+            ProbeSet::Growth { .. } => GROWTH_NODE_PROBES.contains(&probe),
+            ProbeSet::Watch { .. } => WATCH_NODE_PROBES.contains(&probe),
+        }
+    }
+
+    /// Page faults are sampled every this many faults; None: not traced.
+    fn fault_period(self) -> Option<u64> {
+        match self {
+            ProbeSet::Hunt => None,
+            ProbeSet::Growth { fault_period } | ProbeSet::Watch { fault_period } => Some(fault_period),
+        }
+    }
 }
 
 /// Attaches the probes of `set`. Modules are paths as the target sees them
@@ -505,7 +562,7 @@ pub fn attach(
     if let Some(node) = &modules.node {
         let specs: Vec<ProbeSpec> = NODE_PROBES
             .iter()
-            .filter(|spec| set == ProbeSet::Hunt || WATCH_NODE_PROBES.contains(&spec.probe))
+            .filter(|spec| set.probes(spec.probe))
             .copied()
             .collect();
         attach_node(ebpf, pid, node, &specs, &mut probes, &mut links);
@@ -517,16 +574,14 @@ pub fn attach(
         probes.push(attached_without_uprobe(probe, true));
     }
     attach_tracepoint(ebpf, "sched", "sched_process_exec", &mut links)?;
-    // The program break: watch follows all anonymous memory; a hunt of a
-    // program without libc (static) has no malloc probes, so brk is all it
-    // sees of the heap. With libc's malloc probed, brk is malloc's business.
-    if matches!(set, ProbeSet::Watch { .. }) || modules.lookup_order.is_empty() {
+    if let Some(fault_period) = set.fault_period() {
+        attach_growth_probes(ebpf, pid, fault_period, &mut probes, &mut links)?;
+    } else if modules.lookup_order.is_empty() {
+        // A hunt of a program without libc (static) has no malloc probes, so
+        // the program break is all it sees of the heap. With malloc probed,
+        // brk is malloc's business.
         attach_tracepoint(ebpf, "syscalls", "sys_exit_brk", &mut links)?;
         probes.push(attached_without_uprobe(Probe::Brk, false));
-    }
-    if let ProbeSet::Watch { fault_period } = set {
-        attach_page_faults(ebpf, pid, fault_period, &mut links)?;
-        probes.push(attached_without_uprobe(Probe::PageFault, false));
     }
     Ok((probes, links))
 }
@@ -564,6 +619,60 @@ fn attach_malloc_family(
     probes.extend(unresolved.iter().map(AttachedProbe::missing));
     probes[before..].sort_by_key(|p| MALLOC_PROBES.iter().position(|spec| spec.probe == p.probe));
     Ok(())
+}
+
+/// Moves a session from the per-call probes of `ProbeSet::Hunt` to those
+/// of `set`: attaches page faults and brk, and returns the uprobes `set`
+/// lacks, still attached (detaching them takes seconds: do it elsewhere).
+pub fn switch_to(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    set: ProbeSet,
+    probes: &mut Vec<AttachedProbe>,
+    links: &mut Links,
+) -> Result<Links> {
+    if let Some(fault_period) = set.fault_period() {
+        attach_growth_probes(ebpf, pid, fault_period, probes, links)?;
+    }
+    Ok(links.take_uprobes_outside(set))
+}
+
+/// The probes of growth attribution: brk, and page faults every `fault_period`.
+fn attach_growth_probes(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    fault_period: u64,
+    probes: &mut Vec<AttachedProbe>,
+    links: &mut Links,
+) -> Result<()> {
+    attach_tracepoint(ebpf, "syscalls", "sys_exit_brk", links)?;
+    probes.push(attached_without_uprobe(Probe::Brk, false));
+    attach_page_faults(ebpf, pid, fault_period, links)?;
+    probes.push(attached_without_uprobe(Probe::PageFault, false));
+    Ok(())
+}
+
+/// Has the kernel side send every fault of these stacks with its stack
+/// window. A full map leaves the rest counted per stack.
+pub fn window_fault_stacks(ebpf: &mut Ebpf, stacks: &[u64]) -> Result<()> {
+    let mut map: HashMap<&mut MapData, u64, u8> =
+        HashMap::try_from(ebpf.map_mut("FAULT_WINDOWED").context("FAULT_WINDOWED map missing")?)?;
+    for stack in stacks {
+        if let Err(e) = map.insert(stack, 1, 0) {
+            log::debug!("fault stack {stack:#x} stays counted, not windowed: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Page-fault samples per user stack (content hash) so far, summed over CPUs.
+pub fn fault_samples(ebpf: &Ebpf) -> Result<Vec<(u64, u64)>> {
+    let map: PerCpuHashMap<&MapData, u64, u64> =
+        PerCpuHashMap::try_from(ebpf.map("FAULT_STACKS").context("FAULT_STACKS map missing")?)?;
+    map.iter()
+        .map(|entry| entry.map(|(stack, per_cpu)| (stack, per_cpu.iter().sum())))
+        .collect::<Result<_, _>>()
+        .map_err(Into::into)
 }
 
 /// Node's hooks are internals that move between versions: a missing one is
@@ -719,9 +828,8 @@ fn attach_module(
             Hook::Paired => vec![(spec.program, file_offset), (RETURN_PROGRAM, entry)],
         };
         for (program, offset) in points {
-            links
-                .uprobes
-                .push(attach_uprobe(ebpf, program, &module.open_path, offset, probe, scope())?);
+            let link = attach_uprobe(ebpf, program, &module.open_path, offset, probe, scope())?;
+            links.uprobes.push((probe, link));
         }
         first_at.insert(function.vaddr, probes.len());
         probes.push(AttachedProbe {

@@ -58,11 +58,22 @@ pub struct HuntArgs {
     /// Write the report here instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Sample allocations instead of tracing each one: on average one sample
-    /// every SIZE bytes allocated (e.g. 512KiB), Poisson-distributed; the
-    /// report gives unbiased estimates. Mappings are always traced exactly.
+    /// What is probed and so what the report measures (default: `auto` when
+    /// attaching to a PID, `exact` when launching a command).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub mode: Option<Mode>,
+    /// The sampling interval of sampled mode (and of auto mode's start): on
+    /// average one sample every SIZE bytes allocated (e.g. 512KiB),
+    /// Poisson-distributed; the report gives unbiased estimates. Mappings
+    /// are always traced exactly. Without --mode it selects sampled mode.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub sample_bytes: Option<u64>,
+    /// Most of the target's CPU time the probes may take, in percent: over
+    /// it, the per-call probes are detached and the hunt carries on in growth
+    /// mode. Enforced in auto mode (default 10: a busy service keeps >= 90%
+    /// of its throughput); in exact and sampled mode only when given.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub max_overhead: Option<f64>,
     /// Ring buffer size shared by all CPUs; raise it if drops are reported.
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     pub ring_buffer_mib: u32,
@@ -74,6 +85,23 @@ pub struct HuntArgs {
     /// Command to launch and trace from its first instruction.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// What a hunt probes, and so what its report measures.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every allocator call: exact outstanding bytes per call stack.
+    Exact,
+    /// Every allocator call is trapped, a Poisson sample of them recorded:
+    /// estimates (--sample-bytes sets the interval, default 512KiB).
+    Sampled,
+    /// No per-call probes: page faults (pages first touched) per call stack,
+    /// mmap/munmap/mremap/brk exactly, V8's page and GC hooks. Costs
+    /// per page of growth, not per allocation.
+    Growth,
+    /// Exact (sampled with --sample-bytes) while the probes stay within
+    /// --max-overhead, growth mode from the moment they would not.
+    Auto,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,6 +323,17 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
         Some((_, unit)) => return Err(format!("`{s}`: unknown time unit `{unit}` (use /s, /min, /h)")),
     };
     Ok(parse_size(size)? as f64 / per_s)
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let pct: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage"))?;
+    if !(pct > 0.0 && pct <= 100.0) {
+        return Err(format!("`{s}` must be a percentage in (0, 100]"));
+    }
+    Ok(pct)
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {

@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 
 use leak_common::{
-    EventOp, HeapEvent, Probe, SiteEvent, StackRecord, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS, MAX_STACK_FRAMES,
+    EventOp, FaultSiteEvent, HeapEvent, Probe, SiteEvent, StackRecord, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS,
+    MAX_STACK_FRAMES,
 };
 
 use crate::{
-    heap::{charged_size, Heap, Kind, SiteKey},
+    heap::{charged_size, Heap, Kind, SiteKey, PAGE_SIZE},
     node::NodeStats,
     report::PROT_UNKNOWN,
     symbolize::{FramelessUnwinder, ProcessModules, MAX_SKIPPED},
@@ -42,6 +43,17 @@ pub struct Collector {
     /// Callers a frame-pointer walk skipped, per page-fault stack (`watch`),
     /// recovered from the window of the first fault counted for the stack.
     fault_callers: HashMap<u64, [u64; MAX_SKIPPED]>,
+    /// Set when the per-call allocator probes were detached (growth mode from
+    /// then on): their later events are ignored, so that heap sites keep
+    /// the state of that moment rather than lose frees as probes go one by one.
+    per_call_until_ns: Option<u64>,
+    /// Growth mode: each page-fault sample stands for this many faults.
+    growth_fault_period: Option<u64>,
+    /// Page-fault samples per stack already folded into the model (growth mode).
+    fault_samples_seen: HashMap<u64, u64>,
+    /// Fault stacks whose walk skipped callers, for the kernel side to send
+    /// whole from now on (growth mode).
+    stacks_to_window: Vec<u64>,
 }
 
 impl Collector {
@@ -61,6 +73,10 @@ impl Collector {
             unwinder: FramelessUnwinder::default(),
             program_break: None,
             fault_callers: HashMap::new(),
+            growth_fault_period: None,
+            fault_samples_seen: HashMap::new(),
+            stacks_to_window: Vec::new(),
+            per_call_until_ns: None,
         }
     }
 
@@ -88,6 +104,10 @@ impl Collector {
         if self.torn_down_at.is_some() && op != EventOp::Exec {
             return;
         }
+        let per_call = matches!(op, EventOp::Alloc | EventOp::Realloc | EventOp::Free) && !probe.is_node();
+        if per_call && self.per_call_until_ns.is_some_and(|until| event.ts_ns >= until) {
+            return;
+        }
         let e = &event;
         match op {
             EventOp::Free => self.heap.free(e.addr, e.entry_ns),
@@ -112,13 +132,26 @@ impl Collector {
                 self.modules_changed = true;
             }
             EventOp::FaultStack => {
-                let Some(site_event) = read_record::<SiteEvent>(record) else {
+                let Some(fault) = read_record::<FaultSiteEvent>(record) else {
                     self.malformed += 1;
                     return;
                 };
                 // Frame 0 is the faulting instruction itself.
-                let skipped = self.skipped_callers(&site_event, false);
-                self.fault_callers.insert(e.stack, skipped);
+                let skipped = self.skipped_callers(&fault.heap, false, fault.sp, &fault.stack_window);
+                match self.growth_fault_period {
+                    // A fault of a windowed stack: one sample, at its callers.
+                    Some(period) if self.fault_callers.contains_key(&e.stack) => {
+                        self.touch(e.stack, skipped, period, e.ts_ns)
+                    }
+                    // The first of its stack (also counted by the kernel).
+                    Some(_) if skipped[0] != 0 => {
+                        self.fault_callers.insert(e.stack, skipped);
+                        self.stacks_to_window.push(e.stack);
+                    }
+                    _ => {
+                        self.fault_callers.insert(e.stack, skipped);
+                    }
+                }
             }
             EventOp::Alloc | EventOp::Realloc | EventOp::Map | EventOp::Remap | EventOp::Brk => {
                 let Some(site_event) = read_record::<SiteEvent>(record) else {
@@ -175,24 +208,25 @@ impl Collector {
             return self.heap.intern(key);
         }
         // Heap stacks are taken at the return probe: frame 0 is a return address.
-        key.skipped_callers = self.skipped_callers(site_event, heap);
+        key.skipped_callers = self.skipped_callers(event, heap, site_event.sp, &site_event.stack_window);
         self.heap.intern(key)
     }
 
-    /// The return addresses the frame-pointer walk of `site_event`'s stack
-    /// skipped, recovered from its stack window (zero-padded).
-    fn skipped_callers(&mut self, site_event: &SiteEvent, frame0_returns: bool) -> [u64; MAX_SKIPPED] {
-        let Some(&frame0) = self.stack(site_event.heap.stack).and_then(|s| s.first()) else {
+    /// The return addresses the frame-pointer walk of `event`'s stack
+    /// skipped, recovered from the stack `window` at `sp` (zero-padded).
+    fn skipped_callers(
+        &mut self,
+        event: &HeapEvent,
+        frame0_returns: bool,
+        sp: u64,
+        window: &[u64],
+    ) -> [u64; MAX_SKIPPED] {
+        let Some(&frame0) = self.stack(event.stack).and_then(|s| s.first()) else {
             return [0; MAX_SKIPPED];
         };
         self.refresh_modules_if_changed();
-        self.unwinder.skipped_callers(
-            &self.modules,
-            frame0,
-            frame0_returns,
-            site_event.sp,
-            &site_event.stack_window,
-        )
+        self.unwinder
+            .skipped_callers(&self.modules, frame0, frame0_returns, sp, window)
     }
 
     /// The frames of a stack with the callers the walk skipped put back
@@ -205,6 +239,49 @@ impl Collector {
         addrs
     }
 
+    /// The per-call allocator probes are being detached at `ts_ns`.
+    pub fn end_per_call_tracing(&mut self, ts_ns: u64) {
+        self.per_call_until_ns = Some(ts_ns);
+    }
+
+    /// Growth mode from now on: page faults are sampled every `fault_period`.
+    pub fn start_growth(&mut self, fault_period: u64) {
+        self.growth_fault_period = Some(fault_period);
+    }
+
+    /// Fault stacks for the kernel side to send whole from now on.
+    pub fn take_stacks_to_window(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.stacks_to_window)
+    }
+
+    /// Folds the kernel's page-fault counts per stack (growth mode) into the
+    /// model as pages touched at `ts_ns`. A stack whose first fault has not
+    /// been read yet waits: its callers come with that fault.
+    pub fn fold_fault_samples(&mut self, samples: &[(u64, u64)], ts_ns: u64) {
+        let Some(period) = self.growth_fault_period else { return };
+        for &(stack, count) in samples {
+            let Some(&skipped) = self.fault_callers.get(&stack) else {
+                continue;
+            };
+            let seen = self.fault_samples_seen.entry(stack).or_default();
+            let new = count.saturating_sub(*seen);
+            *seen = count;
+            self.touch(stack, skipped, new * period, ts_ns);
+        }
+    }
+
+    /// `faults` page faults at `stack` (with the callers its walk skipped).
+    fn touch(&mut self, stack: u64, skipped_callers: [u64; MAX_SKIPPED], faults: u64, ts_ns: u64) {
+        if faults == 0 || self.torn_down_at.is_some() {
+            return;
+        }
+        let site = self.heap.intern(SiteKey {
+            skipped_callers,
+            ..SiteKey::heap(Probe::PageFault, stack)
+        });
+        self.heap.touch(site, faults * PAGE_SIZE, ts_ns);
+    }
+
     /// A page-fault stack, completed as `completed_stack` does.
     pub fn fault_stack(&self, hash: u64) -> Vec<u64> {
         self.completed_stack(hash, self.fault_callers.get(&hash).unwrap_or(&[0; MAX_SKIPPED]))
@@ -213,7 +290,7 @@ impl Collector {
     /// Where the program break is before any brk event is seen, from
     /// /proc: growth above it is recorded as a mapping.
     pub fn read_program_break(&mut self, pid: u32) {
-        self.program_break = program_break(pid).or(self.program_break);
+        self.program_break = crate::target::program_break(pid).or(self.program_break);
     }
 
     /// The break moved to `new_break`: growth is new memory of `site`, a
@@ -256,19 +333,6 @@ impl Collector {
             log::debug!("cannot re-read the target's mappings: {e}");
         }
     }
-}
-
-/// The current program break: the end of the `[heap]` mapping, or where the
-/// heap will start (start_brk, field 47 of /proc/PID/stat) before it exists.
-fn program_break(pid: u32) -> Option<u64> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    if let Some(line) = maps.lines().find(|l| l.ends_with("[heap]")) {
-        let end = line.split_whitespace().next()?.split_once('-')?.1;
-        return u64::from_str_radix(end, 16).ok();
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(44)?.parse().ok()
 }
 
 fn read_record<T: Copy>(record: &[u8]) -> Option<T> {

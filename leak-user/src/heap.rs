@@ -27,6 +27,9 @@ pub enum Kind {
     /// V8 JS heap pages.
     #[serde(rename = "v8_heap")]
     V8Heap,
+    /// Growth mode: pages first touched (page faults) by a call stack. Not
+    /// outstanding memory: faults say nothing of what is released since.
+    PagesTouched,
 }
 
 impl Kind {
@@ -38,6 +41,7 @@ impl Kind {
             Kind::Mmap => "mmap",
             Kind::ArrayBuffer => "arraybuffer",
             Kind::V8Heap => "v8_heap",
+            Kind::PagesTouched => "pages_touched",
         }
     }
 
@@ -47,6 +51,7 @@ impl Kind {
             Probe::Mmap | Probe::Mremap => Kind::Mmap,
             Probe::ArrayBufferAllocate | Probe::ArrayBufferAllocateUninitialized => Kind::ArrayBuffer,
             Probe::V8AllocatePage | Probe::V8AllocateLargePage => Kind::V8Heap,
+            Probe::PageFault => Kind::PagesTouched,
             _ => Kind::Malloc,
         }
     }
@@ -142,6 +147,8 @@ pub struct Heap {
     next_origin: u64,
     /// Bytes and allocations each site made during the hunt, freed or not.
     allocated: Vec<(f64, f64)>,
+    /// Pages first touched per site (growth mode), with the first touch's time.
+    touched: HashMap<SiteId, (u64, u64)>,
 }
 
 /// Size charged for an allocation: what the caller asked for, except pvalloc,
@@ -185,6 +192,7 @@ impl Heap {
             ranges: BTreeMap::new(),
             next_origin: 0,
             allocated: Vec::new(),
+            touched: HashMap::new(),
         }
     }
 
@@ -315,6 +323,17 @@ impl Heap {
         }
     }
 
+    /// `site` touched `bytes` of new pages (sampled page faults) by `ts_ns`.
+    /// They are never released: faults do not say when pages are freed.
+    pub fn touch(&mut self, site: SiteId, bytes: u64, ts_ns: u64) {
+        let (allocated_bytes, pages) = &mut self.allocated[site as usize];
+        *allocated_bytes += bytes as f64;
+        *pages += (bytes / PAGE_SIZE) as f64;
+        let (total, first_ts_ns) = self.touched.entry(site).or_insert((0, ts_ns));
+        *total += bytes;
+        *first_ts_ns = (*first_ts_ns).min(ts_ns);
+    }
+
     fn count_allocation(&mut self, site: SiteId, bytes: u64, weight: f32) {
         let (total, count) = &mut self.allocated[site as usize];
         *total += bytes as f64 * f64::from(weight);
@@ -365,6 +384,10 @@ impl Heap {
         {
             let first_piece = origins_seen.insert(r.origin);
             add(r.site, (r.end - s) as f64, f64::from(u8::from(first_piece)), r.ts_ns);
+        }
+        // Pages count as the "allocations" of a touched site.
+        for (&site, &(bytes, first_ts_ns)) in self.touched.iter().filter(|(_, t)| t.1 < cutoff_ns) {
+            add(site, bytes as f64, (bytes / PAGE_SIZE) as f64, first_ts_ns);
         }
         let mut totals: HashMap<SiteId, SiteTotals> = sums
             .into_iter()
@@ -546,6 +569,23 @@ mod tests {
         // A small block at a huge one's address replaces it.
         h.alloc(0x2000, 16, 30, a);
         assert_eq!((of(&h, a), h.huge_sizes.len()), ((16, 1), 0));
+    }
+
+    #[test]
+    fn touched_pages_accumulate_and_are_never_released() {
+        let mut h = Heap::default();
+        let s = h.intern(SiteKey::heap(Probe::PageFault, 1));
+        assert_eq!(h.site(s).kind, Kind::PagesTouched);
+        h.touch(s, 3 * PAGE_SIZE, 20);
+        h.touch(s, PAGE_SIZE, 10);
+        h.unmap(0, u64::MAX / 2, 30);
+        let t = &h.totals(u64::MAX)[&s];
+        assert_eq!((t.bytes, t.allocations, t.oldest_ts_ns), (4 * PAGE_SIZE, 4, 10));
+        assert_eq!(h.allocated(s), (4 * PAGE_SIZE, 4));
+        assert!(
+            h.totals(10).is_empty(),
+            "--min-age keeps sites first touched before the cutoff"
+        );
     }
 
     #[test]

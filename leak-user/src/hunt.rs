@@ -16,10 +16,11 @@ use tokio::{
 
 use crate::{
     analyze::{self, GrowthPolicy},
-    attach::{self, AttachedProbe, Counters, Links, LoadOptions, ProbeSet, ProbeStatus},
+    attach::{self, AttachedProbe, Counters, Links, LoadOptions, ProbeStatus},
     cli::HuntArgs,
     collect::Collector,
     heap::Kind,
+    mode::{self, Measure, OverheadMeter, Plan},
     node, preflight,
     report::{self, Frame, Mapping, ProbeReport, Report, Site, Totals},
     symbolize::Symbolizer,
@@ -36,6 +37,9 @@ const MAX_ALLOCATION_SAMPLES: usize = 20;
 const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
 /// How often the ring buffer is drained.
 const RING_POLL: Duration = Duration::from_millis(10);
+/// How often the probes' cost is checked against `--max-overhead`: a
+/// service over budget pays for at most about this long.
+const BUDGET_WINDOW: Duration = Duration::from_secs(1);
 
 pub struct Outcome {
     pub report: Report,
@@ -48,6 +52,8 @@ pub struct Outcome {
 
 pub struct Attachment {
     links: Links,
+    /// The per-call probes given up for the budget, being detached.
+    detaching: Option<std::thread::JoinHandle<()>>,
     _ebpf: aya::Ebpf,
 }
 
@@ -55,7 +61,108 @@ impl Attachment {
     pub fn detach(self) {
         let started = Instant::now();
         self.links.detach();
+        if let Some(detaching) = self.detaching {
+            let _ = detaching.join();
+        }
         log::info!("detached in {:.3} s", started.elapsed().as_secs_f64());
+    }
+}
+
+/// The probes of a hunt and what they measure, which the budget may change
+/// while it runs.
+struct Session {
+    ebpf: aya::Ebpf,
+    pid: u32,
+    probes: Vec<AttachedProbe>,
+    links: Links,
+    measure: Measure,
+    /// `--max-overhead` (%) and the meter, when the budget is enforced.
+    budget: Option<(f64, OverheadMeter)>,
+    switched: Option<report::ModeSwitch>,
+    detaching: Option<std::thread::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Session {
+    /// Checks the probes' cost against the budget; over it, moves to growth
+    /// mode: per-call events from then on are ignored, their sites' series end.
+    fn enforce_budget(&mut self, collector: &mut Collector, timeline: &mut Timeline) -> Result<()> {
+        let Some((max_pct, meter)) = self.budget.as_mut().filter(|_| self.measure != Measure::Growth) else {
+            return Ok(());
+        };
+        let counters = Counters::read(&self.ebpf)?;
+        let Some(pct) = meter.sample(&self.ebpf, &counters) else {
+            return Ok(());
+        };
+        if pct <= *max_pct {
+            return Ok(());
+        }
+        let at_s = self.started.elapsed().as_secs_f64();
+        eprintln!(
+            "leakscope: the probes took {pct:.1}% of PID {}'s CPU time (budget {max_pct:.1}%): detaching the per-call probes, continuing in growth mode",
+            self.pid
+        );
+        let before = self.probes.len();
+        let growth = Measure::Growth;
+        let detached_links = attach::switch_to(
+            &mut self.ebpf,
+            self.pid,
+            growth.probe_set(),
+            &mut self.probes,
+            &mut self.links,
+        )?;
+        collector.end_per_call_tracing(monotonic_ns());
+        collector.start_growth(mode::GROWTH_FAULT_PERIOD);
+        collector.read_program_break(self.pid);
+        timeline.end_kind(Kind::Malloc);
+        let detached: Vec<String> = detached_links.probes().iter().map(|p| p.name().to_string()).collect();
+        self.detaching = Some(std::thread::spawn(move || {
+            let started = Instant::now();
+            detached_links.detach();
+            log::info!("per-call probes detached in {:.3} s", started.elapsed().as_secs_f64());
+        }));
+        self.switched = Some(report::ModeSwitch {
+            at_s,
+            from: self.measure.name().to_string(),
+            to: growth.name().to_string(),
+            overhead_pct: pct,
+            detached,
+            attached: self.probes[before..]
+                .iter()
+                .map(|p| p.probe.name().to_string())
+                .collect(),
+        });
+        self.measure = growth;
+        Ok(())
+    }
+
+    /// Growth mode: folds the kernel's page-fault counts into the model.
+    fn fold_faults(&self, collector: &mut Collector) {
+        if self.measure == Measure::Growth {
+            match attach::fault_samples(&self.ebpf) {
+                Ok(samples) => collector.fold_fault_samples(&samples, monotonic_ns()),
+                Err(e) => log::warn!("cannot read the page-fault counts: {e:#}"),
+            }
+        }
+    }
+
+    /// Growth mode: fault stacks that hide their callers are sent whole.
+    fn window_fault_stacks(&mut self, collector: &mut Collector) {
+        let stacks = collector.take_stacks_to_window();
+        if !stacks.is_empty() {
+            if let Err(e) = attach::window_fault_stacks(&mut self.ebpf, &stacks) {
+                log::warn!("cannot window fault stacks: {e:#}");
+            }
+        }
+    }
+
+    fn overhead(&self) -> Option<report::Overhead> {
+        let (max_overhead_pct, meter) = self.budget.as_ref()?;
+        Some(report::Overhead {
+            max_overhead_pct: *max_overhead_pct,
+            peak_overhead_pct: meter.peak_pct,
+            switched: self.switched.clone(),
+        })
     }
 }
 
@@ -88,6 +195,7 @@ pub struct Load {
 }
 
 pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
+    let plan = Plan::resolve(args.mode, args.sample_bytes, args.max_overhead, args.command.is_empty())?;
     preflight::check()?;
     let attach_started = Instant::now();
     let (target, mut launched, modules) = if args.command.is_empty() {
@@ -104,11 +212,11 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         pid: target.pid,
         ring_buffer_bytes: args.ring_buffer_mib.max(1) * 1024 * 1024,
         max_stacks: args.max_stacks,
-        sample_bytes: args.sample_bytes,
+        sample_bytes: plan.start.sample_bytes(),
     };
     let mut ebpf = attach::load(&options)?;
-    let (probes, links) = attach::attach(&mut ebpf, target.pid, &modules, ProbeSet::Hunt)?;
-    if modules.lookup_order.is_empty() {
+    let (probes, links) = attach::attach(&mut ebpf, target.pid, &modules, plan.start.probe_set())?;
+    if modules.lookup_order.is_empty() && plan.start != Measure::Growth {
         eprintln!(
             "leakscope: warning: PID {} maps no libc (a static binary?): malloc-family calls are not traced, only mmap/munmap/mremap and the heap's growth (brk)",
             target.pid
@@ -125,21 +233,46 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let started = Instant::now();
-    let mut collector = Collector::new(target.pid, args.sample_bytes);
+    let mut collector = Collector::new(target.pid, plan.start.sample_bytes());
     collector.started_ns = monotonic_ns();
     collector.refresh_modules();
-    // Used when brk is traced (a static binary); a launched command's exec resets it.
+    // Used when brk is traced (growth mode, a static binary); a launched
+    // command's exec resets it.
     collector.read_program_break(target.pid);
+    if plan.start == Measure::Growth {
+        collector.start_growth(mode::GROWTH_FAULT_PERIOD);
+    }
     let mut timeline = Timeline::new(target.pid);
-    let announce = || eprintln!("leakscope: attached to PID {} ({attached} probes)", target.pid);
+    let announce = || {
+        eprintln!(
+            "leakscope: attached to PID {} ({attached} probes, {} mode)",
+            target.pid,
+            plan.start.name()
+        )
+    };
+    let budget = plan
+        .max_overhead_pct
+        .map(|pct| (pct, OverheadMeter::new(target.pid, &probes)));
+    let mut session = Session {
+        ebpf,
+        pid: target.pid,
+        probes,
+        links,
+        measure: plan.start,
+        budget,
+        switched: None,
+        detaching: None,
+        started,
+    };
     let (end, exit_code) = runtime.block_on(collect_until_end(
-        &mut ebpf,
+        &mut session,
         (&mut collector, &mut timeline),
         launched.as_mut(),
         (args, load),
         announce,
     ))?;
     // The series end where the hunt ends.
+    session.fold_faults(&mut collector);
     timeline.sample(&collector.heap, started.elapsed().as_secs_f64());
     if let (Some(launched), None) = (launched, exit_code) {
         launched.detach();
@@ -150,7 +283,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     // Everything the report needs from the kernel, then detach.
     let cutoff = monotonic_ns().saturating_sub(args.min_age.as_nanos() as u64);
     let totals = collector.heap.totals(cutoff);
-    let counters = Counters::read(&ebpf)?;
+    let counters = Counters::read(&session.ebpf)?;
     if end != End::TargetExited {
         collector.refresh_modules();
     }
@@ -159,12 +292,14 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let ended = Ended {
         target,
         is_node,
-        sample_bytes: args.sample_bytes,
+        measure: session.measure,
+        sample_bytes: plan.start.sample_bytes(),
+        overhead: session.overhead(),
         end,
         exit_code,
         duration,
     };
-    let mut report = build_report(&collector, &timeline, totals, &probes, &counters, &ended);
+    let mut report = build_report(&collector, &timeline, totals, &session.probes, &counters, &ended);
     report::drops::mark_and_warn(&mut report);
     log::info!(
         "report built {:.3} s after the hunt ended",
@@ -174,20 +309,24 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     Ok(Outcome {
         report,
         exit_code,
-        attachment: Attachment { links, _ebpf: ebpf },
+        attachment: Attachment {
+            links: session.links,
+            detaching: session.detaching,
+            _ebpf: session.ebpf,
+        },
     })
 }
 
 /// Collects events until the hunt ends; returns why, and the exit code of a
 /// launched command that exited.
 async fn collect_until_end(
-    ebpf: &mut aya::Ebpf,
+    session: &mut Session,
     (collector, timeline): (&mut Collector, &mut Timeline),
     mut launched: Option<&mut Launched>,
     (args, load): (&HuntArgs, Option<&Load>),
     announce_attached: impl FnOnce(),
 ) -> Result<(End, Option<i32>)> {
-    let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+    let ring = RingBuf::try_from(session.ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
     // SAFETY: the descriptor stays owned by the AsyncFd and is never replaced.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE)? };
     // Handlers first: the attach announcement is the cue to start a workload
@@ -214,6 +353,7 @@ async fn collect_until_end(
     let mut poll = tokio::time::interval(RING_POLL);
     let mut summary = args.interval.filter(|d| !d.is_zero()).map(tokio::time::interval);
     let mut sample = tokio::time::interval(args.interval.unwrap_or(SAMPLE_PERIOD).clamp(RING_POLL, SAMPLE_PERIOD));
+    let mut budget_window = tokio::time::interval(BUDGET_WINDOW);
     let mut load_run = std::pin::pin!(run_load(load));
     let started = Instant::now();
     let mut execs_seen = 0;
@@ -237,10 +377,18 @@ async fn collect_until_end(
             _ = terminate.recv() => break (End::Interrupted, None),
             _ = sleep_until(deadline) => break (End::Duration, None),
             _ = refresh.tick() => collector.refresh_modules(),
-            _ = poll.tick() => drain(ring.get_mut(), collector),
+            _ = poll.tick() => {
+                drain(ring.get_mut(), collector);
+                session.window_fault_stacks(collector);
+            }
             _ = tick(&mut summary) => print_summary(collector, started.elapsed()),
+            _ = budget_window.tick(), if session.budget.is_some() => {
+                drain(ring.get_mut(), collector);
+                session.enforce_budget(collector, timeline)?;
+            }
             _ = sample.tick() => {
                 drain(ring.get_mut(), collector);
+                session.fold_faults(collector);
                 if collector.execs != execs_seen {
                     execs_seen = collector.execs;
                     timeline.reset_sites();
@@ -319,7 +467,11 @@ fn print_summary(collector: &Collector, elapsed: Duration) {
 struct Ended {
     target: Target,
     is_node: bool,
+    /// What the probes measured at the end.
+    measure: Measure,
+    /// The sampling interval of the per-call phase.
     sample_bytes: Option<u64>,
+    overhead: Option<report::Overhead>,
     end: End,
     exit_code: Option<i32>,
     duration: Duration,
@@ -349,7 +501,8 @@ fn build_report(
         .map(|(&id, t)| {
             let key = collector.heap.site(id);
             let addrs = collector.completed_stack(key.stack, &key.skipped_callers);
-            // Heap stacks are taken at the return probe: frame 0 is a return address too.
+            // Heap stacks are taken at the return probe: frame 0 is a return
+            // address too. A fault's frame 0 is the faulting instruction.
             let frames = symbolizer.symbolize(&collector.modules, &addrs, key.kind == Kind::Malloc);
             let series = timeline.site_series(id);
             let growth = series
@@ -397,12 +550,16 @@ fn build_report(
             )
         })
         .collect();
+    // Heap (malloc) memory was measured unless the hunt began in growth mode.
+    let malloc_measured =
+        ended.overhead.as_ref().is_some_and(|o| o.switched.is_some()) || ended.measure != Measure::Growth;
     let mut by_kind: BTreeMap<String, u64> = Kind::ALL
         .iter()
-        .filter(|k| ended.is_node || matches!(k, Kind::Malloc | Kind::Mmap))
+        .filter(|&&k| (ended.is_node && k != Kind::Malloc) || k == Kind::Mmap || (k == Kind::Malloc && malloc_measured))
         .map(|k| (k.name().to_string(), 0))
         .collect();
-    for site in &sites {
+    let (touched, held): (Vec<&Site>, Vec<&Site>) = sites.iter().partition(|s| s.kind == Kind::PagesTouched);
+    for site in &held {
         *by_kind.entry(site.kind.name().to_string()).or_default() += site.outstanding_bytes;
     }
     let mut drops: BTreeMap<String, u64> = DropReason::ALL
@@ -420,19 +577,15 @@ fn build_report(
             exit_code: ended.exit_code,
         },
         duration_s: hunt_s,
-        mode: if ended.sample_bytes.is_some() {
-            "sampled"
-        } else {
-            "exact"
-        }
-        .to_string(),
+        mode: ended.measure.name().to_string(),
         sample_bytes: ended.sample_bytes,
         ended_by: ended.end.name().to_string(),
         totals: Totals {
-            outstanding_bytes: sites.iter().map(|s| s.outstanding_bytes).sum(),
-            outstanding_allocations: sites.iter().map(|s| s.outstanding_allocations).sum(),
+            outstanding_bytes: held.iter().map(|s| s.outstanding_bytes).sum(),
+            outstanding_allocations: held.iter().map(|s| s.outstanding_allocations).sum(),
             by_kind,
             allocator_internal_bytes: collector.heap.allocator_internal_bytes(),
+            pages_touched_bytes: touched.iter().map(|s| s.outstanding_bytes).sum(),
         },
         drops,
         probes: probes.iter().map(|p| probe_report(p, counters)).collect(),
@@ -442,6 +595,7 @@ fn build_report(
         node: ended
             .is_node
             .then(|| node_report(collector, timeline, &sites_for_node, &mut symbolizer, &policy)),
+        overhead: ended.overhead.clone(),
     }
 }
 

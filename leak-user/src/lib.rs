@@ -17,6 +17,7 @@ pub mod heap;
 pub mod hunt;
 pub mod input;
 pub mod lookup;
+pub mod mode;
 pub mod node;
 pub mod placement;
 pub mod preflight;

@@ -279,6 +279,19 @@ fn resolve_program(program: &str) -> Result<PathBuf> {
         .with_context(|| format!("command not found: `{program}`"))
 }
 
+/// The current program break: the end of the `[heap]` mapping, or where the
+/// heap will start (start_brk, field 47 of /proc/PID/stat) before it exists.
+pub fn program_break(pid: u32) -> Option<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    if let Some(line) = maps.lines().find(|l| l.ends_with("[heap]")) {
+        let end = line.split_whitespace().next()?.split_once('-')?.1;
+        return u64::from_str_radix(end, 16).ok();
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(44)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

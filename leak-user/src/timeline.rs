@@ -18,6 +18,8 @@ pub struct Timeline {
     kinds: HashMap<Kind, BoundedSeries>,
     rss: BoundedSeries,
     tracked: BoundedSeries,
+    /// Kinds no longer traced (their probes were detached): their series end.
+    ended: Vec<Kind>,
 }
 
 impl Timeline {
@@ -28,6 +30,7 @@ impl Timeline {
             kinds: HashMap::new(),
             rss: BoundedSeries::new(SERIES_CAPACITY),
             tracked: BoundedSeries::new(SERIES_CAPACITY),
+            ended: Vec::new(),
         }
     }
 
@@ -36,12 +39,18 @@ impl Timeline {
         self.sites.clear();
     }
 
+    /// `kind` is no longer traced: its sites' series and its own end here.
+    pub fn end_kind(&mut self, kind: Kind) {
+        self.ended.push(kind);
+    }
+
     /// Records one sample, `t_s` seconds into the hunt. Sites that held
     /// memory before and hold none now get a zero point.
     pub fn sample(&mut self, heap: &Heap, t_s: f64) {
-        let totals = heap.totals(u64::MAX);
+        let mut totals = heap.totals(u64::MAX);
+        totals.retain(|&site, _| !self.ended.contains(&heap.site(site).kind));
         for (site, series) in &mut self.sites {
-            if !totals.contains_key(site) {
+            if !totals.contains_key(site) && !self.ended.contains(&heap.site(*site).kind) {
                 series.push(t_s, 0, 0);
             }
         }
@@ -56,7 +65,7 @@ impl Timeline {
             *bytes += t.bytes;
             *allocations += t.allocations;
         }
-        for (kind, (bytes, allocations)) in by_kind {
+        for (kind, (bytes, allocations)) in by_kind.into_iter().filter(|(k, _)| !self.ended.contains(k)) {
             self.kinds
                 .entry(kind)
                 .or_insert_with(|| BoundedSeries::new(SERIES_CAPACITY))

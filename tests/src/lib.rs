@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod bpf;
 pub mod expected;
 pub mod prometheus;
 pub mod webhook;
@@ -485,6 +486,17 @@ impl Attach {
     }
 }
 
+/// `--mode exact` unless `hunt_args` choose a mode: attach mode defaults to
+/// auto, which may leave exact mode on a fixture that allocates fast, and
+/// the tests check exact bytes.
+pub fn exact_unless_chosen(hunt_args: &[&str]) -> &'static [&'static str] {
+    if hunt_args.iter().any(|a| *a == "--mode" || *a == "--sample-bytes") {
+        &[]
+    } else {
+        &["--mode", "exact"]
+    }
+}
+
 /// Attach mode: start `FIXTURE --wait`, read "ready", start
 /// `leakscope hunt -p PID --format json -o F --top 1000 <hunt_args>`, wait for
 /// its "attached" line, SIGUSR1 the fixture, read "done", end as `stop` says,
@@ -522,6 +534,7 @@ pub fn run_attach_command(fixture: &Path, mut cmd: Command, hunt_args: &[&str], 
         "-o",
     ])
     .arg(&report_path)
+    .args(exact_unless_chosen(hunt_args))
     .args(hunt_args)
     .stdin(Stdio::null())
     .stdout(Stdio::piped())

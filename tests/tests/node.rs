@@ -155,6 +155,11 @@ impl NodeRun {
 
 /// `leakscope hunt --format json -o F --top 1000 -- node <flags> NAME.js SECONDS`.
 fn launch(name: &'static str, node_flags: &[&str]) -> NodeRun {
+    launch_with(name, node_flags, &[])
+}
+
+/// `launch` with more `hunt_args`.
+fn launch_with(name: &'static str, node_flags: &[&str], hunt_args: &[&str]) -> NodeRun {
     let node = node_bin();
     let script = script(name);
     let mut args: Vec<&str> = node_flags.to_vec();
@@ -162,7 +167,7 @@ fn launch(name: &'static str, node_flags: &[&str]) -> NodeRun {
     args.push(script_str);
     args.push(SECONDS);
     let start = Instant::now();
-    let run = run_launch(&node, &args, &[]);
+    let run = run_launch(&node, &args, hunt_args);
     eprintln!("node {name}: launch run took {:?}", start.elapsed());
     let summary = summary_line(&run.stdout, name).unwrap_or_else(|| {
         panic!(
@@ -855,6 +860,41 @@ fn zlib_streams_grow_malloc_not_v8_heap() {
     finish(v, &run);
 }
 
+/// zlib_streams.js in growth mode: no malloc probe, yet the pages the open
+/// deflate streams' state touches are found at zlib's stack (deflateInit2_
+/// zeroes the 64 KiB hash head of each stream: a floor), growing.
+#[test]
+fn zlib_streams_growth_mode_finds_the_native_leak() {
+    let run = launch_with("zlib_streams", &[EXPOSE_GC], &["--mode", "growth"]);
+    let mut v = Verdict::new();
+    let report = &run.report;
+    v.check(report["mode"] == "growth", || format!("mode {}", report["mode"]));
+    for name in LIBC_PROBES {
+        v.check(probe(report, name).is_none(), || {
+            format!("{name} probed in growth mode")
+        });
+    }
+    let initialized = num(&run.summary, "initialized");
+    assert!(
+        initialized >= 40,
+        "only {initialized} deflate streams: too few to judge"
+    );
+    let zlib: Vec<&Value> = sites_of(report, "pages_touched")
+        .filter(|s| frame_functions(s).iter().any(|f| f.starts_with("deflateInit2")))
+        .collect();
+    let touched: u64 = zlib.iter().map(|s| site_bytes(s)).sum();
+    let floor = initialized * 64 * KIB;
+    v.check(touched >= floor, || {
+        format!("deflateInit2_ stacks touched {touched} B < {floor} ({initialized} streams x 64 KiB)")
+    });
+    v.check(
+        zlib.iter()
+            .any(|s| GROWS.contains(&s["verdict"].as_str().unwrap_or(""))),
+        || format!("no deflateInit2_ stack grows: {zlib:#?}"),
+    );
+    finish(v, &run);
+}
+
 /// healthy.js: lots of allocation, nothing kept: no category is a leak and
 /// no arraybuffer site holds much.
 #[test]
@@ -984,6 +1024,8 @@ fn attach_buffers_with_duration() {
 
     let mut args: Vec<OsString> = vec![
         "hunt".into(),
+        "--mode".into(),
+        "exact".into(),
         "-p".into(),
         pid.to_string().into(),
         "--duration".into(),

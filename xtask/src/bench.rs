@@ -24,6 +24,8 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{build, output, repo_root, require_root, run, setup, target_dir};
 
+mod hunt_modes;
+
 /// The issue's target for the cost of an exact hunt, as a fraction of the naive floor.
 const EXACT_TARGET: f64 = 0.35;
 /// Sampling threshold of the sampled configurations (512 KiB, as in the issue).
@@ -172,7 +174,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     let plan = Plan::new(quick);
     fs::create_dir_all(work_dir())?;
 
-    let benchmarks: [(&str, Benchmark); 7] = [
+    let benchmarks: [(&str, Benchmark); 8] = [
         ("1. malloc/free microbenchmark", malloc_free),
         ("2a. Time to attach and to report", attach),
         ("2b. Symbolization of 10k distinct stacks", distinct_stacks),
@@ -183,6 +185,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
             "4. leakscope watch on the Node.js HTTP service under load",
             watch_overhead,
         ),
+        (hunt_modes::TITLE, hunt_modes::hunt_modes),
     ];
     let number = |title: &str| title.split('.').next().unwrap_or_default().to_owned();
     let benchmarks: Vec<_> = benchmarks
@@ -375,7 +378,23 @@ fn attach(plan: &Plan, tools: &Tools) -> Result<Section> {
             Running::target(&words(&node), "ready")?,
         ));
     }
-    let hunt = |pid: &str| tools.hunt(true, &["--duration", "1", "-p", pid, "--format", "json", "-o", &report]);
+    let hunt = |pid: &str| {
+        tools.hunt(
+            true,
+            &[
+                "--mode",
+                "exact",
+                "--duration",
+                "1",
+                "-p",
+                pid,
+                "--format",
+                "json",
+                "-o",
+                &report,
+            ],
+        )
+    };
     let mut timings = vec![[Vec::new(), Vec::new(), Vec::new()]; targets.len()];
     let mut node_probes = false;
     for rep in 1..=plan.reps {
@@ -518,7 +537,12 @@ fn outstanding(_plan: &Plan, tools: &Tools) -> Result<Section> {
     let report_path = work_dir().join("outstanding.json");
     let report = rel(&report_path);
     let mut target = Running::target(&words(&[&prog, &HELD.to_string()]), "waiting")?;
-    let hunt_argv = |pid: &str| tools.hunt(false, &["-p", pid, "--format", "json", "-o", &report]);
+    let hunt_argv = |pid: &str| {
+        tools.hunt(
+            false,
+            &["--mode", "exact", "-p", pid, "--format", "json", "-o", &report],
+        )
+    };
     let argv = hunt_argv(&target.pid().to_string());
     let mut hunt = Running::leakscope(&argv)?;
     hunt.wait_for("attached to PID", Duration::from_secs(60))?;
@@ -706,7 +730,7 @@ fn http_service(plan: &Plan, tools: &Tools) -> Result<Section> {
     // The hunt to run during the load, if any.
     let configs: [(&str, Available<Option<Vec<String>>>); 3] = [
         ("untraced", Ok(None)),
-        ("leakscope exact", Ok(Some(hunt(&[])))),
+        ("leakscope exact", Ok(Some(hunt(&["--mode", "exact"])))),
         (
             "leakscope sampled",
             tools.sampling().map(|()| Some(hunt(&["--sample-bytes", SAMPLE_BYTES]))),

@@ -14,11 +14,7 @@ pub fn render(report: &Report, top: usize) -> String {
     let mut out = String::new();
     let t = &report.target;
     let _ = writeln!(out, "# Memory leak investigation: PID {} {}\n", t.pid, code(&t.command));
-    let method = if report.mode == "exact" {
-        "Every allocator call was traced, so byte counts, allocation counts and ages are measured."
-    } else {
-        "Allocations were sampled, so heap byte and allocation counts are estimates; mappings are traced exactly."
-    };
+    let method = super::mode_description(&report.mode);
     let _ = writeln!(
         out,
         "leakscope traced PID {} for {} ({} mode). {method} Growth rates are fitted slopes \
@@ -27,6 +23,9 @@ pub fn render(report: &Report, top: usize) -> String {
         secs(report.duration_s),
         report.mode
     );
+    if let Some(switched) = report.overhead.as_ref().and_then(|o| o.switched.as_ref()) {
+        let _ = writeln!(out, "**Overhead budget**: {}\n", switched.describe());
+    }
     summary(&mut out, report);
     timeline(&mut out, report);
     sites(&mut out, report, top);
@@ -53,6 +52,13 @@ fn summary(out: &mut String, report: &Report) {
         plural(totals.outstanding_allocations, "allocation"),
         plural(report.sites.len() as u64, "call stack")
     );
+    if report.mode == "growth" {
+        let _ = writeln!(
+            out,
+            "- **Pages first touched** during the hunt: {} (page faults; not part of the held total).",
+            human_bytes(totals.pages_touched_bytes)
+        );
+    }
     let growing: Vec<&Site> = report
         .sites
         .iter()
@@ -188,14 +194,24 @@ fn sites(out: &mut String, report: &Report, top: usize) {
             ),
             None => code(&site.allocator),
         };
-        let _ = writeln!(
-            out,
-            "- **Holds** {} ({} B) in {}, {} memory via {via}",
-            human_bytes(site.outstanding_bytes),
-            site.outstanding_bytes,
-            plural(site.outstanding_allocations, "allocation"),
-            site.kind.name()
-        );
+        if site.kind == crate::heap::Kind::PagesTouched {
+            let _ = writeln!(
+                out,
+                "- **Touched** {} ({} B) of new pages ({}): page faults, not bytes outstanding",
+                human_bytes(site.outstanding_bytes),
+                site.outstanding_bytes,
+                plural(site.outstanding_allocations, "page"),
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "- **Holds** {} ({} B) in {}, {} memory via {via}",
+                human_bytes(site.outstanding_bytes),
+                site.outstanding_bytes,
+                plural(site.outstanding_allocations, "allocation"),
+                site.kind.name()
+            );
+        }
         let _ = writeln!(
             out,
             "- **Oldest allocation** {} old, made {}",

@@ -22,7 +22,8 @@ pub struct Report {
     pub schema: String,
     pub target: TargetInfo,
     pub duration_s: f64,
-    /// "exact" (every call traced) or "sampled" (figures are estimates).
+    /// What the figures measure at the end: "exact" (every call traced),
+    /// "sampled" (estimates) or "growth" (pages first touched; see `mode_description`).
     pub mode: String,
     /// Sampled mode: mean bytes between samples (Poisson).
     #[serde(default)]
@@ -44,6 +45,65 @@ pub struct Report {
     /// Node.js targets only: memory by category, GCs, JS allocation samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeReport>,
+    /// The overhead budget, when one was enforced, and the switch to growth
+    /// mode it caused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead: Option<Overhead>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Overhead {
+    /// `--max-overhead`: the probes' largest allowed share of the target's CPU time.
+    pub max_overhead_pct: f64,
+    /// The largest share measured over one budget window (1 s).
+    pub peak_overhead_pct: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched: Option<ModeSwitch>,
+}
+
+/// The per-call probes cost more than the budget and were detached.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ModeSwitch {
+    /// Seconds into the hunt.
+    pub at_s: f64,
+    pub from: String,
+    pub to: String,
+    /// The share of the target's CPU time the probes took in the window that decided it.
+    pub overhead_pct: f64,
+    /// The probes detached and attached.
+    pub detached: Vec<String>,
+    pub attached: Vec<String>,
+}
+
+impl ModeSwitch {
+    /// When, why and what changed, in one sentence.
+    pub fn describe(&self) -> String {
+        format!(
+            "switched from {} to {} mode at {:.1} s: the probes took {:.1}% of the target's CPU time, over the budget;              detached {}, attached {}. Heap (malloc) sites show the state of that moment.",
+            self.from,
+            self.to,
+            self.at_s,
+            self.overhead_pct,
+            self.detached.join(", "),
+            self.attached.join(", "),
+        )
+    }
+}
+
+/// What a report's figures are, by mode, for every renderer.
+pub fn mode_description(mode: &str) -> &'static str {
+    match mode {
+        "exact" => "Every allocator call was traced, so byte counts, allocation counts and ages are measured.",
+        "sampled" => {
+            "Allocations were sampled, so heap byte and allocation counts are estimates; mappings are traced exactly."
+        }
+        "growth" => {
+            "Allocator calls were not traced (growth mode): pages_touched sites count the pages each call stack \
+             touched first (page faults), not bytes still outstanding, and are not part of the totals; mappings \
+             (mmap, brk, malloc's large blocks) are traced exactly."
+        }
+        _ => "Unknown mode.",
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -121,6 +181,10 @@ pub struct Totals {
     /// Mapped inside allocator calls (malloc arenas, large blocks): already
     /// counted by the malloc sites, so not part of `outstanding_bytes`.
     pub allocator_internal_bytes: u64,
+    /// Growth mode: pages first touched by all `pages_touched` sites. Not
+    /// outstanding memory, so not part of `outstanding_bytes`.
+    #[serde(default)]
+    pub pages_touched_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

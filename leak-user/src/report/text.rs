@@ -31,6 +31,24 @@ pub fn render(report: &Report, top: usize) -> String {
         kinds.join(", "),
         human_bytes(totals.allocator_internal_bytes),
     );
+    if report.mode == "growth" {
+        let _ = writeln!(
+            out,
+            "{} Pages first touched: {}.",
+            super::mode_description("growth"),
+            human_bytes(totals.pages_touched_bytes)
+        );
+    }
+    if let Some(overhead) = &report.overhead {
+        let _ = writeln!(
+            out,
+            "overhead budget: {:.1}% of the target's CPU time, peak measured {:.1}%",
+            overhead.max_overhead_pct, overhead.peak_overhead_pct
+        );
+        if let Some(switched) = &overhead.switched {
+            let _ = writeln!(out, "{}", switched.describe());
+        }
+    }
     if let Some(mean) = report.sample_bytes {
         let _ = writeln!(
             out,
@@ -101,14 +119,23 @@ fn write_site(out: &mut String, rank: usize, site: &Site) {
         (Some(v), _) => format!("{}{caveat}: ", v.as_str()),
         (None, _) => String::new(),
     };
-    let _ = writeln!(
-        out,
-        "\n#{rank} {verdict}{} outstanding in {} allocations, oldest {:.1} s, via {}{mapping}",
-        human_bytes(site.outstanding_bytes),
-        site.outstanding_allocations,
-        site.oldest_age_s,
-        site.allocator,
-    );
+    let held = if site.kind == crate::heap::Kind::PagesTouched {
+        format!(
+            "{} of pages first touched ({} pages), first {:.1} s ago, via page faults",
+            human_bytes(site.outstanding_bytes),
+            site.outstanding_allocations,
+            site.oldest_age_s
+        )
+    } else {
+        format!(
+            "{} outstanding in {} allocations, oldest {:.1} s, via {}{mapping}",
+            human_bytes(site.outstanding_bytes),
+            site.outstanding_allocations,
+            site.oldest_age_s,
+            site.allocator,
+        )
+    };
+    let _ = writeln!(out, "\n#{rank} {verdict}{held}");
     if site.frames.is_empty() {
         let _ = writeln!(out, "    (stack lost: see drops)");
     }

@@ -100,15 +100,11 @@ impl Attribution {
     /// average over about `window_s`.
     pub fn update(&mut self, dt_s: f64, window_s: f64) -> Result<()> {
         self.drain();
-        let map: PerCpuHashMap<&MapData, u64, u64> =
-            PerCpuHashMap::try_from(self.ebpf.map("FAULT_STACKS").context("FAULT_STACKS map missing")?)?;
         let keep = (-dt_s / window_s.max(dt_s)).exp();
         for path in self.faults.values_mut() {
             path.rate *= keep;
         }
-        for entry in map.iter() {
-            let (stack, per_cpu) = entry?;
-            let samples: u64 = per_cpu.iter().sum();
+        for (stack, samples) in attach::fault_samples(&self.ebpf)? {
             let path = self.faults.entry(stack).or_default();
             let new_bytes = samples.saturating_sub(path.samples) * self.fault_period * PAGE_SIZE;
             path.samples = samples;

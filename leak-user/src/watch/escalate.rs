@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 
 use super::notify::Alert;
 use crate::{
-    cli::{Format, HuntArgs},
+    cli::{Format, HuntArgs, Mode},
     hunt,
     report::{self, Report},
 };
@@ -30,6 +30,8 @@ pub struct HuntPlan {
 pub fn hunt_and_report(alert: &Alert, plan: &HuntPlan) -> Result<PathBuf> {
     let mut args = HuntArgs::attaching(alert.pid);
     args.duration = Some(plan.duration);
+    // Auto: sampled within the default overhead budget, growth mode beyond it.
+    args.mode = Some(Mode::Auto);
     args.sample_bytes = Some(plan.sample_bytes);
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
