@@ -12,6 +12,7 @@ pub mod check;
 pub mod cli;
 pub mod collect;
 pub mod diff;
+pub mod generate;
 pub mod heap;
 pub mod hunt;
 pub mod node;
