@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, build, demo, tests and benchmarks of leakscope (see README, "Quick start").
 mod bench;
 mod demo;
+mod dist;
 mod setup;
 mod test;
 
@@ -27,6 +28,8 @@ enum Cmd {
     Setup,
     /// Set up, then build the workspace's binaries (debug)
     Build,
+    /// Set up, then build the release binary and target/dist/leakscope_VERSION_amd64.deb
+    Dist,
     /// Set up, build, then hunt the leaks of demo/leaky.c (as root)
     Demo,
     /// Set up, check formatting and lints, build, then run the tests (as root)
@@ -65,6 +68,7 @@ fn try_main() -> Result<ExitCode> {
             setup::setup()?;
             println!("{}", build()?.display());
         }
+        Cmd::Dist => println!("{}", dist::dist()?.display()),
         Cmd::Demo => return demo::demo(),
         Cmd::Test { args } => test::test(&args)?,
         Cmd::Bench { quick, only } => bench::bench(quick, only.as_deref())?,
