@@ -13,6 +13,7 @@ pub mod cli;
 pub mod collect;
 pub mod diff;
 pub mod fuzzing;
+pub mod generate;
 pub mod heap;
 pub mod hunt;
 pub mod input;

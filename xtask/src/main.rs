@@ -2,6 +2,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod dist;
 mod setup;
 mod test;
 
@@ -28,6 +29,8 @@ enum Cmd {
     Setup,
     /// Set up, then build the workspace's binaries (debug)
     Build,
+    /// Set up, then build the release binary and target/dist/leakscope_VERSION_amd64.deb
+    Dist,
     /// Set up, build, then hunt the leaks of demo/leaky.c (as root)
     Demo,
     /// Set up, check formatting and lints, build, then run the tests (as root)
@@ -72,6 +75,7 @@ fn try_main() -> Result<ExitCode> {
             setup::setup()?;
             println!("{}", build()?.display());
         }
+        Cmd::Dist => println!("{}", dist::dist()?.display()),
         Cmd::Demo => return demo::demo(),
         Cmd::Test { args } => test::test(&args)?,
         Cmd::Fuzz { seconds } => fuzz::fuzz(seconds)?,
