@@ -576,7 +576,7 @@ pub fn attach(
     attach_tracepoint(ebpf, "sched", "sched_process_exec", &mut links)?;
     if let Some(fault_period) = set.fault_period() {
         attach_growth_probes(ebpf, pid, fault_period, &mut probes, &mut links)?;
-    } else if modules.lookup_order.is_empty() {
+    } else if !malloc_probed(&probes) {
         // A hunt of a program without libc (static) has no malloc probes, so
         // the program break is all it sees of the heap. With malloc probed,
         // brk is malloc's business.
@@ -584,6 +584,14 @@ pub fn attach(
         probes.push(attached_without_uprobe(Probe::Brk, false));
     }
     Ok((probes, links))
+}
+
+/// Whether a hunt traces malloc: not in a static binary, whose allocator
+/// exports nothing to probe.
+pub fn malloc_probed(probes: &[AttachedProbe]) -> bool {
+    probes
+        .iter()
+        .any(|p| p.probe == Probe::Malloc && p.status == ProbeStatus::Attached)
 }
 
 /// Each function of the malloc family in the first object of the lookup
@@ -645,8 +653,11 @@ fn attach_growth_probes(
     probes: &mut Vec<AttachedProbe>,
     links: &mut Links,
 ) -> Result<()> {
-    attach_tracepoint(ebpf, "syscalls", "sys_exit_brk", links)?;
-    probes.push(attached_without_uprobe(Probe::Brk, false));
+    // A hunt of a static binary has brk already: attached twice, it would count twice.
+    if !probes.iter().any(|p| p.probe == Probe::Brk) {
+        attach_tracepoint(ebpf, "syscalls", "sys_exit_brk", links)?;
+        probes.push(attached_without_uprobe(Probe::Brk, false));
+    }
     attach_page_faults(ebpf, pid, fault_period, links)?;
     probes.push(attached_without_uprobe(Probe::PageFault, false));
     Ok(())

@@ -216,7 +216,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     };
     let mut ebpf = attach::load(&options)?;
     let (probes, links) = attach::attach(&mut ebpf, target.pid, &modules, plan.start.probe_set())?;
-    if modules.lookup_order.is_empty() && plan.start != Measure::Growth {
+    if !attach::malloc_probed(&probes) && plan.start != Measure::Growth {
         eprintln!(
             "leakscope: warning: PID {} maps no libc (a static binary?): malloc-family calls are not traced, only mmap/munmap/mremap and the heap's growth (brk)",
             target.pid

@@ -1,8 +1,8 @@
 //! `cargo xtask`: set-up, build, demo, tests and benchmarks of leakscope (see README, "Quick start").
 mod bench;
 mod demo;
-mod fuzz;
 mod dist;
+mod fuzz;
 mod setup;
 mod test;
 
