@@ -108,9 +108,12 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     };
     let mut ebpf = attach::load(&options)?;
     let (probes, links) = attach::attach(&mut ebpf, target.pid, &modules, ProbeSet::Hunt)?;
-    if modules.lookup_order.is_empty() {
+    let malloc_traced = probes
+        .iter()
+        .any(|p| p.probe == leak_common::Probe::Malloc && p.status == ProbeStatus::Attached);
+    if !malloc_traced {
         eprintln!(
-            "leakscope: warning: PID {} maps no libc (a static binary?): malloc-family calls are not traced, only mmap/munmap/mremap",
+            "leakscope: warning: PID {}: no loaded object exports malloc (a static binary?): malloc-family calls are not traced, only mmap/munmap/mremap",
             target.pid
         );
     }
