@@ -218,7 +218,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let (probes, links) = attach::attach(&mut ebpf, target.pid, &modules, plan.start.probe_set())?;
     if !attach::malloc_probed(&probes) && plan.start != Measure::Growth {
         eprintln!(
-            "leakscope: warning: PID {} maps no libc (a static binary?): malloc-family calls are not traced, only mmap/munmap/mremap and the heap's growth (brk)",
+            "leakscope: warning: PID {} no loaded object exports malloc (a static binary?): malloc-family calls are not traced, only mmap/munmap/mremap and the heap's growth (brk)",
             target.pid
         );
     }

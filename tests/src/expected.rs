@@ -145,13 +145,14 @@ pub fn replacements() -> Vec<Expect> {
         Expect::heap("malloc_zero", "leak_zero_size", "malloc", 0, &[1000]),
         Expect::heap("calloc_zero", "leak_zero_size", "calloc", 0, &[500]),
         Expect::heap("large", "leak_large", "malloc", 2 * 300_003, &[2]),
+        Expect::heap("one_letter", "f", "malloc", 111, &[1]),
     ]
 }
 
 /// Calls `replacements.c` makes per function (lower bounds for probe hits).
 pub const REPLACEMENT_CALLS: &[(&str, u64)] = &[
-    // leak_malloc 7, chain seeds 2, failed_realloc 2, zero 1000, freed 20, large 2
-    ("malloc", 7 + 2 + 2 + 1000 + 20 + 2),
+    // leak_malloc 7, chain seeds 2, failed_realloc 2, zero 1000, freed 20, large 2, f 1
+    ("malloc", 7 + 2 + 2 + 1000 + 20 + 2 + 1),
     ("calloc", 6 + 500 + 10),
     ("realloc", 2 * 5 + 2),
     ("free", 40),

@@ -71,7 +71,7 @@ impl Symbolizer {
             inner: blazesym::symbolize::Symbolizer::builder()
                 .enable_code_info(true)
                 .enable_inlined_fns(true)
-                .enable_demangling(true)
+                .enable_demangling(false)
                 .build(),
             cache: HashMap::new(),
             no_dwarf: HashSet::new(),
@@ -154,7 +154,7 @@ fn resolve(
     Ok(symbolized
         .into_sym()
         .map(|sym| SymInfo {
-            function: (!sym.name.is_empty()).then(|| sym.name.into_owned()),
+            function: (!sym.name.is_empty()).then(|| demangle(&sym.name)),
             file: sym
                 .code_info
                 .as_ref()
@@ -162,6 +162,19 @@ fn resolve(
             line: sym.code_info.and_then(|code| code.line),
         })
         .unwrap_or_default())
+}
+
+/// Rust (legacy `_ZN...`, v0 `_R...`) and C++ (`_Z...`) names demangled;
+/// any other name is a C name and stays as it is.
+fn demangle(name: &str) -> String {
+    if let Ok(rust) = rustc_demangle::try_demangle(name) {
+        return format!("{rust:#}");
+    }
+    let cpp = name
+        .starts_with("_Z")
+        .then(|| cpp_demangle::Symbol::new(name).ok()?.demangle().ok())
+        .flatten();
+    cpp.unwrap_or_else(|| name.to_string())
 }
 
 #[cfg(test)]
@@ -193,6 +206,22 @@ int main(void) {
     return 0;
 }
 "#;
+
+    #[test]
+    fn demangles_only_mangled_names() {
+        assert_eq!(demangle("f"), "f");
+        assert_eq!(demangle("g"), "g");
+        assert_eq!(demangle("malloc"), "malloc");
+        assert_eq!(demangle("_Znwm"), "operator new(unsigned long)");
+        assert_eq!(
+            demangle("_ZN4node24NodeArrayBufferAllocator4FreeEPvm"),
+            "node::NodeArrayBufferAllocator::Free(void*, unsigned long)"
+        );
+        assert_eq!(
+            demangle("_ZN3std2rt10lang_start17h0123456789abcdefE"),
+            "std::rt::lang_start"
+        );
+    }
 
     fn line_of(needle: &str) -> u32 {
         let idx = PROGRAM.lines().position(|l| l.contains(needle)).unwrap();
