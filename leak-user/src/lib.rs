@@ -21,4 +21,5 @@ pub mod report;
 pub mod symbolize;
 pub mod target;
 pub mod timeline;
+pub mod v8;
 pub mod watch;
