@@ -240,6 +240,14 @@ pub struct StackRecord {
     pub js: [JsFrameSlots; MAX_STACK_FRAMES],
 }
 
+impl StackRecord {
+    /// Bytes of a record sent without its JS slots (a stack with no JS
+    /// frame): everything before `js`.
+    pub const WITHOUT_JS: usize = 16 + 8 * MAX_STACK_FRAMES;
+}
+
+const _: () = assert!(core::mem::offset_of!(StackRecord, js) == StackRecord::WITHOUT_JS);
+
 /// The V8 frame slots of one frame, read where the frame pointer points.
 /// The JSFunction itself is not kept: a fresh closure moves at the next
 /// scavenge, so its SharedFunctionInfo is read at once.

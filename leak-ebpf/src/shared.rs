@@ -132,7 +132,7 @@ pub fn user_stack<C: EbpfContext>(_ctx: &C) -> u64 {
     };
     // SAFETY: the per-CPU scratch slot is ours until this program returns.
     let record = unsafe { &mut *record };
-    let frames = walk_frames(record);
+    let (frames, has_js) = walk_frames(record);
     if frames == 0 {
         count_drop(DropReason::StackLost);
         return 0;
@@ -154,7 +154,16 @@ pub fn user_stack<C: EbpfContext>(_ctx: &C) -> u64 {
     record.op = EventOp::Stack as u8;
     record.frames_len = frames as u32;
     record.hash = hash;
-    if EVENTS.output::<StackRecord>(&*record, wakeup_flags()).is_err() {
+    // A stack without JS frames goes without its (all-zero) JS slots.
+    let bytes = core::ptr::from_ref(record).cast::<[u8; size_of::<StackRecord>()]>();
+    // SAFETY: the record is plain data of exactly that size.
+    let bytes = unsafe { &*bytes };
+    let sent = if has_js {
+        EVENTS.output::<[u8]>(&bytes[..], wakeup_flags())
+    } else {
+        EVENTS.output::<[u8]>(&bytes[..StackRecord::WITHOUT_JS], wakeup_flags())
+    };
+    if sent.is_err() {
         count_drop(DropReason::StackLost);
         return 0;
     }
@@ -166,12 +175,13 @@ pub fn user_stack<C: EbpfContext>(_ctx: &C) -> u64 {
 /// kernel's own user stack walk does (frame 0 the instruction pointer, frame
 /// k the return address saved in frame k-1), and reads the V8 slots of each
 /// frame on the way. Stops where a frame cannot be read, or where the chain
-/// stops going up the stack. Returns the frames written.
+/// stops going up the stack. Returns the frames written, and whether any
+/// of them is a JS frame.
 #[inline(always)]
-fn walk_frames(record: &mut StackRecord) -> usize {
+fn walk_frames(record: &mut StackRecord) -> (usize, bool) {
     let ip = user_register(PT_REGS_IP);
     if ip == 0 {
-        return 0;
+        return (0, false);
     }
     record.frames[0] = ip;
     record.js[0] = JsFrameSlots::default();
@@ -187,6 +197,7 @@ fn walk_frames(record: &mut StackRecord) -> usize {
     ];
     let mut fp = user_register(PT_REGS_BP);
     let mut len = 1;
+    let mut has_js = false;
     for k in 1..MAX_STACK_FRAMES {
         // SAFETY: reads user memory through the checked helper.
         let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
@@ -196,18 +207,20 @@ fn walk_frames(record: &mut StackRecord) -> usize {
             break;
         }
         record.frames[k] = ret;
-        record.js[k] = if layout.enabled != 0 && next > fp {
+        let js = if layout.enabled != 0 && next > fp {
             js_slots(next, &layout, &slots)
         } else {
             JsFrameSlots::default()
         };
+        has_js |= js.shared != 0;
+        record.js[k] = js;
         len = k + 1;
         if next <= fp {
             break;
         }
         fp = next;
     }
-    len
+    (len, has_js)
 }
 
 /// The V8 slots below frame pointer `fp`, if they are a JS frame's: its
@@ -247,10 +260,14 @@ fn js_slots(fp: u64, layout: &V8FrameLayout, slots: &[usize; 4]) -> JsFrameSlots
     let Ok(shared) = (unsafe { bpf_probe_read_user((object + layout.function_shared) as *const u64) }) else {
         return none;
     };
+    // Only interpreted frames keep a bytecode offset (a SMI: low half zero)
+    // there; others (baseline: the feedback vector) would only split stacks.
+    let bytecode_offset = word(slots[3]);
+    let interpreted = bytecode_offset & 0xffff_ffff == 0;
     JsFrameSlots {
         shared,
-        bytecode_array: word(slots[2]),
-        bytecode_offset: word(slots[3]),
+        bytecode_array: if interpreted { word(slots[2]) } else { 0 },
+        bytecode_offset: if interpreted { bytecode_offset } else { 0 },
     }
 }
 

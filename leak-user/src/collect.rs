@@ -76,7 +76,7 @@ impl Collector {
     /// Applies one ring-buffer record.
     pub fn apply(&mut self, record: &[u8]) {
         if record.first() == Some(&(EventOp::Stack as u8)) {
-            match read_record::<StackRecord>(record) {
+            match read_stack_record(record) {
                 Some(stack) => {
                     let len = (stack.frames_len as usize).min(MAX_STACK_FRAMES);
                     self.stacks.insert(stack.hash, stack.frames[..len].to_vec());
@@ -311,6 +311,17 @@ impl Collector {
             log::debug!("cannot re-read the target's mappings: {e}");
         }
     }
+}
+
+/// A stack record, sent whole or without its JS slots (then all zero).
+fn read_stack_record(record: &[u8]) -> Option<StackRecord> {
+    if record.len() < StackRecord::WITHOUT_JS {
+        return None;
+    }
+    let mut whole = vec![0u8; size_of::<StackRecord>()];
+    let len = record.len().min(whole.len());
+    whole[..len].copy_from_slice(&record[..len]);
+    read_record::<StackRecord>(&whole)
 }
 
 fn read_record<T: Copy>(record: &[u8]) -> Option<T> {
