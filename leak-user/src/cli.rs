@@ -64,7 +64,8 @@ pub struct HuntArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub sample_bytes: Option<u64>,
     /// Ring buffer size shared by all CPUs; raise it if drops are reported.
-    #[arg(long, value_name = "MIB", default_value_t = 16)]
+    /// (A stack through JS frames is a 4 KiB record, with its V8 slots.)
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub ring_buffer_mib: u32,
     /// Distinct stacks the kernel side remembers as already sent (LRU, ~64
     /// bytes each). A forgotten stack is sent again, never lost: raise it only
