@@ -223,7 +223,10 @@ pub struct HeapEvent {
 pub const MAX_STACK_FRAMES: usize = 127;
 
 /// A user stack, delivered once per content hash (again only after the
-/// kernel side forgot it): innermost frame first.
+/// kernel side forgot it): innermost frame first. The kernel side walks the
+/// frame-pointer chain itself (frame 0 is the instruction pointer, frame k
+/// the return address saved in frame k-1), so that it can read, for each
+/// frame, the V8 slots that name a JS function before the stack is gone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct StackRecord {
@@ -232,6 +235,60 @@ pub struct StackRecord {
     pub frames_len: u32,
     pub hash: u64,
     pub frames: [u64; MAX_STACK_FRAMES],
+    /// `js[k]`: what frame k's frame pointer shows of a JS frame; all zero
+    /// for other frames, for frame 0 (whose frame may not be set up yet),
+    /// and when the target is not a known V8.
+    pub js: [JsFrameSlots; MAX_STACK_FRAMES],
+}
+
+impl StackRecord {
+    /// Bytes of a record sent without its JS slots (a stack with no JS
+    /// frame): everything before `js`.
+    pub const WITHOUT_JS: usize = 16 + 8 * MAX_STACK_FRAMES;
+}
+
+const _: () = assert!(core::mem::offset_of!(StackRecord, js) == StackRecord::WITHOUT_JS);
+
+/// The V8 frame slots of one frame, read where the frame pointer points.
+/// The JSFunction itself is not kept: a fresh closure moves at the next
+/// scavenge, so its SharedFunctionInfo is read at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct JsFrameSlots {
+    /// The frame's JSFunction's SharedFunctionInfo (a tagged pointer), read
+    /// only after the function was checked to be a JSFunction by its map.
+    pub shared: u64,
+    /// The raw bytecode-array and bytecode-offset slots (interpreted frames).
+    pub bytecode_array: u64,
+    pub bytecode_offset: u64,
+}
+
+/// Where the kernel side finds V8's frame slots and the fields it reads
+/// (from the target's `v8dbg_*` metadata); written by user space at load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V8FrameLayout {
+    /// 0: read no JS slots (not Node, or a V8 whose layout is not known).
+    pub enabled: u64,
+    /// Frame slots, relative to the frame pointer: within
+    /// `-8 * SLOTS_BELOW_FP .. 0`.
+    pub fp_context: i64,
+    pub fp_function: i64,
+    pub fp_bytecode_array: i64,
+    pub fp_bytecode_offset: i64,
+    /// HeapObject::map and Map::instance_type (u16) offsets.
+    pub map: u64,
+    pub instance_type: u64,
+    /// The instance types of JSFunctions, inclusive.
+    pub first_js_function_type: u64,
+    pub last_js_function_type: u64,
+    /// JSFunction::shared.
+    pub function_shared: u64,
+}
+
+impl V8FrameLayout {
+    /// Words read below each frame pointer.
+    pub const SLOTS_BELOW_FP: usize = 6;
 }
 
 /// Words of user stack copied from the stack pointer up. Enough to cover the
@@ -332,4 +389,5 @@ mod pod {
     unsafe impl aya::Pod for super::SiteEvent {}
     unsafe impl aya::Pod for super::FaultSiteEvent {}
     unsafe impl aya::Pod for super::StackRecord {}
+    unsafe impl aya::Pod for super::V8FrameLayout {}
 }

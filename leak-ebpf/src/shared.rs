@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::map,
@@ -10,7 +10,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use leak_common::{
-    counter, DropReason, EventOp, HeapEvent, Probe, SiteEvent, StackRecord, MAX_STACK_FRAMES, STACK_WINDOW_WORDS,
+    counter, DropReason, EventOp, HeapEvent, JsFrameSlots, Probe, SiteEvent, StackRecord, V8FrameLayout,
+    MAX_STACK_FRAMES, STACK_WINDOW_WORDS,
 };
 
 /// The process being traced; written by user space before load.
@@ -27,6 +28,22 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 #[map]
 static DELIVERED_STACKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(64 * 1024, 0);
 
+/// Where V8 keeps a JS frame's slots, for Node targets whose V8 is known;
+/// written by user space before load (`enabled` 0: no JS slots are read).
+#[unsafe(no_mangle)]
+static V8_FRAME_LAYOUT: V8FrameLayout = V8FrameLayout {
+    enabled: 0,
+    fp_context: 0,
+    fp_function: 0,
+    fp_bytecode_array: 0,
+    fp_bytecode_offset: 0,
+    map: 0,
+    instance_type: 0,
+    first_js_function_type: 0,
+    last_js_function_type: 0,
+    function_shared: 0,
+};
+
 /// Where a stack is assembled before it is hashed (too big for the BPF stack).
 #[map]
 static STACK_SCRATCH: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(1, 0);
@@ -35,19 +52,27 @@ static STACK_SCRATCH: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(1
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
 
-const BPF_F_USER_STACK: u64 = 1 << 8;
-/// Offset of `sp` in x86-64 `struct pt_regs`.
+/// Offsets of `bp`, `ip` and `sp` in x86-64 `struct pt_regs`.
+const PT_REGS_BP: usize = 4 * 8;
+const PT_REGS_IP: usize = 16 * 8;
 const PT_REGS_SP: usize = 19 * 8;
 
-/// The user stack pointer of the current thread, as saved when it entered
-/// the kernel (a syscall, or a page fault taken in user or kernel mode).
+/// A user register of the current thread, as saved when it entered the
+/// kernel (a uprobe's trap, a syscall, or a page fault taken in user or
+/// kernel mode).
 #[inline(always)]
-pub fn user_sp() -> u64 {
+fn user_register(offset: usize) -> u64 {
     // SAFETY: the helpers return the current task and its saved user registers.
     unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-        bpf_probe_read_kernel(regs.add(PT_REGS_SP) as *const u64).unwrap_or(0)
+        bpf_probe_read_kernel(regs.add(offset) as *const u64).unwrap_or(0)
     }
+}
+
+/// The user stack pointer of the current thread.
+#[inline(always)]
+pub fn user_sp() -> u64 {
+    user_register(PT_REGS_SP)
 }
 
 /// Which probed function fired: the cookie set at attach, so one program can
@@ -101,29 +126,25 @@ const FNV_PRIME: u64 = 0x100_0000_01b3;
 /// names it. Content hashes do not collide the way the kernel's stack map
 /// buckets do, and nothing is lost when the delivered set forgets a stack.
 #[inline(always)]
-pub fn user_stack<C: EbpfContext>(ctx: &C) -> u64 {
+pub fn user_stack<C: EbpfContext>(_ctx: &C) -> u64 {
     let Some(record) = STACK_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: the per-CPU scratch slot is ours until this program returns.
     let record = unsafe { &mut *record };
-    // SAFETY: the helper writes at most the given size into the buffer.
-    let len = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            record.frames.as_mut_ptr().cast(),
-            (MAX_STACK_FRAMES * 8) as u32,
-            BPF_F_USER_STACK,
-        )
-    };
-    if len <= 0 {
+    let (frames, has_js) = walk_frames(record);
+    if frames == 0 {
         count_drop(DropReason::StackLost);
         return 0;
     }
-    let frames = (len as usize / 8).min(MAX_STACK_FRAMES);
     let mut hash = FNV_OFFSET ^ frames as u64;
-    for frame in record.frames.iter().take(frames) {
-        hash = (hash ^ frame).wrapping_mul(FNV_PRIME);
+    for k in 0..MAX_STACK_FRAMES {
+        if k >= frames {
+            break;
+        }
+        let js = &record.js[k];
+        hash = (hash ^ record.frames[k]).wrapping_mul(FNV_PRIME);
+        hash = (hash ^ js.shared ^ js.bytecode_offset.rotate_left(17)).wrapping_mul(FNV_PRIME);
     }
     let hash = hash.max(1);
     // SAFETY: map values are plain data.
@@ -133,12 +154,121 @@ pub fn user_stack<C: EbpfContext>(ctx: &C) -> u64 {
     record.op = EventOp::Stack as u8;
     record.frames_len = frames as u32;
     record.hash = hash;
-    if EVENTS.output::<StackRecord>(&*record, wakeup_flags()).is_err() {
+    // A stack without JS frames goes without its (all-zero) JS slots.
+    let bytes = core::ptr::from_ref(record).cast::<[u8; size_of::<StackRecord>()]>();
+    // SAFETY: the record is plain data of exactly that size.
+    let bytes = unsafe { &*bytes };
+    let sent = if has_js {
+        EVENTS.output::<[u8]>(&bytes[..], wakeup_flags())
+    } else {
+        EVENTS.output::<[u8]>(&bytes[..StackRecord::WITHOUT_JS], wakeup_flags())
+    };
+    if sent.is_err() {
         count_drop(DropReason::StackLost);
         return 0;
     }
     let _ = DELIVERED_STACKS.insert(hash, 1, 0);
     hash
+}
+
+/// Walks the frame-pointer chain of the user stack into `record`, as the
+/// kernel's own user stack walk does (frame 0 the instruction pointer, frame
+/// k the return address saved in frame k-1), and reads the V8 slots of each
+/// frame on the way. Stops where a frame cannot be read, or where the chain
+/// stops going up the stack. Returns the frames written, and whether any
+/// of them is a JS frame.
+#[inline(always)]
+fn walk_frames(record: &mut StackRecord) -> (usize, bool) {
+    let ip = user_register(PT_REGS_IP);
+    if ip == 0 {
+        return (0, false);
+    }
+    record.frames[0] = ip;
+    record.js[0] = JsFrameSlots::default();
+    // SAFETY: a read of a constant the loader patched; volatile so the
+    // compiler cannot fold the initial value.
+    let layout = unsafe { core::ptr::read_volatile(&V8_FRAME_LAYOUT) };
+    let slot = |offset: i64| ((offset + 8 * V8FrameLayout::SLOTS_BELOW_FP as i64) / 8) as usize;
+    let slots = [
+        slot(layout.fp_context),
+        slot(layout.fp_function),
+        slot(layout.fp_bytecode_array),
+        slot(layout.fp_bytecode_offset),
+    ];
+    let mut fp = user_register(PT_REGS_BP);
+    let mut len = 1;
+    let mut has_js = false;
+    for k in 1..MAX_STACK_FRAMES {
+        // SAFETY: reads user memory through the checked helper.
+        let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+            break;
+        };
+        if ret == 0 {
+            break;
+        }
+        record.frames[k] = ret;
+        let js = if layout.enabled != 0 && next > fp {
+            js_slots(next, &layout, &slots)
+        } else {
+            JsFrameSlots::default()
+        };
+        has_js |= js.shared != 0;
+        record.js[k] = js;
+        len = k + 1;
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    (len, has_js)
+}
+
+/// The V8 slots below frame pointer `fp`, if they are a JS frame's: its
+/// context is a heap object (not a frame-type marker) and its function
+/// slot holds an object whose map says JSFunction.
+#[inline(always)]
+fn js_slots(fp: u64, layout: &V8FrameLayout, slots: &[usize; 4]) -> JsFrameSlots {
+    const WORDS: usize = V8FrameLayout::SLOTS_BELOW_FP;
+    let none = JsFrameSlots::default();
+    let base = fp - 8 * WORDS as u64;
+    // SAFETY: reads user memory through the checked helper.
+    let Ok(window) = (unsafe { bpf_probe_read_user(base as *const [u64; WORDS]) }) else {
+        return none;
+    };
+    let word = |i: usize| window.get(i).copied().unwrap_or(0);
+    let (context, function) = (word(slots[0]), word(slots[1]));
+    if context & 1 == 0 || function & 1 == 0 {
+        return none;
+    }
+    let object = function - 1;
+    // SAFETY: as above.
+    let Ok(map) = (unsafe { bpf_probe_read_user((object + layout.map) as *const u64) }) else {
+        return none;
+    };
+    if map & 1 == 0 {
+        return none;
+    }
+    // SAFETY: as above.
+    let Ok(instance_type) = (unsafe { bpf_probe_read_user((map - 1 + layout.instance_type) as *const u16) }) else {
+        return none;
+    };
+    let instance_type = u64::from(instance_type);
+    if instance_type < layout.first_js_function_type || instance_type > layout.last_js_function_type {
+        return none;
+    }
+    // SAFETY: as above.
+    let Ok(shared) = (unsafe { bpf_probe_read_user((object + layout.function_shared) as *const u64) }) else {
+        return none;
+    };
+    // Only interpreted frames keep a bytecode offset (a SMI: low half zero)
+    // there; others (baseline: the feedback vector) would only split stacks.
+    let bytecode_offset = word(slots[3]);
+    let interpreted = bytecode_offset & 0xffff_ffff == 0;
+    JsFrameSlots {
+        shared,
+        bytecode_array: if interpreted { word(slots[2]) } else { 0 },
+        bytecode_offset: if interpreted { bytecode_offset } else { 0 },
+    }
 }
 
 const BPF_RB_NO_WAKEUP: u64 = 1;

@@ -25,7 +25,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use iced_x86::Register;
-use leak_common::{counter, DropReason, Probe, EXP_QUANTILES_LEN};
+use leak_common::{counter, DropReason, Probe, V8FrameLayout, EXP_QUANTILES_LEN};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::{
@@ -349,6 +349,8 @@ pub struct LoadOptions {
     pub max_stacks: u32,
     /// Mean bytes between samples; None traces every call.
     pub sample_bytes: Option<u64>,
+    /// Where the target's V8 keeps JS frame slots, when it is a known V8.
+    pub v8_frames: Option<V8FrameLayout>,
 }
 
 pub fn load(options: &LoadOptions) -> Result<Ebpf> {
@@ -359,6 +361,7 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .override_global("TARGET_TGID", &options.pid, true)
         .override_global("SAMPLE_BYTES", &sample_bytes, true)
+        .override_global("V8_FRAME_LAYOUT", &options.v8_frames.unwrap_or_default(), true)
         .map_max_entries("EVENTS", options.ring_buffer_bytes)
         .map_max_entries("DELIVERED_STACKS", options.max_stacks)
         .load(EBPF_OBJECT)

@@ -12,6 +12,7 @@ use crate::{
     node::NodeStats,
     report::PROT_UNKNOWN,
     symbolize::{FramelessUnwinder, ProcessModules, MAX_SKIPPED},
+    v8::{JsFrame, JsNamer},
 };
 
 /// PROT_EXEC: a file mapped executable is a library or JIT image to symbolize.
@@ -22,6 +23,12 @@ pub struct Collector {
     pub modules: ProcessModules,
     /// User stacks by content hash, as delivered by the kernel side.
     stacks: HashMap<u64, Vec<u64>>,
+    /// The JS frames of the stacks that pass through JS, by content hash,
+    /// indexed like the stack's frames; named as they arrive, while the
+    /// objects their slots point at are still where they were.
+    js_frames: HashMap<u64, Vec<Option<JsFrame>>>,
+    /// Names JS frames in a Node target whose V8 is known.
+    js_namer: Option<JsNamer>,
     pub events: u64,
     /// How many times the target exec'd: site ids are re-issued each time.
     pub execs: u64,
@@ -62,6 +69,8 @@ impl Collector {
             heap: Heap::new(sample_bytes),
             modules: ProcessModules::new(pid),
             stacks: HashMap::new(),
+            js_frames: HashMap::new(),
+            js_namer: None,
             events: 0,
             execs: 0,
             node: NodeStats::default(),
@@ -83,10 +92,16 @@ impl Collector {
     /// Applies one ring-buffer record.
     pub fn apply(&mut self, record: &[u8]) {
         if record.first() == Some(&(EventOp::Stack as u8)) {
-            match read_record::<StackRecord>(record) {
+            match read_stack_record(record) {
                 Some(stack) => {
-                    let frames = &stack.frames[..(stack.frames_len as usize).min(MAX_STACK_FRAMES)];
-                    self.stacks.insert(stack.hash, frames.to_vec());
+                    let len = (stack.frames_len as usize).min(MAX_STACK_FRAMES);
+                    self.stacks.insert(stack.hash, stack.frames[..len].to_vec());
+                    if let Some(namer) = &mut self.js_namer {
+                        let js: Vec<Option<JsFrame>> = stack.js[..len].iter().map(|slots| namer.name(slots)).collect();
+                        if js.iter().any(Option::is_some) {
+                            self.js_frames.insert(stack.hash, js);
+                        }
+                    }
                 }
                 None => self.malformed += 1,
             }
@@ -115,7 +130,14 @@ impl Collector {
             EventOp::Stack => unreachable!("stack records are handled above"),
             EventOp::Teardown => self.torn_down_at = Some(self.seconds_since_start(e.ts_ns)),
             EventOp::GcStart => self.node.gc_start(self.seconds_since_start(e.ts_ns)),
-            EventOp::GcEnd => self.node.gc_end(self.seconds_since_start(e.ts_ns), e.detail, e.size),
+            EventOp::GcEnd => {
+                if e.detail == crate::node::MARK_COMPACTOR {
+                    if let Some(namer) = &mut self.js_namer {
+                        namer.mark_compacted();
+                    }
+                }
+                self.node.gc_end(self.seconds_since_start(e.ts_ns), e.detail, e.size)
+            }
             EventOp::AllocationSample => {
                 // Read the stack now: the report needs it after detaching.
                 self.node.sample(probe, e.stack, e.size);
@@ -125,6 +147,11 @@ impl Collector {
                 self.heap = Heap::new(self.sample_bytes);
                 self.unwinder = FramelessUnwinder::default();
                 self.node = NodeStats::default();
+                // Another program: its V8, if any, is not the one named.
+                if !self.js_namer.as_mut().is_some_and(JsNamer::still_valid_after_exec) {
+                    self.js_namer = None;
+                }
+                self.js_frames.clear();
                 self.torn_down_at = None;
                 self.program_break = None;
                 self.fault_callers.clear();
@@ -282,6 +309,25 @@ impl Collector {
         self.heap.touch(site, faults * PAGE_SIZE, ts_ns);
     }
 
+    /// Names JS frames from now on with `namer`.
+    pub fn set_js_namer(&mut self, namer: JsNamer) {
+        self.js_namer = Some(namer);
+    }
+
+    /// The JS frames of a stack, aligned with `completed_stack(hash,
+    /// skipped)`; empty when it has none.
+    pub fn js_frames(&self, hash: u64, skipped: &[u64; MAX_SKIPPED]) -> Vec<Option<&JsFrame>> {
+        let Some(js) = self.js_frames.get(&hash) else {
+            return Vec::new();
+        };
+        let mut aligned: Vec<Option<&JsFrame>> = js.iter().map(Option::as_ref).collect();
+        let inserted = skipped.iter().filter(|&&a| a != 0).count();
+        if !aligned.is_empty() {
+            aligned.splice(1..1, std::iter::repeat_n(None, inserted));
+        }
+        aligned
+    }
+
     /// A page-fault stack, completed as `completed_stack` does.
     pub fn fault_stack(&self, hash: u64) -> Vec<u64> {
         self.completed_stack(hash, self.fault_callers.get(&hash).unwrap_or(&[0; MAX_SKIPPED]))
@@ -291,6 +337,11 @@ impl Collector {
     /// /proc: growth above it is recorded as a mapping.
     pub fn read_program_break(&mut self, pid: u32) {
         self.program_break = crate::target::program_break(pid).or(self.program_break);
+    }
+
+    /// The JS frames of a page-fault stack, aligned with `fault_stack`.
+    pub fn fault_js_frames(&self, hash: u64) -> Vec<Option<&JsFrame>> {
+        self.js_frames(hash, self.fault_callers.get(&hash).unwrap_or(&[0; MAX_SKIPPED]))
     }
 
     /// The break moved to `new_break`: growth is new memory of `site`, a
@@ -333,6 +384,17 @@ impl Collector {
             log::debug!("cannot re-read the target's mappings: {e}");
         }
     }
+}
+
+/// A stack record, sent whole or without its JS slots (then all zero).
+fn read_stack_record(record: &[u8]) -> Option<StackRecord> {
+    if record.len() < StackRecord::WITHOUT_JS {
+        return None;
+    }
+    let mut whole = vec![0u8; size_of::<StackRecord>()];
+    let len = record.len().min(whole.len());
+    whole[..len].copy_from_slice(&record[..len]);
+    read_record::<StackRecord>(&whole)
 }
 
 fn read_record<T: Copy>(record: &[u8]) -> Option<T> {

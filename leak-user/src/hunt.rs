@@ -23,9 +23,10 @@ use crate::{
     mode::{self, Measure, OverheadMeter, Plan},
     node, preflight,
     report::{self, Frame, Mapping, ProbeReport, Report, Site, Totals},
-    symbolize::Symbolizer,
+    symbolize::{Symbolizer, JIT_MODULE},
     target::{self, Launched, Target},
     timeline::Timeline,
+    v8::{self, JsFrame},
 };
 
 /// How often the target's mappings are re-read, so that stacks stay
@@ -208,11 +209,16 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         let modules = attach::command_modules(&launched.program)?;
         (launched.target.clone(), Some(launched), modules)
     };
+    let js_namer = modules
+        .node
+        .as_ref()
+        .and_then(|node| v8::target_namer(target.pid, node));
     let options = LoadOptions {
         pid: target.pid,
         ring_buffer_bytes: args.ring_buffer_mib.max(1) * 1024 * 1024,
         max_stacks: args.max_stacks,
         sample_bytes: plan.start.sample_bytes(),
+        v8_frames: js_namer.as_ref().map(|namer| namer.layout().frame),
     };
     let mut ebpf = attach::load(&options)?;
     let (probes, links) = attach::attach(&mut ebpf, target.pid, &modules, plan.start.probe_set())?;
@@ -234,6 +240,9 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let started = Instant::now();
     let mut collector = Collector::new(target.pid, plan.start.sample_bytes());
+    if let Some(namer) = js_namer {
+        collector.set_js_namer(namer);
+    }
     collector.started_ns = monotonic_ns();
     collector.refresh_modules();
     // Used when brk is traced (growth mode, a static binary); a launched
@@ -503,7 +512,8 @@ fn build_report(
             let addrs = collector.completed_stack(key.stack, &key.skipped_callers);
             // Heap stacks are taken at the return probe: frame 0 is a return
             // address too. A fault's frame 0 is the faulting instruction.
-            let frames = symbolizer.symbolize(&collector.modules, &addrs, key.kind == Kind::Malloc);
+            let symbolized = symbolizer.symbolize(&collector.modules, &addrs, key.kind == Kind::Malloc);
+            let js = collector.js_frames(key.stack, &key.skipped_callers);
             let series = timeline.site_series(id);
             let growth = series
                 .as_ref()
@@ -522,7 +532,7 @@ fn build_report(
                     anonymous: key.anonymous,
                     prot: report::prot_string(key.detail),
                 }),
-                frames: frames.into_iter().map(|f| frame(f, ended.is_node)).collect(),
+                frames: frames(symbolized, &js, ended.is_node),
                 allocated_bytes: collector.heap.allocated(id).0,
                 allocated_allocations: collector.heap.allocated(id).1,
                 growth_bytes_per_s: growth.as_ref().and_then(|g| g.slope_bytes_per_s),
@@ -655,14 +665,31 @@ fn command_line() -> String {
     std::env::args().map(quote).collect::<Vec<_>>().join(" ")
 }
 
-/// A report frame. In a Node target, code outside every file and absent from
+/// A report frame. A JS frame that V8 itself named takes that name (the
+/// perf map, if any, named the same code: tests/tests/node.rs checks that
+/// they agree). In a Node target, code outside every file and absent from
 /// the perf map is JIT code all the same.
-pub(crate) fn frame(f: crate::symbolize::Frame, is_node: bool) -> Frame {
+pub(crate) fn frame(f: crate::symbolize::Frame, js: Option<&JsFrame>, is_node: bool) -> Frame {
     let mut frame = Frame::from(f);
-    if is_node && frame.function.is_none() && frame.module.is_none() {
+    if let Some(js) = js {
+        frame.function = Some(js.function.clone());
+        frame.file = js.script.clone();
+        frame.line = js.line;
+        frame.column = js.column;
+        frame.module = Some(JIT_MODULE.to_string());
+    } else if is_node && frame.function.is_none() && frame.module.is_none() {
         frame.function = Some("[v8 jit]".to_string());
     }
     frame
+}
+
+/// The report frames of a symbolized stack and its JS frames (aligned, or empty).
+pub(crate) fn frames(symbolized: Vec<crate::symbolize::Frame>, js: &[Option<&JsFrame>], is_node: bool) -> Vec<Frame> {
+    symbolized
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| frame(f, js.get(i).copied().flatten(), is_node))
+        .collect()
 }
 
 /// Memory by category, GCs and JS allocation samples of a Node.js target.
@@ -712,12 +739,13 @@ fn node_report(
         .map(|(&(probe, stack), &(count, bytes))| {
             let addrs = collector.stack(stack).unwrap_or_default();
             // Taken at an entry probe: frame 0 is an exact instruction pointer.
-            let frames = symbolizer.symbolize(&collector.modules, addrs, false);
+            let symbolized = symbolizer.symbolize(&collector.modules, addrs, false);
+            let js = collector.js_frames(stack, &[0; crate::symbolize::MAX_SKIPPED]);
             report::AllocationSample {
                 reason: node::sample_reason(probe).to_string(),
                 samples: count,
                 bytes,
-                frames: frames.into_iter().map(|f| frame(f, true)).collect(),
+                frames: frames(symbolized, &js, true),
             }
         })
         .collect();

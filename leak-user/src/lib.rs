@@ -27,4 +27,5 @@ pub mod symbolize;
 pub mod target;
 pub mod target_files;
 pub mod timeline;
+pub mod v8;
 pub mod watch;

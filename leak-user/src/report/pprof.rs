@@ -152,6 +152,7 @@ pub fn profile(report: &Report) -> Profile {
         function: Some("[stack lost]".to_string()),
         file: None,
         line: None,
+        column: None,
         module: None,
     }];
     for site in &report.sites {

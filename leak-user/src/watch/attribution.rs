@@ -18,6 +18,7 @@ use crate::{
     hunt,
     report::{frame_label, Frame},
     symbolize::Symbolizer,
+    v8,
 };
 
 /// Small: tier 2 sees few events (mappings, new stacks), drained often.
@@ -65,16 +66,21 @@ pub struct Attribution {
 impl Attribution {
     pub fn start(pid: u32, fault_period: u64) -> Result<Attribution> {
         let modules = attach::target_modules(pid)?;
+        let js_namer = modules.node.as_ref().and_then(|node| v8::target_namer(pid, node));
         let options = LoadOptions {
             pid,
             ring_buffer_bytes: RING_BUFFER_BYTES,
             max_stacks: MAX_STACKS,
             sample_bytes: None,
+            v8_frames: js_namer.as_ref().map(|namer| namer.layout().frame),
         };
         let mut ebpf = attach::load(&options)?;
         let (_, links) = attach::attach(&mut ebpf, pid, &modules, ProbeSet::Watch { fault_period })?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let mut collector = Collector::new(pid, None);
+        if let Some(namer) = js_namer {
+            collector.set_js_namer(namer);
+        }
         collector.refresh_modules();
         collector.read_program_break(pid);
         Ok(Attribution {
@@ -146,12 +152,13 @@ impl Attribution {
                 let addrs = self.collector.fault_stack(stack);
                 // Frame 0 is the faulting instruction, not a return address.
                 let frames = symbolizer.symbolize(&self.collector.modules, &addrs, false);
+                let js = self.collector.fault_js_frames(stack);
                 GrowingPath {
                     bytes_per_s: path.rate,
                     faulted_bytes: path.samples * self.fault_period * PAGE_SIZE,
-                    frames: frames
+                    frames: hunt::frames(frames, &js, self.is_node)
                         .into_iter()
-                        .map(|f| frame_text(hunt::frame(f, self.is_node)))
+                        .map(frame_text)
                         .collect(),
                 }
             })

@@ -1,0 +1,308 @@
+//! V8's object layouts for one node binary: its `v8dbg_*` postmortem
+//! metadata (in `.symtab` too: Node ≥ 24.11 hides them from `.dynsym`),
+//! with fallbacks keyed by V8 version where the metadata lacks a field or
+//! renamed it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use leak_common::V8FrameLayout;
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+use super::version::Version;
+
+/// The integer symbols of a binary that describe V8.
+pub(super) struct Symbols {
+    values: HashMap<String, i64>,
+}
+
+impl Symbols {
+    fn read(path: &Path) -> Result<Symbols> {
+        let handle = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        // SAFETY: a read-only private mapping of an executable in use.
+        let data = unsafe { memmap2::Mmap::map(&handle) }.with_context(|| format!("cannot map {}", path.display()))?;
+        let file = object::File::parse(&*data).map_err(|e| anyhow!("{} is not an ELF file: {e}", path.display()))?;
+        let mut values = HashMap::new();
+        for symbol in file.symbols().chain(file.dynamic_symbols()) {
+            let Ok(name) = symbol.name() else { continue };
+            if !(name.starts_with("v8dbg_") || name.starts_with("_ZN2v88internal7Version")) || symbol.size() != 4 {
+                continue;
+            }
+            let Some(section) = symbol.section_index().and_then(|i| file.section_by_index(i).ok()) else {
+                continue;
+            };
+            // Zero-initialised values live in .bss, which has no file data.
+            let value = if section.kind() == object::SectionKind::UninitializedData {
+                0
+            } else {
+                let Ok(bytes) = section.data() else { continue };
+                let at = (symbol.address() - section.address()) as usize;
+                let Some(raw) = bytes.get(at..at + 4) else { continue };
+                i64::from(i32::from_le_bytes(raw.try_into().expect("4 bytes")))
+            };
+            values.entry(name.to_string()).or_insert(value);
+        }
+        Ok(Symbols { values })
+    }
+
+    pub(super) fn int(&self, name: &str) -> Option<i64> {
+        self.values.get(name).copied()
+    }
+
+    /// `v8dbg_<prefix>__<anything>`: fields and types carry their C++ type in
+    /// the name, and those types get renamed (`Object`, `Tagged_Object_`...).
+    fn by_prefix(&self, prefix: &str) -> Option<i64> {
+        let prefix = format!("v8dbg_{prefix}__");
+        let mut found = self.values.iter().filter(|(name, _)| name.starts_with(&prefix));
+        let (_, &value) = found.next()?;
+        // Two different values under one prefix would be ambiguous.
+        found.all(|(_, &v)| v == value).then_some(value)
+    }
+
+    fn field(&self, class: &str, field: &str) -> Option<u64> {
+        self.by_prefix(&format!("class_{class}__{field}"))
+            .and_then(|v| u64::try_from(v).ok())
+    }
+
+    fn instance_type(&self, class: &str) -> Option<u16> {
+        self.by_prefix(&format!("type_{class}"))
+            .and_then(|v| u16::try_from(v).ok())
+    }
+}
+
+/// Instance types checked before an object's fields are read.
+#[derive(Clone, Copy, Debug)]
+pub struct InstanceTypes {
+    /// JSFunction and its subclasses (class constructors, builtin constructors).
+    pub js_function: (u16, u16),
+    pub shared_function_info: u16,
+    pub script: u16,
+    pub scope_info: u16,
+    pub bytecode_array: u16,
+    /// The type of source position tables (ByteArray, later TrustedByteArray).
+    pub position_table: u16,
+    pub fixed_array: u16,
+    /// Types below it are strings.
+    pub first_nonstring: u16,
+}
+
+/// How V8 tells string representations apart by instance type bits.
+#[derive(Clone, Copy, Debug)]
+pub struct StringTags {
+    pub representation_mask: u16,
+    pub encoding_mask: u16,
+    pub one_byte: u16,
+    pub seq: u16,
+    pub cons: u16,
+    pub external: u16,
+    pub sliced: u16,
+    pub thin: u16,
+}
+
+/// Field offsets (untagged: from the object's start).
+#[derive(Clone, Copy, Debug)]
+pub struct Offsets {
+    pub map: u64,
+    pub instance_type: u64,
+    pub function_shared: u64,
+    pub sfi_name_or_scope_info: u64,
+    pub sfi_script: u64,
+    pub script_name: u64,
+    pub script_source: u64,
+    pub script_line_ends: u64,
+    pub string_length: u64,
+    pub seq_chars: u64,
+    pub cons_first: u64,
+    pub cons_second: u64,
+    pub thin_actual: u64,
+    pub sliced_parent: u64,
+    pub sliced_offset: u64,
+    /// External strings: the cached pointer to the characters.
+    pub external_data: u64,
+    pub fixed_array_length: u64,
+    pub fixed_array_data: u64,
+    /// Where a BytecodeArray's bytecodes start (the frame's offset slot counts from it).
+    pub bytecode_data: u64,
+    /// None where not known: interpreted frames then get no line.
+    pub bytecode_position_table: Option<u64>,
+}
+
+/// The bits of a ScopeInfo's flags that place the function's name.
+#[derive(Clone, Copy, Debug)]
+pub struct ScopeInfoLayout {
+    /// Slot (after the map) of the context local count.
+    pub context_local_count_slot: u64,
+    /// Slot of the first context local name.
+    pub first_local_slot: u64,
+    /// Context locals from this many on are in a hash table, not inline.
+    pub max_inlined_locals: u64,
+    pub has_saved_class_variable_bit: u32,
+    /// Two bits: NONE (0) means there is no function name slot.
+    pub function_variable_shift: u32,
+}
+
+/// Everything leakscope knows of one V8 build.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub version: Version,
+    pub frame: V8FrameLayout,
+    pub types: InstanceTypes,
+    pub strings: StringTags,
+    pub offsets: Offsets,
+    /// None: no names from ScopeInfos (functions named by their SFI string only).
+    pub scope_info: Option<ScopeInfoLayout>,
+}
+
+/// V8 versions whose layouts were checked against the perf map (tests/tests/node.rs).
+const KNOWN: &[(u32, u32)] = &[(10, 2), (11, 3), (12, 4), (13, 6), (14, 6)];
+
+impl Layout {
+    /// The layout of the V8 inside `node` (a path readable from here).
+    pub fn read(node: &Path) -> Result<Layout> {
+        let symbols = Symbols::read(node)?;
+        let version = Version::read(&symbols)?;
+        Layout::from_symbols(&symbols, version)
+    }
+
+    fn from_symbols(s: &Symbols, version: Version) -> Result<Layout> {
+        if !KNOWN.contains(&(version.major, version.minor)) {
+            bail!("V8 {version} is not one whose layout leakscope knows");
+        }
+        let need_field = |class: &str, field: &str| {
+            s.field(class, field)
+                .with_context(|| format!("V8 {version}: no metadata for {class}::{field}"))
+        };
+        let need_type = |class: &str| {
+            s.instance_type(class)
+                .with_context(|| format!("V8 {version}: no instance type for {class}"))
+        };
+        let need_int = |name: &str| {
+            s.int(&format!("v8dbg_{name}"))
+                .with_context(|| format!("V8 {version}: no metadata {name}"))
+        };
+        // Tags and SMIs as leakscope decodes them: full 64-bit pointers.
+        if need_int("HeapObjectTag")? != 1 || need_int("SmiTag")? != 0 || need_int("TaggedSize")? != 8 {
+            bail!("V8 {version}: pointer compression or another tagging scheme; not supported");
+        }
+        let fp = |name: &str| need_int(&format!("off_fp_{name}"));
+        let js_function = need_type("JSFunction")?;
+        let frame = V8FrameLayout {
+            enabled: 1,
+            fp_context: fp("context")?,
+            fp_function: fp("function")?,
+            fp_bytecode_array: fp("bytecode_array")?,
+            fp_bytecode_offset: fp("bytecode_offset")?,
+            map: s.field("HeapObject", "map").unwrap_or(0),
+            instance_type: need_field("Map", "instance_type")?,
+            // JS_FUNCTION_TYPE is the first of the JSFunction range; the
+            // constructors of builtin classes follow it (15 types in 10.2-14.6).
+            first_js_function_type: u64::from(js_function),
+            last_js_function_type: u64::from(js_function) + 14,
+            function_shared: need_field("JSFunction", "shared")?,
+        };
+        for offset in [
+            frame.fp_context,
+            frame.fp_function,
+            frame.fp_bytecode_array,
+            frame.fp_bytecode_offset,
+        ] {
+            if !(-(V8FrameLayout::SLOTS_BELOW_FP as i64) * 8..0).contains(&offset) || offset % 8 != 0 {
+                bail!("V8 {version}: frame slot at fp{offset:+} is outside the window read per frame");
+            }
+        }
+        let before_12 = version.major < 12;
+        let types = InstanceTypes {
+            js_function: (js_function, js_function + 14),
+            shared_function_info: need_type("SharedFunctionInfo")?,
+            script: need_type("Script")?,
+            scope_info: need_type("ScopeInfo")?,
+            bytecode_array: need_type("BytecodeArray")?,
+            position_table: if before_12 {
+                need_type("ByteArray")?
+            } else {
+                need_type("TrustedByteArray")?
+            },
+            fixed_array: need_type("FixedArray")?,
+            first_nonstring: need_int("FirstNonstringType")? as u16,
+        };
+        let tag = |name: &str| need_int(name).map(|v| v as u16);
+        let strings = StringTags {
+            representation_mask: tag("StringRepresentationMask")?,
+            encoding_mask: tag("StringEncodingMask")?,
+            one_byte: tag("OneByteStringTag")?,
+            seq: tag("SeqStringTag")?,
+            cons: tag("ConsStringTag")?,
+            external: tag("ExternalStringTag")?,
+            sliced: tag("SlicedStringTag")?,
+            thin: tag("ThinStringTag")?,
+        };
+        let external_resource = need_field("ExternalString", "resource")?;
+        let offsets = Offsets {
+            map: frame.map,
+            instance_type: frame.instance_type,
+            function_shared: frame.function_shared,
+            sfi_name_or_scope_info: need_field("SharedFunctionInfo", "name_or_scope_info")?,
+            sfi_script: s
+                .field("SharedFunctionInfo", "script_or_debug_info")
+                .or_else(|| s.field("SharedFunctionInfo", "script"))
+                .with_context(|| format!("V8 {version}: no metadata for SharedFunctionInfo::script"))?,
+            script_name: need_field("Script", "name")?,
+            script_source: need_field("Script", "source")?,
+            script_line_ends: need_field("Script", "line_ends")?,
+            string_length: need_field("String", "length")?,
+            seq_chars: need_field("SeqOneByteString", "chars")?,
+            cons_first: need_field("ConsString", "first")?,
+            cons_second: need_field("ConsString", "second")?,
+            thin_actual: need_field("ThinString", "actual")?,
+            // SlicedString: parent then offset, right after the String header.
+            sliced_parent: s.field("SlicedString", "parent").unwrap_or(0x10),
+            sliced_offset: s.field("SlicedString", "offset").unwrap_or(0x18),
+            // The resource pointer, then the cached pointer to its data.
+            external_data: external_resource + 8,
+            fixed_array_length: need_field("FixedArrayBase", "length")?,
+            fixed_array_data: need_field("FixedArray", "data")?,
+            bytecode_data: need_field("BytecodeArray", "data")?,
+            // Not in the metadata: map, length, constant pool, handler table,
+            // then the source position table (V8 10-11).
+            bytecode_position_table: before_12.then_some(0x20),
+        };
+        let scope_info = (version.major < 12).then(|| ScopeInfoLayout {
+            context_local_count_slot: s.int("v8dbg_scopeinfo_idx_ncontextlocals").unwrap_or(2) as u64,
+            first_local_slot: s.int("v8dbg_scopeinfo_idx_first_vars").unwrap_or(3) as u64,
+            max_inlined_locals: 75,
+            has_saved_class_variable_bit: 10,
+            function_variable_shift: 12,
+        });
+        Ok(Layout {
+            version,
+            frame,
+            types,
+            strings,
+            offsets,
+            scope_info,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_system_nodes_v8() {
+        let layout = Layout::read(Path::new("/usr/bin/node")).expect("node 20 is needed for this test");
+        // Node 20.20.2 (field notes): V8 11.3.244.8.
+        assert_eq!(layout.version, Version::new(11, 3, 244, 8));
+        let f = &layout.frame;
+        assert_eq!(
+            (f.fp_function, f.fp_bytecode_array, f.fp_bytecode_offset),
+            (-16, -32, -40)
+        );
+        assert_eq!((f.map, f.instance_type, f.function_shared), (0, 0xc, 0x18));
+        assert_eq!(layout.types.shared_function_info, 0x106);
+        assert_eq!(layout.types.js_function.0, 0x812);
+        assert_eq!(layout.offsets.script_line_ends, 0x38);
+        assert_eq!(layout.offsets.bytecode_data, 0x36);
+    }
+}
