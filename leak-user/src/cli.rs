@@ -75,9 +75,11 @@ pub struct HuntArgs {
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
     pub max_overhead: Option<f64>,
     /// Ring buffer size shared by all CPUs; raise it if drops are reported.
-    /// (A stack through JS frames is a 4 KiB record, with its V8 slots.)
-    #[arg(long, value_name = "MIB", default_value_t = 64)]
-    pub ring_buffer_mib: u32,
+    /// Default: 16, or 64 when JS frames are named (a stack through JS
+    /// frames is a 4 KiB record, with its V8 slots). Its pages count in
+    /// leakscope's RSS twice (they are mapped twice).
+    #[arg(long, value_name = "MIB")]
+    pub ring_buffer_mib: Option<u32>,
     /// Distinct stacks the kernel side remembers as already sent (LRU, ~64
     /// bytes each). A forgotten stack is sent again, never lost: raise it only
     /// if ring-buffer traffic matters.

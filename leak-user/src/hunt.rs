@@ -215,7 +215,12 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         .and_then(|node| v8::target_namer(target.pid, node));
     let options = LoadOptions {
         pid: target.pid,
-        ring_buffer_bytes: args.ring_buffer_mib.max(1) * 1024 * 1024,
+        ring_buffer_bytes: args
+            .ring_buffer_mib
+            .unwrap_or(if js_namer.is_some() { 64 } else { 16 })
+            .max(1)
+            * 1024
+            * 1024,
         max_stacks: args.max_stacks,
         sample_bytes: plan.start.sample_bytes(),
         v8_frames: js_namer.as_ref().map(|namer| namer.layout().frame),

@@ -588,9 +588,10 @@ fn outstanding(_plan: &Plan, tools: &Tools) -> Result<Section> {
             peak,
             64.0,
             " MiB",
-            "Why: a debug build's baseline (blazesym, tokio, the eBPF object) is ~45 MiB, and the model keeps each \
-             outstanding block in a std HashMap entry (address, size, time, site, weight) whose table doubles as \
-             it grows; a compact per-block layout is the fix.",
+            "Why: VmHWM includes the ring buffer, mapped into leakscope (32 MiB of its RSS for the default 16 MiB: \
+             its pages are mapped twice) and counted again under BPF maps; the debug build's own baseline is ~15 \
+             MiB. Each outstanding block takes a 24-byte entry (address, size, site, time) in a table of 64 \
+             shards that grow one at a time, so no doubling of the whole table adds to the peak.",
         ));
     }
     if let Some(lost) = json_count(&json, "ring_buffer_full").filter(|&n| n > 0) {
