@@ -4,14 +4,13 @@
 //! leakscope lives to write it, and a killed leakscope leaves no BPF program
 //! and no breakpoint in the target behind.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use leakscope_tests::*;
+use leakscope_tests::{bpf, *};
 use serde_json::Value;
 
 const NAME: &str = "faults";
@@ -164,38 +163,6 @@ fn two_hunts_at_once() {
     }
 }
 
-/// BPF programs held by `pid`'s descriptors (fdinfo shows their ids).
-fn bpf_programs_of(pid: i32) -> BTreeSet<u32> {
-    let mut ids = BTreeSet::new();
-    for fd in fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
-        let info = fs::read_to_string(fd.path()).unwrap_or_default();
-        ids.extend(
-            info.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u32>().ok()),
-        );
-    }
-    ids
-}
-
-fn bpf_program_exists(id: u32) -> bool {
-    // union bpf_attr for BPF_PROG_GET_FD_BY_ID: prog_id, next_id, open_flags.
-    let attr = [id, 0, 0];
-    // SAFETY: bpf(2) reads size_of_val(&attr) bytes of attr.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            13, // BPF_PROG_GET_FD_BY_ID
-            attr.as_ptr(),
-            size_of_val(&attr),
-        )
-    };
-    if fd >= 0 {
-        // SAFETY: the descriptor bpf(2) just returned.
-        unsafe { libc::close(fd as i32) };
-    }
-    fd >= 0
-}
-
 /// Bytes of `pid`'s executable libc mapping that differ from the file: the
 /// int3 instructions of uprobes.
 fn patched_libc_bytes(pid: i32) -> usize {
@@ -229,8 +196,8 @@ fn a_killed_tracer_leaves_nothing_behind() {
     let pid = target.proc.pid();
     assert_eq!(patched_libc_bytes(pid), 0, "libc patched before any hunt");
     let mut hunt = Hunt::start(pid);
-    let programs = bpf_programs_of(hunt.proc.pid());
-    assert!(!programs.is_empty(), "the hunt holds no BPF program");
+    let objects = bpf::bpf_objects(hunt.proc.pid());
+    assert!(!objects.is_empty(), "the hunt holds no BPF program or link");
     assert!(patched_libc_bytes(pid) > 0, "no uprobe breakpoint in the target's libc");
     hunt.proc.signal(libc::SIGKILL);
     hunt.proc
@@ -239,14 +206,14 @@ fn a_killed_tracer_leaves_nothing_behind() {
     // Programs are freed once the last reference goes, after an RCU grace period.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let left: Vec<u32> = programs.iter().copied().filter(|&id| bpf_program_exists(id)).collect();
+        let left: Vec<&bpf::BpfObject> = objects.iter().filter(|o| bpf::bpf_object_exists(o)).collect();
         let patched = patched_libc_bytes(pid);
         if left.is_empty() && patched == 0 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "30 s after leakscope was killed: BPF programs {left:?} still loaded, {patched} libc bytes still patched"
+            "30 s after leakscope was killed: BPF objects {left:?} still loaded, {patched} libc bytes still patched"
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -115,13 +115,7 @@ fn allocator_libraries() -> Result<()> {
         ok(&ALLOCATOR_PACKAGES.join(", "));
         return Ok(());
     }
-    let names = missing.join(" ");
-    if !is_root() {
-        bail!("{names} missing; install as root: apt-get update && apt-get install -y {names}");
-    }
-    installing(&names);
-    run(Command::new("apt-get").arg("update"))?;
-    run(Command::new("apt-get").args(["install", "-y"]).args(&missing))
+    apt_install(&missing)
 }
 
 /// Only `cargo xtask bench` needs these: bpftrace runs the naive floor and the
@@ -135,13 +129,18 @@ pub fn bench_tools() -> Result<()> {
         ok(&tools.join(", "));
         return Ok(());
     }
-    let names = missing.join(" ");
+    apt_install(&missing)
+}
+
+/// Installs Debian's `packages` (as root), after an `apt-get update`.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let names = packages.join(" ");
     if !is_root() {
         bail!("{names} missing; install as root: apt-get update && apt-get install -y {names}");
     }
     installing(&names);
     run(Command::new("apt-get").arg("update"))?;
-    run(Command::new("apt-get").args(["install", "-y"]).args(&missing))
+    run(Command::new("apt-get").args(["install", "-y"]).args(packages))
 }
 
 /// Whether an executable of that name is on PATH.
