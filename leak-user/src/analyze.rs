@@ -397,31 +397,33 @@ pub struct BoundedSeries {
     merged: Vec<Bucket>,
     /// Fewer than `stride` samples, after `merged`.
     pending: Bucket,
-    stride: u64,
+    stride: u32,
     latest: Option<Bucket>,
 }
 
-/// Sums over some consecutive samples.
+/// Sums over some consecutive samples. 32 bytes: every site keeps a series
+/// of them. (A u64 sum overflows only past 2^64 bytes-samples: 2^47 bytes,
+/// the whole address space, held for 2^17 samples in one point.)
 #[derive(Clone, Copy, Debug, Default)]
 struct Bucket {
     t_sum: f64,
-    bytes_sum: u128,
-    allocations_sum: u128,
-    count: u64,
+    bytes_sum: u64,
+    allocations_sum: u64,
+    count: u32,
 }
 
 impl Bucket {
     fn add(&mut self, other: &Bucket) {
         self.t_sum += other.t_sum;
-        self.bytes_sum += other.bytes_sum;
-        self.allocations_sum += other.allocations_sum;
-        self.count += other.count;
+        self.bytes_sum = self.bytes_sum.saturating_add(other.bytes_sum);
+        self.allocations_sum = self.allocations_sum.saturating_add(other.allocations_sum);
+        self.count = self.count.saturating_add(other.count);
     }
 
     /// Mean time, and bytes and allocations rounded to the nearest integer.
     fn mean(&self) -> (f64, u64, u64) {
         let n = u128::from(self.count);
-        let round = |sum: u128| ((sum + n / 2) / n) as u64;
+        let round = |sum: u64| ((u128::from(sum) + n / 2) / n) as u64;
         (
             self.t_sum / self.count as f64,
             round(self.bytes_sum),
@@ -446,8 +448,8 @@ impl BoundedSeries {
     pub fn push(&mut self, t_s: f64, bytes: u64, allocations: u64) {
         let sample = Bucket {
             t_sum: t_s,
-            bytes_sum: u128::from(bytes),
-            allocations_sum: u128::from(allocations),
+            bytes_sum: bytes,
+            allocations_sum: allocations,
             count: 1,
         };
         if self.first.is_none() {
@@ -482,7 +484,7 @@ impl BoundedSeries {
             self.merged[i] = pair;
         }
         self.merged.truncate(pairs);
-        self.stride *= 2;
+        self.stride = self.stride.saturating_mul(2);
     }
 
     pub fn to_series(&self) -> Series {

@@ -11,6 +11,9 @@ use crate::{
 
 /// Points kept per series; older points are merged when it is full.
 const SERIES_CAPACITY: usize = 240;
+/// Points kept per site: every distinct stack has a series, so it stays
+/// near 2 KiB (60 points of 32 bytes). Theil–Sen slopes need far fewer.
+const SITE_SERIES_CAPACITY: usize = 60;
 
 pub struct Timeline {
     pid: u32,
@@ -59,7 +62,7 @@ impl Timeline {
             let series = self
                 .sites
                 .entry(site)
-                .or_insert_with(|| BoundedSeries::new(SERIES_CAPACITY));
+                .or_insert_with(|| BoundedSeries::new(SITE_SERIES_CAPACITY));
             series.push(t_s, t.bytes, t.allocations);
             let (bytes, allocations) = by_kind.entry(heap.site(site).kind).or_default();
             *bytes += t.bytes;
