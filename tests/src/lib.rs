@@ -497,6 +497,26 @@ pub fn exact_unless_chosen(hunt_args: &[&str]) -> &'static [&'static str] {
     }
 }
 
+/// `leakscope hunt -p PID --format json -o REPORT --top 1000 <hunt_args>`,
+/// in exact mode unless `hunt_args` choose.
+pub fn attach_hunt(pid: i32, report: &Path, hunt_args: &[&str]) -> Command {
+    let mut cmd = Command::new(leakscope_bin());
+    cmd.args([
+        "hunt",
+        "-p",
+        &pid.to_string(),
+        "--format",
+        "json",
+        "--top",
+        "1000",
+        "-o",
+    ])
+    .arg(report)
+    .args(exact_unless_chosen(hunt_args))
+    .args(hunt_args);
+    cmd
+}
+
 /// Attach mode: start `FIXTURE --wait`, read "ready", start
 /// `leakscope hunt -p PID --format json -o F --top 1000 <hunt_args>`, wait for
 /// its "attached" line, SIGUSR1 the fixture, read "done", end as `stop` says,
@@ -522,23 +542,8 @@ pub fn run_attach_command(fixture: &Path, mut cmd: Command, hunt_args: &[&str], 
     }
     let pid = target.pid();
 
-    let mut cmd = Command::new(leakscope_bin());
-    cmd.args([
-        "hunt",
-        "-p",
-        &pid.to_string(),
-        "--format",
-        "json",
-        "--top",
-        "1000",
-        "-o",
-    ])
-    .arg(&report_path)
-    .args(exact_unless_chosen(hunt_args))
-    .args(hunt_args)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut cmd = attach_hunt(pid, &report_path, hunt_args);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut tracer = Proc::spawn(cmd, "leakscope");
     let tracer_out = tracer.take_stdout();
     let tracer_err = tracer.take_stderr();

@@ -75,7 +75,7 @@ impl Target {
     }
 }
 
-/// `leakscope hunt -p PID --format json -o REPORT`, once it is attached.
+/// [`attach_hunt`] of PID, once it is attached.
 struct Hunt {
     proc: Proc,
     err: Lines,
@@ -85,21 +85,8 @@ struct Hunt {
 impl Hunt {
     fn start(pid: i32) -> Hunt {
         let report = scratch_dir("faults").join("report.json");
-        let mut cmd = Command::new(leakscope_bin());
-        cmd.args([
-            "hunt",
-            "-p",
-            &pid.to_string(),
-            "--format",
-            "json",
-            "--top",
-            "1000",
-            "-o",
-        ])
-        .arg(&report)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        let mut cmd = attach_hunt(pid, &report, &[]);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut proc = Proc::spawn(cmd, "leakscope");
         let err = proc.take_stderr();
         if let Err(why) = err.wait_for(|l| l.starts_with(ATTACHED_PREFIX), ATTACH_TIMEOUT) {
