@@ -93,12 +93,18 @@ fn growth_mode_finds_the_leaking_stack_without_allocator_probes() {
         "{}",
         report["totals"]
     );
-    let leak = sites_of(report, &path, "pages_touched", "leak_request");
-    assert_eq!(leak.len(), 1, "one fault stack for leak_request: {leak:#?}");
+    // malloc's first call may fault a page of its own set-up (ptmalloc_init)
+    // under leak_request: a one-off page, never a growing stack.
+    let (leak, once): (Vec<_>, Vec<_>) = sites_of(report, &path, "pages_touched", "leak_request")
+        .into_iter()
+        .partition(|s| s["verdict"] == "growing");
+    assert_eq!(leak.len(), 1, "one growing fault stack for leak_request: {leak:#?}");
+    for site in once {
+        assert_eq!(u64_field(site, "outstanding_allocations"), 1, "{site:#}");
+    }
     let pages = u64_field(leak[0], "outstanding_allocations");
     assert!((3..=6).contains(&pages), "leak_request touched {pages} pages");
     assert_eq!(u64_field(leak[0], "outstanding_bytes"), pages * 4096);
-    assert_eq!(leak[0]["verdict"], "growing", "{:#}", leak[0]);
     let rate = leak[0]["growth_bytes_per_s"].as_f64().expect("a growth rate");
     assert!(
         (1000.0..=3000.0).contains(&rate),
