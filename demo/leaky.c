@@ -1,10 +1,11 @@
 /*
  * leaky: a request handler with a leaky cache, leakscope's demo program.
  *
- * It serves 40 requests, one every 100 ms (about 4 s), then exits 0:
+ * It serves 40 requests (or as many as its argument says), one every 100 ms
+ * (about 4 s), then exits 0:
  *   build_response()     a per-request buffer, malloc'd and freed: healthy;
  *   remember_session()   a 256-byte session record added to a cache that
- *                        nothing ever evicts: leaks 40 x 256 bytes;
+ *                        nothing ever evicts: leaks 256 bytes a request;
  *   grow_log()           every 10 requests, grows a log buffer with realloc
  *                        and keeps it: one 16 KiB block at the end;
  *   map_scratch_arena()  on the first request, a 64 KiB anonymous mapping
@@ -104,10 +105,11 @@ __attribute__((noinline)) void handle_request(int id)
         grow_log(id);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     const struct timespec pause = { .tv_sec = 0, .tv_nsec = 100 * 1000 * 1000 };
-    for (int id = 1; id <= REQUESTS; id++) {
+    int requests = argc > 1 ? atoi(argv[1]) : REQUESTS;
+    for (int id = 1; id <= requests; id++) {
         handle_request(id);
         nanosleep(&pause, NULL);
     }

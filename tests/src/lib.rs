@@ -139,6 +139,26 @@ pub fn build_fixture(name: &str, extra_flags: &[&str]) -> PathBuf {
     out.canonicalize().expect("canonicalize fixture path")
 }
 
+/// How the demo program is built (`cargo xtask demo`, the docs' examples).
+pub const DEMO_CFLAGS: &[&str] = &["-O1", "-g", "-fno-omit-frame-pointer"];
+
+/// Compiles `demo/leaky.c` with [`DEMO_CFLAGS`] into `out`.
+pub fn build_demo(out: &Path) -> anyhow::Result<()> {
+    let output = Command::new("gcc")
+        .args(DEMO_CFLAGS)
+        .arg("-o")
+        .arg(out)
+        .arg(workspace_root().join("demo/leaky.c"))
+        .arg("-lpthread")
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "building demo/leaky.c failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
 /// The line (1-based) of `tests/fixtures/<fixture>.c` that carries the
 /// trailing comment `// SITE:<marker>`. Panics unless exactly one line does.
 pub fn line_of(fixture: &str, marker: &str) -> u32 {

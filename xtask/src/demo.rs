@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::Result;
 
-use crate::{build, exit_code, require_root, run, setup, status, target_dir};
+use crate::{build, exit_code, require_root, setup, status, target_dir};
 
 pub fn demo() -> Result<ExitCode> {
     require_root("the demo")?;
@@ -14,10 +14,7 @@ pub fn demo() -> Result<ExitCode> {
     let leakscope = build()?;
     let leaky = target_dir().join("demo/leaky");
     fs::create_dir_all(leaky.parent().expect("has a parent"))?;
-    run(Command::new("gcc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&leaky)
-        .args(["demo/leaky.c", "-lpthread"]))?;
+    leakscope_tests::build_demo(&leaky)?;
     // The report goes to stdout; leakscope exits with the child's exit code.
     let status = status(
         Command::new(&leakscope)
