@@ -18,7 +18,8 @@ pub fn setup() -> Result<()> {
     rust_src()?;
     rustfmt_clippy()?;
     gcc()?;
-    allocator_libraries()?;
+    debian_packages(ALLOCATOR_PACKAGES)?;
+    debian_packages(TRUTH_PACKAGES)?;
     go()?;
     prometheus()?;
     node();
@@ -105,14 +106,18 @@ fn gcc() -> Result<()> {
 /// The allocator tests run fixtures under these malloc replacements (LD_PRELOAD).
 const ALLOCATOR_PACKAGES: &[&str] = &["libjemalloc2", "libtcmalloc-minimal4", "libmimalloc2.0"];
 
-fn allocator_libraries() -> Result<()> {
+/// The ground-truth tests run real Debian programs under valgrind and a hunt.
+const TRUTH_PACKAGES: &[&str] = &["valgrind", "sqlite3", "bc", "jq"];
+
+/// Installs those of Debian's `packages` that are not installed yet.
+fn debian_packages(packages: &[&str]) -> Result<()> {
     let installed = |package: &str| {
         output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
             .is_ok_and(|status| status.trim() == "install ok installed")
     };
-    let missing: Vec<&str> = ALLOCATOR_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
-        ok(&ALLOCATOR_PACKAGES.join(", "));
+        ok(&packages.join(", "));
         return Ok(());
     }
     apt_install(&missing)
