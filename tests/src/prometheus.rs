@@ -43,6 +43,13 @@ impl Prometheus {
     /// Starts the server scraping `target` (`HOST:PORT`) and waits until its
     /// API answers (/-/ready). Panics with its log if it does not.
     pub fn start(target: &str) -> Prometheus {
+        Prometheus::start_with(target, "", &[])
+    }
+
+    /// `start`, with `extra_config` appended to prometheus.yml (top-level
+    /// keys such as `rule_files` and `alerting`) and `extra_args` on its
+    /// command line.
+    pub fn start_with(target: &str, extra_config: &str, extra_args: &[&str]) -> Prometheus {
         let dir = scratch_dir("prometheus");
         let config = dir.join("prometheus.yml");
         // Scrapes every second; the timeout must not exceed the interval.
@@ -50,7 +57,7 @@ impl Prometheus {
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              scrape_configs:\n  - job_name: {JOB}\n    metrics_path: /metrics\n    static_configs:\n      - targets: ['{target}']\n"
         );
-        fs::write(&config, yaml).expect("write prometheus.yml");
+        fs::write(&config, yaml + extra_config).expect("write prometheus.yml");
         let log = dir.join("prometheus.log");
         // The port is free now; another process taking it before Prometheus
         // binds would show as a start-up failure in the log, with the port.
@@ -61,6 +68,7 @@ impl Prometheus {
             .arg(format!("--web.listen-address={addr}"))
             .arg("--storage.tsdb.retention.time=1h")
             .arg("--log.level=info")
+            .args(extra_args)
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(fs::File::create(&log).expect("create prometheus.log"))
