@@ -16,12 +16,10 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use leakscope_tests::prometheus::{free_port, Prometheus, JOB};
-use leakscope_tests::webhook::http_get;
+use leakscope_tests::prometheus::{free_port, Alertmanager, Prometheus, JOB};
 use leakscope_tests::*;
 use serde_json::Value;
 
-const ALERTMANAGER_BIN: &str = "prometheus-alertmanager";
 const LISTENING_PREFIX: &str = "leakscope: watch listening on http://";
 /// The fixture's leak: 2 MiB/s, far over the shipped rules' 10 MiB/h warning.
 const RATE_KIB: u32 = 2048;
@@ -30,84 +28,9 @@ const WINDOW_S: u32 = 4;
 /// What the alert may take from the leak's start: the window, a scrape, the
 /// shortened `for:`, an evaluation and the push to Alertmanager.
 const ALERT_TIMEOUT: Duration = Duration::from_secs(60);
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(500);
 /// The alert checked: the growth warning, which carries the top growing path.
 const ALERT: &str = "LeakscopeMemoryGrowth";
-
-/// An Alertmanager on a free loopback port, its config and storage in a
-/// scratch directory, with one receiver that delivers nowhere (the API
-/// shows the alerts it holds) and clustering off (no port 9094).
-struct Alertmanager {
-    proc: Proc,
-    addr: String,
-    log: std::path::PathBuf,
-}
-
-impl Alertmanager {
-    fn start() -> Alertmanager {
-        let dir = scratch_dir("alertmanager");
-        let config = dir.join("alertmanager.yml");
-        fs::write(
-            &config,
-            "route:\n  receiver: nowhere\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: nowhere\n",
-        )
-        .expect("write alertmanager.yml");
-        let log = dir.join("alertmanager.log");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(ALERTMANAGER_BIN);
-        cmd.arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--cluster.listen-address=")
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&log).expect("create alertmanager.log"))
-            .stderr(
-                fs::File::options()
-                    .append(true)
-                    .open(&log)
-                    .expect("open alertmanager.log"),
-            );
-        let mut am = Alertmanager {
-            proc: Proc::spawn(cmd, ALERTMANAGER_BIN),
-            addr,
-            log,
-        };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = am.proc.try_status() {
-                panic!(
-                    "alertmanager exited at start-up ({})\n{}",
-                    describe_status(status),
-                    am.log_text()
-                );
-            }
-            if http_get(&am.addr, "/-/ready", HTTP_TIMEOUT).is_ok_and(|r| r.status == 200) {
-                return am;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "alertmanager not ready within {READY_TIMEOUT:?}\n{}",
-                am.log_text()
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log at {}: {e})", self.log.display()))
-    }
-
-    /// The alerts it holds (`GET /api/v2/alerts`).
-    fn alerts(&self) -> Result<Vec<Value>, String> {
-        let r = http_get(&self.addr, "/api/v2/alerts", HTTP_TIMEOUT)?;
-        match serde_json::from_str::<Value>(&r.body) {
-            Ok(Value::Array(alerts)) if r.status == 200 => Ok(alerts),
-            _ => Err(format!("/api/v2/alerts answered {}: {}", r.status, r.body)),
-        }
-    }
-}
 
 /// The shipped rules with every `for:` shortened to 2 s, written to `dir`.
 fn rules_for_the_test(dir: &Path) -> std::path::PathBuf {
@@ -177,7 +100,7 @@ fn growth_alert_fires_in_alertmanager_with_labels_and_top_path() {
     let alerting = format!(
         "rule_files: ['{}']\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{}']\n",
         rules.display(),
-        alertmanager.addr
+        alertmanager.addr()
     );
     // Resent every second, so Alertmanager sees the annotations as they
     // are now (the top path may show a round after the alert first fires).
