@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use leakscope_tests::prometheus::{free_port, Alertmanager, Prometheus, JOB};
 use leakscope_tests::*;
-use serde_json::Value;
 
 const LISTENING_PREFIX: &str = "leakscope: watch listening on http://";
 /// The fixture's leak: 2 MiB/s, far over the shipped rules' 10 MiB/h warning.
@@ -107,7 +106,7 @@ fn growth_alert_fires_in_alertmanager_with_labels_and_top_path() {
     let prometheus = Prometheus::start_with(&listen, &alerting, &["--rules.alert.resend-delay=1s"]);
 
     let deadline = Instant::now() + ALERT_TIMEOUT;
-    let mut last = String::from("(no answer yet)");
+    let mut last;
     let alert = loop {
         match alertmanager.alerts() {
             Ok(alerts) => {
