@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod bpf;
+pub mod console;
 pub mod expected;
 pub mod prometheus;
 pub mod webhook;

@@ -1,6 +1,6 @@
-//! A real Prometheus server scraping leakscope, and `promtool check metrics`
-//! (both from Debian's `prometheus` package, which `cargo xtask setup`
-//! installs).
+//! A real Prometheus server scraping leakscope, `promtool check metrics`
+//! (both from Debian's `prometheus` package) and a real Alertmanager
+//! (`prometheus-alertmanager`); `cargo xtask setup` installs both packages.
 
 use std::fs;
 use std::io::Write;
@@ -17,9 +17,10 @@ use crate::{scratch_dir, Proc};
 
 pub const PROMETHEUS_BIN: &str = "prometheus";
 pub const PROMTOOL_BIN: &str = "promtool";
+pub const ALERTMANAGER_BIN: &str = "prometheus-alertmanager";
 /// The scrape job's name (the `job` label of every scraped series).
 pub const JOB: &str = "leakscope";
-/// How long Prometheus may take to start serving its API.
+/// How long a server may take to start serving its API.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -33,16 +34,21 @@ pub fn free_port() -> u16 {
 /// /metrics every second, with its config, storage and log in a scratch
 /// directory. Killed (its process group) when dropped.
 pub struct Prometheus {
-    proc: Proc,
-    addr: String,
+    server: Server,
     pub dir: PathBuf,
-    log: PathBuf,
 }
 
 impl Prometheus {
     /// Starts the server scraping `target` (`HOST:PORT`) and waits until its
     /// API answers (/-/ready). Panics with its log if it does not.
     pub fn start(target: &str) -> Prometheus {
+        Prometheus::start_with(target, "", &[])
+    }
+
+    /// `start`, with `extra_config` appended to prometheus.yml (top-level
+    /// keys such as `rule_files` and `alerting`) and `extra_args` on its
+    /// command line.
+    pub fn start_with(target: &str, extra_config: &str, extra_args: &[&str]) -> Prometheus {
         let dir = scratch_dir("prometheus");
         let config = dir.join("prometheus.yml");
         // Scrapes every second; the timeout must not exceed the interval.
@@ -50,8 +56,7 @@ impl Prometheus {
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              scrape_configs:\n  - job_name: {JOB}\n    metrics_path: /metrics\n    static_configs:\n      - targets: ['{target}']\n"
         );
-        fs::write(&config, yaml).expect("write prometheus.yml");
-        let log = dir.join("prometheus.log");
+        fs::write(&config, yaml + extra_config).expect("write prometheus.yml");
         // The port is free now; another process taking it before Prometheus
         // binds would show as a start-up failure in the log, with the port.
         let addr = format!("127.0.0.1:{}", free_port());
@@ -61,61 +66,27 @@ impl Prometheus {
             .arg(format!("--web.listen-address={addr}"))
             .arg("--storage.tsdb.retention.time=1h")
             .arg("--log.level=info")
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&log).expect("create prometheus.log"))
-            .stderr(
-                fs::File::options()
-                    .append(true)
-                    .open(&log)
-                    .expect("open prometheus.log"),
-            );
-        let proc = Proc::spawn(cmd, "prometheus");
-        let mut p = Prometheus { proc, addr, dir, log };
-        p.wait_ready();
-        p
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self.proc.try_status() {
-                panic!(
-                    "prometheus exited during start-up ({})\n{}",
-                    crate::describe_status(status),
-                    self.log_text()
-                );
-            }
-            let last = match http_get(&self.addr, "/-/ready", HTTP_TIMEOUT) {
-                Ok(r) if r.status == 200 => return,
-                Ok(r) => format!("/-/ready answered {}: {}", r.status, r.body.trim()),
-                Err(e) => e,
-            };
-            if Instant::now() >= deadline {
-                panic!(
-                    "prometheus not ready within {READY_TIMEOUT:?} (last: {last})\n{}",
-                    self.log_text()
-                );
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
+            .args(extra_args)
+            .current_dir(&dir);
+        let server = Server::start(cmd, "prometheus", addr, dir.join("prometheus.log"));
+        Prometheus { server, dir }
     }
 
     /// `127.0.0.1:PORT` of its HTTP API.
     pub fn addr(&self) -> &str {
-        &self.addr
+        &self.server.addr
     }
 
     /// Its log so far (stdout and stderr).
     pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log at {}: {e})", self.log.display()))
+        self.server.log_text()
     }
 
     /// An instant query (`/api/v1/query?query=...`): the `data.result` vector
     /// of a successful vector query, else Err with the reason.
     pub fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
         let path = format!("/api/v1/query?query={}", percent_encode(promql));
-        let resp = http_get(&self.addr, &path, HTTP_TIMEOUT)?;
+        let resp = http_get(&self.server.addr, &path, HTTP_TIMEOUT)?;
         let v: Value = serde_json::from_str(&resp.body).map_err(|e| {
             format!(
                 "query {promql:?}: HTTP {} with a non-JSON body ({e}): {}",
@@ -137,7 +108,7 @@ impl Prometheus {
     /// The scrape targets' state (`/api/v1/targets`: health, lastError, ...),
     /// for failure messages.
     pub fn targets(&self) -> String {
-        match http_get(&self.addr, "/api/v1/targets", HTTP_TIMEOUT) {
+        match http_get(&self.server.addr, "/api/v1/targets", HTTP_TIMEOUT) {
             Ok(r) => match serde_json::from_str::<Value>(&r.body) {
                 Ok(v) => v["data"]["activeTargets"]
                     .as_array()
@@ -157,6 +128,105 @@ impl Prometheus {
             },
             Err(e) => format!("(targets unavailable: {e})"),
         }
+    }
+}
+
+/// An Alertmanager on 127.0.0.1 (a free port), its config and storage in a
+/// scratch directory, with one receiver that delivers nowhere (its API shows
+/// the alerts it holds) and clustering off (no port 9094). Killed (its
+/// process group) when dropped.
+pub struct Alertmanager {
+    server: Server,
+}
+
+impl Alertmanager {
+    /// Starts it and waits until its API answers (/-/ready).
+    pub fn start() -> Alertmanager {
+        let dir = scratch_dir("alertmanager");
+        let config = dir.join("alertmanager.yml");
+        fs::write(
+            &config,
+            "route:\n  receiver: nowhere\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: nowhere\n",
+        )
+        .expect("write alertmanager.yml");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(ALERTMANAGER_BIN);
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--cluster.listen-address=");
+        Alertmanager {
+            server: Server::start(cmd, "alertmanager", addr, dir.join("alertmanager.log")),
+        }
+    }
+
+    /// `127.0.0.1:PORT` of its HTTP API.
+    pub fn addr(&self) -> &str {
+        &self.server.addr
+    }
+
+    /// Its log so far (stdout and stderr).
+    pub fn log_text(&self) -> String {
+        self.server.log_text()
+    }
+
+    /// The alerts it holds (`GET /api/v2/alerts`).
+    pub fn alerts(&self) -> Result<Vec<Value>, String> {
+        let r = http_get(&self.server.addr, "/api/v2/alerts", HTTP_TIMEOUT)?;
+        match serde_json::from_str::<Value>(&r.body) {
+            Ok(Value::Array(alerts)) if r.status == 200 => Ok(alerts),
+            _ => Err(format!("/api/v2/alerts answered {}: {}", r.status, r.body)),
+        }
+    }
+}
+
+/// A server of the Prometheus project serving its API on `addr`, its stdout
+/// and stderr in `log`.
+struct Server {
+    proc: Proc,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Spawns `cmd` and waits until its /-/ready answers; panics with its log
+    /// if it exits or is not ready within READY_TIMEOUT.
+    fn start(mut cmd: Command, name: &str, addr: String, log: PathBuf) -> Server {
+        let file = fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone the log's descriptor"))
+            .stderr(file);
+        let mut server = Server {
+            proc: Proc::spawn(cmd, name),
+            addr,
+            log,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = server.proc.try_status() {
+                panic!(
+                    "{name} exited during start-up ({})\n{}",
+                    crate::describe_status(status),
+                    server.log_text()
+                );
+            }
+            let last = match http_get(&server.addr, "/-/ready", HTTP_TIMEOUT) {
+                Ok(r) if r.status == 200 => return server,
+                Ok(r) => format!("/-/ready answered {}: {}", r.status, r.body.trim()),
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                panic!(
+                    "{name} not ready within {READY_TIMEOUT:?} (last: {last})\n{}",
+                    server.log_text()
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log at {}: {e})", self.log.display()))
     }
 }
 

@@ -22,6 +22,7 @@ pub fn setup() -> Result<()> {
     debian_packages(TRUTH_PACKAGES)?;
     go()?;
     prometheus()?;
+    package_check_tools()?;
     node();
     node_lines()?;
     bpf_linker()?;
@@ -137,6 +138,19 @@ pub fn bench_tools() -> Result<()> {
     apt_install(&missing)
 }
 
+/// The installed-package check (`cargo xtask dist --check`) renders the man
+/// pages with `man -l` and verifies the watch unit with `systemd-analyze`
+/// (which runs without systemd as PID 1).
+fn package_check_tools() -> Result<()> {
+    let tools = [("man", "man-db"), ("systemd-analyze", "systemd")];
+    let missing: Vec<&str> = tools.iter().filter(|(t, _)| !on_path(t)).map(|&(_, p)| p).collect();
+    if missing.is_empty() {
+        ok("man and systemd-analyze");
+        return Ok(());
+    }
+    apt_install(&missing)
+}
+
 /// Installs Debian's `packages` (as root), after an `apt-get update`.
 fn apt_install(packages: &[&str]) -> Result<()> {
     let names = packages.join(" ");
@@ -168,47 +182,55 @@ fn go() -> Result<()> {
 }
 
 /// The `watch` tests scrape leakscope with a real Prometheus server and check
-/// its /metrics with `promtool check metrics`: Debian's `prometheus` package
-/// ships both binaries. The tests start their own server (own port, config and
-/// storage), so the package's service must not run: the maintainer script
-/// would start it (`invoke-rc.d` without systemd, as in containers;
-/// `deb-systemd-invoke` with it), leaving a daemon on :9090 that nothing
-/// needs. Both ask `/usr/sbin/policy-rc.d` first, so the install runs under
-/// one that forbids starting services (exit 101, see
+/// its /metrics with `promtool check metrics`, and the alerting test sends the
+/// shipped rules' alerts to a real Alertmanager: Debian's `prometheus` and
+/// `prometheus-alertmanager` packages ship the binaries. The tests start their
+/// own servers (own ports, config and storage), so the packages' services must
+/// not run: the maintainer scripts would start them (`invoke-rc.d` without
+/// systemd, as in containers; `deb-systemd-invoke` with it), leaving daemons on
+/// :9090 and :9093 that nothing needs. Both ask `/usr/sbin/policy-rc.d` first,
+/// so the install runs under one that forbids starting services (exit 101, see
 /// /usr/share/doc/init-system-helpers/README.policy-rc.d.gz); whatever
 /// policy-rc.d was there is put back afterwards. `--no-install-recommends`
 /// leaves out prometheus-node-exporter, another daemon (:9100).
 fn prometheus() -> Result<()> {
+    const PACKAGES: [&str; 2] = ["prometheus", "prometheus-alertmanager"];
+    const SERVICES: [&str; 2] = ["prometheus.service", "prometheus-alertmanager.service"];
     let works = |tool| output(Command::new(tool).arg("--version")).is_ok();
-    if works("prometheus") && works("promtool") {
-        ok("prometheus and promtool");
+    let all_work = || {
+        ["prometheus", "promtool", "prometheus-alertmanager"]
+            .into_iter()
+            .all(works)
+    };
+    if all_work() {
+        ok("prometheus, promtool and prometheus-alertmanager");
         return Ok(());
     }
     if !is_root() {
         bail!(
-            "prometheus/promtool are missing; install them as root: apt-get update && apt-get install -y --no-install-recommends prometheus"
+            "prometheus/promtool/prometheus-alertmanager are missing; install them as root: apt-get update && \
+             apt-get install -y --no-install-recommends {}",
+            PACKAGES.join(" ")
         );
     }
-    installing("prometheus and promtool (Debian's prometheus, its service not started)");
+    installing("prometheus, promtool and prometheus-alertmanager (Debian's packages, their services not started)");
     run(Command::new("apt-get").arg("update"))?;
     {
         let _no_start = NoServiceStart::new()?;
-        run(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args([
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "prometheus",
-        ]))?;
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(PACKAGES))?;
     }
-    // With systemd the unit is still enabled, so it would start at the next
-    // boot: disable it (nothing to do without systemd, e.g. in a container).
+    // With systemd the units are still enabled, so they would start at the
+    // next boot: disable them (nothing to do without systemd, e.g. in a container).
     if Path::new("/run/systemd/system").is_dir() {
-        run(Command::new("systemctl").args(["disable", "--now", "prometheus.service"]))?;
+        run(Command::new("systemctl").args(["disable", "--now"]).args(SERVICES))?;
     }
-    if !(works("prometheus") && works("promtool")) {
-        bail!("the prometheus package is installed, but `prometheus --version` or `promtool --version` fails");
+    if !all_work() {
+        bail!("the prometheus packages are installed, but a `--version` of prometheus, promtool or prometheus-alertmanager fails");
     }
-    ok("prometheus and promtool");
+    ok("prometheus, promtool and prometheus-alertmanager");
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: formatting, lints, build and the test suite, with
-//! `leakscope watch` running for the whole suite.
+//! `leakscope watch` running for the whole suite, then the Debian package
+//! installed and used (tests/tests/package.rs).
 use std::{
     path::Path,
     process::{Command, Stdio},
@@ -34,6 +35,13 @@ pub fn test(args: &[String]) -> Result<()> {
     let watched = watch.finish();
     tests?;
     println!("{}", watched?);
+    // After the suite and alone: it builds the release package and installs
+    // it into /usr (ignored in the suite, which cannot give it either).
+    let deb = crate::dist::dist()?;
+    run(Command::new("cargo")
+        .args(["test", "-p", "leakscope-tests", "--test", "package"])
+        .env("LEAKSCOPE_DEB", &deb)
+        .args(["--", "--ignored", "--test-threads=1"]))?;
     // A short pass over every fuzz target: the parsers stay panic-free.
     crate::fuzz::fuzz(crate::fuzz::SHORT_PASS_SECONDS)
 }

@@ -9,6 +9,11 @@ use serde::Serialize;
 
 use super::{attribution::GrowingPath, notify::Alert, rules::Severity};
 
+/// Frames of the top growing path named in its metric's `path` label.
+const PATH_LABEL_FRAMES: usize = 4;
+/// Bytes of the `path` label at most: label values stay short in every query.
+const PATH_LABEL_BYTES: usize = 160;
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
     pub status: &'static str,
@@ -133,6 +138,14 @@ impl Status {
             &["pid", "comm", "reason"],
         );
         let hunts = counter("leakscope_target_hunts_total", "Escalated hunts run.", &labels);
+        // One series per target (its fastest path only), so the cardinality
+        // is that of the targets; the alerting rules quote its label.
+        let top_path = gauge(
+            "leakscope_target_top_growing_path_bytes_per_second",
+            "Bytes of new pages per second of the fastest-growing code path (label path: its innermost functions, \
+             callers after `<`).",
+            &["path"],
+        );
         for t in &self.targets {
             let pid = t.pid.to_string();
             let id = [pid.as_str(), t.comm.as_str()];
@@ -161,6 +174,11 @@ impl Status {
                     .set(*bytes as f64);
             }
             faults.with_label_values(&id).inc_by(t.page_faulted_bytes as f64);
+            if let Some(top) = t.growing_paths.first() {
+                top_path
+                    .with_label_values(&[pid.as_str(), t.comm.as_str(), &path_label(&top.frames)])
+                    .set(top.bytes_per_s);
+            }
             for (probe, n) in &t.probe_hits {
                 hits.with_label_values(&[pid.as_str(), t.comm.as_str(), probe])
                     .inc_by(*n as f64);
@@ -208,6 +226,35 @@ impl Status {
     }
 }
 
+/// A growing path as a label value: the function of its innermost frames
+/// (`function (file:line)` loses the `(file:line)`, so that a path keeps one
+/// series while its lines vary), callers after ` < `, control characters
+/// dropped, at most PATH_LABEL_BYTES bytes.
+fn path_label(frames: &[String]) -> String {
+    let function = |frame: &String| match frame.rsplit_once(" (") {
+        Some((function, _)) if frame.ends_with(')') => function.to_string(),
+        _ => frame.clone(),
+    };
+    let path: String = frames
+        .iter()
+        .take(PATH_LABEL_FRAMES)
+        .map(function)
+        .collect::<Vec<_>>()
+        .join(" < ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    match path
+        .char_indices()
+        .map(|(i, c)| i + c.len_utf8())
+        .take_while(|&end| end <= PATH_LABEL_BYTES)
+        .last()
+    {
+        Some(end) if end < path.len() => path[..end].to_string(),
+        _ => path,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,7 +280,21 @@ mod tests {
             hunts: 1,
             reports: vec![],
             last_alert: None,
-            growing_paths: vec![],
+            growing_paths: match tier {
+                2 => vec![
+                    GrowingPath {
+                        bytes_per_s: 2048.0,
+                        faulted_bytes: 8192,
+                        frames: vec!["leak_slowly (late_leak.c:40)".into(), "main (late_leak.c:90)".into()],
+                    },
+                    GrowingPath {
+                        bytes_per_s: 16.0,
+                        faulted_bytes: 4096,
+                        frames: vec!["churn (late_leak.c:60)".into()],
+                    },
+                ],
+                _ => vec![],
+            },
         }
     }
 
@@ -255,6 +316,7 @@ mod tests {
             r#"leakscope_target_page_faulted_bytes_total{comm="svc",pid="1"} 8192"#,
             r#"leakscope_target_drops_total{comm="svc",pid="1",reason="ring_buffer_full"} 0"#,
             r#"leakscope_alerts_total{severity="critical"} 3"#,
+            r#"leakscope_target_top_growing_path_bytes_per_second{comm="svc",path="leak_slowly < main",pid="1"} 2048"#,
             "leakscope_targets 2",
             "# TYPE leakscope_self_cpu_seconds_total counter",
         ] {
@@ -264,8 +326,46 @@ mod tests {
             !text.contains(r#"leakscope_target_tracked_bytes{comm="svc",kind="brk",pid="2"}"#),
             "tier 1 has no probe figures"
         );
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("leakscope_target_top_growing_path_bytes_per_second{"))
+                .count(),
+            1,
+            "one series per target with probes, its fastest path only:\n{text}"
+        );
         let health: serde_json::Value = serde_json::from_str(&status.health_json()).unwrap();
         assert_eq!(health["targets"][0]["status"], "leaking");
         assert_eq!(health["targets"][0]["alert"], "critical");
+    }
+
+    #[test]
+    fn path_labels_are_short_and_plain() {
+        let frames = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            path_label(&frames(&[
+                "memset",
+                "leak_zeroed (late_leak.c:51)",
+                "main (late_leak.c:90)"
+            ])),
+            "memset < leak_zeroed < main"
+        );
+        // Only the innermost frames; an unsymbolized frame stays as it is.
+        assert_eq!(
+            path_label(&frames(&[
+                "a (x.c:1)",
+                "b (x.c:2)",
+                "c (x.c:3)",
+                "d (x.c:4)",
+                "e (x.c:5)"
+            ])),
+            "a < b < c < d"
+        );
+        assert_eq!(path_label(&frames(&["libc.so.6@0x1234"])), "libc.so.6@0x1234");
+        assert_eq!(path_label(&frames(&["bad\nname\u{7f}"])), "badname");
+        let long = "é".repeat(200);
+        let label = path_label(&[long]);
+        assert_eq!(label.len(), PATH_LABEL_BYTES);
+        assert!(label.chars().all(|c| c == 'é'));
+        assert_eq!(path_label(&[]), "");
     }
 }
