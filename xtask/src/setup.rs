@@ -19,6 +19,7 @@ pub fn setup() -> Result<()> {
     rustfmt_clippy()?;
     gcc()?;
     allocator_libraries()?;
+    debuginfod()?;
     go()?;
     prometheus()?;
     node();
@@ -116,6 +117,15 @@ fn allocator_libraries() -> Result<()> {
         return Ok(());
     }
     apt_install(&missing)
+}
+
+/// tests/tests/symbols.rs serves debug files to leakscope with elfutils' server.
+fn debuginfod() -> Result<()> {
+    if on_path("debuginfod") {
+        ok("debuginfod");
+        return Ok(());
+    }
+    apt_install(&["debuginfod"])
 }
 
 /// Only `cargo xtask bench` needs these: bpftrace runs the naive floor and the

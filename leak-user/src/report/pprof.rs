@@ -154,6 +154,7 @@ pub fn profile(report: &Report) -> Profile {
         line: None,
         column: None,
         module: None,
+        inlined: false,
     }];
     for site in &report.sites {
         let frames = if site.frames.is_empty() {
@@ -161,7 +162,8 @@ pub fn profile(report: &Report) -> Profile {
         } else {
             &site.frames[..]
         };
-        let location_id = frames.iter().map(|f| b.location(f)).collect();
+        // A machine frame and the functions inlined into it are one location.
+        let location_id = frames.split_inclusive(|f| !f.inlined).map(|f| b.location(f)).collect();
         // Whatever a site holds it allocated during the hunt: reports without
         // the cumulative counts still get consistent alloc_* values.
         let value = [
@@ -218,23 +220,29 @@ impl Builder {
         i
     }
 
-    fn location(&mut self, frame: &Frame) -> u64 {
+    /// `frames`: the functions at one address, innermost first (the
+    /// inlined ones, then the one they were compiled into), as pprof's lines.
+    fn location(&mut self, frames: &[Frame]) -> u64 {
+        let frame = frames.last().expect("split_inclusive yields no empty group");
         let key = (frame.address.clone(), frame.module.clone());
         if let Some(&id) = self.locations.get(&key) {
             return id;
         }
         let address = u64::from_str_radix(frame.address.trim_start_matches("0x"), 16).unwrap_or(0);
         let mapping_id = frame.module.as_deref().map_or(0, |m| self.mapping(m, address));
-        let function_id = self.function(frame);
+        let line = frames
+            .iter()
+            .map(|f| Line {
+                function_id: self.function(f),
+                line: f.line.map_or(0, i64::from),
+            })
+            .collect();
         let id = self.profile.location.len() as u64 + 1;
         self.profile.location.push(Location {
             id,
             mapping_id,
             address,
-            line: vec![Line {
-                function_id,
-                line: frame.line.map_or(0, i64::from),
-            }],
+            line,
         });
         self.locations.insert(key, id);
         id
