@@ -11,6 +11,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use leakscope_tests::*;
@@ -20,8 +21,8 @@ const NAME: &str = "inlined";
 const RECORDS: u64 = 5;
 const RECORD_BYTES: u64 = 4099;
 
-/// From the allocation to `main`: (function, its `SITE:` marker, inlined
-/// into the next frame).
+/// From the allocation to `main`: (function, also its `SITE:` marker at
+/// the line of its call, inlined into the next frame).
 const CHAIN: &[(&str, bool)] = &[
     ("alloc_record", true),
     ("build_record", true),
@@ -48,7 +49,11 @@ fn check_chain<'a>(report: &'a Value, module: &Path, describe: &str) -> &'a Valu
         .collect();
     assert_eq!(leaking.len(), 1, "one site leaks through alloc_record:\n{describe}");
     let site = leaking[0];
-    assert_eq!(u64_field(site, "outstanding_bytes"), RECORDS * RECORD_BYTES, "{describe}");
+    assert_eq!(
+        u64_field(site, "outstanding_bytes"),
+        RECORDS * RECORD_BYTES,
+        "{describe}"
+    );
     assert_eq!(u64_field(site, "outstanding_allocations"), RECORDS, "{describe}");
     let frames = site["frames"].as_array().unwrap();
     assert!(frames.len() >= CHAIN.len(), "stack too short: {site:#}");
@@ -80,7 +85,14 @@ fn inlined_functions_are_frames_in_json_and_pprof() {
     fs::write(&json, &text).unwrap();
     let pprof = json.with_extension("pprof");
     let run = run_leakscope(
-        &["report", json.to_str().unwrap(), "--format", "pprof", "-o", pprof.to_str().unwrap()],
+        &[
+            "report",
+            json.to_str().unwrap(),
+            "--format",
+            "pprof",
+            "-o",
+            pprof.to_str().unwrap(),
+        ],
         ERROR_TIMEOUT,
         "symbols-report-pprof",
     );
@@ -109,10 +121,7 @@ fn inlined_functions_are_frames_in_json_and_pprof() {
     for (location_id, functions) in sample.location_id.iter().zip(want) {
         let location = profile.location.iter().find(|l| l.id == *location_id).unwrap();
         let lines: Vec<(&str, i64)> = location.line.iter().map(|l| (name(l.function_id), l.line)).collect();
-        let expected: Vec<(&str, i64)> = functions
-            .iter()
-            .map(|&f| (f, i64::from(line_of(NAME, f))))
-            .collect();
+        let expected: Vec<(&str, i64)> = functions.iter().map(|&f| (f, i64::from(line_of(NAME, f)))).collect();
         assert_eq!(lines, expected, "location {location_id}");
     }
 }
@@ -123,6 +132,9 @@ struct Stripped {
     exe: PathBuf,
     debug: PathBuf,
     build_id: String,
+    /// Every copy has the fixture's build-id: while one test puts its debug
+    /// file under /usr/lib/debug/.build-id, no other may run.
+    _exclusive: MutexGuard<'static, ()>,
 }
 
 fn tool(program: &str, args: &[&str], dir: &Path) -> String {
@@ -140,13 +152,19 @@ fn tool(program: &str, args: &[&str], dir: &Path) -> String {
 }
 
 fn stripped(label: &str, debuglink: bool) -> Stripped {
+    static BUILD_ID_DIR: Mutex<()> = Mutex::new(());
+    let exclusive = BUILD_ID_DIR.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch_dir(label).canonicalize().unwrap();
     let fixture = fixture();
     let fixture = fixture.to_str().unwrap();
     tool("objcopy", &["--only-keep-debug", fixture, "inlined.debug"], &dir);
     tool("strip", &["--strip-all", "-o", "inlined-stripped", fixture], &dir);
     if debuglink {
-        tool("objcopy", &["--add-gnu-debuglink=inlined.debug", "inlined-stripped"], &dir);
+        tool(
+            "objcopy",
+            &["--add-gnu-debuglink=inlined.debug", "inlined-stripped"],
+            &dir,
+        );
     }
     let notes = tool("readelf", &["-n", "inlined-stripped"], &dir);
     let build_id = notes
@@ -155,12 +173,16 @@ fn stripped(label: &str, debuglink: bool) -> Stripped {
         .expect("gcc gave the fixture a build-id")
         .to_string();
     let sections = tool("readelf", &["-S", "inlined-stripped"], &dir);
-    assert!(!sections.contains(".symtab") && !sections.contains(".debug_info"), "{sections}");
+    assert!(
+        !sections.contains(".symtab") && !sections.contains(".debug_info"),
+        "{sections}"
+    );
     Stripped {
         exe: dir.join("inlined-stripped"),
         debug: dir.join("inlined.debug"),
         dir,
         build_id,
+        _exclusive: exclusive,
     }
 }
 
@@ -259,7 +281,10 @@ impl Debuginfod {
         let started = Instant::now();
         let path = format!("/buildid/{build_id}/debuginfo");
         while http_status(port, &path) != Some(200) {
-            assert!(started.elapsed() < Duration::from_secs(120), "debuginfod never served {path}");
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "debuginfod never served {path}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         (server, port)
@@ -279,7 +304,10 @@ fn stripped_binary_named_from_debuginfod_and_cached() {
     let (server, port) = Debuginfod::serve(&s.dir, &s.build_id);
     let cache = s.dir.join("cache");
     let urls = format!("http://127.0.0.1:{port}");
-    let envs = [("DEBUGINFOD_URLS", urls.as_str()), ("XDG_CACHE_HOME", cache.to_str().unwrap())];
+    let envs = [
+        ("DEBUGINFOD_URLS", urls.as_str()),
+        ("XDG_CACHE_HOME", cache.to_str().unwrap()),
+    ];
     let run = hunt_env(&s.exe, &envs);
     check_chain(&run.report, &s.exe, &run.stderr);
     let cached = cache.join(format!("leakscope/debuginfod/{}/debuginfo", s.build_id));
@@ -312,6 +340,15 @@ fn a_slow_and_a_dead_debuginfod_cost_one_time_limit_each() {
     ];
     let run = hunt_env(&s.exe, &envs);
     assert_unnamed(&run, &s.exe);
+    let json = s.dir.join("report.json");
+    fs::write(&json, run.report.to_string()).unwrap();
+    let text = run_leakscope(
+        &["report", json.to_str().unwrap()],
+        ERROR_TIMEOUT,
+        "symbols-report-text",
+    );
+    let note = format!("no symbols for {} (stripped, no debug file found)", s.exe.display());
+    assert_eq!(text.stdout.matches(&note).count(), 1, "{}", text.describe());
     // Each server failed once and was not asked for the other modules
     // without DWARF (libc, ld.so).
     for port in [slow_port, dead_port] {
@@ -372,7 +409,9 @@ mod pprof {
 
     pub fn decode(gzipped: &[u8]) -> Profile {
         let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(gzipped).read_to_end(&mut raw).expect("gzip");
+        flate2::read::GzDecoder::new(gzipped)
+            .read_to_end(&mut raw)
+            .expect("gzip");
         Profile::decode(raw.as_slice()).expect("a profile.proto message")
     }
 }

@@ -355,6 +355,25 @@ mod tests {
     }
 
     #[test]
+    fn inlined_frames_are_lines_of_one_location() {
+        let mut report = sample_report();
+        // cache_insert inlined into handle_request: one machine frame.
+        let frames = &mut report.sites[0].frames;
+        frames[0].inlined = true;
+        frames[0].address = frames[1].address.clone();
+        let p = profile(&report);
+        let s = |i: i64| p.string_table[i as usize].as_str();
+        let leak = &p.sample[0];
+        assert_eq!(leak.location_id.len(), 2);
+        let lines: Vec<(&str, i64)> = p.location[leak.location_id[0] as usize - 1]
+            .line
+            .iter()
+            .map(|l| (s(p.function[l.function_id as usize - 1].name), l.line))
+            .collect();
+        assert_eq!(lines, [("cache_insert", 31), ("handle_request", 55)]);
+    }
+
+    #[test]
     fn alloc_values_never_fall_below_inuse() {
         let p = decode(&render(&without_analysis(sample_report())).unwrap());
         assert_eq!(p.sample[0].value, [40960, 10, 40960, 10]);

@@ -111,7 +111,11 @@ impl Debuginfod {
         // Written aside and renamed: a partial download never looks cached.
         let partial = dir.join(format!(".debuginfo.{}", std::process::id()));
         let result = (|| {
-            let mut body = response.into_body().into_with_config().limit(self.max_bytes + 1).reader();
+            let mut body = response
+                .into_body()
+                .into_with_config()
+                .limit(self.max_bytes + 1)
+                .reader();
             let mut out = File::create(&partial)?;
             let copied = io::copy(&mut (&mut body).take(self.max_bytes + 1), &mut out)?;
             if copied > self.max_bytes {

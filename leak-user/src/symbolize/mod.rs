@@ -20,8 +20,8 @@ use blazesym::symbolize::Input;
 
 pub use cfi::{FramelessUnwinder, MAX_SKIPPED};
 use debuginfod::Debuginfod;
-use maps::{fd_path, ModuleFile};
 pub use maps::ProcessModules;
+use maps::{fd_path, ModuleFile};
 
 /// The `module` of frames named from a perf map.
 pub const JIT_MODULE: &str = "[jit]";
