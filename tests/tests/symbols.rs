@@ -267,7 +267,7 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 }
 
 /// elfutils' debuginfod serving one directory; killed on drop.
-struct Debuginfod(Proc);
+struct Debuginfod(#[allow(dead_code)] Proc);
 
 impl Debuginfod {
     fn serve(dir: &Path, build_id: &str) -> (Self, u16) {
