@@ -582,6 +582,9 @@ fn build_report(
         .map(|&r| (r.name().to_string(), counters.drops(r)))
         .collect();
     drops.insert("malformed_records".to_string(), collector.malformed);
+    let node = ended
+        .is_node
+        .then(|| node_report(collector, timeline, &sites_for_node, &mut symbolizer, &policy));
 
     Report {
         schema: report::SCHEMA.to_string(),
@@ -607,10 +610,9 @@ fn build_report(
         sites,
         command_line: Some(command_line()),
         process: Some(timeline.process(&policy)),
-        node: ended
-            .is_node
-            .then(|| node_report(collector, timeline, &sites_for_node, &mut symbolizer, &policy)),
+        node,
         overhead: ended.overhead.clone(),
+        modules_without_symbols: symbolizer.modules_without_symbols().map(str::to_string).collect(),
     }
 }
 
@@ -674,8 +676,7 @@ fn command_line() -> String {
 /// perf map, if any, named the same code: tests/tests/node.rs checks that
 /// they agree). In a Node target, code outside every file and absent from
 /// the perf map is JIT code all the same.
-pub(crate) fn frame(f: crate::symbolize::Frame, js: Option<&JsFrame>, is_node: bool) -> Frame {
-    let mut frame = Frame::from(f);
+fn js_or_native(mut frame: Frame, js: Option<&JsFrame>, is_node: bool) -> Frame {
     if let Some(js) = js {
         frame.function = Some(js.function.clone());
         frame.file = js.script.clone();
@@ -688,12 +689,20 @@ pub(crate) fn frame(f: crate::symbolize::Frame, js: Option<&JsFrame>, is_node: b
     frame
 }
 
-/// The report frames of a symbolized stack and its JS frames (aligned, or empty).
+/// The report frames of a symbolized stack and its JS frames (aligned, or
+/// empty): one per function, inlined ones included.
 pub(crate) fn frames(symbolized: Vec<crate::symbolize::Frame>, js: &[Option<&JsFrame>], is_node: bool) -> Vec<Frame> {
     symbolized
         .into_iter()
         .enumerate()
-        .map(|(i, f)| frame(f, js.get(i).copied().flatten(), is_node))
+        .flat_map(|(i, f)| {
+            let js = js.get(i).copied().flatten();
+            // JIT code has no inlined levels: a JS name replaces the one frame.
+            Frame::expand(f).map(move |frame| match frame.inlined {
+                true => frame,
+                false => js_or_native(frame, js, is_node),
+            })
+        })
         .collect()
 }
 

@@ -19,10 +19,10 @@ pub fn setup() -> Result<()> {
     rustfmt_clippy()?;
     gcc()?;
     debian_packages(ALLOCATOR_PACKAGES)?;
-    debian_packages(TRUTH_PACKAGES)?;
+    debian_packages(TEST_PROGRAM_PACKAGES)?;
     go()?;
     prometheus()?;
-    package_check_tools()?;
+    debian_packages(PACKAGE_CHECK_PACKAGES)?;
     node();
     node_lines()?;
     bpf_linker()?;
@@ -107,8 +107,12 @@ fn gcc() -> Result<()> {
 /// The allocator tests run fixtures under these malloc replacements (LD_PRELOAD).
 const ALLOCATOR_PACKAGES: &[&str] = &["libjemalloc2", "libtcmalloc-minimal4", "libmimalloc2.0"];
 
-/// The ground-truth tests run real Debian programs under valgrind and a hunt.
-const TRUTH_PACKAGES: &[&str] = &["valgrind", "sqlite3", "bc", "jq"];
+/// Real programs the suite runs: valgrind and the Debian programs it checks
+/// hunts against, the debuginfod server the stripped-binary tests ask.
+const TEST_PROGRAM_PACKAGES: &[&str] = &["valgrind", "sqlite3", "bc", "jq", "debuginfod"];
+
+/// The package test renders man pages and verifies the watch unit.
+const PACKAGE_CHECK_PACKAGES: &[&str] = &["man-db", "systemd"];
 
 /// Installs those of Debian's `packages` that are not installed yet.
 fn debian_packages(packages: &[&str]) -> Result<()> {
@@ -133,19 +137,6 @@ pub fn bench_tools() -> Result<()> {
     let missing: Vec<&str> = tools.into_iter().filter(|t| !on_path(t)).collect();
     if missing.is_empty() {
         ok(&tools.join(", "));
-        return Ok(());
-    }
-    apt_install(&missing)
-}
-
-/// The installed-package check (`cargo xtask dist --check`) renders the man
-/// pages with `man -l` and verifies the watch unit with `systemd-analyze`
-/// (which runs without systemd as PID 1).
-fn package_check_tools() -> Result<()> {
-    let tools = [("man", "man-db"), ("systemd-analyze", "systemd")];
-    let missing: Vec<&str> = tools.iter().filter(|(t, _)| !on_path(t)).map(|&(_, p)| p).collect();
-    if missing.is_empty() {
-        ok("man and systemd-analyze");
         return Ok(());
     }
     apt_install(&missing)

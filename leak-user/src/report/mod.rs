@@ -49,6 +49,10 @@ pub struct Report {
     /// mode it caused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overhead: Option<Overhead>,
+    /// Modules in the stacks that named nothing: stripped, and no debug
+    /// file was found for them (see docs/symbols.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules_without_symbols: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -304,18 +308,41 @@ pub struct Frame {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column: Option<u32>,
     pub module: Option<String>,
+    /// The function was inlined into the next frame (its caller): both are
+    /// the same machine frame, at the same address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inlined: bool,
 }
 
-impl From<crate::symbolize::Frame> for Frame {
-    fn from(f: crate::symbolize::Frame) -> Frame {
-        Frame {
-            address: format!("{:#x}", f.address),
+impl Frame {
+    /// One frame per function at a symbolized address: the inlined ones,
+    /// innermost first, then the one they were compiled into.
+    pub fn expand(f: crate::symbolize::Frame) -> impl Iterator<Item = Frame> {
+        let address = format!("{:#x}", f.address);
+        let module = f.module;
+        let inlined: Vec<Frame> = f
+            .inlined
+            .into_iter()
+            .map(|level| Frame {
+                address: address.clone(),
+                function: level.function,
+                file: level.file,
+                line: level.line,
+                column: None,
+                module: module.clone(),
+                inlined: true,
+            })
+            .collect();
+        let outer = Frame {
+            address,
             function: f.function,
             file: f.file,
             line: f.line,
             column: None,
-            module: f.module,
-        }
+            module,
+            inlined: false,
+        };
+        inlined.into_iter().chain(std::iter::once(outer))
     }
 }
 
@@ -496,6 +523,7 @@ pub(crate) mod tests {
             line: None,
             column: None,
             module: Some("/usr/lib/libapp.so".into()),
+            inlined: false,
         };
         assert_eq!(frame_label(&frame), "parse_request");
         frame.function = None;

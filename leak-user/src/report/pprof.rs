@@ -154,6 +154,7 @@ pub fn profile(report: &Report) -> Profile {
         line: None,
         column: None,
         module: None,
+        inlined: false,
     }];
     for site in &report.sites {
         let frames = if site.frames.is_empty() {
@@ -161,7 +162,8 @@ pub fn profile(report: &Report) -> Profile {
         } else {
             &site.frames[..]
         };
-        let location_id = frames.iter().map(|f| b.location(f)).collect();
+        // A machine frame and the functions inlined into it are one location.
+        let location_id = frames.split_inclusive(|f| !f.inlined).map(|f| b.location(f)).collect();
         // Whatever a site holds it allocated during the hunt: reports without
         // the cumulative counts still get consistent alloc_* values.
         let value = [
@@ -218,23 +220,29 @@ impl Builder {
         i
     }
 
-    fn location(&mut self, frame: &Frame) -> u64 {
+    /// `frames`: the functions at one address, innermost first (the
+    /// inlined ones, then the one they were compiled into), as pprof's lines.
+    fn location(&mut self, frames: &[Frame]) -> u64 {
+        let frame = frames.last().expect("split_inclusive yields no empty group");
         let key = (frame.address.clone(), frame.module.clone());
         if let Some(&id) = self.locations.get(&key) {
             return id;
         }
         let address = u64::from_str_radix(frame.address.trim_start_matches("0x"), 16).unwrap_or(0);
         let mapping_id = frame.module.as_deref().map_or(0, |m| self.mapping(m, address));
-        let function_id = self.function(frame);
+        let line = frames
+            .iter()
+            .map(|f| Line {
+                function_id: self.function(f),
+                line: f.line.map_or(0, i64::from),
+            })
+            .collect();
         let id = self.profile.location.len() as u64 + 1;
         self.profile.location.push(Location {
             id,
             mapping_id,
             address,
-            line: vec![Line {
-                function_id,
-                line: frame.line.map_or(0, i64::from),
-            }],
+            line,
         });
         self.locations.insert(key, id);
         id
@@ -344,6 +352,25 @@ mod tests {
         assert_eq!(labels, [("kind", "malloc"), ("allocator", "malloc")]);
         let total: i64 = p.sample.iter().map(|x| x.value[0]).sum();
         assert_eq!(total, 50664);
+    }
+
+    #[test]
+    fn inlined_frames_are_lines_of_one_location() {
+        let mut report = sample_report();
+        // cache_insert inlined into handle_request: one machine frame.
+        let frames = &mut report.sites[0].frames;
+        frames[0].inlined = true;
+        frames[0].address = frames[1].address.clone();
+        let p = profile(&report);
+        let s = |i: i64| p.string_table[i as usize].as_str();
+        let leak = &p.sample[0];
+        assert_eq!(leak.location_id.len(), 2);
+        let lines: Vec<(&str, i64)> = p.location[leak.location_id[0] as usize - 1]
+            .line
+            .iter()
+            .map(|l| (s(p.function[l.function_id as usize - 1].name), l.line))
+            .collect();
+        assert_eq!(lines, [("cache_insert", 31), ("handle_request", 55)]);
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub fn render(report: &Report, top: usize) -> String {
             let _ = writeln!(out, "{label}: {}", names.join(", "));
         }
     }
+    for module in &report.modules_without_symbols {
+        let _ = writeln!(out, "no symbols for {module} (stripped, no debug file found)");
+    }
     if let Some(node) = &report.node {
         write_node(&mut out, node);
     }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use super::debuginfo::{self, ElfFacts};
 use super::{cfi::Cfi, perfmap::PerfMap};
 use crate::target_files::{open_in_root, Owner};
 
@@ -20,6 +21,11 @@ pub(super) struct ModuleFile {
     pub(super) file: File,
     /// Unwind tables, parsed on first use by `skipped_caller`.
     pub(super) cfi: OnceLock<Option<Cfi>>,
+    /// None when the file is not ELF.
+    pub(super) facts: Option<ElfFacts>,
+    /// A stripped module's debug file found on the target's file system,
+    /// looked for while the target's root can still be reached.
+    pub(super) local_debug_file: Option<File>,
 }
 
 impl ModuleFile {
@@ -44,17 +50,24 @@ impl ModuleFile {
             })
             .map_err(|err| log::debug!("cannot open {} of pid {pid}: {err}", entry.path))
             .ok()?;
+        let facts = ElfFacts::read(&file);
+        let local_debug_file = facts
+            .as_ref()
+            .filter(|facts| !facts.has_dwarf)
+            .and_then(|facts| debuginfo::find_local(pid, entry.path, facts));
         Some(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             file,
             cfi: OnceLock::new(),
+            facts,
+            local_debug_file,
         })
     }
+}
 
-    /// A path that reaches the open file, for APIs that want a path.
-    pub(super) fn fd_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
-    }
+/// A path that reaches an open file, for APIs that want a path.
+pub(super) fn fd_path(file: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 pub(super) struct Mapping {

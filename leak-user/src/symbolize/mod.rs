@@ -6,18 +6,22 @@
 //! namespaces; [`Symbolizer`] turns addresses into [`Frame`]s with blazesym.
 
 mod cfi;
+mod debuginfo;
+mod debuginfod;
 pub(crate) mod maps;
 pub(crate) mod perfmap;
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::Input;
 
 pub use cfi::{FramelessUnwinder, MAX_SKIPPED};
-use maps::ModuleFile;
+use debuginfod::Debuginfod;
 pub use maps::ProcessModules;
+use maps::{fd_path, ModuleFile};
 
 /// The `module` of frames named from a perf map.
 pub const JIT_MODULE: &str = "[jit]";
@@ -34,6 +38,21 @@ pub struct Frame {
     pub line: Option<u32>,
     /// Path of the ELF the address is in, as the target sees it.
     pub module: Option<String>,
+    /// Functions inlined at the address, innermost first. `function` is then
+    /// the function the code was compiled into, and `line` its line of the
+    /// call that was inlined.
+    #[serde(default)]
+    pub inlined: Vec<Inlined>,
+}
+
+/// One level of inlining at an address.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Inlined {
+    pub function: Option<String>,
+    pub file: Option<String>,
+    /// The line of the call to the next inner function or, in the innermost
+    /// one, the line of the address.
+    pub line: Option<u32>,
 }
 
 /// What a code location resolves to, independent of the address it was
@@ -43,6 +62,7 @@ struct SymInfo {
     function: Option<String>,
     file: Option<String>,
     line: Option<u32>,
+    inlined: Vec<Inlined>,
 }
 
 pub struct Symbolizer {
@@ -54,6 +74,14 @@ pub struct Symbolizer {
     /// Modules whose DWARF failed to load (e.g. a stale debug link): ELF
     /// symbols only, rather than retrying the expensive failure per address.
     no_dwarf: HashSet<u64>,
+    /// The separate debug file of each stripped module, by module file id.
+    debug_files: HashMap<u64, Option<File>>,
+    /// Asked for the debug files of modules that have none locally.
+    debuginfod: Option<Debuginfod>,
+    /// Modules (as the target sees them) that named an address.
+    named_modules: HashSet<String>,
+    /// Stripped modules without a debug file that left an address unnamed.
+    stripped_unnamed: BTreeSet<String>,
 }
 
 impl Default for Symbolizer {
@@ -65,17 +93,33 @@ impl Default for Symbolizer {
 impl Symbolizer {
     pub fn new() -> Self {
         Self {
-            // Inlined-function data makes blazesym report, for an address in
-            // inlined code, the line of the outermost function (the real
-            // frame) instead of a line of the inlined callee.
+            // With inlined functions, an address in inlined code gets each
+            // inlined level and, for the outermost function (the real
+            // frame), its line of the call. Debug files are found here
+            // (`debuginfo`), under the target's root and rights, not by blazesym.
             inner: blazesym::symbolize::Symbolizer::builder()
+                .set_debug_dirs(Some::<&[PathBuf]>(&[]))
                 .enable_code_info(true)
                 .enable_inlined_fns(true)
                 .enable_demangling(false)
                 .build(),
             cache: HashMap::new(),
             no_dwarf: HashSet::new(),
+            debug_files: HashMap::new(),
+            debuginfod: Debuginfod::from_env(),
+            named_modules: HashSet::new(),
+            stripped_unnamed: BTreeSet::new(),
         }
+    }
+
+    /// Modules that named none of the addresses looked up in them: stripped,
+    /// and no debug file was found for them. (A stripped library that named
+    /// some through its exported symbols is not one.)
+    pub fn modules_without_symbols(&self) -> impl Iterator<Item = &str> {
+        self.stripped_unnamed
+            .iter()
+            .filter(|path| !self.named_modules.contains(*path))
+            .map(String::as_str)
     }
 
     /// Symbolize one stack. `addrs[i]` for i>0 are return addresses, looked up
@@ -102,10 +146,21 @@ impl Symbolizer {
                 file: jit.and_then(|s| s.file.clone()),
                 line: jit.and_then(|s| s.line),
                 module: jit.map(|_| JIT_MODULE.to_string()),
+                inlined: Vec::new(),
             };
         };
         let info = match &mapping.file {
-            Some(module) => self.lookup(module, mapping.file_offset(pc)),
+            Some(module) => {
+                let info = self.lookup(module, mapping.file_offset(pc));
+                let stripped = module.facts.as_ref().is_some_and(|f| !f.has_symtab && !f.has_dwarf)
+                    && self.debug_files.get(&module.id).is_some_and(Option::is_none);
+                if info.function.is_some() {
+                    self.named_modules.insert(mapping.path.clone());
+                } else if stripped {
+                    self.stripped_unnamed.insert(mapping.path.clone());
+                }
+                info
+            }
             None => SymInfo::default(),
         };
         Frame {
@@ -114,6 +169,7 @@ impl Symbolizer {
             file: info.file,
             line: info.line,
             module: Some(mapping.path.clone()),
+            inlined: info.inlined,
         }
     }
 
@@ -121,22 +177,56 @@ impl Symbolizer {
         if let Some(info) = self.cache.get(&(module.id, offset)) {
             return info.clone();
         }
-        let path = module.fd_path();
-        let result = if self.no_dwarf.contains(&module.id) {
-            resolve(&self.inner, &path, false, offset)
-        } else {
-            resolve(&self.inner, &path, true, offset).or_else(|err| {
-                log::warn!("DWARF of module {path:?} unusable, using ELF symbols: {err:#}");
-                self.no_dwarf.insert(module.id);
-                resolve(&self.inner, &path, false, offset)
-            })
-        };
-        let info = result.unwrap_or_else(|err| {
-            log::debug!("cannot symbolize offset {offset:#x} of {path:?}: {err:#}");
-            SymInfo::default()
-        });
+        // A debug file has the module's addresses, not its file layout.
+        let from_debug_file = self
+            .debug_file(module)
+            .zip(module.facts.as_ref().and_then(|f| f.vaddr(offset)))
+            .and_then(|(path, vaddr)| {
+                resolve(&self.inner, &path, true, Input::VirtOffset(vaddr))
+                    .map_err(|err| log::warn!("debug file of module {path:?} unusable: {err:#}"))
+                    .ok()
+            });
+        let info = from_debug_file.unwrap_or_else(|| self.lookup_in_module(module, offset));
         self.cache.insert((module.id, offset), info.clone());
         info
+    }
+
+    fn lookup_in_module(&mut self, module: &ModuleFile, offset: u64) -> SymInfo {
+        let path = fd_path(&module.file);
+        // blazesym maps the file offset to an ELF address through the
+        // program headers itself.
+        let input = Input::FileOffset(offset);
+        let result = if self.no_dwarf.contains(&module.id) {
+            resolve(&self.inner, &path, false, input)
+        } else {
+            resolve(&self.inner, &path, true, input).or_else(|err| {
+                log::warn!("DWARF of module {path:?} unusable, using ELF symbols: {err:#}");
+                self.no_dwarf.insert(module.id);
+                resolve(&self.inner, &path, false, input)
+            })
+        };
+        result.unwrap_or_else(|err| {
+            log::debug!("cannot symbolize offset {offset:#x} of {path:?}: {err:#}");
+            SymInfo::default()
+        })
+    }
+
+    /// The separate debug file of a module without DWARF: found next to it
+    /// or under /usr/lib/debug when it was opened, else from debuginfod.
+    fn debug_file(&mut self, module: &ModuleFile) -> Option<PathBuf> {
+        let facts = module.facts.as_ref().filter(|f| !f.has_dwarf)?;
+        let debuginfod = &mut self.debuginfod;
+        self.debug_files
+            .entry(module.id)
+            .or_insert_with(|| {
+                module
+                    .local_debug_file
+                    .as_ref()
+                    .and_then(|file| file.try_clone().ok())
+                    .or_else(|| debuginfod.as_mut()?.debuginfo(facts.build_id.as_deref()?))
+            })
+            .as_ref()
+            .map(fd_path)
     }
 }
 
@@ -144,22 +234,40 @@ fn resolve(
     symbolizer: &blazesym::symbolize::Symbolizer,
     path: &Path,
     debug_syms: bool,
-    offset: u64,
+    input: Input<u64>,
 ) -> Result<SymInfo, blazesym::Error> {
     let mut elf = Elf::new(path);
     elf.debug_syms = debug_syms;
-    // blazesym maps the file offset to an ELF address through the program
-    // headers itself.
-    let symbolized = symbolizer.symbolize_single(&Source::Elf(elf), Input::FileOffset(offset))?;
+    let symbolized = symbolizer.symbolize_single(&Source::Elf(elf), input)?;
+    let location = |code: Option<&blazesym::symbolize::CodeInfo<'_>>| {
+        (
+            code.map(|code| code.to_path().to_string_lossy().into_owned()),
+            code.and_then(|code| code.line),
+        )
+    };
     Ok(symbolized
         .into_sym()
-        .map(|sym| SymInfo {
-            function: (!sym.name.is_empty()).then(|| demangle(&sym.name)),
-            file: sym
-                .code_info
-                .as_ref()
-                .map(|code| code.to_path().to_string_lossy().into_owned()),
-            line: sym.code_info.and_then(|code| code.line),
+        .map(|sym| {
+            let (file, line) = location(sym.code_info.as_deref());
+            SymInfo {
+                function: (!sym.name.is_empty()).then(|| demangle(&sym.name)),
+                file,
+                line,
+                // blazesym lists them outermost first.
+                inlined: sym
+                    .inlined
+                    .iter()
+                    .rev()
+                    .map(|inlined| {
+                        let (file, line) = location(inlined.code_info.as_ref());
+                        Inlined {
+                            function: (!inlined.name.is_empty()).then(|| demangle(&inlined.name)),
+                            file,
+                            line,
+                        }
+                    })
+                    .collect(),
+            }
         })
         .unwrap_or_default())
 }
@@ -279,6 +387,7 @@ int main(void) {
             file: Some(source.to_string_lossy().into_owned()),
             line: Some(line),
             module: Some(exe.to_string_lossy().into_owned()),
+            inlined: Vec::new(),
         };
         let want = vec![
             expected(target_fn, line_of("void target_fn")),
