@@ -47,7 +47,11 @@ fn growth_after(t_s: &[f64], bytes: &[u64], warmup_s: f64) -> (i64, Option<f64>)
 
 /// A finding's title and the allocators its sites called.
 fn group_name(report: &Report, group: &Finding) -> String {
-    let mut allocators: Vec<&str> = group.sites.iter().map(|&i| report.sites[i].allocator.as_str()).collect();
+    let mut allocators: Vec<&str> = group
+        .sites
+        .iter()
+        .map(|&i| report.sites[i].allocator.as_str())
+        .collect();
     allocators.sort_unstable();
     allocators.dedup();
     format!("{} via {}", group.title, allocators.join(", "))

@@ -18,7 +18,15 @@ use crate::symbolize::JIT_MODULE;
 
 /// Modules under these directories are the system's (libc, libstdc++,
 /// libuv, zlib, ...), not the application's.
-const SYSTEM_DIRS: &[&str] = &["/lib/", "/lib32/", "/lib64/", "/usr/lib/", "/usr/lib32/", "/usr/lib64/", "/usr/libexec/"];
+const SYSTEM_DIRS: &[&str] = &[
+    "/lib/",
+    "/lib32/",
+    "/lib64/",
+    "/usr/lib/",
+    "/usr/lib32/",
+    "/usr/lib64/",
+    "/usr/libexec/",
+];
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Finding {
@@ -70,7 +78,9 @@ pub fn groups(report: &Report) -> Vec<Finding> {
     }
     let mut groups: Vec<Finding> = by_key.into_values().collect();
     for group in &mut groups {
-        group.sites.sort_by_key(|&i| std::cmp::Reverse(report.sites[i].outstanding_bytes));
+        group
+            .sites
+            .sort_by_key(|&i| std::cmp::Reverse(report.sites[i].outstanding_bytes));
     }
     groups.sort_by(|a, b| {
         severity(a.verdict)
@@ -89,7 +99,9 @@ pub fn of(report: &Report) -> Vec<Finding> {
     groups(report)
         .into_iter()
         .filter_map(|mut group| {
-            group.sites.retain(|&i| is_finding(&report.sites[i], group.frame.is_some()));
+            group
+                .sites
+                .retain(|&i| is_finding(&report.sites[i], group.frame.is_some()));
             let sites: Vec<&Site> = group.sites.iter().map(|&i| &report.sites[i]).collect();
             if sites.is_empty() {
                 return None;
@@ -144,8 +156,15 @@ fn runtime_key(site: &Site) -> (String, String) {
     };
     let named: Vec<&Frame> = site.frames.iter().filter(|f| f.function.is_some()).collect();
     let Some(frame) = named.iter().find(|f| !allocator_own(f)).or(named.first()) else {
-        let what = if site.frames.is_empty() { "[stack lost]" } else { "[unnamed stack]" };
-        return (format!("runtime\0{what}\0{}", site.kind.name()), format!("{what} via {}", site.allocator));
+        let what = if site.frames.is_empty() {
+            "[stack lost]"
+        } else {
+            "[unnamed stack]"
+        };
+        return (
+            format!("runtime\0{what}\0{}", site.kind.name()),
+            format!("{what} via {}", site.allocator),
+        );
     };
     let function = frame.function.as_deref().unwrap_or_default();
     let module = frame.module.as_deref().map(file_name).unwrap_or("?");
@@ -250,7 +269,11 @@ mod tests {
             site(
                 500,
                 Some(Verdict::Leak),
-                vec![frame("getdelim", None, None, LIBC, "0x7f01"), read_lines.clone(), main.clone()],
+                vec![
+                    frame("getdelim", None, None, LIBC, "0x7f01"),
+                    read_lines.clone(),
+                    main.clone(),
+                ],
             ),
             site(
                 300,
@@ -260,7 +283,10 @@ mod tests {
             site(
                 100,
                 Some(Verdict::InsufficientData),
-                vec![frame("other", Some("/srv/app/main.c"), Some(20), APP, "0x401200"), main.clone()],
+                vec![
+                    frame("other", Some("/srv/app/main.c"), Some(20), APP, "0x401200"),
+                    main.clone(),
+                ],
             ),
             site(
                 900,
@@ -270,7 +296,13 @@ mod tests {
             site(
                 50,
                 Some(Verdict::InsufficientData),
-                vec![frame("_dl_map_object", None, None, "/usr/lib64/ld-linux-x86-64.so.2", "0x7f33")],
+                vec![frame(
+                    "_dl_map_object",
+                    None,
+                    None,
+                    "/usr/lib64/ld-linux-x86-64.so.2",
+                    "0x7f33",
+                )],
             ),
         ];
         report
@@ -284,11 +316,16 @@ mod tests {
         assert_eq!(findings[0].sites, [0, 1]);
         assert_eq!(findings[0].outstanding_bytes, 800);
         assert_eq!(findings[0].verdict, Some(Verdict::Leak));
-        assert_eq!(findings[0].frame.as_ref().unwrap().function.as_deref(), Some("read_lines"));
+        assert_eq!(
+            findings[0].frame.as_ref().unwrap().function.as_deref(),
+            Some("read_lines")
+        );
         // Every site is in one group; flat and runtime memory too.
         let groups = groups(&report());
         assert_eq!(groups.iter().map(|g| g.sites.len()).sum::<usize>(), 5);
-        assert!(groups.iter().any(|g| g.title == "_dl_map_object in ld-linux-x86-64.so.2 via malloc"));
+        assert!(groups
+            .iter()
+            .any(|g| g.title == "_dl_map_object in ld-linux-x86-64.so.2 via malloc"));
     }
 
     #[test]
@@ -304,7 +341,8 @@ mod tests {
     fn runtime_frames_fold_around_the_application_frames() {
         let report = report();
         let mut site = report.sites[0].clone();
-        site.frames.push(frame("__libc_start_call_main", None, None, LIBC, "0x7f44"));
+        site.frames
+            .push(frame("__libc_start_call_main", None, None, LIBC, "0x7f44"));
         site.frames.push(frame("__libc_start_main", None, None, LIBC, "0x7f55"));
         let shown = shown_frames(&site, false, false);
         let names: Vec<String> = shown
@@ -324,7 +362,13 @@ mod tests {
         assert!(is_application(&js, true));
         js.file = Some("node:internal/timers".into());
         assert!(!is_application(&js, true));
-        assert!(!is_application(&frame("uv_run", None, None, "/usr/bin/node", "0x1"), true));
-        assert!(is_application(&frame("uv_run", None, None, "/usr/bin/node", "0x1"), false));
+        assert!(!is_application(
+            &frame("uv_run", None, None, "/usr/bin/node", "0x1"),
+            true
+        ));
+        assert!(is_application(
+            &frame("uv_run", None, None, "/usr/bin/node", "0x1"),
+            false
+        ));
     }
 }

@@ -379,7 +379,11 @@ impl Heap {
     /// Address space mapped PROT_NONE (glibc's arena heaps, V8's cage and
     /// code range): reserved, holding nothing. Not part of any site.
     pub fn reserved_bytes(&self) -> u64 {
-        self.ranges.iter().filter(|(_, r)| r.reserved).map(|(&s, r)| r.end - s).sum()
+        self.ranges
+            .iter()
+            .filter(|(_, r)| r.reserved)
+            .map(|(&s, r)| r.end - s)
+            .sum()
     }
 
     /// Outstanding memory per site, counting only memory recorded before

@@ -51,14 +51,17 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let mut report = read_report(&args.file)?;
     // A report saved by an older leakscope has no marks yet.
     report::drops::mark_and_warn(&mut report);
-    write_output(args.output.as_deref(), &report::render(
+    write_output(
+        args.output.as_deref(),
+        &report::render(
             &report,
             args.format,
             report::Listing {
                 top: args.top,
                 full_stacks: args.full_stacks,
             },
-        )?)?;
+        )?,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -174,7 +174,11 @@ fn node_section(out: &mut String, node: &super::NodeReport) {
             category.verdict.as_str()
         );
     }
-    let live = node.live_after_full_gc.bytes.last().map_or("n/a".to_string(), |b| human_bytes(*b));
+    let live = node
+        .live_after_full_gc
+        .bytes
+        .last()
+        .map_or("n/a".to_string(), |b| human_bytes(*b));
     let live_rate = node
         .live_after_full_gc_growth_bytes_per_s
         .map_or("?".to_string(), rate_text);
@@ -505,7 +509,10 @@ mod tests {
     use super::*;
 
     fn listing(top: usize) -> Listing {
-        Listing { top, full_stacks: false }
+        Listing {
+            top,
+            full_stacks: false,
+        }
     }
 
     /// The text between `## heading` and the next `## `.

@@ -120,7 +120,10 @@ fn write_findings(out: &mut String, report: &Report, ranked: &[&Site]) {
     let found = findings::of(report);
     if found.is_empty() {
         if !report.sites.is_empty() {
-            let _ = writeln!(out, "\nfindings: none (nothing held grows or comes from the application's code)");
+            let _ = writeln!(
+                out,
+                "\nfindings: none (nothing held grows or comes from the application's code)"
+            );
         }
         return;
     }
@@ -190,7 +193,11 @@ fn write_site(out: &mut String, rank: usize, site: &Site, is_node: bool, full_st
         let frame = match shown {
             Shown::Frame(frame) => frame,
             Shown::Folded(n) => {
-                let _ = writeln!(out, "    ... {n} runtime frame{} (--full-stacks shows them)", if n == 1 { "" } else { "s" });
+                let _ = writeln!(
+                    out,
+                    "    ... {n} runtime frame{} (--full-stacks shows them)",
+                    if n == 1 { "" } else { "s" }
+                );
                 continue;
             }
         };

@@ -143,7 +143,11 @@ impl ProcessModules {
     /// an anonymous executable mapping or a JIT region its perf map names.
     pub fn is_code(&self, pc: u64) -> bool {
         self.find(pc).is_some()
-            || self.anonymous_code.range(..=pc).next_back().is_some_and(|(_, &end)| pc < end)
+            || self
+                .anonymous_code
+                .range(..=pc)
+                .next_back()
+                .is_some_and(|(_, &end)| pc < end)
             || self.perf_map.lookup(pc).is_some()
     }
 
