@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use crate::{
-    analyze,
-    report::{human_bytes, Report, Series, Site},
+    analyze, findings,
+    report::{human_bytes, Finding, Report, Series},
 };
 
 /// The acceptance criteria, e.g. "no more than 10 MB of growth after 5 s of warm-up".
@@ -19,7 +19,8 @@ pub struct Limits {
 /// One limit exceeded.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Violation {
-    /// "total" or the site's innermost named frame.
+    /// "total", or the application frame of the sites that grew (their
+    /// finding's title) and their allocators.
     pub what: String,
     pub growth_bytes: i64,
     pub rate_bytes_per_s: Option<f64>,
@@ -44,22 +45,16 @@ fn growth_after(t_s: &[f64], bytes: &[u64], warmup_s: f64) -> (i64, Option<f64>)
     (last as i64 - baseline as i64, analyze::theil_sen_slope(&t, &y))
 }
 
-fn site_name(site: &Site) -> String {
-    let frame = site
-        .frames
+/// A finding's title and the allocators its sites called.
+fn group_name(report: &Report, group: &Finding) -> String {
+    let mut allocators: Vec<&str> = group
+        .sites
         .iter()
-        .find(|f| f.function.is_some())
-        .or(site.frames.first());
-    match frame {
-        Some(f) => {
-            let function = f.function.as_deref().unwrap_or(&f.address);
-            match (&f.file, f.line) {
-                (Some(file), Some(line)) => format!("{function} ({file}:{line}) via {}", site.allocator),
-                _ => format!("{function} via {}", site.allocator),
-            }
-        }
-        None => format!("[stack lost] via {}", site.allocator),
-    }
+        .map(|&i| report.sites[i].allocator.as_str())
+        .collect();
+    allocators.sort_unstable();
+    allocators.dedup();
+    format!("{} via {}", group.title, allocators.join(", "))
 }
 
 fn judge(what: String, growth: i64, rate: Option<f64>, limits: &Limits) -> Option<Violation> {
@@ -91,16 +86,31 @@ fn judge(what: String, growth: i64, rate: Option<f64>, limits: &Limits) -> Optio
 
 /// Every limit the hunt's report exceeds: per site, and in total.
 pub fn evaluate(report: &Report, limits: &Limits) -> Vec<Violation> {
-    let mut violations: Vec<Violation> = report
-        .sites
+    // Nothing is known of the warm-up before the hunt's first sample (late on
+    // a loaded machine): the warm-up lasts until then, so that what every
+    // site already held at that sample is its baseline, not growth.
+    let first_sample = report.process.as_ref().and_then(|p| p.t_s.first().copied());
+    let limits = &Limits {
+        warmup_s: limits.warmup_s.max(first_sample.unwrap_or(0.0)),
+        ..limits.clone()
+    };
+    // The sites of one leak are judged together, under its application frame.
+    let mut violations: Vec<Violation> = findings::groups(report)
         .iter()
-        .filter_map(|site| {
-            let (growth, rate) = match &site.series {
-                Some(Series { t_s, bytes, .. }) => growth_after(t_s, bytes, limits.warmup_s),
-                // Unsampled: all it holds counts as growth.
-                None => (site.outstanding_bytes as i64, None),
-            };
-            judge(site_name(site), growth, rate, limits)
+        .filter_map(|group| {
+            let (mut growth, mut rate) = (0, None);
+            for site in group.sites.iter().map(|&i| &report.sites[i]) {
+                let (site_growth, site_rate) = match &site.series {
+                    Some(Series { t_s, bytes, .. }) => growth_after(t_s, bytes, limits.warmup_s),
+                    // Unsampled: all it holds counts as growth.
+                    None => (site.outstanding_bytes as i64, None),
+                };
+                growth += site_growth;
+                if let Some(r) = site_rate {
+                    *rate.get_or_insert(0.0) += r;
+                }
+            }
+            judge(group_name(report, group), growth, rate, limits)
         })
         .collect();
     if let Some(process) = &report.process {
@@ -202,6 +212,16 @@ mod tests {
         assert_eq!(v.len(), 1);
         assert!((v[0].rate_bytes_per_s.unwrap() - 100.0).abs() < 1e-9);
         assert!(evaluate(&report, &limits(1 << 20, Some(150.0))).is_empty());
+    }
+
+    #[test]
+    fn a_hunt_first_sampled_after_warmup_measures_from_that_sample() {
+        // The first sample came at 2.5 s, after a 2 s warm-up: the 1000
+        // bytes held then were there before; only the +300 is growth.
+        let s = vec![(2.5, 1000), (3.0, 1000), (4.0, 1200), (5.0, 1300)];
+        let report = report_with(s.clone(), s);
+        assert!(evaluate(&report, &limits(300, None)).is_empty());
+        assert_eq!(evaluate(&report, &limits(299, None))[0].growth_bytes, 300);
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub struct HuntArgs {
     /// Stacks listed in the text and Markdown reports.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Show every frame in the text and Markdown reports: runtime frames
+    /// (libc start-up, the event loop, V8 entry code) are folded otherwise.
+    #[arg(long)]
+    pub full_stacks: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Write the report here instead of stdout.
@@ -136,6 +140,10 @@ pub struct ReportArgs {
     /// Stacks listed in the text and Markdown reports.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Show every frame in the text and Markdown reports: runtime frames
+    /// (libc start-up, the event loop, V8 entry code) are folded otherwise.
+    #[arg(long)]
+    pub full_stacks: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -62,7 +62,14 @@ pub fn report_json(text: &str) {
         Format::Pprof,
         Format::Markdown,
     ] {
-        let _ = report::render(&report, format, 20);
+        let _ = report::render(
+            &report,
+            format,
+            report::Listing {
+                top: 20,
+                full_stacks: false,
+            },
+        );
     }
     let d = diff::diff(&report, &report);
     let _ = diff::render_text(&d);

@@ -124,6 +124,8 @@ struct Range {
     origin: u64,
     /// Made inside a probed allocator call: counted at the malloc level.
     allocator_internal: bool,
+    /// Mapped PROT_NONE: reserved address space, which holds nothing.
+    reserved: bool,
 }
 
 /// Outstanding memory of one site.
@@ -203,8 +205,17 @@ impl Heap {
                 HUGE => self.huge_sizes[&addr],
                 size => u64::from(size),
             };
-            (size, b, f64::from(sample_weight(size, self.sample_mean)))
+            (size, b, f64::from(self.weight(b.site, size)))
         })
+    }
+
+    /// What one recorded block of `site` stands for. V8 pages are never
+    /// sampled (the kernel side records every one): they weigh 1.
+    fn weight(&self, site: SiteId, size: u64) -> f32 {
+        match self.sites[site as usize].kind {
+            Kind::V8Heap => 1.0,
+            _ => sample_weight(size, self.sample_mean),
+        }
     }
 
     pub fn site(&self, id: SiteId) -> &SiteKey {
@@ -226,7 +237,7 @@ impl Heap {
     /// that address must have been freed unseen (e.g. its event was dropped);
     /// the new one replaces it.
     pub fn alloc(&mut self, addr: u64, size: u64, ts_ns: u64, site: SiteId) {
-        self.count_allocation(site, size, sample_weight(size, self.sample_mean));
+        self.count_allocation(site, size, self.weight(site, size));
         let stored = u32::try_from(size).ok().filter(|&s| s != HUGE).unwrap_or(HUGE);
         if stored == HUGE {
             self.huge_sizes.insert(addr, size);
@@ -262,6 +273,9 @@ impl Heap {
         self.next_origin += 1;
         let origin = self.next_origin;
         self.count_allocation(site, end - start, 1.0);
+        let key = self.site(site);
+        // mprotect is not traced: a reservation stays one until unmapped.
+        let reserved = key.kind == Kind::Mmap && key.detail == 0;
         self.ranges.insert(
             start,
             Range {
@@ -270,6 +284,7 @@ impl Heap {
                 site,
                 origin,
                 allocator_internal,
+                reserved,
             },
         );
     }
@@ -361,6 +376,16 @@ impl Heap {
             .sum()
     }
 
+    /// Address space mapped PROT_NONE (glibc's arena heaps, V8's cage and
+    /// code range): reserved, holding nothing. Not part of any site.
+    pub fn reserved_bytes(&self) -> u64 {
+        self.ranges
+            .iter()
+            .filter(|(_, r)| r.reserved)
+            .map(|(&s, r)| r.end - s)
+            .sum()
+    }
+
     /// Outstanding memory per site, counting only memory recorded before
     /// `cutoff_ns` (the `--min-age` filter). Sites holding nothing are left out.
     pub fn totals(&self, cutoff_ns: u64) -> HashMap<SiteId, SiteTotals> {
@@ -380,7 +405,7 @@ impl Heap {
         for (&s, r) in self
             .ranges
             .iter()
-            .filter(|(_, r)| !r.allocator_internal && r.ts_ns < cutoff_ns)
+            .filter(|(_, r)| !r.allocator_internal && !r.reserved && r.ts_ns < cutoff_ns)
         {
             let first_piece = origins_seen.insert(r.origin);
             add(r.site, (r.end - s) as f64, f64::from(u8::from(first_piece)), r.ts_ns);
@@ -412,7 +437,7 @@ impl Heap {
         for (_, b, _) in self.blocks() {
             ages.entry(b.site).or_default().push(age(b.ts_ns));
         }
-        for r in self.ranges.values().filter(|r| !r.allocator_internal) {
+        for r in self.ranges.values().filter(|r| !r.allocator_internal && !r.reserved) {
             ages.entry(r.site).or_default().push(age(r.ts_ns));
         }
         ages
@@ -529,6 +554,40 @@ mod tests {
         assert_eq!(h.allocator_internal_bytes(), 64 << 20);
         h.unmap(0x10000, 64 << 20, 20);
         assert_eq!(h.allocator_internal_bytes(), 0);
+    }
+
+    #[test]
+    fn prot_none_reservations_are_not_sites() {
+        let mut h = Heap::default();
+        let reservation = h.intern(SiteKey {
+            kind: Kind::Mmap,
+            anonymous: true,
+            detail: 0,
+            ..SiteKey::heap(Probe::Mmap, 1)
+        });
+        let used = map_site(&mut h, 2);
+        h.map(0x1000_0000, 64 << 20, 10, reservation, false);
+        h.map(0x10000, PAGE_SIZE, 10, used, false);
+        assert_eq!(h.totals(u64::MAX).keys().collect::<Vec<_>>(), [&used]);
+        assert_eq!(h.reserved_bytes(), 64 << 20);
+        assert!(!h.ages_s(20).contains_key(&reservation));
+        h.unmap(0x1000_0000, 32 << 20, 20);
+        assert_eq!(h.reserved_bytes(), 32 << 20);
+    }
+
+    #[test]
+    fn sampled_mode_counts_v8_pages_exactly() {
+        let mut h = Heap::new(Some(512 << 10));
+        let page = h.intern(SiteKey::heap(Probe::V8AllocatePage, 1));
+        let block = heap_site(&mut h, 2);
+        for i in 0..10 {
+            h.alloc(0x1000_0000 + i * (256 << 10), 256 << 10, 10, page);
+        }
+        h.alloc(0x10, 256 << 10, 10, block);
+        assert_eq!(of(&h, page), (10 * (256 << 10), 10));
+        assert_eq!(h.allocated(page), (10 * (256 << 10), 10));
+        // A sampled malloc block of the same size stands for more than itself.
+        assert!(of(&h, block).0 > 256 << 10);
     }
 
     #[test]

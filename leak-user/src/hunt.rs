@@ -315,6 +315,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     };
     let mut report = build_report(&collector, &timeline, totals, &session.probes, &counters, &ended);
     report::drops::mark_and_warn(&mut report);
+    report.findings = crate::findings::of(&report);
     log::info!(
         "report built {:.3} s after the hunt ended",
         report_started.elapsed().as_secs_f64()
@@ -604,10 +605,12 @@ fn build_report(
             by_kind,
             allocator_internal_bytes: collector.heap.allocator_internal_bytes(),
             pages_touched_bytes: touched.iter().map(|s| s.outstanding_bytes).sum(),
+            reserved_bytes: collector.heap.reserved_bytes(),
         },
         drops,
         probes: probes.iter().map(|p| probe_report(p, counters)).collect(),
         sites,
+        findings: Vec::new(),
         command_line: Some(command_line()),
         process: Some(timeline.process(&policy)),
         node,

@@ -4,7 +4,8 @@
 //! Flow of a hunt: `preflight` checks the machine, `target` finds or launches
 //! the process, `attach` loads and places the probes, `collect` turns ring
 //! buffer events into the outstanding-memory model of `heap`, `symbolize`
-//! names the stacks, and `report` renders the result.
+//! names the stacks, `findings` groups the sites into one finding per leak,
+//! and `report` renders the result.
 
 pub mod analyze;
 pub mod attach;
@@ -12,6 +13,7 @@ pub mod check;
 pub mod cli;
 pub mod collect;
 pub mod diff;
+pub mod findings;
 pub mod fuzzing;
 pub mod generate;
 pub mod heap;

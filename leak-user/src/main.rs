@@ -33,7 +33,14 @@ fn main() -> ExitCode {
 
 fn hunt_command(args: &HuntArgs) -> anyhow::Result<ExitCode> {
     let outcome = hunt::run(args, None)?;
-    let rendered = report::render(&outcome.report, args.format, args.top)?;
+    let rendered = report::render(
+        &outcome.report,
+        args.format,
+        report::Listing {
+            top: args.top,
+            full_stacks: args.full_stacks,
+        },
+    )?;
     write_output(args.output.as_deref(), &rendered)?;
     outcome.attachment.detach();
     // A launched command's exit code passes through.
@@ -44,7 +51,17 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let mut report = read_report(&args.file)?;
     // A report saved by an older leakscope has no marks yet.
     report::drops::mark_and_warn(&mut report);
-    write_output(args.output.as_deref(), &report::render(&report, args.format, args.top)?)?;
+    write_output(
+        args.output.as_deref(),
+        &report::render(
+            &report,
+            args.format,
+            report::Listing {
+                top: args.top,
+                full_stacks: args.full_stacks,
+            },
+        )?,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,12 +5,13 @@
 
 use std::fmt::Write as _;
 
-use super::{file_name, human_bytes, Frame, Report, Site, Verdict};
+use super::{file_name, human_bytes, Frame, Listing, Report, Site, Verdict};
+use crate::findings::{self, Shown};
 
 /// At most this many rows of the process's memory over time.
 const SERIES_ROWS: usize = 12;
 
-pub fn render(report: &Report, top: usize) -> String {
+pub fn render(report: &Report, listing: Listing) -> String {
     let mut out = String::new();
     let t = &report.target;
     let _ = writeln!(out, "# Memory leak investigation: PID {} {}\n", t.pid, code(&t.command));
@@ -27,8 +28,12 @@ pub fn render(report: &Report, top: usize) -> String {
         let _ = writeln!(out, "**Overhead budget**: {}\n", switched.describe());
     }
     summary(&mut out, report);
+    findings_table(&mut out, report);
+    if let Some(node) = &report.node {
+        node_section(&mut out, node);
+    }
     timeline(&mut out, report);
-    sites(&mut out, report, top);
+    sites(&mut out, report, listing);
     by_kind(&mut out, report);
     rss(&mut out, report);
     data_quality(&mut out, report);
@@ -126,6 +131,74 @@ fn summary(out: &mut String, report: &Report) {
     out.push('\n');
 }
 
+/// One row per leak: what to fix first.
+fn findings_table(out: &mut String, report: &Report) {
+    out.push_str("## Findings\n\n");
+    let found = findings::of(report);
+    if found.is_empty() {
+        out.push_str("None: no memory held by the application's code keeps growing or was left at the end.\n\n");
+        return;
+    }
+    out.push_str(
+        "One per leak: the call stacks grouped by the first frame in the application's own code \
+         (JIT tiers of one function, addresses inside one library function).\n\n\
+         | # | application frame | verdict | held | allocations | growth (fitted) | call stacks |\n\
+         |---:|---|---|---:|---:|---:|---:|\n",
+    );
+    for (n, finding) in found.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            n + 1,
+            code(&finding.title),
+            finding.verdict.map_or("–", |v| v.as_str()),
+            human_bytes(finding.outstanding_bytes),
+            finding.outstanding_allocations,
+            finding.growth_bytes_per_s.map_or("–".to_string(), rate_text),
+            finding.sites.len()
+        );
+    }
+    out.push('\n');
+}
+
+/// Node.js: where the memory is (JS heap, Buffers, native), so the reader
+/// knows which tool to pick up next.
+fn node_section(out: &mut String, node: &super::NodeReport) {
+    out.push_str("## Node.js\n\n| category | held | growth (fitted) | verdict |\n|---|---:|---:|---|\n");
+    for (name, category) in &node.categories {
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | `{}` |",
+            human_bytes(category.bytes),
+            category.growth_bytes_per_s.map_or("–".to_string(), rate_text),
+            category.verdict.as_str()
+        );
+    }
+    let live = node
+        .live_after_full_gc
+        .bytes
+        .last()
+        .map_or("n/a".to_string(), |b| human_bytes(*b));
+    let live_rate = node
+        .live_after_full_gc_growth_bytes_per_s
+        .map_or("?".to_string(), rate_text);
+    let _ = writeln!(
+        out,
+        "\nGCs: {} minor, {} full, {} in all. Live JS heap after the last full GC: {live} \
+         (growth over the full GCs {live_rate}).\n",
+        node.gc.minor,
+        node.gc.full,
+        secs(node.gc.time_s)
+    );
+    if let Some(t) = node.torn_down_at_s {
+        let _ = writeln!(
+            out,
+            "Figures are as of node's teardown at {}: it frees the JS heap and Buffers on exit.\n",
+            secs(t)
+        );
+    }
+}
+
 fn timeline(out: &mut String, report: &Report) {
     out.push_str("## Timeline\n\nTimes are seconds since tracing started (the report records no wall-clock time).\n\n");
     let ended_by = match report.ended_by.as_str() {
@@ -163,7 +236,9 @@ fn timeline(out: &mut String, report: &Report) {
     out.push('\n');
 }
 
-fn sites(out: &mut String, report: &Report, top: usize) {
+fn sites(out: &mut String, report: &Report, listing: Listing) {
+    let top = listing.top;
+    let is_node = report.node.is_some();
     let by_growth = report.sites.iter().any(|s| s.growth_bytes_per_s.is_some());
     out.push_str(if by_growth {
         "## Top growing call stacks\n\nRanked by fitted growth rate, then by bytes held.\n\n"
@@ -245,8 +320,11 @@ fn sites(out: &mut String, report: &Report, top: usize) {
         if site.frames.is_empty() {
             out.push_str("(stack lost: see Drops)\n");
         }
-        for frame in &site.frames {
-            let _ = writeln!(out, "{}", frame_line(frame));
+        for shown in findings::shown_frames(site, is_node, listing.full_stacks) {
+            let _ = match shown {
+                Shown::Frame(frame) => writeln!(out, "{}", frame_line(frame)),
+                Shown::Folded(n) => writeln!(out, "... {n} runtime frame{}", if n == 1 { "" } else { "s" }),
+            };
         }
         out.push_str("```\n\n");
     }
@@ -278,6 +356,14 @@ fn by_kind(out: &mut String, report: &Report) {
          the malloc call stacks already count that memory.\n",
         human_bytes(totals.allocator_internal_bytes)
     );
+    if totals.reserved_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "Reserved address space (mapped PROT_NONE: glibc's per-thread arena heaps, V8's reservations) \
+             spans {}; it holds nothing and is not counted.\n",
+            human_bytes(totals.reserved_bytes)
+        );
+    }
 }
 
 fn rss(out: &mut String, report: &Report) {
@@ -422,6 +508,13 @@ mod tests {
     use super::super::tests::{sample_report, without_analysis};
     use super::*;
 
+    fn listing(top: usize) -> Listing {
+        Listing {
+            top,
+            full_stacks: false,
+        }
+    }
+
     /// The text between `## heading` and the next `## `.
     fn section<'a>(md: &'a str, heading: &str) -> &'a str {
         let start = md
@@ -433,7 +526,7 @@ mod tests {
 
     #[test]
     fn leads_with_the_leak_and_ranks_by_growth() {
-        let md = render(&sample_report(), 2);
+        let md = render(&sample_report(), listing(2));
         let summary = section(&md, "Summary");
         assert!(
             summary.contains("1 call stack with verdict `leak` and 0 more `growing`"),
@@ -460,7 +553,7 @@ mod tests {
 
     #[test]
     fn without_analysis_ranks_by_bytes_and_says_so() {
-        let md = render(&without_analysis(sample_report()), 10);
+        let md = render(&without_analysis(sample_report()), listing(10));
         assert!(section(&md, "Summary").contains("no growth analysis"));
         let sites = section(&md, "Largest call stacks");
         assert!(sites.contains("### 1. `cache_insert` (app.c:31)\n"));

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::findings::Finding;
 use crate::{cli::Format, heap::Kind};
 
 pub const SCHEMA: &str = "leakscope/report/v1";
@@ -36,6 +37,10 @@ pub struct Report {
     pub drops: BTreeMap<String, u64>,
     pub probes: Vec<ProbeReport>,
     pub sites: Vec<Site>,
+    /// One per leak: the sites grouped by their application frame (see
+    /// `findings`), most severe first.
+    #[serde(default)]
+    pub findings: Vec<Finding>,
     /// The leakscope command line that produced this report.
     #[serde(default)]
     pub command_line: Option<String>,
@@ -189,6 +194,12 @@ pub struct Totals {
     /// outstanding memory, so not part of `outstanding_bytes`.
     #[serde(default)]
     pub pages_touched_bytes: u64,
+    /// Address space mapped PROT_NONE (glibc's per-thread arena heaps, V8's
+    /// reservations): it holds nothing, so it is no site's memory, not part of
+    /// `outstanding_bytes` and never growth. Arena heaps are also in
+    /// `allocator_internal_bytes`.
+    #[serde(default)]
+    pub reserved_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -346,17 +357,25 @@ impl Frame {
     }
 }
 
-/// Renders `report` in `format`. `top` bounds the sites listed by the text and
-/// Markdown reports; the stack formats always cover every site, so that they
-/// add up to the totals.
-pub fn render(report: &Report, format: Format, top: usize) -> anyhow::Result<Vec<u8>> {
+/// What the text and Markdown reports list.
+#[derive(Clone, Copy, Debug)]
+pub struct Listing {
+    /// Sites listed; the stack formats always cover every site, so that
+    /// they add up to the totals.
+    pub top: usize,
+    /// Every frame, the runtime's too (`--full-stacks`).
+    pub full_stacks: bool,
+}
+
+/// Renders `report` in `format`.
+pub fn render(report: &Report, format: Format, listing: Listing) -> anyhow::Result<Vec<u8>> {
     Ok(match format {
-        Format::Text => text::render(report, top).into_bytes(),
+        Format::Text => text::render(report, listing).into_bytes(),
         Format::Json => json::render(report).into_bytes(),
         Format::Folded => folded::render(report).into_bytes(),
         Format::Flamegraph => flamegraph::render(report)?,
         Format::Pprof => pprof::render(report)?,
-        Format::Markdown => markdown::render(report, top).into_bytes(),
+        Format::Markdown => markdown::render(report, listing).into_bytes(),
     })
 }
 

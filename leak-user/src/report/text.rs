@@ -2,9 +2,11 @@
 
 use std::fmt::Write as _;
 
-use super::{drops, human_bytes, Report, Site};
+use super::{drops, human_bytes, Listing, Report, Site};
+use crate::findings::{self, Shown};
 
-pub fn render(report: &Report, top: usize) -> String {
+pub fn render(report: &Report, listing: Listing) -> String {
+    let top = listing.top;
     let mut out = String::new();
     let t = &report.target;
     let state = match (t.exited, t.exit_code) {
@@ -31,6 +33,13 @@ pub fn render(report: &Report, top: usize) -> String {
         kinds.join(", "),
         human_bytes(totals.allocator_internal_bytes),
     );
+    if totals.reserved_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "reserved address space (PROT_NONE, holds nothing, not counted): {}",
+            human_bytes(totals.reserved_bytes)
+        );
+    }
     if report.mode == "growth" {
         let _ = writeln!(
             out,
@@ -93,8 +102,11 @@ pub fn render(report: &Report, top: usize) -> String {
         let _ = writeln!(out, "\nno outstanding allocations");
     }
     write_verdicts(&mut out, report);
-    for (rank, site) in super::ranked(report).into_iter().take(top).enumerate() {
-        write_site(&mut out, rank + 1, site);
+    let ranked = super::ranked(report);
+    write_findings(&mut out, report, &ranked);
+    let is_node = report.node.is_some();
+    for (rank, site) in ranked.into_iter().take(top).enumerate() {
+        write_site(&mut out, rank + 1, site, is_node, listing.full_stacks);
     }
     if report.sites.len() > top {
         let _ = writeln!(
@@ -106,7 +118,45 @@ pub fn render(report: &Report, top: usize) -> String {
     out
 }
 
-fn write_site(out: &mut String, rank: usize, site: &Site) {
+/// One line per finding, before the sites, with the ranks of its sites.
+fn write_findings(out: &mut String, report: &Report, ranked: &[&Site]) {
+    let found = findings::of(report);
+    if found.is_empty() {
+        if !report.sites.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nfindings: none (nothing held grows or comes from the application's code)"
+            );
+        }
+        return;
+    }
+    let _ = writeln!(out, "\nfindings: {} (one per leak, by application frame)", found.len());
+    for (n, finding) in found.iter().enumerate() {
+        let verdict = finding.verdict.map(|v| format!("{}: ", v.as_str())).unwrap_or_default();
+        let rate = finding
+            .growth_bytes_per_s
+            .filter(|r| *r > 0.0)
+            .map(|r| format!(", +{}/s", human_bytes(r as u64)))
+            .unwrap_or_default();
+        let ranks: Vec<String> = finding
+            .sites
+            .iter()
+            .filter_map(|&i| ranked.iter().position(|s| std::ptr::eq(*s, &report.sites[i])))
+            .map(|rank| format!("#{}", rank + 1))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {}. {verdict}{}: {} in {} allocations{rate}; sites {}",
+            n + 1,
+            finding.title,
+            human_bytes(finding.outstanding_bytes),
+            finding.outstanding_allocations,
+            ranks.join(" ")
+        );
+    }
+}
+
+fn write_site(out: &mut String, rank: usize, site: &Site, is_node: bool, full_stacks: bool) {
     let mapping = site
         .mapping
         .as_ref()
@@ -142,7 +192,18 @@ fn write_site(out: &mut String, rank: usize, site: &Site) {
     if site.frames.is_empty() {
         let _ = writeln!(out, "    (stack lost: see drops)");
     }
-    for frame in &site.frames {
+    for shown in findings::shown_frames(site, is_node, full_stacks) {
+        let frame = match shown {
+            Shown::Frame(frame) => frame,
+            Shown::Folded(n) => {
+                let _ = writeln!(
+                    out,
+                    "    ... {n} runtime frame{} (--full-stacks shows them)",
+                    if n == 1 { "" } else { "s" }
+                );
+                continue;
+            }
+        };
         let function = frame.function.as_deref().unwrap_or("??");
         let location = match (&frame.file, frame.line) {
             (Some(file), Some(line)) => format!("  {file}:{line}"),
@@ -228,8 +289,13 @@ mod tests {
     use super::*;
     use crate::report::tests::sample_report;
 
+    const LISTING: Listing = Listing {
+        top: 10,
+        full_stacks: false,
+    };
+
     fn drops_line(report: &Report) -> String {
-        let text = render(report, 10);
+        let text = render(report, LISTING);
         text.lines().find(|l| l.starts_with("drops:")).unwrap().to_string()
     }
 
@@ -243,7 +309,7 @@ mod tests {
         assert!(line.contains("over-counts (frees were lost)"), "{line}");
         assert!(line.contains("under-counts (allocations were lost)"), "{line}");
         assert!(!line.contains("lower bounds"), "{line}");
-        let text = render(&report, 10);
+        let text = render(&report, LISTING);
         assert!(
             text.contains("leak, +700 B/s (unsure: lost frees may have inflated this growth)"),
             "{text}"

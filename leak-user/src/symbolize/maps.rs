@@ -1,6 +1,7 @@
 //! The executable file mappings of a traced process, with their files held
 //! open so that stacks stay resolvable after the process exits.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::{fd::AsRawFd, unix::fs::MetadataExt as _};
@@ -94,6 +95,9 @@ pub struct ProcessModules {
     pid: u32,
     /// Sorted by start and disjoint.
     mappings: Vec<Mapping>,
+    /// Executable mappings without a file (JIT code, the vDSO), start → end,
+    /// disjoint: kept once seen, like `mappings`, for old stacks.
+    anonymous_code: BTreeMap<u64, u64>,
     /// JIT code names, for addresses outside every file mapping.
     pub perf_map: PerfMap,
 }
@@ -104,6 +108,7 @@ impl ProcessModules {
         Self {
             pid,
             mappings: Vec::new(),
+            anonymous_code: BTreeMap::new(),
             perf_map: PerfMap::default(),
         }
     }
@@ -119,10 +124,44 @@ impl ProcessModules {
     pub fn refresh(&mut self) -> io::Result<()> {
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))?;
         self.perf_map.refresh(self.pid);
-        for entry in maps.lines().filter_map(MapsEntry::parse) {
-            self.add(entry);
+        for line in maps.lines() {
+            match MapsEntry::parse(line) {
+                Some(entry) => self.add(entry),
+                None => {
+                    if let Some((start, end)) = anonymous_code_range(line) {
+                        self.add_anonymous_code(start, end);
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    fn add_anonymous_code(&mut self, start: u64, end: u64) {
+        let overlapping: Vec<u64> = self
+            .anonymous_code
+            .range(..end)
+            .filter(|&(_, &e)| e > start)
+            .map(|(&s, _)| s)
+            .collect();
+        let (mut start, mut end) = (start, end);
+        for s in overlapping {
+            let e = self.anonymous_code.remove(&s).expect("listed above");
+            (start, end) = (start.min(s), end.max(e));
+        }
+        self.anonymous_code.insert(start, end);
+    }
+
+    /// Whether `pc` is in code the target mapped: a file mapped executable,
+    /// an anonymous executable mapping or a JIT region its perf map names.
+    pub fn is_code(&self, pc: u64) -> bool {
+        self.find(pc).is_some()
+            || self
+                .anonymous_code
+                .range(..=pc)
+                .next_back()
+                .is_some_and(|(_, &end)| pc < end)
+            || self.perf_map.lookup(pc).is_some()
     }
 
     fn add(&mut self, entry: MapsEntry<'_>) {
@@ -164,6 +203,21 @@ impl ProcessModules {
         let mapping = self.mappings.get(idx.checked_sub(1)?)?;
         (addr < mapping.end).then_some(mapping)
     }
+}
+
+/// The range of an executable line of /proc/PID/maps without a file.
+fn anonymous_code_range(line: &str) -> Option<(u64, u64)> {
+    let mut rest = line;
+    let range = next_field(&mut rest);
+    let perms = next_field(&mut rest);
+    for _ in 0..3 {
+        next_field(&mut rest);
+    }
+    if perms.as_bytes().get(2) != Some(&b'x') || rest.trim_start().starts_with('/') {
+        return None;
+    }
+    let (start, end) = range.split_once('-')?;
+    Some((u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?))
 }
 
 /// One executable, file-backed line of /proc/PID/maps.

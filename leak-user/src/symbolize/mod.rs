@@ -8,6 +8,7 @@
 mod cfi;
 mod debuginfo;
 mod debuginfod;
+mod frame_walk;
 pub(crate) mod maps;
 pub(crate) mod perfmap;
 
@@ -125,10 +126,12 @@ impl Symbolizer {
     /// Symbolize one stack. `addrs[i]` for i>0 are return addresses, looked up
     /// at addr-1 (the call instruction); frame 0 is too when
     /// `all_return_addresses` is true, otherwise it is an exact ip. Frames keep
-    /// the address as captured. Unknown addresses give Frames with Nones
-    /// (module still filled when the address is in a known mapping).
+    /// the address as captured. The stack ends before its first return
+    /// address outside the target's code (the walk followed data). Unknown
+    /// addresses give Frames with Nones (module still filled when the address
+    /// is in a known mapping).
     pub fn symbolize(&mut self, modules: &ProcessModules, addrs: &[u64], all_return_addresses: bool) -> Vec<Frame> {
-        addrs
+        addrs[..frame_walk::code_frames(modules, addrs)]
             .iter()
             .enumerate()
             .map(|(i, &address)| self.frame(modules, address, i > 0 || all_return_addresses))
@@ -413,9 +416,11 @@ int main(void) {
     fn unknown_addresses_are_empty_frames() {
         let mut modules = ProcessModules::new(std::process::id());
         modules.refresh().unwrap();
-        let frames = Symbolizer::new().symbolize(&modules, &[0, 1], true);
-        assert!(frames.iter().all(|f| f.function.is_none() && f.module.is_none()));
-        assert_eq!(frames[1].address, 1);
+        // Frame 0 is kept even outside code; a later one ends the stack.
+        let frames = Symbolizer::new().symbolize(&modules, &[1, 0x1234], true);
+        assert_eq!(frames.len(), 1);
+        assert!(frames[0].function.is_none() && frames[0].module.is_none());
+        assert_eq!(frames[0].address, 1);
     }
 
     /// Address of the first `syscall` instruction of a libc function.

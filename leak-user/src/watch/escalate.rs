@@ -16,7 +16,10 @@ use crate::{
 };
 
 /// Stacks listed in the Markdown report.
-const MARKDOWN_TOP: usize = 20;
+const MARKDOWN_LISTING: report::Listing = report::Listing {
+    top: 20,
+    full_stacks: false,
+};
 
 pub struct HuntPlan {
     pub duration: Duration,
@@ -53,7 +56,7 @@ fn write_reports(dir: &Path, report: &Report) -> Result<()> {
         ("report.pb.gz", Format::Pprof),
         ("report.md", Format::Markdown),
     ] {
-        write(dir, name, &report::render(report, format, MARKDOWN_TOP)?)?;
+        write(dir, name, &report::render(report, format, MARKDOWN_LISTING)?)?;
     }
     Ok(())
 }

@@ -1,0 +1,374 @@
+//! One finding per leak: sites grouped by the application code that made them.
+//!
+//! One leak often shows as several sites: the same JS function at two JIT
+//! tiers (different return addresses below it), a library function that
+//! allocates at several addresses inside itself (zlib's `deflateInit2_`,
+//! glibc's `getdelim`), or different allocators reached from one call. What
+//! the reader acts on is the first frame in the application's own code, so
+//! sites are grouped by that frame's function and line, and a finding is
+//! titled by it. Memory of the runtime alone (the C library, the dynamic
+//! loader, node and V8) is a finding only while it grows.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::report::{file_name, Frame, Report, Site, Verdict};
+use crate::symbolize::JIT_MODULE;
+
+/// Modules under these directories are the system's (libc, libstdc++,
+/// libuv, zlib, ...), not the application's.
+const SYSTEM_DIRS: &[&str] = &[
+    "/lib/",
+    "/lib32/",
+    "/lib64/",
+    "/usr/lib/",
+    "/usr/lib32/",
+    "/usr/lib64/",
+    "/usr/libexec/",
+];
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Finding {
+    /// The application frame, as "function (file:line)"; for runtime memory,
+    /// the innermost named frame and its module.
+    pub title: String,
+    /// The first frame in the application's own code; None for runtime memory.
+    pub frame: Option<Frame>,
+    /// The most severe verdict of its sites.
+    pub verdict: Option<Verdict>,
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    /// Sum of its sites' fitted growth rates.
+    pub growth_bytes_per_s: Option<f64>,
+    /// Indices into the report's `sites`, largest first.
+    pub sites: Vec<usize>,
+}
+
+/// Sites grouped by the code that made them: every site in exactly one
+/// group, ranked like findings. `check` judges these.
+pub fn groups(report: &Report) -> Vec<Finding> {
+    let is_node = report.node.is_some();
+    let mut by_key: HashMap<String, Finding> = HashMap::new();
+    for (index, site) in report.sites.iter().enumerate() {
+        let app = application_frame(site, is_node).map(|i| &site.frames[i]);
+        let (key, title) = match app {
+            Some(frame) => (
+                format!("app\0{:?}\0{:?}\0{:?}", frame.function, frame.file, frame.line),
+                frame_title(frame),
+            ),
+            None => runtime_key(site),
+        };
+        let finding = by_key.entry(key).or_insert_with(|| Finding {
+            title,
+            frame: app.cloned(),
+            verdict: None,
+            outstanding_bytes: 0,
+            outstanding_allocations: 0,
+            growth_bytes_per_s: None,
+            sites: Vec::new(),
+        });
+        finding.outstanding_bytes += site.outstanding_bytes;
+        finding.outstanding_allocations += site.outstanding_allocations;
+        finding.verdict = most_severe(finding.verdict, site.verdict);
+        if let Some(rate) = site.growth_bytes_per_s {
+            *finding.growth_bytes_per_s.get_or_insert(0.0) += rate;
+        }
+        finding.sites.push(index);
+    }
+    let mut groups: Vec<Finding> = by_key.into_values().collect();
+    for group in &mut groups {
+        group
+            .sites
+            .sort_by_key(|&i| std::cmp::Reverse(report.sites[i].outstanding_bytes));
+    }
+    groups.sort_by(|a, b| {
+        severity(a.verdict)
+            .cmp(&severity(b.verdict))
+            .then(growth(b).total_cmp(&growth(a)))
+            .then(b.outstanding_bytes.cmp(&a.outstanding_bytes))
+            .then(a.title.cmp(&b.title))
+    });
+    groups
+}
+
+/// The findings of a report: groups that hold a leak or may. Memory that
+/// stays flat (`stable`, `plateau`) is not one, nor are runtime memory and
+/// file-backed mappings (loaded libraries) unless they grow.
+pub fn of(report: &Report) -> Vec<Finding> {
+    groups(report)
+        .into_iter()
+        .filter_map(|mut group| {
+            group
+                .sites
+                .retain(|&i| is_finding(&report.sites[i], group.frame.is_some()));
+            let sites: Vec<&Site> = group.sites.iter().map(|&i| &report.sites[i]).collect();
+            if sites.is_empty() {
+                return None;
+            }
+            group.outstanding_bytes = sites.iter().map(|s| s.outstanding_bytes).sum();
+            group.outstanding_allocations = sites.iter().map(|s| s.outstanding_allocations).sum();
+            group.verdict = sites.iter().fold(None, |v, s| most_severe(v, s.verdict));
+            let rates: Vec<f64> = sites.iter().filter_map(|s| s.growth_bytes_per_s).collect();
+            group.growth_bytes_per_s = (!rates.is_empty()).then(|| rates.iter().sum());
+            Some(group)
+        })
+        .collect()
+}
+
+fn is_finding(site: &Site, has_application_frame: bool) -> bool {
+    let grows = matches!(site.verdict, Some(Verdict::Leak | Verdict::Growing));
+    let file_backed = site.mapping.as_ref().is_some_and(|m| !m.anonymous);
+    let flat = matches!(site.verdict, Some(Verdict::Stable | Verdict::Plateau));
+    grows || (has_application_frame && !file_backed && !flat)
+}
+
+/// Index of the first frame in the application's own code: outside the
+/// system's libraries and the dynamic loader; in a Node target, JS code
+/// outside node's own (`node:` scripts), since node's native code is runtime.
+pub fn application_frame(site: &Site, is_node: bool) -> Option<usize> {
+    site.frames.iter().position(|frame| is_application(frame, is_node))
+}
+
+fn is_application(frame: &Frame, is_node: bool) -> bool {
+    match frame.module.as_deref() {
+        Some(JIT_MODULE) => frame
+            .file
+            .as_deref()
+            .is_some_and(|file| !file.is_empty() && !file.starts_with("node:")),
+        Some(module) if module.starts_with('/') => {
+            !is_node && !SYSTEM_DIRS.iter().any(|dir| module.starts_with(dir)) && !is_loader(module)
+        }
+        _ => false,
+    }
+}
+
+fn is_loader(module: &str) -> bool {
+    file_name(module).starts_with("ld-linux")
+}
+
+/// Runtime memory is grouped by its innermost named frame outside the
+/// allocator's own (libc's wrappers): addresses inside one function are one.
+fn runtime_key(site: &Site) -> (String, String) {
+    let allocator_own = |f: &Frame| {
+        let function = f.function.as_deref().unwrap_or_default();
+        site.allocator.split('/').any(|name| function.contains(name))
+    };
+    let named: Vec<&Frame> = site.frames.iter().filter(|f| f.function.is_some()).collect();
+    let Some(frame) = named.iter().find(|f| !allocator_own(f)).or(named.first()) else {
+        let what = if site.frames.is_empty() {
+            "[stack lost]"
+        } else {
+            "[unnamed stack]"
+        };
+        return (
+            format!("runtime\0{what}\0{}", site.kind.name()),
+            format!("{what} via {}", site.allocator),
+        );
+    };
+    let function = frame.function.as_deref().unwrap_or_default();
+    let module = frame.module.as_deref().map(file_name).unwrap_or("?");
+    (
+        format!("runtime\0{function}\0{module}\0{}", site.kind.name()),
+        format!("{function} in {module} via {}", site.allocator),
+    )
+}
+
+/// "function (file:line)", the way a reader finds the code.
+pub fn frame_title(frame: &Frame) -> String {
+    let function = frame.function.as_deref().unwrap_or(&frame.address);
+    match (&frame.file, frame.line) {
+        (Some(file), Some(line)) => format!("{function} ({}:{line})", file_name(file)),
+        _ => function.to_string(),
+    }
+}
+
+/// The frames a reader needs: the allocator's (up to the application frame)
+/// and the application's; runtime frames around them are folded into counts.
+/// A stack without an application frame shows its first few frames.
+pub enum Shown<'a> {
+    Frame(&'a Frame),
+    /// This many runtime frames, not shown.
+    Folded(usize),
+}
+
+/// Frames shown of a stack without an application frame.
+const RUNTIME_FRAMES_SHOWN: usize = 4;
+
+pub fn shown_frames(site: &Site, is_node: bool, full_stacks: bool) -> Vec<Shown<'_>> {
+    if full_stacks {
+        return site.frames.iter().map(Shown::Frame).collect();
+    }
+    let first_app = application_frame(site, is_node);
+    let keep = |i: usize, frame: &Frame| match first_app {
+        Some(first) => i <= first || is_application(frame, is_node),
+        None => i < RUNTIME_FRAMES_SHOWN,
+    };
+    let mut shown = Vec::new();
+    for (i, frame) in site.frames.iter().enumerate() {
+        if keep(i, frame) {
+            shown.push(Shown::Frame(frame));
+        } else if let Some(Shown::Folded(n)) = shown.last_mut() {
+            *n += 1;
+        } else {
+            shown.push(Shown::Folded(1));
+        }
+    }
+    shown
+}
+
+fn severity(verdict: Option<Verdict>) -> u8 {
+    verdict.map_or(Verdict::InsufficientData as u8 + 1, |v| v as u8)
+}
+
+fn most_severe(a: Option<Verdict>, b: Option<Verdict>) -> Option<Verdict> {
+    if severity(b) < severity(a) {
+        b
+    } else {
+        a
+    }
+}
+
+fn growth(finding: &Finding) -> f64 {
+    finding.growth_bytes_per_s.unwrap_or(f64::NEG_INFINITY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::tests::sample_report;
+
+    fn frame(function: &str, file: Option<&str>, line: Option<u32>, module: &str, address: &str) -> Frame {
+        Frame {
+            address: address.into(),
+            function: Some(function.into()),
+            file: file.map(Into::into),
+            line,
+            column: None,
+            module: Some(module.into()),
+        }
+    }
+
+    const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+    const APP: &str = "/srv/app/bin/server";
+
+    /// Two sites of one leak through two addresses inside `getdelim`, one
+    /// other leak, and one stable site.
+    fn report() -> Report {
+        let mut report = sample_report();
+        let template = report.sites[0].clone();
+        let site = |bytes, verdict, frames: Vec<Frame>| Site {
+            outstanding_bytes: bytes,
+            verdict,
+            frames,
+            ..template.clone()
+        };
+        let main = frame("main", Some("/srv/app/main.c"), Some(40), APP, "0x401000");
+        let read_lines = frame("read_lines", Some("/srv/app/main.c"), Some(12), APP, "0x401100");
+        report.sites = vec![
+            site(
+                500,
+                Some(Verdict::Leak),
+                vec![
+                    frame("getdelim", None, None, LIBC, "0x7f01"),
+                    read_lines.clone(),
+                    main.clone(),
+                ],
+            ),
+            site(
+                300,
+                Some(Verdict::Growing),
+                vec![frame("getdelim", None, None, LIBC, "0x7f22"), read_lines, main.clone()],
+            ),
+            site(
+                100,
+                Some(Verdict::InsufficientData),
+                vec![
+                    frame("other", Some("/srv/app/main.c"), Some(20), APP, "0x401200"),
+                    main.clone(),
+                ],
+            ),
+            site(
+                900,
+                Some(Verdict::Stable),
+                vec![frame("setup", Some("/srv/app/main.c"), Some(30), APP, "0x401300"), main],
+            ),
+            site(
+                50,
+                Some(Verdict::InsufficientData),
+                vec![frame(
+                    "_dl_map_object",
+                    None,
+                    None,
+                    "/usr/lib64/ld-linux-x86-64.so.2",
+                    "0x7f33",
+                )],
+            ),
+        ];
+        report
+    }
+
+    #[test]
+    fn one_finding_per_application_frame() {
+        let findings = of(&report());
+        let titles: Vec<&str> = findings.iter().map(|f| f.title.as_str()).collect();
+        assert_eq!(titles, ["read_lines (main.c:12)", "other (main.c:20)"]);
+        assert_eq!(findings[0].sites, [0, 1]);
+        assert_eq!(findings[0].outstanding_bytes, 800);
+        assert_eq!(findings[0].verdict, Some(Verdict::Leak));
+        assert_eq!(
+            findings[0].frame.as_ref().unwrap().function.as_deref(),
+            Some("read_lines")
+        );
+        // Every site is in one group; flat and runtime memory too.
+        let groups = groups(&report());
+        assert_eq!(groups.iter().map(|g| g.sites.len()).sum::<usize>(), 5);
+        assert!(groups
+            .iter()
+            .any(|g| g.title == "_dl_map_object in ld-linux-x86-64.so.2 via malloc"));
+    }
+
+    #[test]
+    fn runtime_memory_is_a_finding_only_while_it_grows() {
+        let mut report = report();
+        report.sites[4].verdict = Some(Verdict::Growing);
+        let findings = of(&report);
+        assert_eq!(findings.len(), 3);
+        assert!(findings[1].frame.is_none());
+    }
+
+    #[test]
+    fn runtime_frames_fold_around_the_application_frames() {
+        let report = report();
+        let mut site = report.sites[0].clone();
+        site.frames
+            .push(frame("__libc_start_call_main", None, None, LIBC, "0x7f44"));
+        site.frames.push(frame("__libc_start_main", None, None, LIBC, "0x7f55"));
+        let shown = shown_frames(&site, false, false);
+        let names: Vec<String> = shown
+            .iter()
+            .map(|s| match s {
+                Shown::Frame(f) => f.function.clone().unwrap(),
+                Shown::Folded(n) => format!("+{n}"),
+            })
+            .collect();
+        assert_eq!(names, ["getdelim", "read_lines", "main", "+2"]);
+        assert_eq!(shown_frames(&site, false, true).len(), 5);
+    }
+
+    #[test]
+    fn js_frames_of_the_application_are_its_code_in_a_node_target() {
+        let mut js = frame("retainBuffers", Some("/srv/app.js"), Some(12), JIT_MODULE, "0x3ad1");
+        assert!(is_application(&js, true));
+        js.file = Some("node:internal/timers".into());
+        assert!(!is_application(&js, true));
+        assert!(!is_application(
+            &frame("uv_run", None, None, "/usr/bin/node", "0x1"),
+            true
+        ));
+        assert!(is_application(
+            &frame("uv_run", None, None, "/usr/bin/node", "0x1"),
+            false
+        ));
+    }
+}
