@@ -246,6 +246,7 @@ mod tests {
             line,
             column: None,
             module: Some(module.into()),
+            inlined: false,
         }
     }
 

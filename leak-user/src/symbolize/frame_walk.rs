@@ -29,7 +29,7 @@ mod tests {
     fn stops_at_the_first_data_address() {
         let mut modules = ProcessModules::new(std::process::id());
         modules.refresh().unwrap();
-        let code = code_frames as usize as u64;
+        let code = code_frames as *const () as u64;
         let data = &modules as *const ProcessModules as u64;
         assert_eq!(code_frames(&modules, &[code, code + 1, code + 1]), 3);
         assert_eq!(code_frames(&modules, &[code, code + 1, data, code + 1]), 2);
