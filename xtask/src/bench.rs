@@ -24,6 +24,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{build, output, repo_root, require_root, run, setup, target_dir};
 
+mod cost;
 mod hunt_modes;
 
 /// The target for the cost of an exact hunt, as a fraction of the naive floor.
@@ -174,7 +175,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     let plan = Plan::new(quick);
     fs::create_dir_all(work_dir())?;
 
-    let benchmarks: [(&str, Benchmark); 8] = [
+    let benchmarks: [(&str, Benchmark); 10] = [
         ("1. malloc/free microbenchmark", malloc_free),
         ("2a. Time to attach and to report", attach),
         ("2b. Symbolization of 10k distinct stacks", distinct_stacks),
@@ -186,6 +187,8 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
             watch_overhead,
         ),
         (hunt_modes::TITLE, hunt_modes::hunt_modes),
+        (cost::TITLE_FIXED, cost::fixed_costs),
+        (cost::TITLE_PER_PAIR, cost::per_pair),
     ];
     let number = |title: &str| title.split('.').next().unwrap_or_default().to_owned();
     let benchmarks: Vec<_> = benchmarks
