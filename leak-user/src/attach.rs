@@ -318,7 +318,7 @@ pub struct Links {
 impl Links {
     fn new() -> Links {
         Links {
-            multi_programs: Some(MultiPrograms::new()),
+            multi_programs: Some(MultiPrograms::new(EBPF_OBJECT)),
             ..Links::default()
         }
     }
@@ -957,7 +957,13 @@ struct UprobePoint {
 /// Places `points` in `module`: one multi-link per program and per side of
 /// the growth-mode switch (so that the switch can close the per-call ones),
 /// or, where multi-links fail (kernels before 6.6), one perf event per point.
-fn attach_points(ebpf: &mut Ebpf, pid: u32, module: &ModuleRef, points: &[UprobePoint], links: &mut Links) -> Result<()> {
+fn attach_points(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    module: &ModuleRef,
+    points: &[UprobePoint],
+    links: &mut Links,
+) -> Result<()> {
     let mut groups: BTreeMap<(&str, bool, bool), Vec<&UprobePoint>> = BTreeMap::new();
     for point in points {
         let key = (point.program, point.returns, GROWTH_NODE_PROBES.contains(&point.probe));
@@ -972,7 +978,7 @@ fn attach_points(ebpf: &mut Ebpf, pid: u32, module: &ModuleRef, points: &[Uprobe
                     cookie: p.probe as u64,
                 })
                 .collect();
-            match multi.attach(ebpf, EBPF_OBJECT, program, &module.open_path, &offsets, returns, pid) {
+            match multi.attach(ebpf, program, &module.open_path, &offsets, returns, pid) {
                 Ok(link) => {
                     log::debug!(
                         "{program}: one uprobe multi-link for {} probes in {}",

@@ -388,8 +388,7 @@ async fn collect_until_end(
     let mut sample = tokio::time::interval(args.interval.unwrap_or(SAMPLE_PERIOD).clamp(RING_POLL, SAMPLE_PERIOD));
     // The meter's first reading, from which the first window counts.
     session.enforce_budget(collector, timeline)?;
-    let mut budget_window =
-        tokio::time::interval_at(tokio::time::Instant::now() + FIRST_BUDGET_CHECK, BUDGET_WINDOW);
+    let mut budget_window = tokio::time::interval_at(tokio::time::Instant::now() + FIRST_BUDGET_CHECK, BUDGET_WINDOW);
     let mut load_run = std::pin::pin!(run_load(load));
     let started = Instant::now();
     let mut execs_seen = 0;

@@ -27,6 +27,8 @@ use aya_obj::generated::{
 
 /// Programs loaded for multi-links, by name, loaded on first use.
 pub struct MultiPrograms {
+    /// The eBPF object file, and once needed, its parse, relocated.
+    object_bytes: &'static [u8],
     object: Option<aya_obj::Object>,
     loaded: BTreeMap<String, OwnedFd>,
 }
@@ -39,18 +41,19 @@ pub struct Point {
 }
 
 impl MultiPrograms {
-    pub fn new() -> MultiPrograms {
+    pub fn new(object_bytes: &'static [u8]) -> MultiPrograms {
         MultiPrograms {
+            object_bytes,
             object: None,
             loaded: BTreeMap::new(),
         }
     }
 
-    /// The program `name` of `object_bytes`, loaded for multi-links.
-    fn program(&mut self, ebpf: &Ebpf, object_bytes: &[u8], name: &str) -> Result<BorrowedFd<'_>> {
+    /// The program `name`, loaded for multi-links.
+    fn program(&mut self, ebpf: &Ebpf, name: &str) -> Result<BorrowedFd<'_>> {
         if !self.loaded.contains_key(name) {
             if self.object.is_none() {
-                self.object = Some(relocated_object(ebpf, object_bytes)?);
+                self.object = Some(relocated_object(ebpf, self.object_bytes)?);
             }
             let object = self.object.as_ref().expect("relocated above");
             let fd = load_program(object, name)?;
@@ -65,14 +68,13 @@ impl MultiPrograms {
     pub fn attach(
         &mut self,
         ebpf: &Ebpf,
-        object_bytes: &[u8],
         name: &str,
         module: &Path,
         points: &[Point],
         returns: bool,
         pid: u32,
     ) -> Result<OwnedFd> {
-        let program = self.program(ebpf, object_bytes, name)?.as_raw_fd();
+        let program = self.program(ebpf, name)?.as_raw_fd();
         let path = CString::new(module.as_os_str().as_bytes()).context("module path has a NUL byte")?;
         let offsets: Vec<u64> = points.iter().map(|p| p.file_offset).collect();
         let cookies: Vec<u64> = points.iter().map(|p| p.cookie).collect();
@@ -92,15 +94,17 @@ impl MultiPrograms {
             multi.flags = if returns { BPF_F_UPROBE_MULTI_RETURN } else { 0 };
             multi.pid = pid;
         }
-        bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).with_context(|| {
-            format!("cannot create the uprobe multi-link of {name} on {}", module.display())
-        })
+        bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)
+            .with_context(|| format!("cannot create the uprobe multi-link of {name} on {}", module.display()))
     }
 
     /// Run time of the programs loaded here so far, per the kernel's
     /// statistics (counted while they are enabled).
     pub fn run_time_ns(&self) -> u64 {
-        self.loaded.values().filter_map(|fd| program_run_time_ns(fd.as_fd())).sum()
+        self.loaded
+            .values()
+            .filter_map(|fd| program_run_time_ns(fd.as_fd()))
+            .sum()
     }
 }
 
@@ -204,26 +208,32 @@ fn load_program(object: &aya_obj::Object, name: &str) -> Result<OwnedFd> {
 
 fn program_run_time_ns(fd: BorrowedFd<'_>) -> Option<u64> {
     // SAFETY: all-zero is a valid bpf_prog_info and bpf_attr.
-    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: the info member of a zeroed union; `info` outlives the call.
-    unsafe {
-        attr.info.bpf_fd = fd.as_raw_fd() as u32;
-        attr.info.info_len = size_of::<bpf_prog_info>() as u32;
-        attr.info.info = std::ptr::from_mut(&mut info) as u64;
-    }
-    // SAFETY: as above; the command returns 0, not a descriptor.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as i64, &mut attr, size_of::<bpf_attr>()) };
-    (rc == 0).then_some(info.run_time_ns)
+    let (mut info, mut attr): (bpf_prog_info, bpf_attr) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = size_of::<bpf_prog_info>() as u32;
+    attr.info.info = std::ptr::from_mut(&mut info) as u64;
+    (bpf_call(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr) == 0).then_some(info.run_time_ns)
 }
 
 /// A bpf() command that returns a new descriptor.
 fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> Result<OwnedFd> {
-    // SAFETY: `attr` is a valid bpf_attr for `cmd`, which the callers filled.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd as i64, attr, size_of::<bpf_attr>()) };
+    let rc = bpf_call(cmd, attr);
     if rc < 0 {
         return Err(std::io::Error::last_os_error().into());
     }
     // SAFETY: the kernel returned a new descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+}
+
+fn bpf_call(cmd: bpf_cmd, attr: &mut bpf_attr) -> i64 {
+    // SAFETY: `attr` is a valid bpf_attr for `cmd`, which the callers filled;
+    // its pointers outlive the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as i64,
+            std::ptr::from_mut(attr),
+            size_of::<bpf_attr>(),
+        )
+    }
 }

@@ -29,7 +29,10 @@ fn uprobes(objects: &[bpf::BpfObject]) -> (u32, usize) {
 /// multi-links, one per program (malloc's return probe serves the whole
 /// family), fewer links than uprobes.
 fn assert_probed_by_multi_links(target_pid: i32, objects: &[bpf::BpfObject]) {
-    assert!(bpf::patched_libc_bytes(target_pid) > 0, "no uprobe breakpoint in the target's libc");
+    assert!(
+        bpf::patched_libc_bytes(target_pid) > 0,
+        "no uprobe breakpoint in the target's libc"
+    );
     let (placed, multi) = uprobes(objects);
     assert!(multi > 0, "no uprobe multi-link (kernel 6.6+ has them): {objects:?}");
     assert!(
@@ -41,7 +44,11 @@ fn assert_probed_by_multi_links(target_pid: i32, objects: &[bpf::BpfObject]) {
 /// After the hunt: the breakpoints are gone as soon as leakscope has exited;
 /// its programs and links (tracepoints may close in a child) soon after.
 fn assert_nothing_left(target_pid: i32, objects: &[bpf::BpfObject]) {
-    assert_eq!(bpf::patched_libc_bytes(target_pid), 0, "breakpoints left in the target's libc");
+    assert_eq!(
+        bpf::patched_libc_bytes(target_pid),
+        0,
+        "breakpoints left in the target's libc"
+    );
     let deadline = Instant::now() + GONE_WITHIN;
     loop {
         let left: Vec<&bpf::BpfObject> = objects.iter().filter(|o| bpf::bpf_object_exists(o)).collect();
@@ -96,16 +103,29 @@ fn an_ended_hunt_leaves_nothing_behind() {
     target_out.wait_for(|l| l == "done", WORKLOAD_TIMEOUT).unwrap();
     hunt.signal(libc::SIGINT);
     let status = hunt.wait_or_panic(STOP_TIMEOUT, &|| err.text(Duration::ZERO));
-    assert!(status.success(), "leakscope: {}\n{}", describe_status(status), err.text(Duration::ZERO));
+    assert!(
+        status.success(),
+        "leakscope: {}\n{}",
+        describe_status(status),
+        err.text(Duration::ZERO)
+    );
     assert_nothing_left(pid, &objects);
 
     let stderr = err.text(Duration::from_secs(1));
     let text = fs::read_to_string(&report_path).unwrap_or_else(|e| panic!("no report ({e})\n{stderr}"));
-    check(&parse_report(&text, &stderr), &path, Mode::Attach { pid, exited: false });
+    check(
+        &parse_report(&text, &stderr),
+        &path,
+        Mode::Attach { pid, exited: false },
+    );
     // The target goes on unharmed and ends as it would have.
     target.signal(libc::SIGTERM);
     let status = target.wait_or_panic(Duration::from_secs(30), &|| stderr.clone());
-    assert!(status.success(), "the target after the hunt: {}", describe_status(status));
+    assert!(
+        status.success(),
+        "the target after the hunt: {}",
+        describe_status(status)
+    );
 }
 
 /// A hunt that launched its target and ended by `--duration` leaves the
@@ -133,7 +153,12 @@ fn a_launched_hunt_leaves_nothing_behind() {
     }
     // leakscope forks the target before it starts any thread.
     let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", hunt.pid())).unwrap();
-    let pid: i32 = children.split_whitespace().next().expect("the launched target").parse().unwrap();
+    let pid: i32 = children
+        .split_whitespace()
+        .next()
+        .expect("the launched target")
+        .parse()
+        .unwrap();
     let objects = bpf::bpf_objects(hunt.pid());
     assert_probed_by_multi_links(pid, &objects);
     let status = hunt.wait_or_panic(STOP_TIMEOUT, &|| err.text(Duration::ZERO));

@@ -149,7 +149,6 @@ fn two_hunts_at_once() {
     }
 }
 
-
 #[test]
 fn a_killed_tracer_leaves_nothing_behind() {
     let target = Target::start();
@@ -158,7 +157,10 @@ fn a_killed_tracer_leaves_nothing_behind() {
     let mut hunt = Hunt::start(pid);
     let objects = bpf::bpf_objects(hunt.proc.pid());
     assert!(!objects.is_empty(), "the hunt holds no BPF program or link");
-    assert!(bpf::patched_libc_bytes(pid) > 0, "no uprobe breakpoint in the target's libc");
+    assert!(
+        bpf::patched_libc_bytes(pid) > 0,
+        "no uprobe breakpoint in the target's libc"
+    );
     hunt.proc.signal(libc::SIGKILL);
     hunt.proc
         .wait_timeout(Duration::from_secs(30))

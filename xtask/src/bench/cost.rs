@@ -139,7 +139,14 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
         );
         let ran_ms: f64 = log
             .lines()
-            .find_map(|l| l.split_once("the BPF programs ran ")?.1.split_whitespace().next()?.parse().ok())
+            .find_map(|l| {
+                l.split_once("the BPF programs ran ")?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .with_context(|| format!("no `the BPF programs ran` line in:\n{log}"))?;
         programs_ns.push(ran_ms * 1e6 / plan.pairs as f64);
         eprintln!("rep {rep}/{}", plan.reps);
@@ -190,7 +197,12 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
             plan.pairs, plan.reps
         ),
         commands: vec![shell_line(&untraced), shell_line(&exact)],
-        header: vec!["configuration", "CPU ns per pair", "of which BPF programs", "of which traps"],
+        header: vec![
+            "configuration",
+            "CPU ns per pair",
+            "of which BPF programs",
+            "of which traps",
+        ],
         rows,
         notes,
     })
