@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use leak_common::{counter, DropReason, EventOp, FaultSiteEvent, HeapEvent, Probe, FAULT_STACK_WINDOW_WORDS};
 
-use crate::shared::{count, count_drop, event_now, target_tid, user_sp, user_stack, wakeup_flags, EVENTS};
+use crate::shared::{count, count_drop, event_now, target_tid, user_ip, user_sp, user_stack, wakeup_flags, EVENTS};
 
 /// Samples per user stack (content hash, as in `StackRecord`), per CPU so
 /// that no atomics are needed; each sample stands for the perf event's sample
@@ -31,6 +31,9 @@ static FAULT_WINDOWED: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 pub fn page_fault(ctx: PerfEventContext) -> u32 {
     let Some(tid) = target_tid() else { return 0 };
     count(counter::entry_hits(Probe::PageFault));
+    if is_instruction_fetch(&ctx) {
+        return 0;
+    }
     let stack = user_stack(&ctx);
     if stack == 0 {
         return 0;
@@ -55,6 +58,18 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
         }
     }
     0
+}
+
+/// Whether the fault fetched the instruction at the user instruction pointer
+/// (the faulting address is within the longest x86 instruction from it): a
+/// page of code mapped from its file, not memory the target grows, and the
+/// stack walk is the bulk of the program's cost.
+#[inline(always)]
+fn is_instruction_fetch(ctx: &PerfEventContext) -> bool {
+    const MAX_INSTRUCTION_BYTES: u64 = 15;
+    // SAFETY: the context the kernel passed; `addr` is the faulting address.
+    let addr = unsafe { (*ctx.ctx).addr };
+    addr.wrapping_sub(user_ip()) < MAX_INSTRUCTION_BYTES
 }
 
 /// Writes the first fault of a stack with `FAULT_STACK_WINDOW_WORDS` of the

@@ -50,23 +50,29 @@ pub fn take(tid: u32, size: u64) -> bool {
     if !enabled() {
         return true;
     }
-    let remaining = match COUNTDOWN.get_ptr_mut(tid) {
+    // After a sample, the distance to the next one is again exponential
+    // (memoryless), so a fresh gap is exact. A known thread's countdown is
+    // updated in place: an unsampled call costs one map lookup.
+    match COUNTDOWN.get_ptr_mut(tid) {
         Some(countdown) => {
             // SAFETY: the value belongs to this thread.
             unsafe {
                 *countdown -= size as i64;
-                *countdown
+                let sampled = *countdown <= 0;
+                if sampled {
+                    *countdown = draw_gap();
+                }
+                sampled
             }
         }
         // A new thread starts a fresh gap.
-        None => draw_gap() - size as i64,
-    };
-    let sampled = remaining <= 0;
-    // After a sample, the distance to the next one is again exponential
-    // (memoryless), so a fresh gap is exact.
-    let next = if sampled { draw_gap() } else { remaining };
-    let _ = COUNTDOWN.insert(tid, next, 0);
-    sampled
+        None => {
+            let remaining = draw_gap() - size as i64;
+            let sampled = remaining <= 0;
+            let _ = COUNTDOWN.insert(tid, if sampled { draw_gap() } else { remaining }, 0);
+            sampled
+        }
+    }
 }
 
 /// Notes a sampled block, so that its free is reported.

@@ -75,6 +75,12 @@ pub fn user_sp() -> u64 {
     user_register(PT_REGS_SP)
 }
 
+/// The user instruction pointer of the current thread.
+#[inline(always)]
+pub fn user_ip() -> u64 {
+    user_register(PT_REGS_IP)
+}
+
 /// Which probed function fired: the cookie set at attach, so one program can
 /// serve several functions with the same signature.
 #[inline(always)]
@@ -132,21 +138,12 @@ pub fn user_stack<C: EbpfContext>(_ctx: &C) -> u64 {
     };
     // SAFETY: the per-CPU scratch slot is ours until this program returns.
     let record = unsafe { &mut *record };
-    let (frames, has_js) = walk_frames(record);
+    let Walked { frames, has_js, hash } = walk_frames(record);
     if frames == 0 {
         count_drop(DropReason::StackLost);
         return 0;
     }
-    let mut hash = FNV_OFFSET ^ frames as u64;
-    for k in 0..MAX_STACK_FRAMES {
-        if k >= frames {
-            break;
-        }
-        let js = &record.js[k];
-        hash = (hash ^ record.frames[k]).wrapping_mul(FNV_PRIME);
-        hash = (hash ^ js.shared ^ js.bytecode_offset.rotate_left(17)).wrapping_mul(FNV_PRIME);
-    }
-    let hash = hash.max(1);
+    let hash = (hash ^ frames as u64).wrapping_mul(FNV_PRIME).max(1);
     // SAFETY: map values are plain data.
     if unsafe { DELIVERED_STACKS.get(hash) }.is_some() {
         return hash;
@@ -171,20 +168,36 @@ pub fn user_stack<C: EbpfContext>(_ctx: &C) -> u64 {
     hash
 }
 
+/// What `walk_frames` wrote.
+struct Walked {
+    frames: usize,
+    /// Whether any frame is a JS frame.
+    has_js: bool,
+    /// FNV-1a over the frames and their JS slots, taken on the way: a second
+    /// loop over the record would double the verifier's work (and its time
+    /// at load).
+    hash: u64,
+}
+
 /// Walks the frame-pointer chain of the user stack into `record`, as the
 /// kernel's own user stack walk does (frame 0 the instruction pointer, frame
 /// k the return address saved in frame k-1), and reads the V8 slots of each
 /// frame on the way. Stops where a frame cannot be read, or where the chain
-/// stops going up the stack. Returns the frames written, and whether any
-/// of them is a JS frame.
+/// stops going up the stack.
 #[inline(always)]
-fn walk_frames(record: &mut StackRecord) -> (usize, bool) {
-    let ip = user_register(PT_REGS_IP);
+fn walk_frames(record: &mut StackRecord) -> Walked {
+    let ip = user_ip();
     if ip == 0 {
-        return (0, false);
+        return Walked {
+            frames: 0,
+            has_js: false,
+            hash: 0,
+        };
     }
     record.frames[0] = ip;
     record.js[0] = JsFrameSlots::default();
+    // Frame 0 has no JS slots: its own hash round has them zero.
+    let mut hash = ((FNV_OFFSET ^ ip).wrapping_mul(FNV_PRIME)).wrapping_mul(FNV_PRIME);
     // SAFETY: a read of a constant the loader patched; volatile so the
     // compiler cannot fold the initial value.
     let layout = unsafe { core::ptr::read_volatile(&V8_FRAME_LAYOUT) };
@@ -213,6 +226,8 @@ fn walk_frames(record: &mut StackRecord) -> (usize, bool) {
             JsFrameSlots::default()
         };
         has_js |= js.shared != 0;
+        hash = (hash ^ ret).wrapping_mul(FNV_PRIME);
+        hash = (hash ^ js.shared ^ js.bytecode_offset.rotate_left(17)).wrapping_mul(FNV_PRIME);
         record.js[k] = js;
         len = k + 1;
         if next <= fp {
@@ -220,7 +235,11 @@ fn walk_frames(record: &mut StackRecord) -> (usize, bool) {
         }
         fp = next;
     }
-    (len, has_js)
+    Walked {
+        frames: len,
+        has_js,
+        hash,
+    }
 }
 
 /// The V8 slots below frame pointer `fp`, if they are a JS frame's: its

@@ -10,6 +10,7 @@ use std::{
     collections::BTreeMap,
     fs,
     num::NonZeroU32,
+    os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -31,6 +32,7 @@ use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use crate::{
     lookup::{self, ModuleRef},
     placement::{self, Handling, Placement},
+    uprobe_multi::{self, MultiPrograms},
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
@@ -303,20 +305,37 @@ impl AttachedProbe {
 /// here), so closing 20 of them one by one takes seconds.
 #[derive(Default)]
 pub struct Links {
-    /// With the function each serves.
+    /// Multi-links, each with the functions its uprobes serve.
+    multi: Vec<(Vec<Probe>, OwnedFd)>,
+    /// With the function each serves: where multi-links are not available.
     uprobes: Vec<(Probe, UProbeLink)>,
     tracepoints: Vec<TracePointLink>,
     perf_events: Vec<PerfEventLink>,
+    /// The programs of the multi-links; None once they proved unavailable.
+    multi_programs: Option<MultiPrograms>,
 }
 
 impl Links {
-    /// Takes out the uprobes of the functions `set` does not probe.
+    fn new() -> Links {
+        Links {
+            multi_programs: Some(MultiPrograms::new(EBPF_OBJECT)),
+            ..Links::default()
+        }
+    }
+
+    /// Takes out the uprobes of the functions `set` does not probe. A
+    /// multi-link goes when none of its functions stays.
     fn take_uprobes_outside(&mut self, set: ProbeSet) -> Links {
         let (kept, taken) = std::mem::take(&mut self.uprobes)
             .into_iter()
             .partition(|(probe, _)| set.probes(*probe));
         self.uprobes = kept;
+        let (kept, taken_multi) = std::mem::take(&mut self.multi)
+            .into_iter()
+            .partition(|(probes, _)| probes.iter().any(|probe| set.probes(*probe)));
+        self.multi = kept;
         Links {
+            multi: taken_multi,
             uprobes: taken,
             ..Links::default()
         }
@@ -324,14 +343,47 @@ impl Links {
 
     /// The functions of the uprobes, once each.
     pub fn probes(&self) -> Vec<Probe> {
-        let mut probes: Vec<Probe> = self.uprobes.iter().map(|(probe, _)| *probe).collect();
-        probes.dedup();
+        let mut probes: Vec<Probe> = Vec::new();
+        let all = self.multi.iter().flat_map(|(probes, _)| probes.iter().copied());
+        for probe in all.chain(self.uprobes.iter().map(|(probe, _)| *probe)) {
+            if !probes.contains(&probe) {
+                probes.push(probe);
+            }
+        }
         probes
+    }
+
+    /// Run time of the multi-links' programs so far, which aya does not know of.
+    pub fn multi_programs_run_ns(&self) -> u64 {
+        self.multi_programs.as_ref().map_or(0, MultiPrograms::run_time_ns)
+    }
+
+    /// For a process about to exit: detaches the uprobes (the target runs
+    /// unprobed at once), and hands the tracepoints and perf events to a
+    /// child process that closes them as it exits, so that their grace
+    /// periods do not hold up the caller's exit. They are disabled here
+    /// first: the child's copies trace nothing.
+    pub fn detach_before_exit(mut self) {
+        let rest = Links {
+            tracepoints: std::mem::take(&mut self.tracepoints),
+            perf_events: std::mem::take(&mut self.perf_events),
+            ..Links::default()
+        };
+        self.detach();
+        if rest.tracepoints.is_empty() && rest.perf_events.is_empty() {
+            return;
+        }
+        if let Err(e) = close_in_child(rest) {
+            log::debug!("closing the tracepoints here: {e:#}");
+        }
     }
 
     /// Detaches everything, with the grace periods overlapping.
     pub fn detach(self) {
         std::thread::scope(|scope| {
+            for (_, link) in self.multi {
+                scope.spawn(move || drop(link));
+            }
             for (_, link) in self.uprobes {
                 scope.spawn(move || drop(link));
             }
@@ -340,6 +392,38 @@ impl Links {
             }
             drop(self.perf_events);
         });
+    }
+}
+
+/// Forks a child that holds copies of the descriptors of `links` until this
+/// process has closed its own (then exits, and its exit closes the last
+/// copies); falls back to `Links::detach` here.
+fn close_in_child(links: Links) -> Result<()> {
+    let (read_end, write_end) = nix::unistd::pipe().context("pipe")?;
+    // SAFETY: the child makes only async-signal-safe calls (close, read, _exit).
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => {
+            links.detach();
+            Err(e).context("fork")
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            // SAFETY: raw descriptor calls; the child owns nothing else.
+            unsafe {
+                // Not holding the caller's output open: readers wait for EOF.
+                for fd in 0..=2 {
+                    libc::close(fd);
+                }
+                libc::close(write_end.as_raw_fd());
+                let mut byte = 0u8;
+                libc::read(read_end.as_raw_fd(), std::ptr::from_mut(&mut byte).cast(), 1);
+                libc::_exit(0)
+            }
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            drop(links);
+            drop(write_end);
+            Ok(())
+        }
     }
 }
 
@@ -558,7 +642,7 @@ pub fn attach(
     set: ProbeSet,
 ) -> Result<(Vec<AttachedProbe>, Links)> {
     let mut probes = Vec::new();
-    let mut links = Links::default();
+    let mut links = Links::new();
     if set == ProbeSet::Hunt {
         attach_malloc_family(ebpf, pid, &modules.lookup_order, &mut probes, &mut links)?;
     }
@@ -782,10 +866,9 @@ fn attach_module(
     probes: &mut Vec<AttachedProbe>,
     links: &mut Links,
 ) -> Result<()> {
-    let scope = || UProbeScope::OneProcess(NonZeroU32::new(pid).expect("pid is not 0"));
-
     // Probe each address once: glibc's aligned_alloc is memalign.
     let mut first_at: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut points = Vec::new();
     for spec in specs {
         let probe = spec.probe;
         let Some(function) = functions.get(spec.symbol) else {
@@ -836,14 +919,16 @@ fn attach_module(
         let file_offset = function.file_offset + placed.offset;
         let entry = function.file_offset;
         // A return probe always sits on the entry: it hijacks the return address there.
-        let points = match spec.hook {
-            Hook::Entry => vec![(spec.program, file_offset)],
-            Hook::Return => vec![(spec.program, entry)],
-            Hook::Paired => vec![(spec.program, file_offset), (RETURN_PROGRAM, entry)],
+        let at = |program, file_offset, returns| UprobePoint {
+            program,
+            file_offset,
+            returns,
+            probe,
         };
-        for (program, offset) in points {
-            let link = attach_uprobe(ebpf, program, &module.open_path, offset, probe, scope())?;
-            links.uprobes.push((probe, link));
+        match spec.hook {
+            Hook::Entry => points.push(at(spec.program, file_offset, false)),
+            Hook::Return => points.push(at(spec.program, entry, true)),
+            Hook::Paired => points.extend([at(spec.program, file_offset, false), at(RETURN_PROGRAM, entry, true)]),
         }
         first_at.insert(function.vaddr, probes.len());
         probes.push(AttachedProbe {
@@ -856,6 +941,64 @@ fn attach_module(
             placement: Some(placed),
             has_return: spec.hook != Hook::Entry,
         });
+    }
+    attach_points(ebpf, pid, module, &points, links)
+}
+
+/// One uprobe to place.
+struct UprobePoint {
+    program: &'static str,
+    file_offset: u64,
+    /// A return probe (the program is a uretprobe).
+    returns: bool,
+    probe: Probe,
+}
+
+/// Places `points` in `module`: one multi-link per program and per side of
+/// the growth-mode switch (so that the switch can close the per-call ones),
+/// or, where multi-links fail (kernels before 6.6), one perf event per point.
+fn attach_points(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    module: &ModuleRef,
+    points: &[UprobePoint],
+    links: &mut Links,
+) -> Result<()> {
+    let mut groups: BTreeMap<(&str, bool, bool), Vec<&UprobePoint>> = BTreeMap::new();
+    for point in points {
+        let key = (point.program, point.returns, GROWTH_NODE_PROBES.contains(&point.probe));
+        groups.entry(key).or_default().push(point);
+    }
+    for ((program, returns, _), group) in groups {
+        if let Some(multi) = links.multi_programs.as_mut() {
+            let offsets: Vec<uprobe_multi::Point> = group
+                .iter()
+                .map(|p| uprobe_multi::Point {
+                    file_offset: p.file_offset,
+                    cookie: p.probe as u64,
+                })
+                .collect();
+            match multi.attach(ebpf, program, &module.open_path, &offsets, returns, pid) {
+                Ok(link) => {
+                    log::debug!(
+                        "{program}: one uprobe multi-link for {} probes in {}",
+                        group.len(),
+                        module.path.display()
+                    );
+                    links.multi.push((group.iter().map(|p| p.probe).collect(), link));
+                    continue;
+                }
+                Err(e) => {
+                    log::debug!("uprobe multi-links unavailable ({e:#}): one perf event per uprobe");
+                    links.multi_programs = None;
+                }
+            }
+        }
+        for point in group {
+            let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).expect("pid is not 0"));
+            let link = attach_uprobe(ebpf, program, &module.open_path, point.file_offset, point.probe, scope)?;
+            links.uprobes.push((point.probe, link));
+        }
     }
     Ok(())
 }

@@ -40,7 +40,10 @@ const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
 const RING_POLL: Duration = Duration::from_millis(10);
 /// How often the probes' cost is checked against `--max-overhead`: a
 /// service over budget pays for at most about this long.
-const BUDGET_WINDOW: Duration = Duration::from_secs(1);
+const BUDGET_WINDOW: Duration = Duration::from_millis(250);
+/// The first check comes sooner: a hunt attached to a busy service is
+/// over budget from its first calls.
+const FIRST_BUDGET_CHECK: Duration = Duration::from_millis(100);
 
 pub struct Outcome {
     pub report: Report,
@@ -59,9 +62,19 @@ pub struct Attachment {
 }
 
 impl Attachment {
+    /// Detaches everything, waiting for it.
     pub fn detach(self) {
+        self.detach_with(Links::detach);
+    }
+
+    /// Detaches before this process exits: see `Links::detach_before_exit`.
+    pub fn detach_before_exit(self) {
+        self.detach_with(Links::detach_before_exit);
+    }
+
+    fn detach_with(self, detach: fn(Links)) {
         let started = Instant::now();
-        self.links.detach();
+        detach(self.links);
         if let Some(detaching) = self.detaching {
             let _ = detaching.join();
         }
@@ -92,7 +105,7 @@ impl Session {
             return Ok(());
         };
         let counters = Counters::read(&self.ebpf)?;
-        let Some(pct) = meter.sample(&self.ebpf, &counters) else {
+        let Some(pct) = meter.sample(&self.ebpf, &self.links, &counters) else {
             return Ok(());
         };
         if pct <= *max_pct {
@@ -298,6 +311,12 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let cutoff = monotonic_ns().saturating_sub(args.min_age.as_nanos() as u64);
     let totals = collector.heap.totals(cutoff);
     let counters = Counters::read(&session.ebpf)?;
+    if session.budget.is_some() {
+        log::info!(
+            "the BPF programs ran {:.3} ms in all",
+            mode::programs_run_ns(&session.ebpf, &session.links) / 1e6
+        );
+    }
     if end != End::TargetExited {
         collector.refresh_modules();
     }
@@ -368,7 +387,9 @@ async fn collect_until_end(
     let mut poll = tokio::time::interval(RING_POLL);
     let mut summary = args.interval.filter(|d| !d.is_zero()).map(tokio::time::interval);
     let mut sample = tokio::time::interval(args.interval.unwrap_or(SAMPLE_PERIOD).clamp(RING_POLL, SAMPLE_PERIOD));
-    let mut budget_window = tokio::time::interval(BUDGET_WINDOW);
+    // The meter's first reading, from which the first window counts.
+    session.enforce_budget(collector, timeline)?;
+    let mut budget_window = tokio::time::interval_at(tokio::time::Instant::now() + FIRST_BUDGET_CHECK, BUDGET_WINDOW);
     let mut load_run = std::pin::pin!(run_load(load));
     let started = Instant::now();
     let mut execs_seen = 0;

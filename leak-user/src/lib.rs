@@ -29,5 +29,6 @@ pub mod symbolize;
 pub mod target;
 pub mod target_files;
 pub mod timeline;
+pub mod uprobe_multi;
 pub mod v8;
 pub mod watch;

@@ -42,7 +42,7 @@ fn hunt_command(args: &HuntArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     write_output(args.output.as_deref(), &rendered)?;
-    outcome.attachment.detach();
+    outcome.attachment.detach_before_exit();
     // A launched command's exit code passes through.
     Ok(ExitCode::from(outcome.exit_code.unwrap_or(0).clamp(0, 255) as u8))
 }
@@ -102,7 +102,7 @@ fn check_command(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, json::render(report))
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
-    outcome.attachment.detach();
+    outcome.attachment.detach_before_exit();
     if !report.target.exited {
         // The workload is a service that outlived the load or the duration.
         let _ = nix::sys::signal::kill(

@@ -1,9 +1,9 @@
 //! What a hunt measures (`--mode`), and the overhead budget under which an
 //! auto hunt trades its per-call probes for growth mode.
 //!
-//! The cost of the probes is estimated every second as
+//! The cost of the probes is estimated once per budget window (`hunt`) as
 //! `Σ hits × trap cost + measured BPF run time`, as a share of the target's
-//! CPU time over the same second (utime + stime of all its threads, from
+//! CPU time over the same window (utime + stime of all its threads, from
 //! /proc; at least one CPU-second per second, so that an idle target is not
 //! judged by the few microseconds it ran). For a service that is busy on its
 //! CPUs that share is the throughput it loses.
@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use aya::Ebpf;
 
 use crate::{
-    attach::{AttachedProbe, Counters, ProbeSet, ProbeStatus},
+    attach::{AttachedProbe, Counters, Links, ProbeSet, ProbeStatus},
     cli::Mode,
     placement::Handling,
 };
@@ -169,8 +169,9 @@ impl OverheadMeter {
 
     /// The probes' share of the target's CPU time since the previous call,
     /// in %; None on the first call or once the target is gone.
-    pub fn sample(&mut self, ebpf: &Ebpf, counters: &Counters) -> Option<f64> {
-        let (traps_ns, programs_ns) = (self.traps_ns(counters), programs_run_ns(ebpf));
+    pub fn sample(&mut self, ebpf: &Ebpf, links: &Links, counters: &Counters) -> Option<f64> {
+        let programs_ns = programs_run_ns(ebpf, links);
+        let traps_ns = self.traps_ns(counters);
         log::debug!("probe cost so far: traps {traps_ns:.0} ns, programs {programs_ns:.0} ns");
         let reading = Reading {
             at: Instant::now(),
@@ -198,12 +199,15 @@ impl OverheadMeter {
     }
 }
 
-/// Run time of every program of the object so far, per the kernel's stats.
-fn programs_run_ns(ebpf: &Ebpf) -> f64 {
-    ebpf.programs()
+/// Run time of every program of the session so far, per the kernel's
+/// statistics (counted while they are on: while a budget is enforced).
+pub fn programs_run_ns(ebpf: &Ebpf, links: &Links) -> f64 {
+    let loaded_by_aya: f64 = ebpf
+        .programs()
         .filter_map(|(_, program)| program.info().ok())
         .map(|info| info.run_time().as_nanos() as f64)
-        .sum()
+        .sum();
+    loaded_by_aya + links.multi_programs_run_ns() as f64
 }
 
 /// utime + stime of all of `pid`'s threads (fields 14 and 15 of /proc/PID/stat).

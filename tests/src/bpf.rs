@@ -2,15 +2,22 @@
 //! and whether the kernel still has them (by id, through the bpf syscall):
 //! detaching must leave nothing behind.
 
-use std::fs;
+use std::{
+    fs,
+    io::{Read as _, Seek as _, SeekFrom},
+};
 
 /// One BPF program or link descriptor of a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BpfObject {
     pub kind: BpfKind,
     pub id: u32,
-    /// Links: "uprobe", "tracepoint", ... (fdinfo's `event_type`, else `link_type`).
+    /// Links: "uprobe", "tracepoint", ... (fdinfo's `event_type`, else
+    /// `link_type`: "uprobe_multi").
     pub event_type: String,
+    /// Uprobes the link places: a multi-link's `uprobe_cnt`, 1 for a perf
+    /// event uprobe, else 0.
+    pub uprobes: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +52,16 @@ pub fn bpf_objects(pid: i32) -> Vec<BpfObject> {
             continue;
         };
         let event_type = field("event_type").or_else(|| field("link_type")).unwrap_or_default();
-        objects.push(BpfObject { kind, id, event_type });
+        let uprobes = match field("uprobe_cnt") {
+            Some(count) => count.parse().unwrap_or(0),
+            None => u32::from(kind == BpfKind::Link && event_type == "uprobe"),
+        };
+        objects.push(BpfObject {
+            kind,
+            id,
+            event_type,
+            uprobes,
+        });
     }
     objects
 }
@@ -75,4 +91,31 @@ pub fn bpf_object_exists(object: &BpfObject) -> bool {
         "bpf(GET_FD_BY_ID, {object:?}) failed otherwise: {err}"
     );
     false
+}
+
+/// Bytes of `pid`'s executable libc mapping that differ from the file: the
+/// int3 instructions of uprobes.
+pub fn patched_libc_bytes(pid: i32) -> usize {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let line = maps
+        .lines()
+        .find(|l| l.contains("r-xp") && l.contains("/libc.so"))
+        .expect("an executable libc mapping");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (start, end) = fields[0].split_once('-').unwrap();
+    let (start, end) = (
+        u64::from_str_radix(start, 16).unwrap(),
+        u64::from_str_radix(end, 16).unwrap(),
+    );
+    let offset = u64::from_str_radix(fields[2], 16).unwrap();
+    let len = (end - start) as usize;
+    let mut live = vec![0; len];
+    let mut mem = fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    mem.seek(SeekFrom::Start(start)).unwrap();
+    mem.read_exact(&mut live).unwrap();
+    let mut file = vec![0; len];
+    let mut libc = fs::File::open(fields[5]).unwrap();
+    libc.seek(SeekFrom::Start(offset)).unwrap();
+    let read = libc.read(&mut file).unwrap();
+    live[..read].iter().zip(&file[..read]).filter(|(a, b)| a != b).count()
 }

@@ -5,7 +5,6 @@
 //! and no breakpoint in the target behind.
 
 use std::fs;
-use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -150,42 +149,18 @@ fn two_hunts_at_once() {
     }
 }
 
-/// Bytes of `pid`'s executable libc mapping that differ from the file: the
-/// int3 instructions of uprobes.
-fn patched_libc_bytes(pid: i32) -> usize {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let line = maps
-        .lines()
-        .find(|l| l.contains("r-xp") && l.contains("/libc.so"))
-        .expect("an executable libc mapping");
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    let (start, end) = fields[0].split_once('-').unwrap();
-    let (start, end) = (
-        u64::from_str_radix(start, 16).unwrap(),
-        u64::from_str_radix(end, 16).unwrap(),
-    );
-    let offset = u64::from_str_radix(fields[2], 16).unwrap();
-    let len = (end - start) as usize;
-    let mut live = vec![0; len];
-    let mut mem = fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    mem.seek(SeekFrom::Start(start)).unwrap();
-    mem.read_exact(&mut live).unwrap();
-    let mut file = vec![0; len];
-    let mut libc = fs::File::open(fields[5]).unwrap();
-    libc.seek(SeekFrom::Start(offset)).unwrap();
-    let read = libc.read(&mut file).unwrap();
-    live[..read].iter().zip(&file[..read]).filter(|(a, b)| a != b).count()
-}
-
 #[test]
 fn a_killed_tracer_leaves_nothing_behind() {
     let target = Target::start();
     let pid = target.proc.pid();
-    assert_eq!(patched_libc_bytes(pid), 0, "libc patched before any hunt");
+    assert_eq!(bpf::patched_libc_bytes(pid), 0, "libc patched before any hunt");
     let mut hunt = Hunt::start(pid);
     let objects = bpf::bpf_objects(hunt.proc.pid());
     assert!(!objects.is_empty(), "the hunt holds no BPF program or link");
-    assert!(patched_libc_bytes(pid) > 0, "no uprobe breakpoint in the target's libc");
+    assert!(
+        bpf::patched_libc_bytes(pid) > 0,
+        "no uprobe breakpoint in the target's libc"
+    );
     hunt.proc.signal(libc::SIGKILL);
     hunt.proc
         .wait_timeout(Duration::from_secs(30))
@@ -194,7 +169,7 @@ fn a_killed_tracer_leaves_nothing_behind() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left: Vec<&bpf::BpfObject> = objects.iter().filter(|o| bpf::bpf_object_exists(o)).collect();
-        let patched = patched_libc_bytes(pid);
+        let patched = bpf::patched_libc_bytes(pid);
         if left.is_empty() && patched == 0 {
             break;
         }

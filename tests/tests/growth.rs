@@ -194,11 +194,13 @@ fn assert_nothing_left(hunt: &AttachedHunt) {
     }
 }
 
+/// The uprobes the links place, one perf event or multi-link at a time.
 fn uprobe_links(objects: &[BpfObject]) -> usize {
     objects
         .iter()
-        .filter(|o| o.kind == BpfKind::Link && o.event_type == "uprobe")
-        .count()
+        .filter(|o| o.kind == BpfKind::Link)
+        .map(|o| o.uprobes as usize)
+        .sum()
 }
 
 /// The default attach mode (auto) on 20,000 traced malloc/free pairs a

@@ -27,6 +27,7 @@ mod common;
 
 // One module per section.
 mod attach;
+mod cost;
 mod distinct_stacks;
 mod http_service;
 mod hunt_modes;
@@ -184,6 +185,8 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         (http_service::TITLE, http_service::http_service),
         (watch_overhead::TITLE, watch_overhead::watch_overhead),
         (hunt_modes::TITLE, hunt_modes::hunt_modes),
+        (cost::TITLE_FIXED, cost::fixed_costs),
+        (cost::TITLE_PER_PAIR, cost::per_pair),
     ];
     let number = |title: &str| title.split('.').next().unwrap_or_default().to_owned();
     let benchmarks: Vec<_> = benchmarks
