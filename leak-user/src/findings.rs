@@ -28,6 +28,11 @@ const SYSTEM_DIRS: &[&str] = &[
     "/usr/libexec/",
 ];
 
+/// Headers of the system's libraries: their inline functions (glibc's
+/// `getline`, libstdc++'s containers) are compiled into the application's
+/// module but are library code.
+const SYSTEM_HEADER_DIRS: &[&str] = &["/usr/include/", "/usr/lib/gcc/"];
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Finding {
     /// The application frame, as "function (file:line)"; for runtime memory,
@@ -137,7 +142,11 @@ fn is_application(frame: &Frame, is_node: bool) -> bool {
             .as_deref()
             .is_some_and(|file| !file.is_empty() && !file.starts_with("node:")),
         Some(module) if module.starts_with('/') => {
-            !is_node && !SYSTEM_DIRS.iter().any(|dir| module.starts_with(dir)) && !is_loader(module)
+            let system_header = frame
+                .file
+                .as_deref()
+                .is_some_and(|file| SYSTEM_HEADER_DIRS.iter().any(|dir| file.starts_with(dir)));
+            !is_node && !SYSTEM_DIRS.iter().any(|dir| module.starts_with(dir)) && !is_loader(module) && !system_header
         }
         _ => false,
     }

@@ -137,7 +137,7 @@ fn each_leak_is_one_finding_named_by_its_application_frame() {
     );
     // Every site of the fixture's code belongs to its finding.
     for site in sites(report) {
-        if let Some(origin) = origin_frame(site, &path, OriginRule::Module) {
+        if let Some(origin) = origin_frame(site, &path, OriginRule::ModuleAndSource) {
             let function = origin["function"].as_str().unwrap_or("?");
             let owner = found
                 .iter()
