@@ -93,6 +93,24 @@ pub fn bpf_object_exists(object: &BpfObject) -> bool {
     false
 }
 
+/// Waits up to `within` for every one of `objects` to be gone: the kernel
+/// frees a closed program after an RCU grace period, and leakscope may leave
+/// its tracepoint links to a child that closes them after it exits.
+pub fn assert_gone_within(objects: &[BpfObject], within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left: Vec<&BpfObject> = objects.iter().filter(|o| bpf_object_exists(o)).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{within:?} after the hunt: {left:?} still loaded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Bytes of `pid`'s executable libc mapping that differ from the file: the
 /// int3 instructions of uprobes.
 pub fn patched_libc_bytes(pid: i32) -> usize {

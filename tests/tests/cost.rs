@@ -49,18 +49,7 @@ fn assert_nothing_left(target_pid: i32, objects: &[bpf::BpfObject]) {
         0,
         "breakpoints left in the target's libc"
     );
-    let deadline = Instant::now() + GONE_WITHIN;
-    loop {
-        let left: Vec<&bpf::BpfObject> = objects.iter().filter(|o| bpf::bpf_object_exists(o)).collect();
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{GONE_WITHIN:?} after the hunt: {left:?} still loaded"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    bpf::assert_gone_within(objects, GONE_WITHIN);
 }
 
 fn check(report: &Value, path: &Path, mode: Mode) {

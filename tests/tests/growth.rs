@@ -186,12 +186,12 @@ fn hunt_attached(fixture_args: &[&str], hunt_args: &[&str]) -> AttachedHunt {
     }
 }
 
-/// Once leakscope is gone, so is every program and link it held.
+/// Once leakscope is gone, so is every program and link it held (its
+/// tracepoint links within moments: a child closes them).
 fn assert_nothing_left(hunt: &AttachedHunt) {
     assert!(!hunt.attached.is_empty(), "no BPF objects seen while attached");
-    for object in hunt.attached.iter().chain(&hunt.at_end) {
-        assert!(!bpf_object_exists(object), "{object:?} outlived leakscope");
-    }
+    let objects: Vec<BpfObject> = hunt.attached.iter().chain(&hunt.at_end).cloned().collect();
+    assert_gone_within(&objects, Duration::from_secs(30));
 }
 
 /// The uprobes the links place, one perf event or multi-link at a time.

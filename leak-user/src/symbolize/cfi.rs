@@ -1,19 +1,19 @@
 //! Recovering the caller that a frame-pointer walk skips, from `.eh_frame`.
 
+use super::segments::LoadSegments;
 use std::{collections::HashMap, fs::File};
 
 use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EndianSlice, LittleEndian, RegisterRule, UnwindContext, UnwindSection,
     UnwindTableRow, X86_64,
 };
-use object::{Object, ObjectSection, ObjectSegment, ReadCache};
+use object::{Object, ObjectSection, ReadCache};
 
 use super::maps::ProcessModules;
 
 /// The parts of an ELF file needed to find the CFA rule at an address.
 pub(super) struct Cfi {
-    /// (file offset, file size, virtual address) of each PT_LOAD segment.
-    loads: Vec<(u64, u64, u64)>,
+    loads: LoadSegments,
     eh_frame: Vec<u8>,
     eh_frame_addr: u64,
     /// `.eh_frame_hdr` and its address: a binary search table over the FDEs.
@@ -38,13 +38,7 @@ impl Cfi {
         };
         let (eh_frame, eh_frame_addr) = section(".eh_frame")?;
         Some(Self {
-            loads: elf
-                .segments()
-                .map(|seg| {
-                    let (offset, size) = seg.file_range();
-                    (offset, size, seg.address())
-                })
-                .collect(),
+            loads: LoadSegments::of(&elf),
             eh_frame,
             eh_frame_addr,
             eh_frame_hdr: section(".eh_frame_hdr"),
@@ -52,10 +46,7 @@ impl Cfi {
     }
 
     fn vaddr(&self, file_offset: u64) -> Option<u64> {
-        self.loads
-            .iter()
-            .find(|&&(offset, size, _)| (offset..offset + size).contains(&file_offset))
-            .map(|&(offset, _, vaddr)| file_offset - offset + vaddr)
+        self.loads.vaddr(file_offset)
     }
 
     /// The frame at `vaddr` when its CFA is rsp-based; None when it is

@@ -5,10 +5,11 @@
 //! All paths are the target's (inside its root) and opened under the rules
 //! of `target_files`; a debuginfod server is asked later (see `debuginfod`).
 
+use super::segments::LoadSegments;
 use std::fs::File;
 use std::io::{self, Read as _};
 
-use object::{Object, ObjectSection, ObjectSegment, ReadCache};
+use object::{Object, ObjectSection, ReadCache};
 
 use crate::target_files::{open_in_root, Owner};
 
@@ -25,9 +26,7 @@ pub(super) struct ElfFacts {
     pub(super) has_symtab: bool,
     /// `.gnu_debuglink`: the debug file's name and the CRC-32 of its contents.
     debuglink: Option<(String, u32)>,
-    /// (file offset, file size, virtual address) of each PT_LOAD segment: a
-    /// debug file has the module's addresses but not its file layout.
-    loads: Vec<(u64, u64, u64)>,
+    loads: LoadSegments,
 }
 
 impl ElfFacts {
@@ -46,22 +45,13 @@ impl ElfFacts {
                 .ok()
                 .flatten()
                 .map(|(name, crc)| (String::from_utf8_lossy(name).into_owned(), crc)),
-            loads: elf
-                .segments()
-                .map(|seg| {
-                    let (offset, size) = seg.file_range();
-                    (offset, size, seg.address())
-                })
-                .collect(),
+            loads: LoadSegments::of(&elf),
         })
     }
 
     /// The ELF virtual address of a file offset of the module.
     pub(super) fn vaddr(&self, file_offset: u64) -> Option<u64> {
-        self.loads
-            .iter()
-            .find(|&&(offset, size, _)| (offset..offset + size).contains(&file_offset))
-            .map(|&(offset, _, vaddr)| file_offset - offset + vaddr)
+        self.loads.vaddr(file_offset)
     }
 
     /// `/usr/lib/debug/.build-id/xx/yyyy.debug` for this build-id.

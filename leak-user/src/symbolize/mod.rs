@@ -11,6 +11,7 @@ mod debuginfod;
 mod frame_walk;
 pub(crate) mod maps;
 pub(crate) mod perfmap;
+mod segments;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
