@@ -28,14 +28,16 @@ pub struct Violation {
 }
 
 /// Growth after warm-up, and its robust rate, of a sampled series. A series
-/// that starts after the warm-up grew from nothing.
-fn growth_after(t_s: &[f64], bytes: &[u64], warmup_s: f64) -> (i64, Option<f64>) {
+/// that starts after the warm-up grew from nothing, unless `from_first`:
+/// then it grew only from its first point.
+fn growth_after(t_s: &[f64], bytes: &[u64], warmup_s: f64, from_first: bool) -> (i64, Option<f64>) {
     let Some(&last) = bytes.last() else { return (0, None) };
+    let born = if from_first { bytes[0] } else { 0 };
     let baseline = t_s
         .iter()
         .zip(bytes)
         .rfind(|(t, _)| **t <= warmup_s)
-        .map_or(0, |(_, b)| *b);
+        .map_or(born, |(_, b)| *b);
     let (t, y): (Vec<f64>, Vec<f64>) = t_s
         .iter()
         .zip(bytes)
@@ -101,7 +103,13 @@ pub fn evaluate(report: &Report, limits: &Limits) -> Vec<Violation> {
             let (mut growth, mut rate) = (0, None);
             for site in group.sites.iter().map(|&i| &report.sites[i]) {
                 let (site_growth, site_rate) = match &site.series {
-                    Some(Series { t_s, bytes, .. }) => growth_after(t_s, bytes, limits.warmup_s),
+                    // A library's file mapping first seen after the warm-up
+                    // (the loader's, seen late on a loaded machine) is code
+                    // loaded, not growth, unless it grows afterwards.
+                    Some(Series { t_s, bytes, .. }) => {
+                        let file_backed = site.mapping.as_ref().is_some_and(|m| !m.anonymous);
+                        growth_after(t_s, bytes, limits.warmup_s, file_backed)
+                    }
                     // Unsampled: all it holds counts as growth.
                     None => (site.outstanding_bytes as i64, None),
                 };
@@ -114,7 +122,7 @@ pub fn evaluate(report: &Report, limits: &Limits) -> Vec<Violation> {
         })
         .collect();
     if let Some(process) = &report.process {
-        let (growth, rate) = growth_after(&process.t_s, &process.tracked_bytes, limits.warmup_s);
+        let (growth, rate) = growth_after(&process.t_s, &process.tracked_bytes, limits.warmup_s, false);
         violations.extend(judge("total".to_string(), growth, rate, limits));
     }
     violations.sort_by_key(|v| std::cmp::Reverse(v.growth_bytes));
@@ -230,5 +238,16 @@ mod tests {
         assert_eq!(evaluate(&report, &limits(499, None))[0].growth_bytes, 500);
         assert!(explain(&evaluate(&report, &limits(499, None)), &limits(499, None)).contains("FAILED"));
         assert!(explain(&[], &limits(499, None)).contains("passed"));
+    }
+
+    #[test]
+    fn a_file_mapping_first_seen_after_warmup_grew_only_from_there() {
+        let mut report = report_with(vec![(3.0, 500), (4.0, 500), (5.0, 800)], vec![]);
+        report.sites[0].mapping = Some(crate::report::Mapping {
+            anonymous: false,
+            prot: "r-x".into(),
+        });
+        assert_eq!(evaluate(&report, &limits(299, None))[0].growth_bytes, 300);
+        assert!(evaluate(&report, &limits(300, None)).is_empty());
     }
 }

@@ -35,11 +35,14 @@ outstanding: 2.0 MiB in 69 allocations (malloc 39.0 KiB, mmap 2.0 MiB); allocato
 drops: none (exact)
 probes that never fired: calloc, reallocarray, posix_memalign, aligned_alloc, memalign, valloc, pvalloc, mremap
 sites by verdict: 1 leak, ... (ranked below by verdict, then growth rate)
+findings: 2 (one per leak, by application frame)
+  1. leak: remember_session (leaky.c:63): 15.0 KiB in 60 allocations, ...; sites #1
+  2. growing: grow_log (leaky.c:76): ...
 #1 leak, ...: 15.0 KiB outstanding in 60 allocations, oldest ... s, via malloc
     0x... remember_session .../leaky.c:63 (leaky)
     0x... handle_request .../leaky.c:102 (leaky)
     0x... main .../leaky.c:113 (leaky)
-    0x... __libc_start_call_main ./csu/../sysdeps/nptl/libc_start_call_main.h:58 (libc.so.6)
+    ... 1 runtime frame (--full-stacks shows them)
 ... 9 more sites (--top N shows more)
 ";
 
