@@ -11,16 +11,16 @@ use inferno::flamegraph::{
     Options, Palette,
 };
 
-use super::{folded, human_bytes, Report, Verdict};
+use super::{folded, human_bytes, plural, Report, Verdict};
 
 pub fn render(report: &Report) -> anyhow::Result<Vec<u8>> {
     let t = &report.target;
     let title = format!("leakscope: outstanding memory of PID {} `{}`", t.pid, t.command);
     let totals = &report.totals;
     let mut subtitle = format!(
-        "{} in {} allocations at {} sites after {:.1} s ({} mode)",
+        "{} in {} at {} sites after {:.1} s ({} mode)",
         human_bytes(totals.outstanding_bytes),
-        totals.outstanding_allocations,
+        plural(totals.outstanding_allocations, "allocation"),
         report.sites.len(),
         report.duration_s,
         report.mode,

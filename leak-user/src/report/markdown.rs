@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{file_name, human_bytes, Frame, Listing, Report, Site, Verdict};
+use super::{file_name, human_bytes, plural, Frame, Listing, Report, Site, Verdict};
 use crate::findings::{self, Shown};
 
 /// At most this many rows of the process's memory over time.
@@ -480,10 +480,6 @@ fn frame_line(frame: &Frame) -> String {
 fn rate_text(bytes_per_s: f64) -> String {
     let sign = if bytes_per_s < 0.0 { "-" } else { "+" };
     format!("{sign}{}/s", human_bytes(bytes_per_s.abs().round() as u64))
-}
-
-fn plural(n: u64, noun: &str) -> String {
-    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Inline code; a name holding a backtick gets a longer fence.

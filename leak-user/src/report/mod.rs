@@ -434,6 +434,11 @@ pub fn prot_string(prot: u8) -> String {
     [bit(1, 'r'), bit(2, 'w'), bit(4, 'x')].iter().collect()
 }
 
+/// "1 allocation", "2 allocations".
+pub fn plural(n: u64, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 /// Human-readable byte counts: "512 B", "12.5 KiB", "3.0 MiB".
 pub fn human_bytes(bytes: impl Into<u128>) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{drops, human_bytes, Listing, Report, Site};
+use super::{drops, human_bytes, plural, Listing, Report, Site};
 use crate::findings::{self, Shown};
 
 pub fn render(report: &Report, listing: Listing) -> String {
@@ -27,9 +27,9 @@ pub fn render(report: &Report, listing: Listing) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "outstanding: {} in {} allocations ({}); allocator-internal mappings: {}",
+        "outstanding: {} in {} ({}); allocator-internal mappings: {}",
         human_bytes(totals.outstanding_bytes),
-        totals.outstanding_allocations,
+        plural(totals.outstanding_allocations, "allocation"),
         kinds.join(", "),
         human_bytes(totals.allocator_internal_bytes),
     );
@@ -146,11 +146,11 @@ fn write_findings(out: &mut String, report: &Report, ranked: &[&Site]) {
             .collect();
         let _ = writeln!(
             out,
-            "  {}. {verdict}{}: {} in {} allocations{rate}; sites {}",
+            "  {}. {verdict}{}: {} in {}{rate}; sites {}",
             n + 1,
             finding.title,
             human_bytes(finding.outstanding_bytes),
-            finding.outstanding_allocations,
+            plural(finding.outstanding_allocations, "allocation"),
             ranks.join(" ")
         );
     }
@@ -181,9 +181,9 @@ fn write_site(out: &mut String, rank: usize, site: &Site, is_node: bool, full_st
         )
     } else {
         format!(
-            "{} outstanding in {} allocations, oldest {:.1} s, via {}{mapping}",
+            "{} outstanding in {}, oldest {:.1} s, via {}{mapping}",
             human_bytes(site.outstanding_bytes),
-            site.outstanding_allocations,
+            plural(site.outstanding_allocations, "allocation"),
             site.oldest_age_s,
             site.allocator,
         )
