@@ -1,7 +1,8 @@
 //! One finding per leak: sites grouped by the application code that made them.
 //!
 //! One leak often shows as several sites: the same JS function at two JIT
-//! tiers (different return addresses below it), a library function that
+//! tiers (different return addresses below it, and no line in optimized
+//! code where V8 keeps none), a library function that
 //! allocates at several addresses inside itself (zlib's `deflateInit2_`,
 //! glibc's `getdelim`), or different allocators reached from one call. What
 //! the reader acts on is the first frame in the application's own code, so
@@ -54,9 +55,15 @@ pub struct Finding {
 /// group, ranked like findings. `check` judges these.
 pub fn groups(report: &Report) -> Vec<Finding> {
     let is_node = report.node.is_some();
+    let app_frames: Vec<Option<&Frame>> = report
+        .sites
+        .iter()
+        .map(|site| application_frame(site, is_node).map(|i| &site.frames[i]))
+        .collect();
+    let lined = lined_js_frames(&app_frames);
     let mut by_key: HashMap<String, Finding> = HashMap::new();
     for (index, site) in report.sites.iter().enumerate() {
-        let app = application_frame(site, is_node).map(|i| &site.frames[i]);
+        let app = app_frames[index].map(|frame| with_known_line(frame, &lined));
         let (key, title) = match app {
             Some(frame) => (
                 format!("app\0{:?}\0{:?}\0{:?}", frame.function, frame.file, frame.line),
@@ -119,6 +126,38 @@ pub fn of(report: &Report) -> Vec<Finding> {
             Some(group)
         })
         .collect()
+}
+
+/// JS application frames with a line, by function and script: the lines
+/// each function was seen at.
+fn lined_js_frames<'r>(app_frames: &[Option<&'r Frame>]) -> HashMap<(&'r str, &'r str), Vec<&'r Frame>> {
+    let mut lined: HashMap<(&str, &str), Vec<&Frame>> = HashMap::new();
+    for frame in app_frames.iter().flatten() {
+        if let (Some(JIT_MODULE), Some(function), Some(file), Some(line)) =
+            (frame.module.as_deref(), &frame.function, &frame.file, frame.line)
+        {
+            let frames = lined.entry((function, file)).or_default();
+            if !frames.iter().any(|f| f.line == Some(line)) {
+                frames.push(frame);
+            }
+        }
+    }
+    lined
+}
+
+/// A JS frame of optimized code may have no line where the same function's
+/// interpreted frames have one: one call at two JIT tiers is one leak. The
+/// line is taken only when the function was seen at a single line.
+fn with_known_line<'r>(frame: &'r Frame, lined: &HashMap<(&str, &str), Vec<&'r Frame>>) -> &'r Frame {
+    let (Some(JIT_MODULE), Some(function), Some(file), None) =
+        (frame.module.as_deref(), &frame.function, &frame.file, frame.line)
+    else {
+        return frame;
+    };
+    match lined.get(&(function.as_str(), file.as_str())).map(Vec::as_slice) {
+        Some([only]) => only,
+        _ => frame,
+    }
 }
 
 fn is_finding(site: &Site, has_application_frame: bool) -> bool {
@@ -364,6 +403,29 @@ mod tests {
             .collect();
         assert_eq!(names, ["getdelim", "read_lines", "main", "+2"]);
         assert_eq!(shown_frames(&site, false, true).len(), 5);
+    }
+
+    #[test]
+    fn a_js_function_at_two_jit_tiers_is_one_finding() {
+        let mut report = report();
+        report.node = Some(Default::default());
+        let js = |line| frame("openCompressor", Some("/srv/zlib.js"), line, JIT_MODULE, "0x3ad1");
+        let other = frame("other", Some("/srv/zlib.js"), None, JIT_MODULE, "0x3ad9");
+        let template = report.sites[0].clone();
+        report.sites = [js(Some(21)), js(None), other]
+            .into_iter()
+            .map(|frame| Site {
+                verdict: Some(Verdict::Leak),
+                frames: vec![frame],
+                ..template.clone()
+            })
+            .collect();
+        let titles: Vec<String> = of(&report).into_iter().map(|f| f.title).collect();
+        assert_eq!(titles, ["openCompressor (zlib.js:21)", "other"]);
+        assert_eq!(of(&report)[0].sites, [0, 1]);
+        // Seen at two lines, a line-less frame cannot be placed: its own finding.
+        report.sites[2].frames[0] = js(Some(30));
+        assert_eq!(of(&report).len(), 3);
     }
 
     #[test]

@@ -875,6 +875,18 @@ fn zlib_streams_grow_malloc_not_v8_heap() {
     v.check(v8_rate <= malloc_rate / 10.0, || {
         format!("v8_heap grows at {v8_rate:.0} B/s, not flat next to malloc at {malloc_rate:.0} B/s (expected < 1/10)")
     });
+    // openCompressor runs interpreted, then optimized (frames without a
+    // line): one call, one finding.
+    let titles: Vec<&str> = run.report["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["title"].as_str())
+        .collect();
+    let compressor = titles.iter().filter(|t| t.starts_with("openCompressor")).count();
+    v.check(compressor == 1, || {
+        format!("{compressor} findings name openCompressor, not 1: {titles:?}")
+    });
     finish(v, &run);
 }
 
