@@ -311,11 +311,11 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let cutoff = monotonic_ns().saturating_sub(args.min_age.as_nanos() as u64);
     let totals = collector.heap.totals(cutoff);
     let counters = Counters::read(&session.ebpf)?;
-    if session.budget.is_some() {
-        log::info!(
-            "the BPF programs ran {:.3} ms in all",
-            mode::programs_run_ns(&session.ebpf, &session.links) / 1e6
-        );
+    // The kernel counts run time while a budget's meter holds the statistics
+    // on, or while `kernel.bpf_stats_enabled` is set (the benchmarks do).
+    let programs_ns = mode::programs_run_ns(&session.ebpf, &session.links);
+    if session.budget.is_some() || programs_ns > 0.0 {
+        log::info!("the BPF programs ran {:.3} ms in all", programs_ns / 1e6);
     }
     if end != End::TargetExited {
         collector.refresh_modules();

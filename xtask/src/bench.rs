@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{build, output, require_root, setup};
+use crate::{build_release, output, require_root, setup};
 
 // The sections import the shared helpers through `super::`.
 use common::*;
@@ -171,7 +171,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     if let Err(e) = setup::bench_tools() {
         eprintln!("warning: {e:#}");
     }
-    let tools = Tools::find(&build()?)?;
+    let tools = Tools::find(&build_release()?.join("leakscope"))?;
     let plan = Plan::new(quick);
     fs::create_dir_all(work_dir())?;
 
@@ -281,7 +281,7 @@ fn document(plan: &Plan, tools: &Tools, sections: &[Section], load: &str, took: 
     .filter_map(|argv| version(argv))
     .collect();
     versions.push(format!(
-        "{} (`{}`, a debug build)",
+        "{} (`{}`, the release build `cargo xtask dist` ships)",
         version(&[&tools.leakscope, "--version"]).unwrap_or_default(),
         tools.leakscope
     ));

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{output, run, setup, target_dir};
+use crate::{build_release, output, run, setup, target_dir};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -41,11 +41,7 @@ const COMPLETIONS: &[(&str, &str)] = &[
 /// Builds the package; returns its path.
 pub fn dist() -> Result<PathBuf> {
     setup::setup()?;
-    // An AYA_BUILD_SKIP build would ship a binary without its eBPF programs.
-    run(Command::new("cargo")
-        .env_remove("AYA_BUILD_SKIP")
-        .args(["build", "--release", "-p", "leak-user", "--bins"]))?;
-    let release = target_dir().join("release");
+    let release = build_release()?;
     let dist = target_dir().join("dist");
     let name = format!("leakscope_{VERSION}_amd64");
     let root = dist.join(&name);

@@ -95,6 +95,16 @@ fn build() -> Result<PathBuf> {
     Ok(target_dir().join("debug/leakscope"))
 }
 
+/// The release binaries, as shipped (`dist`) and measured (`bench`); returns
+/// the directory holding them.
+fn build_release() -> Result<PathBuf> {
+    // An AYA_BUILD_SKIP build would lack its eBPF programs.
+    run(Command::new("cargo")
+        .env_remove("AYA_BUILD_SKIP")
+        .args(["build", "--release", "-p", "leak-user", "--bins"]))?;
+    Ok(target_dir().join("release"))
+}
+
 fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

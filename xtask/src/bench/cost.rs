@@ -104,23 +104,13 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
     let pairs = plan.pairs.to_string();
     let report = rel(&work_dir().join("cost.json"));
     let untraced = words(&[&program, &pairs, "cpu"]);
-    // A budget no hunt reaches keeps the kernel's run-time statistics on
-    // (the budget meter needs them) without ever switching mode.
+    // The kernel's run-time statistics, on for these runs only: a budget
+    // would turn them on too, but would switch modes at its limit.
+    let _stats = BpfStats::enable()?;
     let exact = tools.hunt(
         true,
         &[
-            "--mode",
-            "exact",
-            "--max-overhead",
-            "1000000",
-            "--format",
-            "json",
-            "-o",
-            &report,
-            "--",
-            &program,
-            &pairs,
-            "cpu",
+            "--mode", "exact", "--format", "json", "-o", &report, "--", &program, &pairs, "cpu",
         ],
     );
     let (mut untraced_ns, mut traced_ns, mut programs_ns) = (Vec::new(), Vec::new(), Vec::new());
@@ -172,8 +162,8 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
         ],
     ];
     let mut notes = vec![
-        "The BPF programs' share is their run time as the kernel counts it (BPF run-time statistics, on \
-         while a budget is enforced: hence `--max-overhead 1000000`, which never switches); the rest of the \
+        "The BPF programs' share is their run time as the kernel counts it (`kernel.bpf_stats_enabled`, set \
+         for these runs only); the rest of the \
          traced CPU time over the untraced one is the traps: breakpoint exception, uprobe handler, \
          single-step or emulation, the return probe's trampoline."
             .to_string(),
@@ -206,4 +196,25 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
         rows,
         notes,
     })
+}
+
+/// `kernel.bpf_stats_enabled` set while this lives, then restored.
+struct BpfStats {
+    before: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let before = std::fs::read_to_string(BPF_STATS).with_context(|| format!("cannot read {BPF_STATS}"))?;
+        std::fs::write(BPF_STATS, "1").with_context(|| format!("cannot write {BPF_STATS}"))?;
+        Ok(Self { before })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.before.trim());
+    }
 }
