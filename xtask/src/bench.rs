@@ -28,6 +28,7 @@ mod common;
 // One module per section.
 mod attach;
 mod cost;
+mod debian_programs;
 mod distinct_stacks;
 mod http_service;
 mod hunt_modes;
@@ -187,6 +188,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         (hunt_modes::TITLE, hunt_modes::hunt_modes),
         (cost::TITLE_FIXED, cost::fixed_costs),
         (cost::TITLE_PER_PAIR, cost::per_pair),
+        (debian_programs::TITLE, debian_programs::debian_programs),
     ];
     let number = |title: &str| title.split('.').next().unwrap_or_default().to_owned();
     let benchmarks: Vec<_> = benchmarks
