@@ -71,8 +71,12 @@ pub(super) fn debian_programs(plan: &Plan, tools: &Tools) -> Result<Section> {
         ),
     ];
     let reps = if plan.quick { 1 } else { 3 };
+    let commands = wrappers
+        .iter()
+        .filter_map(|(_, w)| w.as_ref().ok())
+        .map(|w| format!("{} CMD", shell_line(w)).trim_start().to_string())
+        .collect();
     let mut rows = Vec::new();
-    let mut commands = Vec::new();
     for (name, program) in PROGRAMS {
         let program = words(program);
         if !super::setup::on_path(&program[0]) {
@@ -102,13 +106,6 @@ pub(super) fn debian_programs(plan: &Plan, tools: &Tools) -> Result<Section> {
                     Err(e) => *values = Err(format!("failed: {e:#}")),
                 }
             }
-        }
-        if commands.is_empty() {
-            commands = wrappers
-                .iter()
-                .filter_map(|(_, w)| w.as_ref().ok())
-                .map(|w| shell_line(&[w.clone(), vec![format!("{} ...", program[0])]].concat()))
-                .collect();
         }
         let untraced = secs[0].as_ref().ok().and_then(|v| median(v));
         let cells = secs.iter().map(|values| match values {
