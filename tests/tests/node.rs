@@ -40,7 +40,23 @@ const EXPOSE_GC: &str = "--expose-gc";
 const KINDS: &[&str] = &["malloc", "mmap", "arraybuffer", "v8_heap"];
 const VERDICTS: &[&str] = &["leak", "growing", "plateau", "stable", "insufficient-data"];
 const GROWS: &[&str] = &["leak", "growing"];
-const SPACES: &[&str] = &["new", "old", "code", "large", "new_large"];
+/// The spaces of Node 18-26's V8s, as the report names them.
+const SPACES: &[&str] = &[
+    "read_only",
+    "new",
+    "old",
+    "code",
+    "shared",
+    "new_large",
+    "large",
+    "code_large",
+    "shared_large",
+    "map",
+    "trusted",
+    "shared_trusted",
+    "trusted_large",
+    "shared_trusted_large",
+];
 const SAMPLE_REASONS: &[&str] = &["large-object", "young-refill", "map-grow", "array-grow"];
 const ARRAYBUFFER_ALLOCATORS: &[&str] = &[
     "NodeArrayBufferAllocator::Allocate",
@@ -1260,7 +1276,7 @@ fn check_js_frames_run(v: &mut Verdict, run: &NodeRun) {
     check_js_chains(v, run);
 }
 
-/// The chains alone, for Node lines whose other figures are not checked yet.
+/// The chains alone.
 fn check_js_chains(v: &mut Verdict, run: &NodeRun) {
     let kept_bytes = num(&run.summary, "kept_bytes");
     let buffers = check_js_chain(v, &run.report, "arraybuffer", js_frame("keep", "keep-buffer", "alloc("));
@@ -1302,23 +1318,89 @@ fn node_line(version: &str) -> PathBuf {
     node
 }
 
-/// The same chain on Node 18 (V8 10.2), from its own metadata. The chains
-/// only: Node 18's V8 page hooks report spaces (space ids) that the Node 20
-/// contract does not list yet.
-#[test]
-fn js_frames_interpreted_are_named_on_node_18() {
-    let run = launch_on(
-        node_line("18.20.8"),
-        "js_frames",
-        &[EXPOSE_GC, "--no-opt", "--no-sparkplug"],
-        &[],
-    );
+/// One Node release line, interpreted frames: the JS chain named from the
+/// line's own V8 metadata, the V8 heap's pages per space as V8 itself
+/// counts them (`v8.getHeapSpaceStatistics()` at the fixture's end), and
+/// ArrayBuffer memory to the byte of `process.memoryUsage().arrayBuffers`.
+fn check_node_line(node: PathBuf) {
+    let run = launch_on(node, "js_frames", &[EXPOSE_GC, "--no-opt", "--no-sparkplug"], &[]);
     let mut v = Verdict::new();
-    v.check(run.status.success(), || {
-        format!("leakscope exit {}", describe_status(run.status))
-    });
+    check_launch_common(&mut v, &run);
     check_js_chains(&mut v, &run);
+    check_heap_spaces(&mut v, &run);
+    let array_buffers = num(&run.summary["mem_end"], "array_buffers");
+    let traced = report_arraybuffer_bytes(&run.report);
+    v.check(traced == array_buffers, || {
+        format!("arraybuffer bytes {traced}, process.memoryUsage().arrayBuffers {array_buffers} (expected equal)")
+    });
     finish(v, &run);
+}
+
+/// All ArrayBuffer memory outstanding at the end.
+fn report_arraybuffer_bytes(report: &Value) -> u64 {
+    report["totals"]["by_kind"]["arraybuffer"].as_u64().unwrap_or(0)
+}
+
+/// The report's name of a V8 heap space (`old_space` → `old`,
+/// `large_object_space` → `large`).
+fn report_space_name(v8_name: &str) -> String {
+    v8_name
+        .trim_end_matches("_space")
+        .trim_end_matches("_object")
+        .to_string()
+}
+
+/// node.pages_by_space against the fixture's own heap space statistics:
+/// every space V8 counts bytes in has them in the report, within one 256 KiB
+/// page (a page allocated or freed between the fixture's last line and the
+/// report), and the report has no space V8 does not count.
+fn check_heap_spaces(v: &mut Verdict, run: &NodeRun) {
+    const PAGE: i64 = 256 * KIB as i64;
+    let Some(stats) = run.summary["heap_spaces"].as_object() else {
+        v.fail(format!("the fixture's line has no heap_spaces: {}", run.summary));
+        return;
+    };
+    let pages = &run.report["node"]["pages_by_space"];
+    let mut expected: Vec<String> = Vec::new();
+    for (v8_name, size) in stats {
+        let name = report_space_name(v8_name);
+        let want = size.as_i64().unwrap_or(-1);
+        let got = pages[&name]["bytes"].as_i64().unwrap_or(0);
+        v.check((got - want).abs() < PAGE, || {
+            format!("pages_by_space.{name}: {got} bytes, V8's {v8_name} {want} (expected within one page)")
+        });
+        expected.push(name);
+    }
+    for (name, held) in pages.as_object().into_iter().flatten() {
+        v.check(expected.contains(name) || held["bytes"].as_u64() == Some(0), || {
+            format!("pages_by_space.{name} ({held}) is no space of this V8 ({:?})", stats.keys())
+        });
+    }
+}
+
+#[test]
+fn node_line_18() {
+    check_node_line(node_line("18.20.8"));
+}
+
+#[test]
+fn node_line_20() {
+    check_node_line(node_bin());
+}
+
+#[test]
+fn node_line_22() {
+    check_node_line(node_line("22.23.5"));
+}
+
+#[test]
+fn node_line_24() {
+    check_node_line(node_line("24.22.3"));
+}
+
+#[test]
+fn node_line_26() {
+    check_node_line(node_line("26.12.1"));
 }
 
 /// A perf-map entry: `START SIZE NAME`, hex.

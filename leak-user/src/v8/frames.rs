@@ -191,9 +191,13 @@ impl JsNamer {
     /// A function scope's name and inferred name, from the slots that
     /// follow its context locals; None when the layout cannot be followed.
     fn scope_info_names(&self, scope_info: u64) -> Option<(String, Option<String>)> {
-        let layout = self.layout.scope_info?;
+        let layout = self.layout.scope_info;
         let slot = |index: u64| self.field(scope_info, 8 + 8 * index);
-        let flags = smi(slot(0)?)? as u64;
+        let flags = if layout.flags_are_smi {
+            smi(slot(0)?)? as u64
+        } else {
+            slot(0)? & 0xffff_ffff
+        };
         let locals = u64::try_from(smi(slot(layout.context_local_count_slot)?)?).ok()?;
         if locals >= layout.max_inlined_locals {
             return None;

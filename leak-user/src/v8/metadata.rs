@@ -18,7 +18,7 @@ pub(super) struct Symbols {
 }
 
 impl Symbols {
-    fn read(path: &Path) -> Result<Symbols> {
+    pub(super) fn read(path: &Path) -> Result<Symbols> {
         let handle = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
         // SAFETY: a read-only private mapping of an executable in use.
         let data = unsafe { memmap2::Mmap::map(&handle) }.with_context(|| format!("cannot map {}", path.display()))?;
@@ -131,6 +131,8 @@ pub struct Offsets {
 /// The bits of a ScopeInfo's flags that place the function's name.
 #[derive(Clone, Copy, Debug)]
 pub struct ScopeInfoLayout {
+    /// The flags are a SMI (before V8 13), else a raw 32-bit word.
+    pub flags_are_smi: bool,
     /// Slot (after the map) of the context local count.
     pub context_local_count_slot: u64,
     /// Slot of the first context local name.
@@ -150,8 +152,7 @@ pub struct Layout {
     pub types: InstanceTypes,
     pub strings: StringTags,
     pub offsets: Offsets,
-    /// None: no names from ScopeInfos (functions named by their SFI string only).
-    pub scope_info: Option<ScopeInfoLayout>,
+    pub scope_info: ScopeInfoLayout,
 }
 
 /// V8 versions whose layouts were checked against the perf map (tests/tests/node.rs).
@@ -165,7 +166,7 @@ impl Layout {
         Layout::from_symbols(&symbols, version)
     }
 
-    fn from_symbols(s: &Symbols, version: Version) -> Result<Layout> {
+    pub(super) fn from_symbols(s: &Symbols, version: Version) -> Result<Layout> {
         if !KNOWN.contains(&(version.major, version.minor)) {
             bail!("V8 {version} is not one whose layout leakscope knows");
         }
@@ -263,17 +264,21 @@ impl Layout {
             fixed_array_length: need_field("FixedArrayBase", "length")?,
             fixed_array_data: need_field("FixedArray", "data")?,
             bytecode_data: need_field("BytecodeArray", "data")?,
-            // Not in the metadata: map, length, constant pool, handler table,
-            // then the source position table (V8 10-11).
-            bytecode_position_table: before_12.then_some(0x20),
+            // Not in the metadata. V8 10-11: map, length, constant pool,
+            // handler table, then the table; V8 12-14 (measured on 12.4, 13.6,
+            // 14.6): map, length, wrapper, then the table.
+            bytecode_position_table: Some(if before_12 { 0x20 } else { 0x18 }),
         };
-        let scope_info = (version.major < 12).then(|| ScopeInfoLayout {
+        // The flag bits are those of V8 11 on every known line (measured
+        // on 12.4, 13.6 and 14.6: only the scope type's values moved).
+        let scope_info = ScopeInfoLayout {
+            flags_are_smi: version.major < 13,
             context_local_count_slot: s.int("v8dbg_scopeinfo_idx_ncontextlocals").unwrap_or(2) as u64,
             first_local_slot: s.int("v8dbg_scopeinfo_idx_first_vars").unwrap_or(3) as u64,
             max_inlined_locals: 75,
             has_saved_class_variable_bit: 10,
             function_variable_shift: 12,
-        });
+        };
         Ok(Layout {
             version,
             frame,
