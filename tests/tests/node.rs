@@ -1373,7 +1373,10 @@ fn check_heap_spaces(v: &mut Verdict, run: &NodeRun) {
     }
     for (name, held) in pages.as_object().into_iter().flatten() {
         v.check(expected.contains(name) || held["bytes"].as_u64() == Some(0), || {
-            format!("pages_by_space.{name} ({held}) is no space of this V8 ({:?})", stats.keys())
+            format!(
+                "pages_by_space.{name} ({held}) is no space of this V8 ({:?})",
+                stats.keys()
+            )
         });
     }
 }

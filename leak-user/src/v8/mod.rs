@@ -32,15 +32,14 @@ pub struct Target {
 
 /// The V8 of the Node target `pid`, whose node is `node`.
 pub fn target(pid: u32, node: &ModuleRef) -> Target {
-    let (namer, pages) = match metadata::Symbols::read(&node.open_path)
-        .and_then(|symbols| Ok((Version::read(&symbols)?, symbols)))
-    {
-        Ok((version, symbols)) => (
-            target_namer(pid, node, Layout::from_symbols(&symbols, version)),
-            pages::layout(version),
-        ),
-        Err(e) => (target_namer(pid, node, Err(e)), None),
-    };
+    let (namer, pages) =
+        match metadata::Symbols::read(&node.open_path).and_then(|symbols| Ok((Version::read(&symbols)?, symbols))) {
+            Ok((version, symbols)) => (
+                target_namer(pid, node, Layout::from_symbols(&symbols, version)),
+                pages::layout(version),
+            ),
+            Err(e) => (target_namer(pid, node, Err(e)), None),
+        };
     if pages.is_none() {
         eprintln!(
             "leakscope: warning: node: the V8 heap's page sizes are not read (a V8 whose page layout leakscope has not measured): v8_heap figures are 0"

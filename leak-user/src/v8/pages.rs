@@ -81,7 +81,10 @@ mod tests {
         ] {
             let layout = layout(version).expect("a measured line");
             assert_eq!(space_name(layout.space_ids[v8_id]), "large", "V8 {version}");
-            assert_eq!(space_name(layout.space_ids[1]), if version.major == 10 { "old" } else { "new" });
+            assert_eq!(
+                space_name(layout.space_ids[1]),
+                if version.major == 10 { "old" } else { "new" }
+            );
         }
         assert_eq!(layout(Version::new(15, 0, 0, 0)), None);
         assert_eq!(space_name(V8PageLayout::UNKNOWN_SPACE), "space_255");
