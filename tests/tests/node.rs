@@ -1318,12 +1318,28 @@ fn node_line(version: &str) -> PathBuf {
     node
 }
 
+/// The flags that keep every JS frame interpreted on `node`: no TurboFan,
+/// no Sparkplug, and no Maglev where the V8 has it (on by default from V8
+/// 13, Node 24; V8 10.2, Node 18, rejects the flag).
+fn interpreted_only(node: &Path) -> Vec<&'static str> {
+    let options = Command::new(node)
+        .arg("--v8-options")
+        .output()
+        .unwrap_or_else(|e| panic!("{} --v8-options: {e}", node.display()));
+    let mut flags = vec![EXPOSE_GC, "--no-opt", "--no-sparkplug"];
+    if String::from_utf8_lossy(&options.stdout).contains("\n  --maglev ") {
+        flags.push("--no-maglev");
+    }
+    flags
+}
+
 /// One Node release line, interpreted frames: the JS chain named from the
 /// line's own V8 metadata, the V8 heap's pages per space as V8 itself
 /// counts them (`v8.getHeapSpaceStatistics()` at the fixture's end), and
 /// ArrayBuffer memory to the byte of `process.memoryUsage().arrayBuffers`.
 fn check_node_line(node: PathBuf) {
-    let run = launch_on(node, "js_frames", &[EXPOSE_GC, "--no-opt", "--no-sparkplug"], &[]);
+    let flags = interpreted_only(&node);
+    let run = launch_on(node, "js_frames", &flags, &[]);
     let mut v = Verdict::new();
     check_launch_common(&mut v, &run);
     check_js_chains(&mut v, &run);

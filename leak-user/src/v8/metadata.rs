@@ -144,6 +144,16 @@ pub struct ScopeInfoLayout {
     pub function_variable_shift: u32,
 }
 
+/// How a source position table encodes its code offset deltas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PositionCodes {
+    /// Zig-zag: the delta for a statement, `-delta - 1` for an expression (V8 10-13).
+    SignedStatement,
+    /// Unsigned, the delta above this many flag bits (V8 14: measured on
+    /// 14.6 against `--print-bytecode`; the lowest bit is set for statements).
+    FlagBits(u32),
+}
+
 /// Everything leakscope knows of one V8 build.
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -153,6 +163,7 @@ pub struct Layout {
     pub strings: StringTags,
     pub offsets: Offsets,
     pub scope_info: ScopeInfoLayout,
+    pub position_codes: PositionCodes,
 }
 
 /// V8 versions whose layouts were checked against the perf map (tests/tests/node.rs).
@@ -279,6 +290,11 @@ impl Layout {
             has_saved_class_variable_bit: 10,
             function_variable_shift: 12,
         };
+        let position_codes = if version.major >= 14 {
+            PositionCodes::FlagBits(2)
+        } else {
+            PositionCodes::SignedStatement
+        };
         Ok(Layout {
             version,
             frame,
@@ -286,6 +302,7 @@ impl Layout {
             strings,
             offsets,
             scope_info,
+            position_codes,
         })
     }
 }
