@@ -470,7 +470,10 @@ mod tests {
             zigzag(-1),
         ];
         let signed = PositionCodes::SignedStatement;
-        assert_eq!(decode_position_table(&bytes, signed), Some(vec![(0, 10), (3, 15), (5, 14)]));
+        assert_eq!(
+            decode_position_table(&bytes, signed),
+            Some(vec![(0, 10), (3, 15), (5, 14)])
+        );
         // Multi-byte: 301 = 0b1_0010_1101 → zig-zag 602.
         assert_eq!(decode_position_table(&[0xda, 0x04, 0x00], signed), Some(vec![(300, 0)]));
         assert_eq!(decode_position_table(&[0x80], signed), Some(vec![]));
