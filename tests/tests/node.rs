@@ -1422,6 +1422,67 @@ fn node_line_26() {
     check_node_line(node_line("26.12.1"));
 }
 
+/// Node 24 with its default tiers (Maglev and TurboFan on): the hot chain
+/// is optimized after warm-up and the JIT inlines its small functions.
+/// Optimized frames are named without a line and inlined frames are not
+/// expanded (docs/node-reference.md), so each kept Buffer's stack shows a
+/// part of the known chain. What holds all the same: every Buffer kept is
+/// under a request's stack through js_frames.js; the frames there are the chain's
+/// functions, innermost first, in the chain's order (inlining drops frames,
+/// never reorders or renames them); a frame with a line has its function's
+/// known line and column; and some frames are optimized (no line), or the
+/// run would not test what it is for.
+#[test]
+fn js_frames_optimized_keep_their_names_24() {
+    let run = launch_on(node_line("24.22.3"), "js_frames", &[EXPOSE_GC], &[]);
+    let mut v = Verdict::new();
+    check_launch_common(&mut v, &run);
+    let chain = js_chain(js_frame("keep", "keep-buffer", "alloc("));
+    let kept_bytes = num(&run.summary, "kept_bytes");
+    let (mut held, mut optimized) = (0, 0);
+    for site in sites_of(&run.report, "arraybuffer") {
+        let got = fixture_js_frames(site);
+        // Requests run from a timer; the module's top level (its requires)
+        // runs from the CommonJS loader.
+        let from_loader = site["frames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|f| f["file"].as_str() == Some("node:internal/modules/cjs/loader"));
+        if got.is_empty() || from_loader {
+            continue;
+        }
+        held += site_bytes(site);
+        // Match each frame to the next chain function of its name.
+        let mut next = 0;
+        for frame in &got {
+            let Some(at) = chain[next..].iter().position(|c| c.function == frame.function) else {
+                v.fail(format!(
+                    "arraybuffer site ({} bytes): JS frames {got:?} are not a part of the chain {chain:?} in order",
+                    site["outstanding_bytes"]
+                ));
+                break;
+            };
+            let known = &chain[next + at];
+            next += at + 1;
+            if frame.line == 0 {
+                optimized += 1;
+            } else {
+                v.check(frame == known, || {
+                    format!("arraybuffer site: frame {frame:?}, expected {known:?} (or no line, if optimized)")
+                });
+            }
+        }
+    }
+    v.check(held == kept_bytes, || {
+        format!("arraybuffer bytes under js_frames.js stacks {held} (expected {kept_bytes}, what the fixture keeps)")
+    });
+    v.check(optimized > 0, || {
+        "no js_frames.js frame without a line: nothing was optimized, the run tests nothing optimized".to_string()
+    });
+    finish(v, &run);
+}
+
 /// A perf-map entry: `START SIZE NAME`, hex.
 struct MapEntry {
     start: u64,
