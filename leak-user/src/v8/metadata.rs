@@ -166,7 +166,8 @@ pub struct Layout {
     pub position_codes: PositionCodes,
 }
 
-/// V8 versions whose layouts were checked against the perf map (tests/tests/node.rs).
+/// V8 versions whose layouts were checked against known JS chains and the
+/// perf map (tests/tests/node.rs).
 const KNOWN: &[(u32, u32)] = &[(10, 2), (11, 3), (12, 4), (13, 6), (14, 6)];
 
 impl Layout {
