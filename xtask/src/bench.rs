@@ -35,6 +35,7 @@ mod hunt_modes;
 mod malloc_free;
 mod maps_fill;
 mod outstanding;
+mod watch_escalation;
 mod watch_overhead;
 
 /// How much of each benchmark to run: the full run stays under 10 minutes,
@@ -185,6 +186,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         (maps_fill::TITLE, maps_fill::maps_fill),
         (http_service::TITLE, http_service::http_service),
         (watch_overhead::TITLE, watch_overhead::watch_overhead),
+        (watch_escalation::TITLE, watch_escalation::watch_escalation),
         (hunt_modes::TITLE, hunt_modes::hunt_modes),
         (cost::TITLE_FIXED, cost::fixed_costs),
         (cost::TITLE_PER_PAIR, cost::per_pair),
