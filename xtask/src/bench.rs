@@ -38,8 +38,8 @@ mod outstanding;
 mod watch_escalation;
 mod watch_overhead;
 
-/// How much of each benchmark to run: the full run stays under 10 minutes,
-/// `--quick` under 2.
+/// How much of each benchmark to run: the full run takes about 20 minutes on
+/// 2 cores (sections 1-6b took 650 s), `--quick` a few.
 struct Plan {
     quick: bool,
     /// Repetitions of each compared configuration (microbenchmark, attach).
