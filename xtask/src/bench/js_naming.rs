@@ -1,0 +1,312 @@
+//! 9: what naming JS frames costs, on bench/js_stacks.js: in the kernel (each
+//! traced call's stack walk reads V8's frame slots) and in leakscope itself
+//! (resolving each distinct JS stack from the target's memory).
+
+use std::{env, fs, io::Read as _, os::unix::fs::PermissionsExt as _, path::PathBuf, process::Stdio, thread};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::{
+    clock_ticks, command, cost::BpfStats, cpu_secs, fmt_secs, interleave, logged_secs, measure, median, rel,
+    shell_line, stats, unavailable, words, work_dir, Available, Plan, Section, Tools, LOGGED,
+};
+
+pub(super) const TITLE: &str = "9. Naming JS frames: kernel-side reads and user-side resolution";
+
+const SCRIPT: &str = "bench/js_stacks.js";
+/// JS frames under each allocation: deep enough that the walk's V8 reads dominate.
+const DEPTH: &str = "30";
+/// Buffer allocations per run of the kernel-side workload (~2 s traced).
+const CALLS: u64 = 20_000;
+/// Distinct JS stacks, each keeping one Buffer, in the user-side workload.
+const STACKS: u64 = 1_000;
+
+/// The metadata entry renamed in the copy of node that has no naming: the
+/// frame's function slot, without which leakscope names no JS frame.
+const FP_FUNCTION: &[u8] = b"\0v8dbg_off_fp_function\0";
+const FP_FUNCTION_RENAMED: &[u8] = b"\0v8dbg_off_fp_functioX\0";
+
+/// What one configuration measured.
+#[derive(Default, Clone)]
+struct Figures {
+    cpu_ns_per_call: Vec<f64>,
+    bpf_ns_per_hit: Vec<f64>,
+    hits_per_call: Vec<f64>,
+    leakscope_cpu_s: Vec<f64>,
+    report_built_s: Vec<f64>,
+    sites: Vec<f64>,
+    keep_frames: Vec<f64>,
+}
+
+pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
+    let mut section = Section {
+        title: TITLE,
+        about: about(plan),
+        commands: vec![],
+        header: vec![
+            "configuration",
+            "node CPU per allocation, µs (median, min–max)",
+            "BPF programs per probe hit",
+            "probe hits per allocation",
+            "leakscope CPU, distinct-stacks hunt, s",
+            "report built, s",
+            "sites",
+            "frames named keep_*",
+        ],
+        rows: vec![],
+        notes: vec![],
+    };
+    let Some(node) = on_path("node") else {
+        section
+            .rows
+            .push([vec!["all".into()], unavailable("not available: `node` not found")].concat());
+        return Ok(section);
+    };
+    let unnamed = unnamed_node(&node)?;
+    let report_path = work_dir().join("js_naming.json");
+    let report = rel(&report_path);
+    let workload = |node: &str, mode: &str, n: u64| words(&[node, SCRIPT, mode, &n.to_string(), DEPTH]);
+    let hunt = |argv: Vec<String>| {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        tools.hunt(
+            true,
+            &[&["--mode", "exact", "--format", "json", "-o", &report, "--"][..], &argv].concat(),
+        )
+    };
+    // The node each configuration runs, and whether leakscope names its JS frames.
+    let configs: [(&str, Available<(String, Option<bool>)>); 3] = [
+        ("untraced", Ok((node.clone(), None))),
+        ("hunt --mode exact, JS frames named", Ok((node.clone(), Some(true)))),
+        ("hunt --mode exact, naming off", Ok((unnamed.clone(), Some(false)))),
+    ];
+    let mut figures = vec![Figures::default(); configs.len()];
+    {
+        // Run-time statistics of the BPF programs, for the kernel-side workload only.
+        let _stats = BpfStats::enable()?;
+        interleave(plan.reps, &configs, |round, i, (node, named)| {
+            let calls = workload(node, "calls", CALLS);
+            let fig = &mut figures[i];
+            let Some(named) = *named else {
+                fig.cpu_ns_per_call.push(measure(&calls)?);
+                return Ok(());
+            };
+            let argv = hunt(calls);
+            let out = command(&argv).output()?;
+            let log = String::from_utf8_lossy(&out.stderr);
+            if !out.status.success() {
+                bail!("`{}` failed ({}):\n{log}", shell_line(&argv), out.status);
+            }
+            check_naming(&log, named)?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            fig.cpu_ns_per_call.push(
+                stdout
+                    .lines()
+                    .rev()
+                    .find_map(|l| l.trim().parse().ok())
+                    .context("the traced run printed no figure")?,
+            );
+            // `the BPF programs ran 12.5 ms in all`.
+            let programs_ms = logged_secs(&log, "the BPF programs ran ")
+                .with_context(|| format!("no `the BPF programs ran` line in:\n{log}"))?;
+            let hits = probe_hits(&fs::read_to_string(&report_path)?);
+            fig.bpf_ns_per_hit.push(programs_ms * 1e6 / hits);
+            fig.hits_per_call.push(hits / CALLS as f64);
+            eprintln!("round {round}/{}: {}: calls done", plan.reps, configs[i].0);
+            Ok(())
+        })?;
+    }
+    let ticks = clock_ticks()?;
+    interleave(plan.stack_reps, &configs[1..], |round, i, (node, named)| {
+        let argv = hunt(workload(node, "stacks", STACKS));
+        let (log, cpu) = run_measuring_cpu(&argv, ticks)?;
+        check_naming(&log, named.unwrap_or_default())?;
+        let json = fs::read_to_string(&report_path)?;
+        let fig = &mut figures[i + 1];
+        fig.leakscope_cpu_s.push(cpu);
+        fig.report_built_s
+            .push(logged_secs(&log, LOGGED[1]).with_context(|| format!("no `report built` line in:\n{log}"))?);
+        fig.sites.push(
+            json.split_once("\"sites\":")
+                .map_or(0, |(_, s)| s.matches("\"kind\":").count()) as f64,
+        );
+        fig.keep_frames
+            .push(json.matches("\"function\": \"keep_").count() as f64);
+        eprintln!(
+            "round {round}/{}: {}: {cpu:.2} s leakscope CPU",
+            plan.stack_reps,
+            configs[i + 1].0
+        );
+        Ok(())
+    })?;
+
+    let untraced = median(&figures[0].cpu_ns_per_call);
+    for ((name, _), fig) in configs.iter().zip(&figures) {
+        let med = |v: &[f64]| median(v).map_or("–".into(), |m| format!("{m:.0}"));
+        let cpu = stats(&fig.cpu_ns_per_call).map_or("–".into(), |s| {
+            let ratio = untraced.map_or(String::new(), |u| format!(", {:.1} × untraced", s.median / u));
+            format!("{:.1} ({:.1}–{:.1}){ratio}", s.median / 1e3, s.min / 1e3, s.max / 1e3)
+        });
+        let bpf = median(&fig.bpf_ns_per_hit).map_or("–".into(), |ns| format!("{ns:.0} ns"));
+        let secs = |v: &[f64]| match v.is_empty() {
+            true => "–".into(),
+            false => fmt_secs(v),
+        };
+        section.rows.push(vec![
+            name.to_string(),
+            cpu,
+            bpf,
+            median(&fig.hits_per_call).map_or("–".into(), |h| format!("{h:.1}")),
+            secs(&fig.leakscope_cpu_s),
+            secs(&fig.report_built_s),
+            med(&fig.sites),
+            med(&fig.keep_frames),
+        ]);
+    }
+    section.notes = notes(&figures);
+    let traced = |node: &str, mode: &str, n: u64| shell_line(&hunt(workload(node, mode, n)));
+    section.commands = vec![
+        shell_line(&workload(&node, "calls", CALLS)),
+        traced(&node, "calls", CALLS),
+        traced(&rel(&PathBuf::from(&unnamed)), "calls", CALLS),
+        traced(&node, "stacks", STACKS),
+        traced(&rel(&PathBuf::from(&unnamed)), "stacks", STACKS),
+    ];
+    Ok(section)
+}
+
+fn about(plan: &Plan) -> String {
+    format!(
+        "`{SCRIPT}` on the system's node, launch mode. Kernel side: `calls {CALLS} {DEPTH}` makes {CALLS} \
+         1 KiB Buffers, each {DEPTH} JS frames deep, and prints its own CPU time (user + system, where the probes \
+         run) per allocation; the BPF programs' run time is the kernel's count (`kernel.bpf_stats_enabled`, set \
+         for these runs only) over the probe hits of the report. {} runs per configuration, interleaved. User \
+         side: `stacks {STACKS} {DEPTH}` keeps one Buffer under each of {STACKS} distinct generated functions \
+         (`keep_0` …), {DEPTH} frames deep; leakscope's own CPU time (utime + stime of /proc/PID/stat, read once \
+         it has exited, before it is reaped) and its `-v` `report built` time, {} runs per configuration, \
+         interleaved, median (min–max). Naming off: the same node binary copied with its `v8dbg_off_fp_function` \
+         metadata symbol renamed (one byte, in `.dynsym`'s and `.symtab`'s strings; code and hooks unchanged): \
+         leakscope then warns `JS frames are not named` and loads the frame layout disabled, so the stack walk \
+         reads no V8 slot and user space resolves no JS frame (checked in each run's log).",
+        plan.reps, plan.stack_reps
+    )
+}
+
+fn notes(figures: &[Figures]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let m = |v: &[f64]| median(v);
+    let (named, off) = (&figures[1], &figures[2]);
+    if let (Some(a), Some(b), Some(hits)) = (
+        m(&named.bpf_ns_per_hit),
+        m(&off.bpf_ns_per_hit),
+        m(&named.hits_per_call),
+    ) {
+        let per_call = m(&named.cpu_ns_per_call)
+            .zip(m(&off.cpu_ns_per_call))
+            .map_or(String::new(), |(x, y)| {
+                format!(" (node's CPU per allocation: {:.1} µs more)", (x - y) / 1e3)
+            });
+        notes.push(format!(
+            "Kernel side: reading the V8 slots of each frame ({DEPTH} JS frames and node's own) costs {:.0} ns \
+             per probe hit in the BPF programs, {:.1} µs per Buffer allocation at {hits:.1} hits each{per_call}. \
+             Most hits are the allocations node makes under each Buffer (malloc, calloc, free) and the GC's.",
+            a - b,
+            (a - b) * hits / 1e3,
+        ));
+    }
+    if let (Some(a), Some(b)) = (m(&named.leakscope_cpu_s), m(&off.leakscope_cpu_s)) {
+        let built = m(&named.report_built_s)
+            .zip(m(&off.report_built_s))
+            .map_or(String::new(), |(x, y)| {
+                format!(", and {:.2} ms more of `report built`", (x - y) * 1e3 / STACKS as f64)
+            });
+        notes.push(format!(
+            "User side: leakscope's CPU per distinct JS stack resolved: {:.2} ms ((named − off) / {STACKS} \
+             stacks){built}. Without naming the {STACKS} stacks run through the same interpreter code and fold \
+             into far fewer sites: the difference includes building and symbolizing those extra sites, which is \
+             what naming costs a report.",
+            (a - b) * 1e3 / STACKS as f64,
+        ));
+    }
+    notes.push(
+        "Other helpers were building and testing on the machine's 2 cores during this run (see the load \
+         average); CPU times are disturbed less than wall times, but still move (±15 %)."
+            .into(),
+    );
+    notes
+}
+
+/// The probes' hits of a report: every `"hits"` and `"return_hits"` count.
+fn probe_hits(json: &str) -> f64 {
+    ["\"hits\": ", "\"return_hits\": "]
+        .iter()
+        .flat_map(|key| json.split(key).skip(1))
+        .filter_map(|rest| rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse::<f64>().ok())
+        .sum()
+}
+
+/// Fails unless the log says leakscope named JS frames (`named`) or that it did not.
+fn check_naming(log: &str, named: bool) -> Result<()> {
+    let (expected, said) = match named {
+        true => ("JS frames are named", log.contains(": JS frames are named")),
+        false => ("JS frames are not named", log.contains("JS frames are not named")),
+    };
+    match said {
+        true => Ok(()),
+        false => bail!("leakscope's log does not say `{expected}`:\n{log}"),
+    }
+}
+
+/// Runs leakscope to its end; returns its stderr and its own CPU seconds,
+/// read from /proc/PID/stat once it has exited but before it is reaped
+/// (its last work, the report, included; its target's time not).
+fn run_measuring_cpu(argv: &[String], ticks: f64) -> Result<(String, f64)> {
+    eprintln!("+ {}", shell_line(argv));
+    let mut child = command(argv).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let mut stderr = child.stderr.take().expect("piped");
+    let reader = thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
+    // SAFETY: a plain waitid on our own child; WNOWAIT leaves it a zombie.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::waitid(libc::P_PID, child.id(), &mut info, libc::WEXITED | libc::WNOWAIT) };
+    if waited != 0 {
+        bail!("waitid: {}", std::io::Error::last_os_error());
+    }
+    let cpu = cpu_secs(child.id(), ticks);
+    let status = child.wait()?;
+    let log = reader.join().unwrap_or_default();
+    if !status.success() {
+        bail!("`{}` failed ({status}):\n{log}", shell_line(argv));
+    }
+    Ok((log, cpu?))
+}
+
+/// A copy of `node` whose frame-slot metadata leakscope cannot find.
+fn unnamed_node(node: &str) -> Result<String> {
+    let mut bytes = fs::read(node).with_context(|| format!("cannot read {node}"))?;
+    let mut renamed = 0;
+    let mut at = 0;
+    while let Some(found) = bytes[at..].windows(FP_FUNCTION.len()).position(|w| w == FP_FUNCTION) {
+        let start = at + found;
+        bytes[start..start + FP_FUNCTION.len()].copy_from_slice(FP_FUNCTION_RENAMED);
+        renamed += 1;
+        at = start + FP_FUNCTION.len();
+    }
+    if renamed == 0 {
+        bail!("{node} has no `v8dbg_off_fp_function` symbol: its JS frames are not named anyway");
+    }
+    let copy = work_dir().join("node-unnamed");
+    fs::write(&copy, bytes)?;
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))?;
+    Ok(rel(&copy))
+}
+
+/// The first `name` on PATH.
+fn on_path(name: &str) -> Option<String> {
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .map(|path| path.display().to_string())
+}
