@@ -2,7 +2,7 @@
 //! traced call's stack walk reads V8's frame slots) and in leakscope itself
 //! (resolving each distinct JS stack from the target's memory).
 
-use std::{env, fs, io::Read as _, os::unix::fs::PermissionsExt as _, path::PathBuf, process::Stdio, thread};
+use std::{env, fs, io::Read as _, os::unix::fs::PermissionsExt as _, path::Path, process::Stdio, thread};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -18,6 +18,8 @@ const SCRIPT: &str = "bench/js_stacks.js";
 const DEPTH: &str = "30";
 /// Buffer allocations per run of the kernel-side workload (~2 s traced).
 const CALLS: u64 = 20_000;
+/// The short run whose figures are subtracted from the long one's.
+const SHORT_CALLS: u64 = 2_000;
 /// Distinct JS stacks, each keeping one Buffer, in the user-side workload.
 const STACKS: u64 = 1_000;
 
@@ -30,7 +32,7 @@ const FP_FUNCTION_RENAMED: &[u8] = b"\0v8dbg_off_fp_functioX\0";
 #[derive(Default, Clone)]
 struct Figures {
     cpu_ns_per_call: Vec<f64>,
-    bpf_ns_per_hit: Vec<f64>,
+    bpf_ns_per_call: Vec<f64>,
     hits_per_call: Vec<f64>,
     leakscope_cpu_s: Vec<f64>,
     report_built_s: Vec<f64>,
@@ -46,9 +48,10 @@ pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
         header: vec![
             "configuration",
             "node CPU per allocation, µs (median, min–max)",
-            "BPF programs per probe hit",
+            "BPF programs per allocation",
             "probe hits per allocation",
-            "leakscope CPU, distinct-stacks hunt, s",
+            "BPF programs per probe hit",
+            "leakscope CPU, s (distinct-stacks hunt)",
             "report built, s",
             "sites",
             "frames named keep_*",
@@ -84,33 +87,19 @@ pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
         // Run-time statistics of the BPF programs, for the kernel-side workload only.
         let _stats = BpfStats::enable()?;
         interleave(plan.reps, &configs, |round, i, (node, named)| {
-            let calls = workload(node, "calls", CALLS);
             let fig = &mut figures[i];
             let Some(named) = *named else {
-                fig.cpu_ns_per_call.push(measure(&calls)?);
+                fig.cpu_ns_per_call.push(measure(&workload(node, "calls", CALLS))?);
                 return Ok(());
             };
-            let argv = hunt(calls);
-            let out = command(&argv).output()?;
-            let log = String::from_utf8_lossy(&out.stderr);
-            if !out.status.success() {
-                bail!("`{}` failed ({}):\n{log}", shell_line(&argv), out.status);
-            }
-            check_naming(&log, named)?;
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            fig.cpu_ns_per_call.push(
-                stdout
-                    .lines()
-                    .rev()
-                    .find_map(|l| l.trim().parse().ok())
-                    .context("the traced run printed no figure")?,
-            );
-            // `the BPF programs ran 12.5 ms in all`.
-            let programs_ms = logged_secs(&log, "the BPF programs ran ")
-                .with_context(|| format!("no `the BPF programs ran` line in:\n{log}"))?;
-            let hits = probe_hits(&fs::read_to_string(&report_path)?);
-            fig.bpf_ns_per_hit.push(programs_ms * 1e6 / hits);
-            fig.hits_per_call.push(hits / CALLS as f64);
+            // A short run and a long one: their differences are the loop's
+            // alone, without node's start (~1.3M probe hits of its own).
+            let short = traced_calls(&hunt(workload(node, "calls", SHORT_CALLS)), named, &report_path)?;
+            let long = traced_calls(&hunt(workload(node, "calls", CALLS)), named, &report_path)?;
+            let calls = (CALLS - SHORT_CALLS) as f64;
+            fig.cpu_ns_per_call.push(long.cpu_ns_per_call);
+            fig.bpf_ns_per_call.push((long.programs_ns - short.programs_ns) / calls);
+            fig.hits_per_call.push((long.hits - short.hits) / calls);
             eprintln!("round {round}/{}: {}: calls done", plan.reps, configs[i].0);
             Ok(())
         })?;
@@ -146,7 +135,11 @@ pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
             let ratio = untraced.map_or(String::new(), |u| format!(", {:.1} × untraced", s.median / u));
             format!("{:.1} ({:.1}–{:.1}){ratio}", s.median / 1e3, s.min / 1e3, s.max / 1e3)
         });
-        let bpf = median(&fig.bpf_ns_per_hit).map_or("–".into(), |ns| format!("{ns:.0} ns"));
+        let bpf = median(&fig.bpf_ns_per_call).map_or("–".into(), |ns| format!("{:.1} µs", ns / 1e3));
+        let hits = median(&fig.hits_per_call);
+        let per_hit = median(&fig.bpf_ns_per_call)
+            .zip(hits)
+            .map_or("–".into(), |(ns, hits)| format!("{:.0} ns", ns / hits));
         let secs = |v: &[f64]| match v.is_empty() {
             true => "–".into(),
             false => fmt_secs(v),
@@ -155,7 +148,8 @@ pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
             name.to_string(),
             cpu,
             bpf,
-            median(&fig.hits_per_call).map_or("–".into(), |h| format!("{h:.1}")),
+            hits.map_or("–".into(), |h| format!("{h:.1}")),
+            per_hit,
             secs(&fig.leakscope_cpu_s),
             secs(&fig.report_built_s),
             med(&fig.sites),
@@ -166,27 +160,32 @@ pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
     let traced = |node: &str, mode: &str, n: u64| shell_line(&hunt(workload(node, mode, n)));
     section.commands = vec![
         shell_line(&workload(&node, "calls", CALLS)),
+        traced(&node, "calls", SHORT_CALLS),
         traced(&node, "calls", CALLS),
-        traced(&rel(&PathBuf::from(&unnamed)), "calls", CALLS),
+        traced(&unnamed, "calls", SHORT_CALLS),
+        traced(&unnamed, "calls", CALLS),
         traced(&node, "stacks", STACKS),
-        traced(&rel(&PathBuf::from(&unnamed)), "stacks", STACKS),
+        traced(&unnamed, "stacks", STACKS),
     ];
     Ok(section)
 }
 
 fn about(plan: &Plan) -> String {
     format!(
-        "`{SCRIPT}` on the system's node, launch mode. Kernel side: `calls {CALLS} {DEPTH}` makes {CALLS} \
+        "`{SCRIPT}` on the system's node, launch mode, `hunt --mode exact`. Kernel side: `calls N {DEPTH}` makes N \
          1 KiB Buffers, each {DEPTH} JS frames deep, and prints its own CPU time (user + system, where the probes \
-         run) per allocation; the BPF programs' run time is the kernel's count (`kernel.bpf_stats_enabled`, set \
-         for these runs only) over the probe hits of the report. {} runs per configuration, interleaved. User \
-         side: `stacks {STACKS} {DEPTH}` keeps one Buffer under each of {STACKS} distinct generated functions \
-         (`keep_0` …), {DEPTH} frames deep; leakscope's own CPU time (utime + stime of /proc/PID/stat, read once \
-         it has exited, before it is reaped) and its `-v` `report built` time, {} runs per configuration, \
-         interleaved, median (min–max). Naming off: the same node binary copied with its `v8dbg_off_fp_function` \
-         metadata symbol renamed (one byte, in `.dynsym`'s and `.symtab`'s strings; code and hooks unchanged): \
-         leakscope then warns `JS frames are not named` and loads the frame layout disabled, so the stack walk \
-         reads no V8 slot and user space resolves no JS frame (checked in each run's log).",
+         run) per allocation over that loop ({CALLS} allocations). The BPF programs' run time (the kernel's count, \
+         `kernel.bpf_stats_enabled`, set for these runs only) and the report's probe hits are per allocation as \
+         the difference between a run of {CALLS} and one of {SHORT_CALLS}, which leaves out node's start. {} \
+         rounds, the configurations interleaved; medians, min–max for node's CPU. User side: `stacks {STACKS} \
+         {DEPTH}` keeps one Buffer under each of {STACKS} generated functions (`keep_0` …, {DEPTH} frames deep): \
+         {STACKS} distinct JS stacks. leakscope's own CPU time (utime + stime of /proc/PID/stat, read when it has \
+         exited, before it is reaped: the report's work included, its target's not) and its `-v` `report built` \
+         time, {} round(s), interleaved, median (min–max). Naming off: a copy of the same node binary whose \
+         `v8dbg_off_fp_function` metadata symbol is renamed (one byte of its name in `.dynsym`'s and \
+         `.symtab`'s strings; code, hooks and probes unchanged): leakscope then warns `JS frames are not named` \
+         and loads the frame layout disabled, so the stack walk reads no V8 slot and user space resolves no JS \
+         frame (each run's log is checked for that warning, and the named runs for `JS frames are named`).",
         plan.reps, plan.stack_reps
     )
 }
@@ -196,21 +195,21 @@ fn notes(figures: &[Figures]) -> Vec<String> {
     let m = |v: &[f64]| median(v);
     let (named, off) = (&figures[1], &figures[2]);
     if let (Some(a), Some(b), Some(hits)) = (
-        m(&named.bpf_ns_per_hit),
-        m(&off.bpf_ns_per_hit),
+        m(&named.bpf_ns_per_call),
+        m(&off.bpf_ns_per_call),
         m(&named.hits_per_call),
     ) {
-        let per_call = m(&named.cpu_ns_per_call)
+        let cpu = m(&named.cpu_ns_per_call)
             .zip(m(&off.cpu_ns_per_call))
             .map_or(String::new(), |(x, y)| {
-                format!(" (node's CPU per allocation: {:.1} µs more)", (x - y) / 1e3)
+                format!("; node's own CPU per allocation, which also carries the traps and the ring buffer, rose by {:.1} µs", (x - y) / 1e3)
             });
         notes.push(format!(
-            "Kernel side: reading the V8 slots of each frame ({DEPTH} JS frames and node's own) costs {:.0} ns \
-             per probe hit in the BPF programs, {:.1} µs per Buffer allocation at {hits:.1} hits each{per_call}. \
-             Most hits are the allocations node makes under each Buffer (malloc, calloc, free) and the GC's.",
-            a - b,
-            (a - b) * hits / 1e3,
+            "Kernel side: reading the V8 slots of every frame of each stack ({DEPTH} JS frames and node's own) costs \
+             the BPF programs {:.1} µs more per Buffer allocation, {:.0} ns per probe hit at {hits:.1} hits per \
+             allocation (node's malloc, calloc and free calls under each Buffer and the GC's){cpu}.",
+            (a - b) / 1e3,
+            (a - b) / hits,
         ));
     }
     if let (Some(a), Some(b)) = (m(&named.leakscope_cpu_s), m(&off.leakscope_cpu_s)) {
@@ -219,11 +218,19 @@ fn notes(figures: &[Figures]) -> Vec<String> {
             .map_or(String::new(), |(x, y)| {
                 format!(", and {:.2} ms more of `report built`", (x - y) * 1e3 / STACKS as f64)
             });
+        let sites = m(&named.sites).zip(m(&off.sites)).map_or(String::new(), |(x, y)| {
+            format!(
+                " ({:.0} sites named against {:.0} unnamed: {:.2} ms per extra site)",
+                x,
+                y,
+                (a - b) * 1e3 / (x - y)
+            )
+        });
         notes.push(format!(
             "User side: leakscope's CPU per distinct JS stack resolved: {:.2} ms ((named − off) / {STACKS} \
-             stacks){built}. Without naming the {STACKS} stacks run through the same interpreter code and fold \
-             into far fewer sites: the difference includes building and symbolizing those extra sites, which is \
-             what naming costs a report.",
+             stacks){built}. Without naming, the {STACKS} stacks run through the same interpreter code and fold \
+             into far fewer sites{sites}: the difference includes recording, symbolizing and reporting those \
+             extra sites, which is what naming costs a report.",
             (a - b) * 1e3 / STACKS as f64,
         ));
     }
@@ -233,6 +240,38 @@ fn notes(figures: &[Figures]) -> Vec<String> {
             .into(),
     );
     notes
+}
+
+/// What a traced run of the kernel-side workload gave.
+struct TracedCalls {
+    /// The fixture's own figure: CPU per allocation, over its loop only.
+    cpu_ns_per_call: f64,
+    /// The BPF programs' run time and the probes' hits over the whole run.
+    programs_ns: f64,
+    hits: f64,
+}
+
+fn traced_calls(argv: &[String], named: bool, report: &Path) -> Result<TracedCalls> {
+    let out = command(argv).output()?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("`{}` failed ({}):\n{log}", shell_line(argv), out.status);
+    }
+    check_naming(&log, named)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let cpu_ns_per_call = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
+        .context("the traced run printed no figure")?;
+    // `the BPF programs ran 12.5 ms in all`.
+    let programs_ms = logged_secs(&log, "the BPF programs ran ")
+        .with_context(|| format!("no `the BPF programs ran` line in:\n{log}"))?;
+    Ok(TracedCalls {
+        cpu_ns_per_call,
+        programs_ns: programs_ms * 1e6,
+        hits: probe_hits(&fs::read_to_string(report)?),
+    })
 }
 
 /// The probes' hits of a report: every `"hits"` and `"return_hits"` count.
