@@ -16,17 +16,21 @@ pub(super) const TITLE: &str = "9. Naming JS frames: kernel-side reads and user-
 const SCRIPT: &str = "bench/js_stacks.js";
 /// JS frames under each allocation: deep enough that the walk's V8 reads dominate.
 const DEPTH: &str = "30";
-/// Buffer allocations per run of the kernel-side workload (~2 s traced).
-const CALLS: u64 = 20_000;
+/// Buffer allocations per run of the kernel-side workload (~1 s traced).
+const CALLS: u64 = 10_000;
 /// The short run whose figures are subtracted from the long one's.
-const SHORT_CALLS: u64 = 2_000;
+const SHORT_CALLS: u64 = 1_000;
 /// Distinct JS stacks, each keeping one Buffer, in the user-side workload.
-const STACKS: u64 = 1_000;
+const STACKS: u64 = 500;
 
 /// The metadata entry renamed in the copy of node that has no naming: the
 /// frame's function slot, without which leakscope names no JS frame.
 const FP_FUNCTION: &[u8] = b"\0v8dbg_off_fp_function\0";
 const FP_FUNCTION_RENAMED: &[u8] = b"\0v8dbg_off_fp_functioX\0";
+
+/// The node a configuration runs, and whether leakscope traces it naming
+/// its JS frames (None: untraced).
+type NodeRun = (String, Option<bool>);
 
 /// What one configuration measured.
 #[derive(Default, Clone)]
@@ -76,8 +80,7 @@ pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
             &[&["--mode", "exact", "--format", "json", "-o", &report, "--"][..], &argv].concat(),
         )
     };
-    // The node each configuration runs, and whether leakscope names its JS frames.
-    let configs: [(&str, Available<(String, Option<bool>)>); 3] = [
+    let configs: [(&str, Available<NodeRun>); 3] = [
         ("untraced", Ok((node.clone(), None))),
         ("hunt --mode exact, JS frames named", Ok((node.clone(), Some(true)))),
         ("hunt --mode exact, naming off", Ok((unnamed.clone(), Some(false)))),
