@@ -89,7 +89,9 @@ pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
     {
         // Run-time statistics of the BPF programs, for the kernel-side workload only.
         let _stats = BpfStats::enable()?;
-        interleave(plan.reps, &configs, |round, i, (node, named)| {
+        // Rounds as for the stacks: each traced run costs a node start and an
+        // attach (~7 s in all under load), and the section keeps to ~2 minutes.
+        interleave(plan.stack_reps, &configs, |round, i, (node, named)| {
             let fig = &mut figures[i];
             let Some(named) = *named else {
                 fig.cpu_ns_per_call.push(measure(&workload(node, "calls", CALLS))?);
@@ -103,7 +105,7 @@ pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
             fig.cpu_ns_per_call.push(long.cpu_ns_per_call);
             fig.bpf_ns_per_call.push((long.programs_ns - short.programs_ns) / calls);
             fig.hits_per_call.push((long.hits - short.hits) / calls);
-            eprintln!("round {round}/{}: {}: calls done", plan.reps, configs[i].0);
+            eprintln!("round {round}/{}: {}: calls done", plan.stack_reps, configs[i].0);
             Ok(())
         })?;
     }
@@ -180,7 +182,7 @@ fn about(plan: &Plan) -> String {
          run) per allocation over that loop ({CALLS} allocations). The BPF programs' run time (the kernel's count, \
          `kernel.bpf_stats_enabled`, set for these runs only) and the report's probe hits are per allocation as \
          the difference between a run of {CALLS} and one of {SHORT_CALLS}, which leaves out node's start. {} \
-         rounds, the configurations interleaved; medians, min–max for node's CPU. User side: `stacks {STACKS} \
+         round(s), the configurations interleaved; medians, min–max for node's CPU. User side: `stacks {STACKS} \
          {DEPTH}` keeps one Buffer under each of {STACKS} generated functions (`keep_0` …, {DEPTH} frames deep): \
          {STACKS} distinct JS stacks. leakscope's own CPU time (utime + stime of /proc/PID/stat, read when it has \
          exited, before it is reaped: the report's work included, its target's not) and its `-v` `report built` \
@@ -189,7 +191,7 @@ fn about(plan: &Plan) -> String {
          `.symtab`'s strings; code, hooks and probes unchanged): leakscope then warns `JS frames are not named` \
          and loads the frame layout disabled, so the stack walk reads no V8 slot and user space resolves no JS \
          frame (each run's log is checked for that warning, and the named runs for `JS frames are named`).",
-        plan.reps, plan.stack_reps
+        plan.stack_reps, plan.stack_reps
     )
 }
 
