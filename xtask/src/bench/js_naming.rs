@@ -197,9 +197,9 @@ fn about(plan: &Plan) -> String {
          the difference between a run of {CALLS} and one of {SHORT_CALLS}, which leaves out node's start. {} \
          round(s), the configurations interleaved; medians, min–max for node's CPU. User side: `stacks {STACKS} \
          {DEPTH}` keeps one Buffer under each of {STACKS} generated functions (`keep_0` …, {DEPTH} frames deep): \
-         {STACKS} distinct JS stacks. leakscope's own CPU time (utime + stime of /proc/PID/stat, read when it has \
-         exited, before it is reaped: the report's work included, its target's not) and its `-v` `report built` \
-         time, {} round(s), interleaved, median (min–max). Naming off: a copy of the same node binary whose \
+         {STACKS} distinct JS stacks. leakscope's own CPU time (utime + stime of /proc/PID/stat, read when it logs \
+         `loaded and attached` and when it has exited, before it is reaped: the report's work included, its \
+         target's not) and its `-v` `report built` time, {} round(s), interleaved, median (min–max). Naming off: a copy of the same node binary whose \
          `v8dbg_off_fp_function` metadata symbol is renamed (one byte of its name in `.dynsym`'s and \
          `.symtab`'s strings; code, hooks and probes unchanged): leakscope then warns `JS frames are not named` \
          and loads the frame layout disabled, so the stack walk reads no V8 slot and user space resolves no JS \
@@ -241,7 +241,8 @@ fn notes(figures: &[Figures]) -> Vec<String> {
             .map_or(String::new(), |(x, y)| {
                 format!("; `report built` per stack: {:+.2} ms", (x - y) * 1e3 / STACKS as f64)
             });
-        let sites = m(&named.sites).zip(m(&off.sites)).map_or(String::new(), |(x, y)| {
+        let extra_sites = m(&named.sites).zip(m(&off.sites)).filter(|(x, y)| x > y);
+        let sites = extra_sites.map_or(String::new(), |(x, y)| {
             format!(
                 " ({:.0} sites named against {:.0} unnamed: {:.2} ms per extra site)",
                 x,
