@@ -32,6 +32,7 @@ mod debian_programs;
 mod distinct_stacks;
 mod http_service;
 mod hunt_modes;
+mod js_naming;
 mod malloc_free;
 mod maps_fill;
 mod outstanding;
@@ -191,6 +192,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         (cost::TITLE_FIXED, cost::fixed_costs),
         (cost::TITLE_PER_PAIR, cost::per_pair),
         (debian_programs::TITLE, debian_programs::debian_programs),
+        (js_naming::TITLE, js_naming::js_naming),
     ];
     let number = |title: &str| title.split('.').next().unwrap_or_default().to_owned();
     let benchmarks: Vec<_> = benchmarks

@@ -199,14 +199,14 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
 }
 
 /// `kernel.bpf_stats_enabled` set while this lives, then restored.
-struct BpfStats {
+pub(super) struct BpfStats {
     before: String,
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl BpfStats {
-    fn enable() -> Result<Self> {
+    pub(super) fn enable() -> Result<Self> {
         let before = std::fs::read_to_string(BPF_STATS).with_context(|| format!("cannot read {BPF_STATS}"))?;
         std::fs::write(BPF_STATS, "1").with_context(|| format!("cannot write {BPF_STATS}"))?;
         Ok(Self { before })
