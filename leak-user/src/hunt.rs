@@ -28,6 +28,7 @@ use crate::{
     timeline::Timeline,
     v8::{self, JsFrame},
 };
+use crate::census_series;
 
 /// How often the target's mappings are re-read, so that stacks stay
 /// resolvable after it exits.
@@ -199,6 +200,118 @@ impl End {
     }
 }
 
+/// Takes heap censuses of a Node target after its full GCs, one at a time,
+/// on a thread of their own: the target is never stopped, and a census a
+/// full GC overlapped is dropped (its objects may have moved).
+struct CensusRunner {
+    pid: u32,
+    layout: std::sync::Arc<v8::census::CensusLayout>,
+    running: Option<RunningCensus>,
+    /// Full GCs seen when the last census started.
+    full_gcs_at_last: u64,
+    last_started: Option<Instant>,
+    series: census_series::CensusSeries,
+}
+
+struct RunningCensus {
+    thread: std::thread::JoinHandle<Result<CensusResult>>,
+    full_gcs: u64,
+    t_s: f64,
+}
+
+type CensusResult = (v8::census::Census, std::collections::HashMap<v8::census::GroupKey, Vec<String>>);
+
+/// Least time between two censuses.
+const CENSUS_PERIOD: Duration = Duration::from_secs(2);
+/// Time left after a full GC for V8 to finish sweeping its pages.
+const SWEEP_WAIT_S: f64 = 0.2;
+
+impl CensusRunner {
+    /// A runner for a Node target; None (with the reason kept for the
+    /// report) when its V8 is not one the census knows.
+    fn new(pid: u32, node: &crate::lookup::ModuleRef, namer: Option<&v8::JsNamer>) -> Result<CensusRunner, String> {
+        let namer = namer.ok_or("its V8 is not one leakscope knows")?;
+        match v8::census::CensusLayout::read(&node.open_path, namer.layout().clone()) {
+            Ok(layout) => Ok(CensusRunner {
+                pid,
+                layout: std::sync::Arc::new(layout),
+                running: None,
+                full_gcs_at_last: 0,
+                last_started: None,
+                series: census_series::CensusSeries::default(),
+            }),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+
+    /// Collects a finished census and starts the next one when a full GC
+    /// has ended since the last.
+    fn tick(&mut self, stats: &node::NodeStats, t_s: f64) {
+        if self.running.as_ref().is_some_and(|r| r.thread.is_finished()) {
+            self.collect(stats);
+        }
+        let after_gc = stats
+            .live_after_full
+            .last()
+            .is_some_and(|(gc_t, _)| t_s - gc_t >= SWEEP_WAIT_S);
+        let due = self.last_started.is_none_or(|at| at.elapsed() >= CENSUS_PERIOD);
+        if self.running.is_none() && stats.full_gcs > self.full_gcs_at_last && after_gc && due && !stats.gc_in_progress() {
+            self.start(stats.full_gcs, t_s);
+        }
+    }
+
+    fn start(&mut self, full_gcs: u64, t_s: f64) {
+        let (pid, layout) = (self.pid, self.layout.clone());
+        let previous = self.series.last_counts();
+        self.full_gcs_at_last = full_gcs;
+        self.last_started = Some(Instant::now());
+        let thread = std::thread::spawn(move || -> Result<CensusResult> {
+            let namer = || v8::JsNamer::new(pid, None, layout.frames.clone());
+            let census = v8::census::take(pid, &layout, namer(), v8::census::Budget::default())?;
+            let targets = census_series::growing(&census, &previous);
+            let paths = if targets.is_empty() {
+                Default::default()
+            } else {
+                v8::retainers::paths(pid, &layout, namer(), &targets)?
+            };
+            Ok((census, paths))
+        });
+        self.running = Some(RunningCensus { thread, full_gcs, t_s });
+    }
+
+    /// Waits for the running census and keeps it if no full GC overlapped it.
+    fn collect(&mut self, stats: &node::NodeStats) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        match running.thread.join() {
+            Ok(Ok(_)) if stats.full_gcs != running.full_gcs || stats.gc_in_progress() => {
+                self.series.drop_census("a GC ran during it".to_string());
+            }
+            Ok(Ok((census, paths))) => {
+                log::info!(
+                    "heap census at {:.1} s: {} objects, {} bytes in {:.3} s",
+                    running.t_s,
+                    census.objects,
+                    census.live_bytes,
+                    census.duration.as_secs_f64()
+                );
+                self.series.add(running.t_s, census);
+                self.series.set_retainers(paths);
+            }
+            Ok(Err(e)) => self.series.drop_census(format!("{e:#}")),
+            Err(_) => self.series.drop_census("the census thread panicked".to_string()),
+        }
+    }
+
+    /// The series, after the running census (if any) is collected.
+    fn finish(mut self, stats: &node::NodeStats) -> census_series::CensusSeries {
+        self.collect(stats);
+        self.series
+    }
+}
+
+
 /// Runs a hunt. Forks the command first in launch mode: no thread may exist
 /// before that, so the async runtime is created here, afterwards.
 /// A load run against the target (`check --load`): started after `after`,
@@ -226,6 +339,10 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         .node
         .as_ref()
         .and_then(|node| v8::target_namer(target.pid, node));
+    let mut census = modules
+        .node
+        .as_ref()
+        .map(|node| CensusRunner::new(target.pid, node, js_namer.as_ref()));
     let options = LoadOptions {
         pid: target.pid,
         ring_buffer_bytes: args
@@ -293,7 +410,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     };
     let (end, exit_code) = runtime.block_on(collect_until_end(
         &mut session,
-        (&mut collector, &mut timeline),
+        (&mut collector, &mut timeline, census.as_mut().and_then(|c| c.as_mut().ok())),
         launched.as_mut(),
         (args, load),
         announce,
@@ -333,6 +450,15 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         duration,
     };
     let mut report = build_report(&collector, &timeline, totals, &session.probes, &counters, &ended);
+    if let (Some(node), Some(census)) = (report.node.as_mut(), census) {
+        node.heap_census = Some(match census {
+            Ok(runner) => runner.finish(&collector.node).report(&GrowthPolicy::default()),
+            Err(reason) => report::HeapCensus {
+                unavailable: Some(reason),
+                ..Default::default()
+            },
+        });
+    }
     report::drops::mark_and_warn(&mut report);
     report.findings = crate::findings::of(&report);
     log::info!(
@@ -355,7 +481,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
 /// launched command that exited.
 async fn collect_until_end(
     session: &mut Session,
-    (collector, timeline): (&mut Collector, &mut Timeline),
+    (collector, timeline, mut census): (&mut Collector, &mut Timeline, Option<&mut CensusRunner>),
     mut launched: Option<&mut Launched>,
     (args, load): (&HuntArgs, Option<&Load>),
     announce_attached: impl FnOnce(),
@@ -430,6 +556,9 @@ async fn collect_until_end(
                     timeline.reset_sites();
                 }
                 timeline.sample(&collector.heap, started.elapsed().as_secs_f64());
+                if let Some(census) = census.as_deref_mut() {
+                    census.tick(&collector.node, started.elapsed().as_secs_f64());
+                }
             }
             status = &mut load_run => {
                 log::info!("the load exited: {status:?}");
@@ -799,5 +928,6 @@ fn node_report(
         allocation_samples,
         categories,
         torn_down_at_s: collector.torn_down_at,
+        heap_census: None,
     }
 }

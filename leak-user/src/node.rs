@@ -45,6 +45,11 @@ impl NodeStats {
         }
     }
 
+    /// Whether a GC started and has not ended.
+    pub fn gc_in_progress(&self) -> bool {
+        self.gc_started_at.is_some()
+    }
+
     pub fn sample(&mut self, probe: Probe, stack: u64, bytes: u64) {
         let (samples, total) = self.samples.entry((probe, stack)).or_default();
         *samples += 1;
