@@ -18,7 +18,7 @@ pub struct CensusSeries {
     /// Per group: (census index, counts).
     groups: HashMap<GroupKey, Vec<(usize, GroupCount)>>,
     retained_by: HashMap<GroupKey, Vec<String>>,
-    /// Why censuses were dropped, counted by reason.
+    /// Why censuses and path searches were dropped, counted by reason.
     dropped: HashMap<String, u64>,
     /// Why no census could be taken at all.
     pub unavailable: Option<String>,
@@ -42,8 +42,9 @@ impl CensusSeries {
         }
     }
 
-    pub fn drop_census(&mut self, reason: String) {
-        log::info!("heap census dropped: {reason}");
+    /// A census or path search was not kept, for `reason`.
+    pub fn dropped(&mut self, reason: String) {
+        log::info!("dropped a {reason}");
         *self.dropped.entry(reason).or_default() += 1;
     }
 

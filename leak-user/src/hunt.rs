@@ -201,94 +201,122 @@ impl End {
 }
 
 /// Takes heap censuses of a Node target after its full GCs, one at a time,
-/// on a thread of their own: the target is never stopped, and a census a
-/// full GC overlapped is dropped (its objects may have moved).
+/// on a thread of their own, then looks for the retaining paths of the
+/// groups that grew. The target is never stopped; a census or path search
+/// that a GC overlapped is dropped (objects may have moved under it).
 struct CensusRunner {
     pid: u32,
     layout: std::sync::Arc<v8::census::CensusLayout>,
-    running: Option<RunningCensus>,
+    running: Option<RunningJob>,
+    /// Instances of the groups that grew at the last census, valid until
+    /// the next full GC (the count then).
+    trace_next: Option<(Vec<(v8::census::GroupKey, Vec<u64>)>, u64)>,
     /// Full GCs seen when the last census started.
     full_gcs_at_last: u64,
     last_started: Option<Instant>,
     series: census_series::CensusSeries,
 }
 
-struct RunningCensus {
-    thread: std::thread::JoinHandle<Result<CensusResult>>,
+struct RunningJob {
+    /// "census" or "retaining paths".
+    kind: &'static str,
+    thread: std::thread::JoinHandle<Result<JobResult>>,
     full_gcs: u64,
     t_s: f64,
 }
 
-type CensusResult = (v8::census::Census, std::collections::HashMap<v8::census::GroupKey, Vec<String>>);
+enum JobResult {
+    Census(v8::census::Census),
+    Paths(std::collections::HashMap<v8::census::GroupKey, Vec<String>>),
+}
 
 /// Least time between two censuses.
-const CENSUS_PERIOD: Duration = Duration::from_secs(2);
+const CENSUS_PERIOD: Duration = Duration::from_secs(1);
 /// Time left after a full GC for V8 to finish sweeping its pages.
 const SWEEP_WAIT_S: f64 = 0.2;
 
 impl CensusRunner {
-    /// A runner for a Node target; None (with the reason kept for the
-    /// report) when its V8 is not one the census knows.
+    /// A runner for a Node target, or why its heap cannot be counted.
     fn new(pid: u32, node: &crate::lookup::ModuleRef, namer: Option<&v8::JsNamer>) -> Result<CensusRunner, String> {
         let namer = namer.ok_or("its V8 is not one leakscope knows")?;
-        match v8::census::CensusLayout::read(&node.open_path, namer.layout().clone()) {
-            Ok(layout) => Ok(CensusRunner {
-                pid,
-                layout: std::sync::Arc::new(layout),
-                running: None,
-                full_gcs_at_last: 0,
-                last_started: None,
-                series: census_series::CensusSeries::default(),
-            }),
-            Err(e) => Err(format!("{e:#}")),
-        }
+        let layout = v8::census::CensusLayout::read(&node.open_path, namer.layout().clone()).map_err(|e| format!("{e:#}"))?;
+        Ok(CensusRunner {
+            pid,
+            layout: std::sync::Arc::new(layout),
+            running: None,
+            trace_next: None,
+            full_gcs_at_last: 0,
+            last_started: None,
+            series: census_series::CensusSeries::default(),
+        })
     }
 
-    /// Collects a finished census and starts the next one when a full GC
-    /// has ended since the last.
+    /// Collects a finished job and starts the next one: the retaining paths
+    /// of the last census's growing groups while no full GC intervened, else
+    /// a census when a full GC has ended since the last.
     fn tick(&mut self, stats: &node::NodeStats, t_s: f64) {
         if self.running.as_ref().is_some_and(|r| r.thread.is_finished()) {
             self.collect(stats);
+        }
+        if self.running.is_some() || stats.gc_in_progress() {
+            return;
+        }
+        if let Some((targets, full_gcs)) = self.trace_next.take() {
+            if full_gcs == stats.full_gcs {
+                let (pid, layout) = (self.pid, self.layout.clone());
+                self.spawn("retaining paths", full_gcs, t_s, move || {
+                    let namer = v8::JsNamer::new(pid, None, layout.frames.clone());
+                    v8::retainers::paths(pid, &layout, namer, &targets).map(JobResult::Paths)
+                });
+                return;
+            }
         }
         let after_gc = stats
             .live_after_full
             .last()
             .is_some_and(|(gc_t, _)| t_s - gc_t >= SWEEP_WAIT_S);
         let due = self.last_started.is_none_or(|at| at.elapsed() >= CENSUS_PERIOD);
-        if self.running.is_none() && stats.full_gcs > self.full_gcs_at_last && after_gc && due && !stats.gc_in_progress() {
-            self.start(stats.full_gcs, t_s);
+        if stats.full_gcs > self.full_gcs_at_last && after_gc && due {
+            self.full_gcs_at_last = stats.full_gcs;
+            self.last_started = Some(Instant::now());
+            let (pid, layout) = (self.pid, self.layout.clone());
+            self.spawn("census", stats.full_gcs, t_s, move || {
+                let namer = v8::JsNamer::new(pid, None, layout.frames.clone());
+                v8::census::take(pid, &layout, namer, v8::census::Budget::default()).map(JobResult::Census)
+            });
         }
     }
 
-    fn start(&mut self, full_gcs: u64, t_s: f64) {
-        let (pid, layout) = (self.pid, self.layout.clone());
-        let previous = self.series.last_counts();
-        self.full_gcs_at_last = full_gcs;
-        self.last_started = Some(Instant::now());
-        let thread = std::thread::spawn(move || -> Result<CensusResult> {
-            let namer = || v8::JsNamer::new(pid, None, layout.frames.clone());
-            let census = v8::census::take(pid, &layout, namer(), v8::census::Budget::default())?;
-            let targets = census_series::growing(&census, &previous);
-            let paths = if targets.is_empty() {
-                Default::default()
-            } else {
-                v8::retainers::paths(pid, &layout, namer(), &targets)?
-            };
-            Ok((census, paths))
+    fn spawn(
+        &mut self,
+        kind: &'static str,
+        full_gcs: u64,
+        t_s: f64,
+        job: impl FnOnce() -> Result<JobResult> + Send + 'static,
+    ) {
+        self.running = Some(RunningJob {
+            kind,
+            thread: std::thread::spawn(job),
+            full_gcs,
+            t_s,
         });
-        self.running = Some(RunningCensus { thread, full_gcs, t_s });
     }
 
-    /// Waits for the running census and keeps it if no full GC overlapped it.
+    /// Waits for the running job and keeps what it found if no GC overlapped it.
     fn collect(&mut self, stats: &node::NodeStats) {
         let Some(running) = self.running.take() else {
             return;
         };
-        match running.thread.join() {
+        let result = match running.thread.join() {
             Ok(Ok(_)) if stats.full_gcs != running.full_gcs || stats.gc_in_progress() => {
-                self.series.drop_census("a GC ran during it".to_string());
+                Err("a GC ran during it".to_string())
             }
-            Ok(Ok((census, paths))) => {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(_) => Err("its thread panicked".to_string()),
+        };
+        match result {
+            Ok(JobResult::Census(census)) => {
                 log::info!(
                     "heap census at {:.1} s: {} objects, {} bytes in {:.3} s",
                     running.t_s,
@@ -296,21 +324,23 @@ impl CensusRunner {
                     census.live_bytes,
                     census.duration.as_secs_f64()
                 );
+                let targets = census_series::growing(&census, &self.series.last_counts());
+                if !targets.is_empty() {
+                    self.trace_next = Some((targets, running.full_gcs));
+                }
                 self.series.add(running.t_s, census);
-                self.series.set_retainers(paths);
             }
-            Ok(Err(e)) => self.series.drop_census(format!("{e:#}")),
-            Err(_) => self.series.drop_census("the census thread panicked".to_string()),
+            Ok(JobResult::Paths(paths)) => self.series.set_retainers(paths),
+            Err(reason) => self.series.dropped(format!("{}: {reason}", running.kind)),
         }
     }
 
-    /// The series, after the running census (if any) is collected.
+    /// The series, after the running job (if any) is collected.
     fn finish(mut self, stats: &node::NodeStats) -> census_series::CensusSeries {
         self.collect(stats);
         self.series
     }
 }
-
 
 /// Runs a hunt. Forks the command first in launch mode: no thread may exist
 /// before that, so the async runtime is created here, afterwards.

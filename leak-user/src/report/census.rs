@@ -65,7 +65,12 @@ pub fn growth(group: &CensusGroup) -> String {
 pub fn method(census: &HeapCensus) -> String {
     let durations = census.censuses.iter().map(|c| c.duration_s);
     let longest = durations.fold(0.0, f64::max);
-    let dropped: u64 = census.dropped.iter().map(|d| d.count).sum();
+    let dropped: u64 = census
+        .dropped
+        .iter()
+        .filter(|d| d.reason.starts_with("census"))
+        .map(|d| d.count)
+        .sum();
     format!(
         "{} heap censuses after full GCs (the longest took {longest:.2} s; the target was never stopped){}",
         census.censuses.len(),

@@ -144,7 +144,8 @@ pub struct HeapCensus {
     pub censuses: Vec<CensusPoint>,
     /// Fastest growing first.
     pub groups: Vec<CensusGroup>,
-    /// Censuses not counted (a full GC ran during one, the budget ran out), by reason.
+    /// Censuses and retaining-path searches not kept (a GC ran during one, the
+    /// budget ran out), by reason (`census: …`, `retaining paths: …`).
     #[serde(default)]
     pub dropped: Vec<DroppedCensuses>,
     /// Why no census could be taken (an unsupported V8, say).

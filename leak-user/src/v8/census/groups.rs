@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::layout::CensusLayout;
-use super::walk::{Object, Walker};
+use super::walk::{smi, Object, Walker};
 use crate::v8::JsNamer;
 
 /// What a group is. Its fields identify it across censuses.
@@ -29,10 +29,6 @@ pub struct GroupKey {
 const MAX_SHAPE: usize = 24;
 /// How many back pointers lead from a map transition to the root map.
 const MAX_BACK_POINTERS: usize = 64;
-
-fn smi(word: u64) -> Option<i64> {
-    (word & 0xffff_ffff == 0).then_some((word as i64) >> 32)
-}
 
 pub struct Classifier {
     namer: JsNamer,
@@ -61,7 +57,10 @@ impl Classifier {
         if l.is_function(t) {
             let shared = object.word(l.frames.offsets.function_shared).unwrap_or(0);
             let context = object.word(l.function_context).unwrap_or(0);
-            let scope = walker.memory.u64(context.wrapping_sub(1) + 0x10).unwrap_or(0);
+            let scope = walker
+                .memory
+                .u64(context.wrapping_sub(1) + l.frames.offsets.fixed_array_data)
+                .unwrap_or(0);
             if let Some(key) = self.by_function.get(&(shared, scope)) {
                 return key.clone();
             }

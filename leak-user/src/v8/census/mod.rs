@@ -130,8 +130,8 @@ fn extras(walker: &mut walk::Walker, object: &walk::Object, count: &mut GroupCou
             .word(l.collection_table)
             .filter(|table| l.is_fixed_array_like(walker.instance_type(*table).unwrap_or(0)))
             .and_then(|table| walker.memory.u64(table - 1 + l.frames.offsets.fixed_array_data))
-            .and_then(|w| (w & 0xffff_ffff == 0).then_some((w >> 32) as u64));
-        count.entries += entries.unwrap_or(0);
+            .and_then(walk::smi);
+        count.entries += entries.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
     } else if t == l.types.js_array_buffer {
         count.external_bytes += object.word(l.buffer_byte_length).unwrap_or(0);
     } else if t == l.types.js_typed_array || t == l.types.js_data_view {

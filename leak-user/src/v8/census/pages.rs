@@ -48,7 +48,7 @@ pub fn find(maps: &str, memory: &ProcessMemory, layout: &CensusLayout) -> Vec<Pa
     for (heap, _) in &found {
         *heaps.entry(*heap).or_default() += 1;
     }
-    let Some((&heap, _)) = heaps.iter().max_by_key(|(_, &n)| n) else {
+    let Some((&heap, _)) = heaps.iter().max_by_key(|(_, n)| **n) else {
         return Vec::new();
     };
     found.into_iter().filter(|(h, _)| *h == heap).map(|(_, p)| p).collect()

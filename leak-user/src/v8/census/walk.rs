@@ -67,7 +67,8 @@ fn word_at(buf: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(buf.get(at..at + 8)?.try_into().ok()?))
 }
 
-fn smi(word: u64) -> Option<i64> {
+/// A 64-bit SMI's value (in the upper half).
+pub fn smi(word: u64) -> Option<i64> {
     (word & 0xffff_ffff == 0).then_some((word as i64) >> 32)
 }
 
