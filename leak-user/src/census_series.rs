@@ -94,7 +94,8 @@ impl CensusSeries {
                     bytes_first: bytes.first().copied().unwrap_or(0),
                     bytes_last: bytes.last().copied().unwrap_or(0),
                     entries_last: (has_entries && in_last).then(|| last.map_or(0, |c| c.entries)),
-                    external_bytes_last: (key.kind == "typed_array" && in_last).then(|| last.map_or(0, |c| c.external_bytes)),
+                    external_bytes_last: (key.kind == "typed_array" && in_last)
+                        .then(|| last.map_or(0, |c| c.external_bytes)),
                     growth_bytes_per_s: rate,
                     verdict,
                     retained_by: self.retained_by.get(key).cloned().unwrap_or_default(),
@@ -105,7 +106,11 @@ impl CensusSeries {
             let growing = |g: &CensusGroup| matches!(g.verdict, report::Verdict::Leak | report::Verdict::Growing);
             growing(b)
                 .cmp(&growing(a))
-                .then(b.growth_bytes_per_s.unwrap_or(0.0).total_cmp(&a.growth_bytes_per_s.unwrap_or(0.0)))
+                .then(
+                    b.growth_bytes_per_s
+                        .unwrap_or(0.0)
+                        .total_cmp(&a.growth_bytes_per_s.unwrap_or(0.0)),
+                )
                 .then(b.bytes_last.cmp(&a.bytes_last))
                 .then(a.name.cmp(&b.name))
         });

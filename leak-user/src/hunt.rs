@@ -14,6 +14,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+use crate::census_series;
 use crate::{
     analyze::{self, GrowthPolicy},
     attach::{self, AttachedProbe, Counters, Links, LoadOptions, ProbeStatus},
@@ -28,7 +29,6 @@ use crate::{
     timeline::Timeline,
     v8::{self, JsFrame},
 };
-use crate::census_series;
 
 /// How often the target's mappings are re-read, so that stacks stay
 /// resolvable after it exits.
@@ -239,7 +239,8 @@ impl CensusRunner {
     /// A runner for a Node target, or why its heap cannot be counted.
     fn new(pid: u32, node: &crate::lookup::ModuleRef, namer: Option<&v8::JsNamer>) -> Result<CensusRunner, String> {
         let namer = namer.ok_or("its V8 is not one leakscope knows")?;
-        let layout = v8::census::CensusLayout::read(&node.open_path, namer.layout().clone()).map_err(|e| format!("{e:#}"))?;
+        let layout =
+            v8::census::CensusLayout::read(&node.open_path, namer.layout().clone()).map_err(|e| format!("{e:#}"))?;
         Ok(CensusRunner {
             pid,
             layout: std::sync::Arc::new(layout),
@@ -440,7 +441,11 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     };
     let (end, exit_code) = runtime.block_on(collect_until_end(
         &mut session,
-        (&mut collector, &mut timeline, census.as_mut().and_then(|c| c.as_mut().ok())),
+        (
+            &mut collector,
+            &mut timeline,
+            census.as_mut().and_then(|c| c.as_mut().ok()),
+        ),
         launched.as_mut(),
         (args, load),
         announce,

@@ -81,7 +81,10 @@ fn num(v: &Value, key: &str) -> u64 {
 }
 
 fn paths(g: &Value) -> Vec<&str> {
-    g["retained_by"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
+    g["retained_by"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
 }
 
 fn within(actual: u64, truth: u64, fraction: f64) -> bool {
@@ -97,7 +100,12 @@ fn census_counts_the_fixtures_leaks_and_names_their_holders() {
     let script = fixture();
     let run = run_launch(
         node,
-        &["--expose-gc", script.to_str().unwrap(), SECONDS, snapshot_path.to_str().unwrap()],
+        &[
+            "--expose-gc",
+            script.to_str().unwrap(),
+            SECONDS,
+            snapshot_path.to_str().unwrap(),
+        ],
         &["--mode", "growth"],
     );
     let summary: Value = run
@@ -107,7 +115,13 @@ fn census_counts_the_fixtures_leaks_and_names_their_holders() {
         .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("the fixture printed no final line:\n{}\n{}", run.stdout, run.stderr));
     let census = &run.report["node"]["heap_census"];
-    let context = || format!("fixture: {summary}\n{}\n{}", serde_json::to_string_pretty(census).unwrap(), run.stderr);
+    let context = || {
+        format!(
+            "fixture: {summary}\n{}\n{}",
+            serde_json::to_string_pretty(census).unwrap(),
+            run.stderr
+        )
+    };
     assert!(census.is_object(), "no heap_census in the report\n{}", context());
 
     // Censuses were taken without stopping the target.
@@ -123,8 +137,9 @@ fn census_counts_the_fixtures_leaks_and_names_their_holders() {
     let requests = num(&summary, "requests");
     assert!(requests >= 500, "{summary}");
     assert_eq!(num(&summary, "listeners"), requests);
-    let snapshot: Value = serde_json::from_str(&fs::read_to_string(&snapshot_path).expect("the fixture's heap snapshot"))
-        .expect("heap snapshot JSON");
+    let snapshot: Value =
+        serde_json::from_str(&fs::read_to_string(&snapshot_path).expect("the fixture's heap snapshot"))
+            .expect("heap snapshot JSON");
     let truth = snapshot_totals(&snapshot);
     let source = fs::read_to_string(&script).unwrap();
     let script_name = script.to_str().unwrap();
@@ -136,10 +151,19 @@ fn census_counts_the_fixtures_leaks_and_names_their_holders() {
     assert_eq!(cached["shape"], serde_json::json!(["key", "size", "hits"]));
     let (n, bytes) = truth[&("object".to_string(), "CachedResult".to_string())];
     assert_eq!(n, num(cached, "count_last"));
-    assert!(within(num(cached, "bytes_last"), bytes, 0.2), "{} vs snapshot {bytes}", cached);
-    assert!(matches!(cached["verdict"].as_str(), Some("leak" | "growing")), "{cached}");
     assert!(
-        paths(cached).iter().any(|p| p.starts_with("(context).resultCache → Map.(table)") && p.ends_with("CachedResult")),
+        within(num(cached, "bytes_last"), bytes, 0.2),
+        "{} vs snapshot {bytes}",
+        cached
+    );
+    assert!(
+        matches!(cached["verdict"].as_str(), Some("leak" | "growing")),
+        "{cached}"
+    );
+    assert!(
+        paths(cached)
+            .iter()
+            .any(|p| p.starts_with("(context).resultCache → Map.(table)") && p.ends_with("CachedResult")),
         "{cached}"
     );
     let cache_map = census["groups"]
@@ -157,13 +181,22 @@ fn census_counts_the_fixtures_leaks_and_names_their_holders() {
     assert_eq!(num(listener, "count_last"), num(&summary, "listeners"));
     let (line, column) = snapshot_location(&snapshot, "onData");
     assert_eq!(listener["location"], format!("{script_name}:{line}:{column}"));
-    assert!(source.lines().nth(line as usize - 1).unwrap().contains("function onData("));
+    assert!(source
+        .lines()
+        .nth(line as usize - 1)
+        .unwrap()
+        .contains("function onData("));
     assert_eq!(listener["enclosing_function"], "handleRequest");
     let (n, bytes) = truth[&("closure".to_string(), "onData".to_string())];
     assert_eq!(n, num(listener, "count_last"));
-    assert!(within(num(listener, "bytes_last"), bytes, 0.2), "{listener} vs snapshot {bytes}");
     assert!(
-        paths(listener).iter().any(|p| p.starts_with("(context).bus → EventEmitter._events") && p.ends_with("onData")),
+        within(num(listener, "bytes_last"), bytes, 0.2),
+        "{listener} vs snapshot {bytes}"
+    );
+    assert!(
+        paths(listener)
+            .iter()
+            .any(|p| p.starts_with("(context).bus → EventEmitter._events") && p.ends_with("onData")),
         "{listener}"
     );
     let contexts = group(census, "context", "(context of handleRequest)");
@@ -173,7 +206,10 @@ fn census_counts_the_fixtures_leaks_and_names_their_holders() {
     let retainer = group(census, "closure", "keepRows");
     assert_eq!(num(retainer, "count_last"), num(&summary, "retainers"));
     assert_eq!(retainer["enclosing_function"], "makeRetainer");
-    assert_eq!(num(group(census, "context", "(context of makeRetainer)"), "count_last"), requests);
+    assert_eq!(
+        num(group(census, "context", "(context of makeRetainer)"), "count_last"),
+        requests
+    );
 
     // The healthy group: every Session became garbage.
     let sessions = census["groups"]
@@ -182,7 +218,8 @@ fn census_counts_the_fixtures_leaks_and_names_their_holders() {
         .iter()
         .find(|g| g["name"] == "Session" && g["kind"] == "object");
     assert!(
-        sessions.is_none_or(|g| num(g, "count_last") == 0 && !matches!(g["verdict"].as_str(), Some("leak" | "growing"))),
+        sessions
+            .is_none_or(|g| num(g, "count_last") == 0 && !matches!(g["verdict"].as_str(), Some("leak" | "growing"))),
         "{sessions:?}"
     );
 }

@@ -48,10 +48,7 @@ pub fn growth(group: &CensusGroup) -> String {
         .growth_bytes_per_s
         .map(|r| format!(", {}/s", human_bytes(r.max(0.0) as u64)))
         .unwrap_or_default();
-    let entries = group
-        .entries_last
-        .map(|e| format!(", {e} entries"))
-        .unwrap_or_default();
+    let entries = group.entries_last.map(|e| format!(", {e} entries")).unwrap_or_default();
     format!(
         "{}{} objects ({}{}{rate}{entries})",
         sign(added),

@@ -209,7 +209,11 @@ fn heap_census(out: &mut String, report: &Report) {
     if census.unavailable.is_some() || census.censuses.is_empty() {
         return;
     }
-    let _ = writeln!(out, "## Objects growing between snapshots\n\n{}.\n", super::census::method(census));
+    let _ = writeln!(
+        out,
+        "## Objects growing between snapshots\n\n{}.\n",
+        super::census::method(census)
+    );
     let growing: Vec<_> = super::census::growing(census).collect();
     if growing.is_empty() {
         out.push_str("No group of JS objects grew.\n\n");

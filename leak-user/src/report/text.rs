@@ -227,7 +227,11 @@ fn write_census(out: &mut String, census: &super::HeapCensus) {
     }
     let mut growing = super::census::growing(census).peekable();
     if growing.peek().is_none() {
-        let _ = writeln!(out, "\nJS heap census: no group grew ({})", super::census::method(census));
+        let _ = writeln!(
+            out,
+            "\nJS heap census: no group grew ({})",
+            super::census::method(census)
+        );
         return;
     }
     let _ = writeln!(out, "\nJS heap objects growing ({}):", super::census::method(census));

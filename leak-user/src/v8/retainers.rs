@@ -129,7 +129,9 @@ fn chain_of(parents: &HashMap<u64, Edge>, sample: u64) -> Vec<Edge> {
 fn is_root(walker: &mut Walker, edge: &Edge) -> bool {
     let l = walker.layout;
     let name = l.type_name(edge.info.instance_type);
-    name == "JSGlobalObject" || name == "JSGlobalProxy" || (l.is_context(edge.info.instance_type) && context_slot_name_index(walker, edge).is_some())
+    name == "JSGlobalObject"
+        || name == "JSGlobalProxy"
+        || (l.is_context(edge.info.instance_type) && context_slot_name_index(walker, edge).is_some())
 }
 
 /// The context local a context slot holds: (its ScopeInfo, the index of its name).
@@ -149,25 +151,40 @@ fn context_slot_name_index(walker: &mut Walker, edge: &Edge) -> Option<u64> {
 fn render(walker: &mut Walker, classifier: &mut Classifier, chain: &[Edge], target: &str) -> String {
     let l = walker.layout;
     let mut parts: Vec<String> = Vec::new();
+    // The property store or element array the last hop already named.
+    let mut named_by_last = false;
     for (i, edge) in chain.iter().enumerate() {
         let t = edge.info.instance_type;
         let next = chain.get(i + 1);
+        let store_named = std::mem::replace(&mut named_by_last, false);
         let part = if l.is_context(t) {
             let name = context_slot_name_index(walker, edge).and_then(|n| classifier.namer().string_at(n));
-            format!("(context).{}", name.unwrap_or_else(|| format!("[{}]", edge.offset / 8 - 2)))
+            format!(
+                "(context).{}",
+                name.unwrap_or_else(|| format!("[{}]", edge.offset / 8 - 2))
+            )
         } else if l.is_function(t) {
             let key = function_name(walker, classifier, edge);
-            let field = if edge.offset == l.function_context { "(context)" } else { "(internal)" };
+            let field = if edge.offset == l.function_context {
+                "(context)"
+            } else {
+                "(internal)"
+            };
             format!("{key}.{field}")
         } else if t >= l.types.first_js_receiver {
             let holder = classifier_name(walker, classifier, edge);
-            let field = property_name(walker, classifier, edge, next).unwrap_or_else(|| match edge.offset {
+            let named = property_name(walker, classifier, edge, next);
+            named_by_last =
+                named.is_some() && (edge.offset == l.js_object_properties || edge.offset == l.js_object_elements);
+            let field = named.unwrap_or_else(|| match edge.offset {
                 o if o == l.collection_table && (t == l.types.js_map || t == l.types.js_set) => "(table)".to_string(),
                 o if o == l.js_object_elements => "(elements)".to_string(),
                 o if o == l.js_object_properties => "(properties)".to_string(),
                 o => format!("(slot {})", o / 8),
             });
             format!("{holder}.{field}")
+        } else if store_named {
+            continue;
         } else {
             "…".to_string()
         };
@@ -201,7 +218,9 @@ fn classifier_name(walker: &mut Walker, classifier: &mut Classifier, edge: &Edge
     if t == l.types.js_array {
         return "Array".to_string();
     }
-    classifier.constructor_name(walker, edge.map).unwrap_or_else(|| l.type_name(t))
+    classifier
+        .constructor_name(walker, edge.map)
+        .unwrap_or_else(|| l.type_name(t))
 }
 
 /// The name of the property whose slot the edge (or, for out-of-object and
@@ -232,7 +251,13 @@ fn property_name(walker: &mut Walker, classifier: &mut Classifier, edge: &Edge, 
 }
 
 /// The key of the field descriptor whose field index is `field`.
-fn descriptor_named(walker: &mut Walker, classifier: &mut Classifier, map: u64, bits: u32, field: u64) -> Option<String> {
+fn descriptor_named(
+    walker: &mut Walker,
+    classifier: &mut Classifier,
+    map: u64,
+    bits: u32,
+    field: u64,
+) -> Option<String> {
     let l = walker.layout;
     if bits >> l.dictionary_map_bit & 1 != 0 {
         return None;

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::layout::CensusLayout;
 use super::walk::{smi, Object, Walker};
 use crate::v8::JsNamer;
 
@@ -102,15 +101,18 @@ impl Classifier {
             _ if t == ty.js_array => ("array", "Array".to_string()),
             _ if t == ty.js_map => ("map", "Map".to_string()),
             _ if t == ty.js_set => ("set", "Set".to_string()),
-            _ if [ty.js_typed_array, ty.js_data_view, ty.js_array_buffer].contains(&t) => {
-                ("typed_array", self.constructor_name(walker, map).unwrap_or_else(|| l.type_name(t)))
-            }
-            _ if t == ty.api_object || t == ty.special_api_object => {
-                ("native", self.constructor_name(walker, map).unwrap_or_else(|| l.type_name(t)))
-            }
-            _ if t >= ty.first_js_receiver => {
-                ("object", self.constructor_name(walker, map).unwrap_or_else(|| l.type_name(t)))
-            }
+            _ if [ty.js_typed_array, ty.js_data_view, ty.js_array_buffer].contains(&t) => (
+                "typed_array",
+                self.constructor_name(walker, map).unwrap_or_else(|| l.type_name(t)),
+            ),
+            _ if t == ty.api_object || t == ty.special_api_object => (
+                "native",
+                self.constructor_name(walker, map).unwrap_or_else(|| l.type_name(t)),
+            ),
+            _ if t >= ty.first_js_receiver => (
+                "object",
+                self.constructor_name(walker, map).unwrap_or_else(|| l.type_name(t)),
+            ),
             _ => ("other", l.type_name(t)),
         };
         let shape = if kind == "object" || kind == "native" {
@@ -215,7 +217,9 @@ impl Classifier {
 /// snapshots): from its ScopeInfo once compiled, else from its UncompiledData.
 pub fn start_position(walker: &mut Walker, shared: u64) -> Option<u32> {
     let l = walker.layout;
-    let name_or_scope = walker.memory.u64(shared - 1 + l.frames.offsets.sfi_name_or_scope_info)?;
+    let name_or_scope = walker
+        .memory
+        .u64(shared - 1 + l.frames.offsets.sfi_name_or_scope_info)?;
     if let Some(position) = ScopeSlots::read(walker, name_or_scope).and_then(|s| s.start) {
         return Some(position);
     }

@@ -151,7 +151,11 @@ impl<'a> Walker<'a> {
             }
             let at = l.frames.offsets.string_length as usize;
             let len = u64::from(u32::from_le_bytes(head.get(at..at + 4)?.try_into().ok()?));
-            let unit = if instance_type & strings.encoding_mask == strings.one_byte { 1 } else { 2 };
+            let unit = if instance_type & strings.encoding_mask == strings.one_byte {
+                1
+            } else {
+                2
+            };
             return Some(round(l.frames.offsets.seq_chars + unit * len));
         }
         let header = l.frames.offsets.fixed_array_data;
