@@ -220,8 +220,10 @@ struct CensusRunner {
 struct RunningJob {
     /// "census" or "retaining paths".
     kind: &'static str,
-    thread: std::thread::JoinHandle<Result<JobResult>>,
+    /// The job's result, and when it ended (seconds into the hunt).
+    thread: std::thread::JoinHandle<(Result<JobResult>, f64)>,
     full_gcs: u64,
+    /// When it started (seconds into the hunt).
     t_s: f64,
 }
 
@@ -255,17 +257,20 @@ impl CensusRunner {
     /// Collects a finished job and starts the next one: the retaining paths
     /// of the last census's growing groups while no full GC intervened, else
     /// a census when a full GC has ended since the last.
-    fn tick(&mut self, stats: &node::NodeStats, t_s: f64) {
+    /// `started_ns`: when the hunt started (CLOCK_MONOTONIC, the clock of
+    /// the GC events); `torn_down_at`: when node began freeing its heap on exit.
+    fn tick(&mut self, stats: &node::NodeStats, started_ns: u64, torn_down_at: Option<f64>) {
         if self.running.as_ref().is_some_and(|r| r.thread.is_finished()) {
-            self.collect(stats);
+            self.collect(stats, torn_down_at);
         }
-        if self.running.is_some() || stats.gc_in_progress() {
+        let t_s = seconds_since(started_ns);
+        if self.running.is_some() || stats.gc_in_progress() || torn_down_at.is_some() {
             return;
         }
         if let Some((targets, full_gcs)) = self.trace_next.take() {
             if full_gcs == stats.full_gcs {
                 let (pid, layout) = (self.pid, self.layout.clone());
-                self.spawn("retaining paths", full_gcs, t_s, move || {
+                self.spawn("retaining paths", full_gcs, started_ns, move || {
                     let namer = v8::JsNamer::new(pid, None, layout.frames.clone());
                     v8::retainers::paths(pid, &layout, namer, &targets).map(JobResult::Paths)
                 });
@@ -281,7 +286,7 @@ impl CensusRunner {
             self.full_gcs_at_last = stats.full_gcs;
             self.last_started = Some(Instant::now());
             let (pid, layout) = (self.pid, self.layout.clone());
-            self.spawn("census", stats.full_gcs, t_s, move || {
+            self.spawn("census", stats.full_gcs, started_ns, move || {
                 let namer = v8::JsNamer::new(pid, None, layout.frames.clone());
                 v8::census::take(pid, &layout, namer, v8::census::Budget::default()).map(JobResult::Census)
             });
@@ -292,28 +297,32 @@ impl CensusRunner {
         &mut self,
         kind: &'static str,
         full_gcs: u64,
-        t_s: f64,
+        started_ns: u64,
         job: impl FnOnce() -> Result<JobResult> + Send + 'static,
     ) {
         self.running = Some(RunningJob {
             kind,
-            thread: std::thread::spawn(job),
+            thread: std::thread::spawn(move || (job(), seconds_since(started_ns))),
             full_gcs,
-            t_s,
+            t_s: seconds_since(started_ns),
         });
     }
 
     /// Waits for the running job and keeps what it found if no GC overlapped it.
-    fn collect(&mut self, stats: &node::NodeStats) {
+    fn collect(&mut self, stats: &node::NodeStats, torn_down_at: Option<f64>) {
         let Some(running) = self.running.take() else {
             return;
         };
         let result = match running.thread.join() {
-            Ok(Ok(_)) if stats.full_gcs != running.full_gcs || stats.gc_in_progress() => {
+            Ok((Ok(_), ended_s)) if stats.full_gc_overlapped(running.t_s, ended_s) => {
                 Err("a GC ran during it".to_string())
             }
-            Ok(Ok(found)) => Ok(found),
-            Ok(Err(e)) => Err(format!("{e:#}")),
+            // No GC events are kept after the teardown: it frees the heap anyway.
+            Ok((Ok(_), ended_s)) if torn_down_at.is_some_and(|t| t <= ended_s) => {
+                Err("node tore its heap down during it".to_string())
+            }
+            Ok((Ok(found), _)) => Ok(found),
+            Ok((Err(e), _)) => Err(format!("{e:#}")),
             Err(_) => Err("its thread panicked".to_string()),
         };
         match result {
@@ -337,8 +346,8 @@ impl CensusRunner {
     }
 
     /// The series, after the running job (if any) is collected.
-    fn finish(mut self, stats: &node::NodeStats) -> census_series::CensusSeries {
-        self.collect(stats);
+    fn finish(mut self, stats: &node::NodeStats, torn_down_at: Option<f64>) -> census_series::CensusSeries {
+        self.collect(stats, torn_down_at);
         self.series
     }
 }
@@ -487,7 +496,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let mut report = build_report(&collector, &timeline, totals, &session.probes, &counters, &ended);
     if let (Some(node), Some(census)) = (report.node.as_mut(), census) {
         node.heap_census = Some(match census {
-            Ok(runner) => runner.finish(&collector.node).report(&GrowthPolicy::default()),
+            Ok(runner) => runner.finish(&collector.node, collector.torn_down_at).report(&GrowthPolicy::default()),
             Err(reason) => report::HeapCensus {
                 unavailable: Some(reason),
                 ..Default::default()
@@ -577,6 +586,11 @@ async fn collect_until_end(
             _ = poll.tick() => {
                 drain(ring.get_mut(), collector);
                 session.window_fault_stacks(collector);
+                // Often, so that a census starts soon after a full GC and
+                // is judged by the GC events drained up to now.
+                if let Some(census) = census.as_deref_mut() {
+                    census.tick(&collector.node, collector.started_ns, collector.torn_down_at);
+                }
             }
             _ = tick(&mut summary) => print_summary(collector, started.elapsed()),
             _ = budget_window.tick(), if session.budget.is_some() => {
@@ -591,9 +605,6 @@ async fn collect_until_end(
                     timeline.reset_sites();
                 }
                 timeline.sample(&collector.heap, started.elapsed().as_secs_f64());
-                if let Some(census) = census.as_deref_mut() {
-                    census.tick(&collector.node, started.elapsed().as_secs_f64());
-                }
             }
             status = &mut load_run => {
                 log::info!("the load exited: {status:?}");
@@ -826,6 +837,11 @@ fn probe_report(p: &AttachedProbe, counters: &Counters) -> ProbeReport {
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+/// Seconds since `started_ns` on CLOCK_MONOTONIC.
+fn seconds_since(started_ns: u64) -> f64 {
+    monotonic_ns().saturating_sub(started_ns) as f64 / 1e9
+}
+
 fn monotonic_ns() -> u64 {
     let now =
         nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");

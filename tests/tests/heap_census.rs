@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use leakscope_tests::*;
 use serde_json::Value;
 
-const SECONDS: &str = "14";
+const SECONDS: &str = "22";
 
 fn fixture() -> PathBuf {
     workspace_root().join("tests/fixtures/node/census_leaks.js")

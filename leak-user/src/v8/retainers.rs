@@ -57,7 +57,7 @@ pub fn paths(
         );
         let mut found_now: Vec<(u64, Edge)> = Vec::new();
         for page in &found {
-            walker.walk(page, |walker, object| {
+            let walked = walker.walk(page, |walker, object| {
                 let t = object.info.instance_type;
                 if walker.layout.is_raw_data(t) || t == walker.layout.types.map {
                     return;
@@ -78,6 +78,9 @@ pub fn paths(
                     ));
                 }
             });
+            if walked.is_none() {
+                bail!("the page at {:#x} could not be read (freed, or the process is exiting)", page.area_start);
+            }
         }
         let mut next = HashSet::new();
         for (child, edge) in found_now {

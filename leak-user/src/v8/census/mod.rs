@@ -100,7 +100,7 @@ pub fn take(pid: u32, layout: &CensusLayout, namer: JsNamer, budget: Budget) -> 
                 found.len()
             );
         }
-        let stats = walker.walk(page, |walker, object| {
+        let walked = walker.walk(page, |walker, object| {
             let key = classifier.key(walker, object);
             let count = census.groups.entry(key).or_default();
             count.count += 1;
@@ -110,6 +110,9 @@ pub fn take(pid: u32, layout: &CensusLayout, namer: JsNamer, budget: Budget) -> 
             }
             extras(walker, object, count);
         });
+        let Some(stats) = walked else {
+            bail!("the page at {:#x} could not be read (freed, or the process is exiting)", page.area_start);
+        };
         census.objects += stats.objects;
         census.live_bytes += stats.bytes;
         census.unparsed_bytes += stats.unparsed_bytes;

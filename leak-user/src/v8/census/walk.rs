@@ -179,8 +179,9 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// Reads `page` and calls `visit` for each object on it.
-    pub fn walk(&mut self, page: &Page, mut visit: impl FnMut(&mut Self, &Object)) -> WalkStats {
+    /// Reads `page` and calls `visit` for each object on it; None when the
+    /// page cannot be read (freed since it was found, or the process exits).
+    pub fn walk(&mut self, page: &Page, mut visit: impl FnMut(&mut Self, &Object)) -> Option<WalkStats> {
         let mut stats = WalkStats::default();
         let area = page.area_end - page.area_start;
         let want = if page.large && !self.read_large_objects_whole {
@@ -188,10 +189,7 @@ impl<'a> Walker<'a> {
         } else {
             area
         };
-        let Some(buf) = self.memory.bytes(page.area_start, want.min(MAX_READ as u64) as usize) else {
-            stats.unparsed_bytes = area;
-            return stats;
-        };
+        let buf = self.memory.bytes(page.area_start, want.min(MAX_READ as u64) as usize)?;
         self.bytes_read += buf.len() as u64;
         let end = area as usize;
         let mut at = 0usize;
@@ -228,7 +226,7 @@ impl<'a> Walker<'a> {
                 break;
             }
         }
-        stats
+        Some(stats)
     }
 
     /// The offset of the next word from `from` that points at a map.
