@@ -75,9 +75,11 @@ impl CensusSeries {
                 // A group absent from a census had no objects then.
                 let mut bytes = vec![0; t_s.len()];
                 let mut counts = vec![0; t_s.len()];
+                let mut entries = vec![0; t_s.len()];
                 for (index, count) in series {
                     bytes[*index] = count.bytes;
                     counts[*index] = count.count;
+                    entries[*index] = count.entries;
                 }
                 let (rate, verdict) = analyze::analyze_totals(&t_s, &bytes, policy);
                 let last = series.last().map(|(_, c)| c);
@@ -93,7 +95,8 @@ impl CensusSeries {
                     count_last: counts.last().copied().unwrap_or(0),
                     bytes_first: bytes.first().copied().unwrap_or(0),
                     bytes_last: bytes.last().copied().unwrap_or(0),
-                    entries_last: (has_entries && in_last).then(|| last.map_or(0, |c| c.entries)),
+                    entries_first: has_entries.then(|| entries.first().copied().unwrap_or(0)),
+                    entries_last: has_entries.then(|| entries.last().copied().unwrap_or(0)),
                     external_bytes_last: (key.kind == "typed_array" && in_last)
                         .then(|| last.map_or(0, |c| c.external_bytes)),
                     growth_bytes_per_s: rate,
@@ -103,7 +106,12 @@ impl CensusSeries {
             })
             .collect();
         groups.sort_by(|a, b| {
-            let growing = |g: &CensusGroup| matches!(g.verdict, report::Verdict::Leak | report::Verdict::Growing);
+            // A Map or Set that gains entries is growing even though its own
+            // object does not (its table is another object).
+            let growing = |g: &CensusGroup| {
+                matches!(g.verdict, report::Verdict::Leak | report::Verdict::Growing)
+                    || g.entries_last > g.entries_first
+            };
             growing(b)
                 .cmp(&growing(a))
                 .then(
@@ -133,9 +141,12 @@ impl CensusSeries {
     }
 }
 
-/// The groups of `census` that grew most since `previous` (counts of the
-/// census before), with sample instances: where retaining paths are looked for.
-pub fn growing(census: &Census, previous: &HashMap<GroupKey, u64>) -> Vec<(GroupKey, Vec<u64>)> {
+/// The groups of `census` that grew most since the census before, with
+/// sample instances: where retaining paths are looked for. Groups whose
+/// paths are known come after the others, so that over a few censuses every
+/// growing group gets its turn.
+pub fn growing(census: &Census, series: &CensusSeries) -> Vec<(GroupKey, Vec<u64>)> {
+    let previous = series.last_counts();
     if previous.is_empty() {
         return Vec::new();
     }
@@ -149,7 +160,8 @@ pub fn growing(census: &Census, previous: &HashMap<GroupKey, u64>) -> Vec<(Group
             Some((added * (count.bytes / count.count.max(1)), key, count))
         })
         .collect();
-    grown.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    let traced = |key: &GroupKey| series.retained_by.contains_key(key);
+    grown.sort_by(|a, b| (traced(a.1), b.0, a.1).cmp(&(traced(b.1), a.0, b.1)));
     grown
         .into_iter()
         .take(MAX_TRACED_GROUPS)

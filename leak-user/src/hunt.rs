@@ -334,7 +334,7 @@ impl CensusRunner {
                     census.live_bytes,
                     census.duration.as_secs_f64()
                 );
-                let targets = census_series::growing(&census, &self.series.last_counts());
+                let targets = census_series::growing(&census, &self.series);
                 if !targets.is_empty() {
                     self.trace_next = Some((targets, running.full_gcs));
                 }
@@ -496,7 +496,9 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let mut report = build_report(&collector, &timeline, totals, &session.probes, &counters, &ended);
     if let (Some(node), Some(census)) = (report.node.as_mut(), census) {
         node.heap_census = Some(match census {
-            Ok(runner) => runner.finish(&collector.node, collector.torn_down_at).report(&GrowthPolicy::default()),
+            Ok(runner) => runner
+                .finish(&collector.node, collector.torn_down_at)
+                .report(&GrowthPolicy::default()),
             Err(reason) => report::HeapCensus {
                 unavailable: Some(reason),
                 ..Default::default()

@@ -186,7 +186,9 @@ pub struct CensusGroup {
     pub count_last: u64,
     pub bytes_first: u64,
     pub bytes_last: u64,
-    /// Maps and Sets: their entries at the last census.
+    /// Maps and Sets: their entries at the first and the last census.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries_first: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries_last: Option<u64>,
     /// Typed arrays and ArrayBuffers: their backing stores' bytes at the last census.

@@ -79,7 +79,10 @@ pub fn paths(
                 }
             });
             if walked.is_none() {
-                bail!("the page at {:#x} could not be read (freed, or the process is exiting)", page.area_start);
+                bail!(
+                    "the page at {:#x} could not be read (freed, or the process is exiting)",
+                    page.area_start
+                );
             }
         }
         let mut next = HashSet::new();

@@ -111,7 +111,10 @@ pub fn take(pid: u32, layout: &CensusLayout, namer: JsNamer, budget: Budget) -> 
             extras(walker, object, count);
         });
         let Some(stats) = walked else {
-            bail!("the page at {:#x} could not be read (freed, or the process is exiting)", page.area_start);
+            bail!(
+                "the page at {:#x} could not be read (freed, or the process is exiting)",
+                page.area_start
+            );
         };
         census.objects += stats.objects;
         census.live_bytes += stats.bytes;
