@@ -141,11 +141,14 @@ impl CensusSeries {
     }
 }
 
+/// Groups to find retaining paths for, each with sample instances (tagged addresses).
+pub type TraceTargets = Vec<(GroupKey, Vec<u64>)>;
+
 /// The groups of `census` that grew most since the census before, with
 /// sample instances: where retaining paths are looked for. Groups whose
 /// paths are known come after the others, so that over a few censuses every
 /// growing group gets its turn.
-pub fn growing(census: &Census, series: &CensusSeries) -> Vec<(GroupKey, Vec<u64>)> {
+pub fn growing(census: &Census, series: &CensusSeries) -> TraceTargets {
     let previous = series.last_counts();
     if previous.is_empty() {
         return Vec::new();

@@ -210,7 +210,7 @@ struct CensusRunner {
     running: Option<RunningJob>,
     /// Instances of the groups that grew at the last census, valid until
     /// the next full GC (the count then).
-    trace_next: Option<(Vec<(v8::census::GroupKey, Vec<u64>)>, u64)>,
+    trace_next: Option<(census_series::TraceTargets, u64)>,
     /// Full GCs seen when the last census started.
     full_gcs_at_last: u64,
     last_started: Option<Instant>,
@@ -302,7 +302,10 @@ impl CensusRunner {
     ) {
         self.running = Some(RunningJob {
             kind,
-            thread: std::thread::spawn(move || (job(), seconds_since(started_ns))),
+            thread: std::thread::spawn(move || {
+                lower_own_priority();
+                (job(), seconds_since(started_ns))
+            }),
             full_gcs,
             t_s: seconds_since(started_ns),
         });
@@ -383,6 +386,10 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         .node
         .as_ref()
         .map(|node| CensusRunner::new(target.pid, node, js_namer.as_ref()));
+    if let Some(Err(reason)) = &census {
+        // Counting a heap whose layout is not known would count it wrong.
+        log::warn!("no JS heap census: {reason}");
+    }
     let options = LoadOptions {
         pid: target.pid,
         ring_buffer_bytes: args
@@ -839,6 +846,19 @@ fn probe_report(p: &AttachedProbe, counters: &Counters) -> ProbeReport {
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+/// Makes the calling thread the last to get a CPU (nice 19): a census
+/// competes with the target for none it needs.
+fn lower_own_priority() {
+    // SAFETY: plain syscalls on the calling thread; failure leaves the priority as it was.
+    let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) } != 0;
+    if failed {
+        log::info!(
+            "cannot lower the census thread's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Seconds since `started_ns` on CLOCK_MONOTONIC.
 fn seconds_since(started_ns: u64) -> f64 {
     monotonic_ns().saturating_sub(started_ns) as f64 / 1e9

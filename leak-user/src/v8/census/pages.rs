@@ -68,7 +68,8 @@ fn read_header(memory: &ProcessMemory, layout: &CensusLayout, at: u64) -> Option
     let owner = word(h.owner)?;
     let space = memory.bytes(owner.checked_add(h.owner_space_id)?, 1)?[0];
     let large = space == h.large_object_space;
-    if space != h.old_space && !large || (!large && size != h.alignment) {
+    // Large-object pages have any size; old-space pages exactly one.
+    if !large && (space != h.old_space || size != h.alignment) {
         return None;
     }
     Some((
