@@ -225,3 +225,28 @@ fn census_counts_the_fixtures_leaks_and_names_their_holders() {
         "{sessions:?}"
     );
 }
+
+/// On a Node line whose V8 layouts the census does not know, the hunt says
+/// so in one line and in the report, and counts nothing rather than wrong.
+#[test]
+fn census_refuses_a_v8_it_does_not_know() {
+    let node = node_line("22.23.5");
+    let script = fixture();
+    let run = run_launch(
+        &node,
+        &["--expose-gc", script.to_str().unwrap(), "3"],
+        &["--mode", "growth"],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let census = &run.report["node"]["heap_census"];
+    let reason = census["unavailable"].as_str().unwrap_or_else(|| panic!("{census}"));
+    assert!(
+        reason.contains("V8 11.3 (Node 20) only") && reason.contains("12.4"),
+        "{reason}"
+    );
+    assert_eq!(census["censuses"], serde_json::json!([]), "{census}");
+    assert_eq!(census["groups"], serde_json::json!([]), "{census}");
+    let warnings: Vec<&str> = run.stderr.lines().filter(|l| l.contains("no JS heap census")).collect();
+    assert_eq!(warnings.len(), 1, "{}", run.stderr);
+    assert!(warnings[0].contains(reason), "{}", run.stderr);
+}

