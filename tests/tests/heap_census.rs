@@ -208,6 +208,12 @@ fn census_counts_the_fixtures_leaks_and_names_their_holders() {
     let retainer = group(census, "closure", "keepRows");
     assert_eq!(num(retainer, "count_last"), num(&summary, "retainers"));
     assert_eq!(retainer["enclosing_function"], "makeRetainer");
+    assert!(
+        paths(retainer)
+            .iter()
+            .any(|p| p.starts_with("(context).retainers → Array.[") && p.ends_with("keepRows")),
+        "{retainer}"
+    );
     assert_eq!(
         num(group(census, "context", "(context of makeRetainer)"), "count_last"),
         requests
