@@ -16,6 +16,20 @@ pub fn growing(census: &HeapCensus) -> impl Iterator<Item = &CensusGroup> {
         .take(MAX_GROWING)
 }
 
+/// What to say when no group is growing: that none grew, or that some
+/// grew over too few censuses for a verdict.
+pub fn none_growing(census: &HeapCensus) -> &'static str {
+    let undecided = census
+        .groups
+        .iter()
+        .any(|g| g.verdict == Verdict::InsufficientData && g.count_last > g.count_first);
+    if undecided {
+        "groups grew, over too few censuses for a verdict (five over 3 s at least)"
+    } else {
+        "no group grew"
+    }
+}
+
 /// `CachedResult {key, size, hits}`, `closure onData (app.js:51:33, in handleRequest)`.
 pub fn label(group: &CensusGroup) -> String {
     let mut label = match group.kind.as_str() {

@@ -216,7 +216,7 @@ fn heap_census(out: &mut String, report: &Report) {
     );
     let growing: Vec<_> = super::census::growing(census).collect();
     if growing.is_empty() {
-        out.push_str("No group of JS objects grew.\n\n");
+        let _ = writeln!(out, "JS heap census: {}.\n", super::census::none_growing(census));
         return;
     }
     for group in &growing {

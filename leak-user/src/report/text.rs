@@ -229,7 +229,8 @@ fn write_census(out: &mut String, census: &super::HeapCensus) {
     if growing.peek().is_none() {
         let _ = writeln!(
             out,
-            "\nJS heap census: no group grew ({})",
+            "\nJS heap census: {} ({})",
+            super::census::none_growing(census),
             super::census::method(census)
         );
         return;
