@@ -12,7 +12,6 @@ use anyhow::{bail, Result};
 use super::census::groups::{Classifier, ScopeSlots};
 use super::census::walk::{MapInfo, Walker};
 use super::census::{pages, CensusLayout, GroupKey};
-use super::memory::ProcessMemory;
 use super::JsNamer;
 
 /// Passes over the heap per census: the longest chain followed.
@@ -35,13 +34,7 @@ pub fn paths(
     namer: JsNamer,
     targets: &[(GroupKey, Vec<u64>)],
 ) -> Result<HashMap<GroupKey, Vec<String>>> {
-    let memory = ProcessMemory::open(pid)?;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .map_err(|e| crate::target::proc_read_error(pid, "maps", e))?;
-    let found = pages::find(&maps, &memory, layout);
-    if found.is_empty() {
-        bail!("no V8 heap pages found in process {pid}");
-    }
+    let (memory, found) = pages::open_heap(pid, layout)?;
     let mut walker = Walker::new(&memory, layout);
     walker.read_large_objects_whole = true;
     let mut classifier = Classifier::new(namer);

@@ -18,7 +18,6 @@ use anyhow::{bail, Result};
 pub use groups::GroupKey;
 pub use layout::CensusLayout;
 
-use crate::v8::memory::ProcessMemory;
 use crate::v8::JsNamer;
 
 /// Instances kept per group as starting points for retaining paths.
@@ -77,13 +76,7 @@ fn thread_cpu() -> Duration {
 pub fn take(pid: u32, layout: &CensusLayout, namer: JsNamer, budget: Budget) -> Result<Census> {
     let started = Instant::now();
     let cpu_started = thread_cpu();
-    let memory = ProcessMemory::open(pid)?;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .map_err(|e| crate::target::proc_read_error(pid, "maps", e))?;
-    let found = pages::find(&maps, &memory, layout);
-    if found.is_empty() {
-        bail!("no V8 heap pages found in process {pid}");
-    }
+    let (memory, found) = pages::open_heap(pid, layout)?;
     let mut walker = walk::Walker::new(&memory, layout);
     let mut classifier = groups::Classifier::new(namer);
     let mut census = Census {

@@ -82,3 +82,15 @@ fn read_header(memory: &ProcessMemory, layout: &CensusLayout, at: u64) -> Option
         },
     ))
 }
+
+/// The target's memory and its V8 heap pages, found now.
+pub fn open_heap(pid: u32, layout: &CensusLayout) -> anyhow::Result<(ProcessMemory, Vec<Page>)> {
+    let memory = ProcessMemory::open(pid)?;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map_err(|e| crate::target::proc_read_error(pid, "maps", e))?;
+    let found = find(&maps, &memory, layout);
+    if found.is_empty() {
+        anyhow::bail!("no V8 heap pages found in process {pid}");
+    }
+    Ok((memory, found))
+}
