@@ -96,6 +96,25 @@ pub fn sample_reason(probe: Probe) -> &'static str {
 mod tests {
     use super::*;
 
+    /// A census from 1.0 to 2.0 s is overlapped by a full GC that started
+    /// inside, or by any GC still running, not by scavenges or earlier GCs.
+    #[test]
+    fn full_gcs_overlap_by_their_start() {
+        let mut stats = NodeStats::default();
+        stats.gc_start(0.8);
+        stats.gc_end(1.1, MARK_COMPACTOR, 100);
+        stats.gc_start(1.5);
+        stats.gc_end(1.6, 0, 100);
+        assert!(!stats.full_gc_overlapped(1.0, 2.0));
+        stats.gc_start(1.9);
+        assert!(stats.full_gc_overlapped(1.0, 2.0));
+        stats.gc_end(2.5, MARK_COMPACTOR, 100);
+        assert!(stats.full_gc_overlapped(1.0, 2.0));
+        assert_eq!(stats.full_gc_starts, [0.8, 1.9]);
+        assert!(!stats.full_gc_overlapped(2.0, 3.0));
+        assert!(!stats.full_gc_overlapped(0.0, 0.7));
+    }
+
     #[test]
     fn counts_gcs_and_samples() {
         let mut stats = NodeStats::default();
