@@ -44,15 +44,18 @@ pub enum Probe {
     V8ArrayGrow = 25,
     /// node::FreeEnvironment: Node starts tearing down (and freeing) everything.
     NodeTeardown = 26,
+    /// v8::internal::Heap::GarbageCollectionEpilogueInSafepoint: which
+    /// collector ran (V8 14 no longer passes it to the epilogue in a register).
+    V8GcCollector = 27,
     /// The brk syscall: the program break moved (watch, and hunts of static
     /// binaries; with libc's malloc probed it is malloc's business).
-    Brk = 27,
+    Brk = 28,
     /// A software page-fault perf event: a page was touched for the first time (watch only).
-    PageFault = 28,
+    PageFault = 29,
 }
 
 impl Probe {
-    pub const COUNT: usize = 29;
+    pub const COUNT: usize = 30;
     pub const ALL: [Probe; Probe::COUNT] = [
         Probe::Malloc,
         Probe::Calloc,
@@ -81,6 +84,7 @@ impl Probe {
         Probe::V8MapGrow,
         Probe::V8ArrayGrow,
         Probe::NodeTeardown,
+        Probe::V8GcCollector,
         Probe::Brk,
         Probe::PageFault,
     ];
@@ -91,7 +95,7 @@ impl Probe {
 
     /// Node.js and V8 hooks, as opposed to libc and syscalls.
     pub fn is_node(self) -> bool {
-        (Probe::ArrayBufferAllocate as u8..=Probe::NodeTeardown as u8).contains(&(self as u8))
+        (Probe::ArrayBufferAllocate as u8..=Probe::V8GcCollector as u8).contains(&(self as u8))
     }
 
     /// The libc symbol (or syscall) name.
@@ -124,6 +128,7 @@ impl Probe {
             Probe::V8MapGrow => "Runtime_MapGrow",
             Probe::V8ArrayGrow => "Runtime_GrowArrayElements",
             Probe::NodeTeardown => "node::FreeEnvironment",
+            Probe::V8GcCollector => "Heap::GarbageCollectionEpilogueInSafepoint",
             Probe::Brk => "brk",
             Probe::PageFault => "page-faults",
         }
@@ -291,6 +296,28 @@ impl V8FrameLayout {
     pub const SLOTS_BELOW_FP: usize = 6;
 }
 
+/// How the kernel side reads V8's page hooks (per V8 line: the chunk
+/// layout and the AllocationSpace enum changed in V8 12 and 13); written
+/// by user space at load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V8PageLayout {
+    /// 0: page sizes are not known (not Node, or an unknown V8): recorded as 0.
+    pub enabled: u64,
+    /// Offset of the chunk's size in what AllocatePage returns (the chunk
+    /// itself before V8 13, its metadata from V8 13 on).
+    pub chunk_size: u64,
+    /// V8's AllocationSpace id → leakscope's space id (V8 11's numbering,
+    /// extended; leak-user names them); ids beyond: [`V8PageLayout::UNKNOWN_SPACE`].
+    pub space_ids: [u8; V8PageLayout::SPACES],
+}
+
+impl V8PageLayout {
+    /// AllocationSpace ids mapped (V8 13 has 13).
+    pub const SPACES: usize = 16;
+    pub const UNKNOWN_SPACE: u8 = 0xff;
+}
+
 /// Words of user stack copied from the stack pointer up. Enough to cover the
 /// frames of functions without a frame pointer between the probe and the
 /// first frame-pointer frame (libc's mremap wrapper keeps 0x58 bytes, operator
@@ -390,4 +417,5 @@ mod pod {
     unsafe impl aya::Pod for super::FaultSiteEvent {}
     unsafe impl aya::Pod for super::StackRecord {}
     unsafe impl aya::Pod for super::V8FrameLayout {}
+    unsafe impl aya::Pod for super::V8PageLayout {}
 }

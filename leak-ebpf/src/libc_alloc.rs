@@ -178,10 +178,8 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         ..HeapEvent::default()
     };
     if v8_page && addr != 0 {
-        // A V8 memory chunk starts with its size (BasicMemoryChunk::size_,
-        // checked on Node 18-24's V8); the space id came from the entry.
-        // SAFETY: reads user memory through the checked helper.
-        event.size = unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0);
+        // The chunk's size, where this V8 keeps it; the space id came from the entry.
+        event.size = crate::node::page_size(addr);
         event.detail = call.aux as u8;
     }
     // Failed calls keep the old block, except glibc's realloc(p, 0), which

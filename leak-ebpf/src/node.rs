@@ -11,25 +11,60 @@ use aya_ebpf::{
     maps::Array,
     programs::{ProbeContext, RetProbeContext},
 };
-use leak_common::{counter, EventOp, HeapEvent, Probe};
+use leak_common::{counter, EventOp, HeapEvent, Probe, V8PageLayout};
 
 use crate::{
     libc_alloc::{enter, release_block},
     shared::{attached_probe, count, emit, event_now, target_tid, user_stack},
 };
 
-/// Offset of the AllocationSpace id in v8::internal::Space (field notes).
+/// Offset of the AllocationSpace id in v8::internal::Space (V8 10.2-14.6).
 const SPACE_ID_OFFSET: u64 = 0x10;
+
+/// How this target's V8 lays out its pages; written by user space before load.
+#[unsafe(no_mangle)]
+static V8_PAGE_LAYOUT: V8PageLayout = V8PageLayout {
+    enabled: 0,
+    chunk_size: 0,
+    space_ids: [V8PageLayout::UNKNOWN_SPACE; V8PageLayout::SPACES],
+};
 
 /// The last value Heap::SizeOfObjects returned: live bytes, read when the
 /// GC epilogue runs.
 #[map]
 static LIVE_BYTES: Array<u64> = Array::with_max_entries(1, 0);
 
+/// The collector of the GC that is ending, from its safepoint epilogue.
+#[map]
+static GC_COLLECTOR: Array<u64> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn page_layout() -> V8PageLayout {
+    // SAFETY: a plain global; the volatile read keeps the loader's value from being folded away.
+    unsafe { core::ptr::read_volatile(&V8_PAGE_LAYOUT) }
+}
+
+/// leakscope's id of the space `space` points at (a v8::internal::Space).
 #[inline(always)]
 fn space_id(space: u64) -> u64 {
     // SAFETY: reads user memory through the checked helper.
-    unsafe { bpf_probe_read_user((space + SPACE_ID_OFFSET) as *const u32) }.map_or(u64::MAX, u64::from)
+    let Ok(id) = (unsafe { bpf_probe_read_user((space + SPACE_ID_OFFSET) as *const u32) }) else {
+        return u64::from(V8PageLayout::UNKNOWN_SPACE);
+    };
+    let ids = page_layout().space_ids;
+    u64::from(ids.get(id as usize).copied().unwrap_or(V8PageLayout::UNKNOWN_SPACE))
+}
+
+/// The size of the chunk AllocatePage or AllocateLargePage returned; 0
+/// when this V8's layout is not known.
+#[inline(always)]
+pub fn page_size(page: u64) -> u64 {
+    let layout = page_layout();
+    if layout.enabled == 0 {
+        return 0;
+    }
+    // SAFETY: reads user memory through the checked helper.
+    unsafe { bpf_probe_read_user((page + layout.chunk_size) as *const u64) }.unwrap_or(0)
 }
 
 /// NodeArrayBufferAllocator::Allocate(this, size) and AllocateUninitialized.
@@ -113,17 +148,28 @@ pub fn v8_size_of_objects(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// Heap::GarbageCollectionEpilogue(this, collector): the GC's live bytes are
-/// the last SizeOfObjects() value.
+/// Heap::GarbageCollectionEpilogueInSafepoint(this, collector), which runs
+/// before the epilogue: remember the collector.
 #[uprobe]
-pub fn v8_gc_end(ctx: ProbeContext) -> u32 {
+pub fn v8_gc_collector(ctx: ProbeContext) -> u32 {
+    if target_tid().is_some() {
+        count(counter::entry_hits(Probe::V8GcCollector));
+        if let Some(collector) = GC_COLLECTOR.get_ptr_mut(0) {
+            // SAFETY: a plain u64 slot, as LIVE_BYTES.
+            unsafe { *collector = ctx.arg::<u64>(1).unwrap_or(0) };
+        }
+    }
+    0
+}
+
+/// Heap::GarbageCollectionEpilogue(this, collector): the GC's live bytes are
+/// the last SizeOfObjects() value. Its collector argument is not read: V8 14
+/// (a local function there) does not pass it in %rsi.
+#[uprobe]
+pub fn v8_gc_end(_ctx: ProbeContext) -> u32 {
     let live = LIVE_BYTES.get(0).copied().unwrap_or(0);
-    emit_runtime_event(
-        EventOp::GcEnd,
-        Probe::V8GcEnd,
-        live,
-        ctx.arg::<u64>(1).unwrap_or(0) as u8,
-    );
+    let collector = GC_COLLECTOR.get(0).copied().unwrap_or(0);
+    emit_runtime_event(EventOp::GcEnd, Probe::V8GcEnd, live, collector as u8);
     0
 }
 

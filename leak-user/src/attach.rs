@@ -26,7 +26,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use iced_x86::Register;
-use leak_common::{counter, DropReason, Probe, V8FrameLayout, EXP_QUANTILES_LEN};
+use leak_common::{counter, DropReason, Probe, V8FrameLayout, V8PageLayout, EXP_QUANTILES_LEN};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::{
@@ -171,6 +171,13 @@ const NODE_PROBES: &[ProbeSpec] = &[
         Hook::Entry,
     ),
     spec(
+        Probe::V8GcCollector,
+        "_ZN2v88internal4Heap36GarbageCollectionEpilogueInSafepoint",
+        "v8_gc_collector",
+        &[RSI],
+        Hook::Entry,
+    ),
+    spec(
         Probe::V8SizeOfObjects,
         "_ZN2v88internal4Heap13SizeOfObjects",
         "v8_size_of_objects",
@@ -222,6 +229,7 @@ const WATCH_NODE_PROBES: &[Probe] = &[
     Probe::V8FreePage,
     Probe::V8GcStart,
     Probe::V8GcEnd,
+    Probe::V8GcCollector,
     Probe::V8SizeOfObjects,
 ];
 
@@ -236,6 +244,7 @@ const GROWTH_NODE_PROBES: &[Probe] = &[
     Probe::V8FreePage,
     Probe::V8GcStart,
     Probe::V8GcEnd,
+    Probe::V8GcCollector,
     Probe::V8SizeOfObjects,
     Probe::NodeTeardown,
 ];
@@ -435,6 +444,8 @@ pub struct LoadOptions {
     pub sample_bytes: Option<u64>,
     /// Where the target's V8 keeps JS frame slots, when it is a known V8.
     pub v8_frames: Option<V8FrameLayout>,
+    /// How the target's V8 page hooks are read, for Node targets.
+    pub v8_pages: Option<V8PageLayout>,
 }
 
 pub fn load(options: &LoadOptions) -> Result<Ebpf> {
@@ -446,6 +457,7 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         .override_global("TARGET_TGID", &options.pid, true)
         .override_global("SAMPLE_BYTES", &sample_bytes, true)
         .override_global("V8_FRAME_LAYOUT", &options.v8_frames.unwrap_or_default(), true)
+        .override_global("V8_PAGE_LAYOUT", &options.v8_pages.unwrap_or_default(), true)
         .map_max_entries("EVENTS", options.ring_buffer_bytes)
         .map_max_entries("DELIVERED_STACKS", options.max_stacks)
         .load(EBPF_OBJECT)

@@ -378,10 +378,9 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         let modules = attach::command_modules(&launched.program)?;
         (launched.target.clone(), Some(launched), modules)
     };
-    let js_namer = modules
-        .node
-        .as_ref()
-        .and_then(|node| v8::target_namer(target.pid, node));
+    let v8_target = modules.node.as_ref().map(|node| v8::target(target.pid, node));
+    let v8_pages = v8_target.as_ref().map(|t| t.pages);
+    let js_namer = v8_target.and_then(|t| t.namer);
     let mut census = modules
         .node
         .as_ref()
@@ -401,6 +400,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         max_stacks: args.max_stacks,
         sample_bytes: plan.start.sample_bytes(),
         v8_frames: js_namer.as_ref().map(|namer| namer.layout().frame),
+        v8_pages,
     };
     let mut ebpf = attach::load(&options)?;
     let (probes, links) = attach::attach(&mut ebpf, target.pid, &modules, plan.start.probe_set())?;
@@ -738,7 +738,7 @@ fn build_report(
                 outstanding_bytes: t.bytes,
                 outstanding_allocations: t.allocations,
                 oldest_age_s: now.saturating_sub(t.oldest_ts_ns) as f64 / 1e9,
-                v8_space: (key.kind == Kind::V8Heap).then(|| node::space_name(key.detail)),
+                v8_space: (key.kind == Kind::V8Heap).then(|| v8::pages::space_name(key.detail)),
                 mapping: (key.kind == Kind::Mmap).then(|| Mapping {
                     anonymous: key.anonymous,
                     prot: report::prot_string(key.detail),

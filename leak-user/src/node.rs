@@ -69,19 +69,6 @@ impl NodeStats {
     }
 }
 
-/// The name of a V8 AllocationSpace id (V8 11: 1 new, 2 old, 3 code, 5 new
-/// large objects, 6 large objects).
-pub fn space_name(id: u8) -> String {
-    match id {
-        1 => "new".to_string(),
-        2 => "old".to_string(),
-        3 => "code".to_string(),
-        5 => "new_large".to_string(),
-        6 => "large".to_string(),
-        other => format!("space_{other}"),
-    }
-}
-
 /// Why an allocation sample was taken.
 pub fn sample_reason(probe: Probe) -> &'static str {
     match probe {
@@ -128,10 +115,6 @@ mod tests {
         stats.sample(Probe::V8LargeObject, 7, 1000);
         stats.sample(Probe::V8LargeObject, 7, 24);
         assert_eq!(stats.samples[&(Probe::V8LargeObject, 7)], (2, 1024));
-        assert_eq!(
-            (space_name(2), space_name(9)),
-            ("old".to_string(), "space_9".to_string())
-        );
         assert_eq!(sample_reason(Probe::V8YoungRefill), "young-refill");
     }
 }

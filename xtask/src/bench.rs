@@ -28,16 +28,18 @@ mod common;
 // One module per section.
 mod attach;
 mod cost;
+mod debian_programs;
 mod distinct_stacks;
 mod http_service;
 mod hunt_modes;
 mod malloc_free;
 mod maps_fill;
 mod outstanding;
+mod watch_escalation;
 mod watch_overhead;
 
-/// How much of each benchmark to run: the full run stays under 10 minutes,
-/// `--quick` under 2.
+/// How much of each benchmark to run: the full run takes about 20 minutes on
+/// 2 cores (sections 1-6b took 650 s), `--quick` a few.
 struct Plan {
     quick: bool,
     /// Repetitions of each compared configuration (microbenchmark, attach).
@@ -184,9 +186,11 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         (maps_fill::TITLE, maps_fill::maps_fill),
         (http_service::TITLE, http_service::http_service),
         (watch_overhead::TITLE, watch_overhead::watch_overhead),
+        (watch_escalation::TITLE, watch_escalation::watch_escalation),
         (hunt_modes::TITLE, hunt_modes::hunt_modes),
         (cost::TITLE_FIXED, cost::fixed_costs),
         (cost::TITLE_PER_PAIR, cost::per_pair),
+        (debian_programs::TITLE, debian_programs::debian_programs),
     ];
     let number = |title: &str| title.split('.').next().unwrap_or_default().to_owned();
     let benchmarks: Vec<_> = benchmarks

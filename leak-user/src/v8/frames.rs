@@ -12,7 +12,7 @@ use std::sync::Arc;
 use leak_common::JsFrameSlots;
 
 use super::memory::ProcessMemory;
-use super::metadata::Layout;
+use super::metadata::{Layout, PositionCodes};
 
 /// What a JS frame is: its function, script and, where known, the line and
 /// column it is executing (1-based).
@@ -174,9 +174,13 @@ impl JsNamer {
     /// A function scope's name and inferred name, from the slots that
     /// follow its context locals; None when the layout cannot be followed.
     fn scope_info_names(&self, scope_info: u64) -> Option<(String, Option<String>)> {
-        let layout = self.layout.scope_info?;
+        let layout = self.layout.scope_info;
         let slot = |index: u64| self.field(scope_info, 8 + 8 * index);
-        let flags = smi(slot(0)?)? as u64;
+        let flags = if layout.flags_are_smi {
+            smi(slot(0)?)? as u64
+        } else {
+            slot(0)? & 0xffff_ffff
+        };
         let locals = u64::try_from(smi(slot(layout.context_local_count_slot)?)?).ok()?;
         if locals >= layout.max_inlined_locals {
             return None;
@@ -288,7 +292,7 @@ impl JsNamer {
         let len = usize::try_from(smi(self.field(table, offsets.fixed_array_length)?)?).ok()?;
         // A ByteArray's bytes follow its length, like a FixedArray's slots.
         let bytes = self.mem()?.bytes(table - 1 + offsets.fixed_array_data, len)?;
-        decode_position_table(&bytes)
+        decode_position_table(&bytes, self.layout.position_codes)
     }
 
     /// A string's characters (at most `max` of them), or None when `tagged`
@@ -399,13 +403,14 @@ impl JsNamer {
     }
 }
 
-/// V8's source position table: pairs of zig-zag VLQ deltas, the code offset
-/// (negative: not a statement position, stored as `-delta - 1`) and the raw
-/// source position. Offsets start at -1, the function entry (whose entry,
-/// if any, is dropped). Returns (code offset, raw source position), in order.
-fn decode_position_table(bytes: &[u8]) -> Option<PositionTable> {
+/// V8's source position table: pairs of VLQ numbers, the code offset
+/// delta (how it is encoded: [`PositionCodes`]) and the zig-zag raw
+/// source position delta. Offsets start at -1, the function entry (whose
+/// entry, if any, is dropped). Returns (code offset, raw source position),
+/// in order.
+fn decode_position_table(bytes: &[u8], codes: PositionCodes) -> Option<PositionTable> {
     let mut at = 0;
-    let mut next = || -> Option<i64> {
+    let mut next = || -> Option<u64> {
         let mut value: u64 = 0;
         let mut shift = 0;
         loop {
@@ -420,13 +425,24 @@ fn decode_position_table(bytes: &[u8]) -> Option<PositionTable> {
                 return None;
             }
         }
-        Some(((value >> 1) as i64) ^ -((value & 1) as i64))
+        Some(value)
     };
+    let zigzag = |value: u64| ((value >> 1) as i64) ^ -((value & 1) as i64);
     let (mut code_offset, mut position) = (-1i64, 0i64);
     let mut table = Vec::new();
-    while let Some(code_delta) = next() {
-        let position_delta = next()?;
-        code_offset += if code_delta >= 0 { code_delta } else { -code_delta - 1 };
+    while let Some(code) = next() {
+        let position_delta = zigzag(next()?);
+        code_offset += match codes {
+            PositionCodes::SignedStatement => {
+                let delta = zigzag(code);
+                if delta >= 0 {
+                    delta
+                } else {
+                    -delta - 1
+                }
+            }
+            PositionCodes::FlagBits(bits) => i64::try_from(code >> bits).ok()?,
+        };
         position += position_delta;
         if code_offset >= 0 {
             table.push((u32::try_from(code_offset).ok()?, u32::try_from(position).ok()?));
@@ -483,10 +499,26 @@ mod tests {
             zigzag(-3),
             zigzag(-1),
         ];
-        assert_eq!(decode_position_table(&bytes), Some(vec![(0, 10), (3, 15), (5, 14)]));
+        let signed = PositionCodes::SignedStatement;
+        assert_eq!(
+            decode_position_table(&bytes, signed),
+            Some(vec![(0, 10), (3, 15), (5, 14)])
+        );
         // Multi-byte: 301 = 0b1_0010_1101 → zig-zag 602.
-        assert_eq!(decode_position_table(&[0xda, 0x04, 0x00]), Some(vec![(300, 0)]));
-        assert_eq!(decode_position_table(&[0x80]), Some(vec![]));
+        assert_eq!(decode_position_table(&[0xda, 0x04, 0x00], signed), Some(vec![(300, 0)]));
+        assert_eq!(decode_position_table(&[0x80], signed), Some(vec![]));
+    }
+
+    #[test]
+    fn decodes_v8_14_source_positions() {
+        // storeUpload of js_frames.js as Node 26.12.1 holds it (the bytes
+        // read from its process): entries at -1, 0, 5, 10 and 16, as
+        // --print-bytecode lists them, at positions 1036, 1047, 1056, 1056, 1078.
+        let bytes = [2, 180, 32, 7, 44, 22, 36, 22, 0, 27, 88];
+        assert_eq!(
+            decode_position_table(&bytes, PositionCodes::FlagBits(2)),
+            Some(vec![(0, 2096), (5, 2114), (10, 2114), (16, 2158)])
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub(super) struct Symbols {
 }
 
 impl Symbols {
-    fn read(path: &Path) -> Result<Symbols> {
+    pub(super) fn read(path: &Path) -> Result<Symbols> {
         let handle = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
         // SAFETY: a read-only private mapping of an executable in use.
         let data = unsafe { memmap2::Mmap::map(&handle) }.with_context(|| format!("cannot map {}", path.display()))?;
@@ -131,6 +131,8 @@ pub struct Offsets {
 /// The bits of a ScopeInfo's flags that place the function's name.
 #[derive(Clone, Copy, Debug)]
 pub struct ScopeInfoLayout {
+    /// The flags are a SMI (before V8 13), else a raw 32-bit word.
+    pub flags_are_smi: bool,
     /// Slot (after the map) of the context local count.
     pub context_local_count_slot: u64,
     /// Slot of the first context local name.
@@ -142,6 +144,16 @@ pub struct ScopeInfoLayout {
     pub function_variable_shift: u32,
 }
 
+/// How a source position table encodes its code offset deltas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PositionCodes {
+    /// Zig-zag: the delta for a statement, `-delta - 1` for an expression (V8 10-13).
+    SignedStatement,
+    /// Unsigned, the delta above this many flag bits (V8 14: measured on
+    /// 14.6 against `--print-bytecode`; the lowest bit is set for statements).
+    FlagBits(u32),
+}
+
 /// Everything leakscope knows of one V8 build.
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -150,11 +162,12 @@ pub struct Layout {
     pub types: InstanceTypes,
     pub strings: StringTags,
     pub offsets: Offsets,
-    /// None: no names from ScopeInfos (functions named by their SFI string only).
-    pub scope_info: Option<ScopeInfoLayout>,
+    pub scope_info: ScopeInfoLayout,
+    pub position_codes: PositionCodes,
 }
 
-/// V8 versions whose layouts were checked against the perf map (tests/tests/node.rs).
+/// V8 versions whose layouts were checked against known JS chains and the
+/// perf map (tests/tests/node.rs).
 const KNOWN: &[(u32, u32)] = &[(10, 2), (11, 3), (12, 4), (13, 6), (14, 6)];
 
 impl Layout {
@@ -165,7 +178,7 @@ impl Layout {
         Layout::from_symbols(&symbols, version)
     }
 
-    fn from_symbols(s: &Symbols, version: Version) -> Result<Layout> {
+    pub(super) fn from_symbols(s: &Symbols, version: Version) -> Result<Layout> {
         if !KNOWN.contains(&(version.major, version.minor)) {
             bail!("V8 {version} is not one whose layout leakscope knows");
         }
@@ -263,17 +276,26 @@ impl Layout {
             fixed_array_length: need_field("FixedArrayBase", "length")?,
             fixed_array_data: need_field("FixedArray", "data")?,
             bytecode_data: need_field("BytecodeArray", "data")?,
-            // Not in the metadata: map, length, constant pool, handler table,
-            // then the source position table (V8 10-11).
-            bytecode_position_table: before_12.then_some(0x20),
+            // Not in the metadata. V8 10-11: map, length, constant pool,
+            // handler table, then the table; V8 12-14 (measured on 12.4, 13.6,
+            // 14.6): map, length, wrapper, then the table.
+            bytecode_position_table: Some(if before_12 { 0x20 } else { 0x18 }),
         };
-        let scope_info = (version.major < 12).then(|| ScopeInfoLayout {
+        // The flag bits are those of V8 11 on every known line (measured
+        // on 12.4, 13.6 and 14.6: only the scope type's values moved).
+        let scope_info = ScopeInfoLayout {
+            flags_are_smi: version.major < 13,
             context_local_count_slot: s.int("v8dbg_scopeinfo_idx_ncontextlocals").unwrap_or(2) as u64,
             first_local_slot: s.int("v8dbg_scopeinfo_idx_first_vars").unwrap_or(3) as u64,
             max_inlined_locals: 75,
             has_saved_class_variable_bit: 10,
             function_variable_shift: 12,
-        });
+        };
+        let position_codes = if version.major >= 14 {
+            PositionCodes::FlagBits(2)
+        } else {
+            PositionCodes::SignedStatement
+        };
         Ok(Layout {
             version,
             frame,
@@ -281,6 +303,7 @@ impl Layout {
             strings,
             offsets,
             scope_info,
+            position_codes,
         })
     }
 }

@@ -66,13 +66,16 @@ pub struct Attribution {
 impl Attribution {
     pub fn start(pid: u32, fault_period: u64) -> Result<Attribution> {
         let modules = attach::target_modules(pid)?;
-        let js_namer = modules.node.as_ref().and_then(|node| v8::target_namer(pid, node));
+        let v8_target = modules.node.as_ref().map(|node| v8::target(pid, node));
+        let v8_pages = v8_target.as_ref().map(|t| t.pages);
+        let js_namer = v8_target.and_then(|t| t.namer);
         let options = LoadOptions {
             pid,
             ring_buffer_bytes: RING_BUFFER_BYTES,
             max_stacks: MAX_STACKS,
             sample_bytes: None,
             v8_frames: js_namer.as_ref().map(|namer| namer.layout().frame),
+            v8_pages,
         };
         let mut ebpf = attach::load(&options)?;
         let (_, links) = attach::attach(&mut ebpf, pid, &modules, ProbeSet::Watch { fault_period })?;

@@ -71,8 +71,7 @@ pub(super) fn outstanding(_plan: &Plan, tools: &Tools) -> Result<Section> {
             64.0,
             " MiB",
             "Why: VmHWM includes the ring buffer, mapped into leakscope (32 MiB of its RSS for the default 16 MiB: \
-             its pages are mapped twice) and counted again under BPF maps; the debug build's own baseline is ~15 \
-             MiB. Each outstanding block takes a 24-byte entry (address, size, site, time) in a table of 64 \
+             its pages are mapped twice) and counted again under BPF maps. Each outstanding block takes a 24-byte entry (address, size, site, time) in a table of 64 \
              shards that grow one at a time, so no doubling of the whole table adds to the peak.",
         ));
     }

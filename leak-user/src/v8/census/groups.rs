@@ -248,7 +248,7 @@ impl ScopeSlots {
         if walker.instance_type(scope_info)? != l.types.scope_info {
             return None;
         }
-        let names = l.frames.scope_info?;
+        let names = l.frames.scope_info;
         let flags_layout = l.scope_flags;
         let slot = |index: u64| walker.memory.u64(scope_info - 1 + 8 + 8 * index);
         let flags = smi(slot(0)?)? as u64;
