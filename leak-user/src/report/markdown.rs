@@ -32,6 +32,7 @@ pub fn render(report: &Report, listing: Listing) -> String {
     if let Some(node) = &report.node {
         node_section(&mut out, node);
     }
+    heap_census(&mut out, report);
     timeline(&mut out, report);
     sites(&mut out, report, listing);
     by_kind(&mut out, report);
@@ -196,6 +197,43 @@ fn node_section(out: &mut String, node: &super::NodeReport) {
             "Figures are as of node's teardown at {}: it frees the JS heap and Buffers on exit.\n",
             secs(t)
         );
+    }
+}
+
+/// The template's "Objects growing between snapshots" and "Retainer path",
+/// from the heap censuses of a Node target.
+fn heap_census(out: &mut String, report: &Report) {
+    let Some(census) = report.node.as_ref().and_then(|n| n.heap_census.as_ref()) else {
+        return;
+    };
+    if census.unavailable.is_some() || census.censuses.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## Objects growing between snapshots\n\n{}.\n",
+        super::census::method(census)
+    );
+    let growing: Vec<_> = super::census::growing(census).collect();
+    if growing.is_empty() {
+        let _ = writeln!(out, "JS heap census: {}.\n", super::census::none_growing(census));
+        return;
+    }
+    for group in &growing {
+        let _ = writeln!(
+            out,
+            "- {}: {} ({})",
+            code(&super::census::label(group)),
+            super::census::growth(group),
+            format!("{:?}", group.verdict).to_lowercase()
+        );
+    }
+    out.push_str("\n## Retainer path\n\n");
+    for group in growing.iter().filter(|g| !g.retained_by.is_empty()) {
+        let _ = writeln!(out, "**{}**:\n", code(&super::census::label(group)));
+        for path in &group.retained_by {
+            let _ = writeln!(out, "```\n{}\n```\n", path.replace(" → ", "\n  → "));
+        }
     }
 }
 

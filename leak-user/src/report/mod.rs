@@ -1,6 +1,7 @@
 //! The report: what a hunt measured, independent of how it is rendered.
 //! Schema `leakscope/report/v1`; fields are documented in the README.
 
+pub mod census;
 pub mod drops;
 pub mod flamegraph;
 pub mod folded;
@@ -132,6 +133,77 @@ pub struct NodeReport {
     /// the JS heap and every Buffer, so the report keeps the state of that moment.
     #[serde(default)]
     pub torn_down_at_s: Option<f64>,
+    /// What the JS heap held at censuses taken after full GCs (docs/heap-census.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap_census: Option<HeapCensus>,
+}
+
+/// Censuses of the JS heap: live objects by group, counted from outside.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct HeapCensus {
+    pub censuses: Vec<CensusPoint>,
+    /// Fastest growing first.
+    pub groups: Vec<CensusGroup>,
+    /// Censuses and retaining-path searches not kept (a GC ran during one, the
+    /// budget ran out), by reason (`census: …`, `retaining paths: …`).
+    #[serde(default)]
+    pub dropped: Vec<DroppedCensuses>,
+    /// Why no census could be taken (an unsupported V8, say).
+    #[serde(default)]
+    pub unavailable: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CensusPoint {
+    /// Seconds into the hunt.
+    pub t_s: f64,
+    /// Bytes of the objects walked (old space and large objects).
+    pub live_bytes: u64,
+    pub objects: u64,
+    /// Wall time the census took; the target ran on meanwhile.
+    pub duration_s: f64,
+    /// How long the target was stopped for it (always 0: it never is).
+    pub frozen_s: f64,
+    /// leakscope's CPU time for it.
+    pub cpu_s: f64,
+    /// Bytes that could not be parsed as objects, so are in no group.
+    pub unparsed_bytes: u64,
+    pub pages: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CensusGroup {
+    /// object, closure, array, string, map, set, context, typed_array, native, other.
+    pub kind: String,
+    /// Constructor, function or type name.
+    pub name: String,
+    /// Property names (objects).
+    pub shape: Vec<String>,
+    /// `file:line:col` of a closure's function.
+    pub location: Option<String>,
+    pub enclosing_function: Option<String>,
+    pub count_first: u64,
+    pub count_last: u64,
+    pub bytes_first: u64,
+    pub bytes_last: u64,
+    /// Maps and Sets: their entries at the first and the last census.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries_first: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries_last: Option<u64>,
+    /// Typed arrays and ArrayBuffers: their backing stores' bytes at the last census.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_bytes_last: Option<u64>,
+    pub growth_bytes_per_s: Option<f64>,
+    pub verdict: Verdict,
+    /// Retaining paths of sampled instances, most common first.
+    pub retained_by: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DroppedCensuses {
+    pub reason: String,
+    pub count: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -219,8 +219,42 @@ fn write_site(out: &mut String, rank: usize, site: &Site, is_node: bool, full_st
     }
 }
 
+/// The JS heap groups that grew between censuses, and what holds them.
+fn write_census(out: &mut String, census: &super::HeapCensus) {
+    if let Some(reason) = &census.unavailable {
+        let _ = writeln!(out, "\nJS heap census: not taken ({reason})");
+        return;
+    }
+    let mut growing = super::census::growing(census).peekable();
+    if growing.peek().is_none() {
+        let _ = writeln!(
+            out,
+            "\nJS heap census: {} ({})",
+            super::census::none_growing(census),
+            super::census::method(census)
+        );
+        return;
+    }
+    let _ = writeln!(out, "\nJS heap objects growing ({}):", super::census::method(census));
+    for group in growing {
+        let verdict = format!("{:?}", group.verdict).to_lowercase();
+        let _ = writeln!(
+            out,
+            "  {verdict:<8} {}  {}",
+            super::census::growth(group),
+            super::census::label(group)
+        );
+        for path in &group.retained_by {
+            let _ = writeln!(out, "           retained by {path}");
+        }
+    }
+}
+
 /// Node.js: one line per category, so a reader knows where to look first.
 fn write_node(out: &mut String, node: &super::NodeReport) {
+    if let Some(census) = &node.heap_census {
+        write_census(out, census);
+    }
     let _ = writeln!(out, "\nnode.js memory by category:");
     for (name, category) in &node.categories {
         let rate = category

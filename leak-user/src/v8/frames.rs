@@ -113,26 +113,9 @@ impl JsNamer {
         if slots.shared == 0 {
             return None;
         }
-        if self.memory.is_none() {
-            self.memory = ProcessMemory::open(self.pid)
-                .map_err(|e| log::debug!("JS frames are not named: {e:#}"))
-                .ok();
-        }
-        let shared = self.shared_info(slots.shared)?;
+        self.open_memory();
         let position = self.interpreted_position(slots);
-        let (line, column) = match (position, &shared.script) {
-            (Some(position), Some(script)) => {
-                let (line, column) = line_and_column(&script.line_ends, position);
-                (Some(line), Some(column))
-            }
-            _ => (None, None),
-        };
-        Some(JsFrame {
-            function: shared.name.clone(),
-            script: shared.script.as_ref().and_then(|s| s.name.clone()),
-            line,
-            column,
-        })
+        self.function_at(slots.shared, position)
     }
 
     fn mem(&self) -> Option<&ProcessMemory> {
@@ -370,6 +353,53 @@ impl JsNamer {
             }
             _ => None,
         }
+    }
+}
+
+/// Names of heap objects other than frames, for the heap census.
+impl JsNamer {
+    fn open_memory(&mut self) {
+        if self.memory.is_none() {
+            self.memory = ProcessMemory::open(self.pid)
+                .map_err(|e| log::debug!("JS frames are not named: {e:#}"))
+                .ok();
+        }
+    }
+
+    /// The characters of the string at `tagged` (None: not a string, or too long for a name).
+    pub fn string_at(&mut self, tagged: u64) -> Option<String> {
+        self.open_memory();
+        self.string(tagged, MAX_NAME)
+    }
+
+    /// The function of SharedFunctionInfo `shared`, with the line and
+    /// column of source `position` in its script.
+    pub fn function_at(&mut self, shared: u64, position: Option<u32>) -> Option<JsFrame> {
+        self.open_memory();
+        let info = self.shared_info(shared)?;
+        let (line, column) = match (position, &info.script) {
+            (Some(position), Some(script)) => {
+                let (line, column) = line_and_column(&script.line_ends, position);
+                (Some(line), Some(column))
+            }
+            _ => (None, None),
+        };
+        Some(JsFrame {
+            function: info.name.clone(),
+            script: info.script.as_ref().and_then(|s| s.name.clone()),
+            line,
+            column,
+        })
+    }
+
+    /// The name of the function whose scope ScopeInfo `scope_info` describes.
+    pub fn scope_function_name(&mut self, scope_info: u64) -> Option<String> {
+        self.open_memory();
+        if self.instance_type(scope_info)? != self.layout.types.scope_info {
+            return None;
+        }
+        let (name, inferred) = self.scope_info_names(scope_info)?;
+        Some(if name.is_empty() { inferred? } else { name })
     }
 }
 

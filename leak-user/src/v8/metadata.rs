@@ -308,6 +308,33 @@ impl Layout {
     }
 }
 
+/// The raw metadata, for the heap census (`census::layout`), which needs
+/// more of it than frame naming does.
+impl Symbols {
+    pub(super) fn load(path: &Path) -> Result<Symbols> {
+        Symbols::read(path)
+    }
+
+    pub(super) fn class_field(&self, class: &str, field: &str) -> Option<u64> {
+        self.field(class, field)
+    }
+
+    pub(super) fn type_of(&self, class: &str) -> Option<u16> {
+        self.instance_type(class)
+    }
+
+    /// Every `v8dbg_type_<Class>__<TYPE>`, as (instance type, class name).
+    pub(super) fn type_names(&self) -> Vec<(u16, String)> {
+        self.values
+            .iter()
+            .filter_map(|(name, &value)| {
+                let class = name.strip_prefix("v8dbg_type_")?.split("__").next()?;
+                Some((u16::try_from(value).ok()?, class.to_string()))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,10 +7,12 @@
 //! before a field of it is trusted: the target keeps running, and a stale
 //! pointer must give no name rather than a wrong one.
 
+pub mod census;
 pub mod frames;
 pub mod memory;
 pub mod metadata;
 pub mod pages;
+pub mod retainers;
 pub mod version;
 
 pub use frames::{JsFrame, JsNamer};

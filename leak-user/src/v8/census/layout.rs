@@ -1,0 +1,253 @@
+//! What the census needs to know of one V8 build beyond frame naming: the
+//! page header, the Map fields that give an object's size, constructor and
+//! shape, and the instance types whose size is variable. From the
+//! `v8dbg_*` metadata where it has them; the rest (page header, ScopeInfo
+//! flags, collection tables) is keyed by V8 version and was checked on
+//! Node 20's V8 11.3 against its heap snapshots (tests/tests/heap_census.rs).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context as _, Result};
+
+use super::super::metadata::{Layout, Symbols};
+
+/// V8's memory chunk ("page") header: normal pages are 256 KiB and aligned
+/// to it; a large-object page holds one object at its area start.
+#[derive(Clone, Copy, Debug)]
+pub struct PageHeader {
+    pub alignment: u64,
+    pub size: u64,
+    pub heap: u64,
+    pub area_start: u64,
+    pub area_end: u64,
+    pub owner: u64,
+    /// In the owner (a Space): its AllocationSpace id.
+    pub owner_space_id: u64,
+    pub old_space: u8,
+    pub large_object_space: u8,
+}
+
+/// ScopeInfo flag bits (V8 10-11 `ScopeFlags`).
+#[derive(Clone, Copy, Debug)]
+pub struct ScopeFlags {
+    pub scope_type_mask: u64,
+    pub function_scope: u64,
+    pub has_outer_scope_info_bit: u32,
+    pub has_context_extension_slot_bit: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct CensusLayout {
+    pub frames: Layout,
+    pub page: PageHeader,
+    pub scope_flags: ScopeFlags,
+    pub map_instance_size_words: u64,
+    pub map_inobject_start_words: u64,
+    pub map_bit_field3: u64,
+    pub map_constructor: u64,
+    pub map_descriptors: u64,
+    pub own_descriptors_mask: u32,
+    pub own_descriptors_shift: u32,
+    pub dictionary_map_bit: u32,
+    pub descriptor_header: u64,
+    pub descriptor_count: u64,
+    pub descriptor_entry_words: u64,
+    pub property_index_mask: u64,
+    pub property_index_shift: u32,
+    pub property_location_mask: u64,
+    pub js_object_properties: u64,
+    pub js_object_elements: u64,
+    pub function_context: u64,
+    pub sfi_function_data: u64,
+    pub sfi_outer_scope_info: u64,
+    /// UncompiledData: the function's start position (int32).
+    pub uncompiled_start: u64,
+    pub collection_table: u64,
+    pub buffer_byte_length: u64,
+    pub view_byte_length: u64,
+    pub context_min_slots: u64,
+    pub types: CensusTypes,
+    /// Class names by instance type, from the metadata.
+    pub type_names: HashMap<u16, String>,
+}
+
+/// Instance types the census treats specially.
+#[derive(Clone, Copy, Debug)]
+pub struct CensusTypes {
+    pub map: u16,
+    pub free_space: u16,
+    pub fixed_array: u16,
+    pub byte_array: u16,
+    pub bytecode_array: u16,
+    pub fixed_double_array: u16,
+    pub weak_fixed_array: u16,
+    pub weak_array_list: u16,
+    pub property_array: u16,
+    pub descriptor_array: u16,
+    pub embedder_data_array: u16,
+    pub scope_info: u16,
+    pub uncompiled_data: (u16, u16),
+    pub contexts: (u16, u16),
+    pub js_object: u16,
+    pub api_object: u16,
+    pub special_api_object: u16,
+    pub js_array: u16,
+    pub js_map: u16,
+    pub js_set: u16,
+    pub js_typed_array: u16,
+    pub js_data_view: u16,
+    pub js_array_buffer: u16,
+    pub first_js_receiver: u16,
+}
+
+impl CensusLayout {
+    pub fn read(node: &Path, frames: Layout) -> Result<CensusLayout> {
+        let version = frames.version;
+        if (version.major, version.minor) != (11, 3) {
+            bail!("the heap census knows V8 11.3 (Node 20) only; this node has V8 {version}");
+        }
+        let s = Symbols::load(node)?;
+        let field = |class: &str, name: &str| {
+            s.class_field(class, name)
+                .with_context(|| format!("V8 {version}: no metadata for {class}::{name}"))
+        };
+        let ty = |class: &str| {
+            s.type_of(class)
+                .with_context(|| format!("V8 {version}: no instance type for {class}"))
+        };
+        let int = |name: &str| {
+            s.int(&format!("v8dbg_{name}"))
+                .with_context(|| format!("V8 {version}: no metadata {name}"))
+        };
+        let fixed_array = ty("FixedArray")?;
+        let weak_fixed_array = ty("WeakFixedArray")?;
+        let uncompiled_first = ty("UncompiledDataWithPreparseData")?;
+        let types = CensusTypes {
+            map: ty("Map")?,
+            free_space: ty("FreeSpace")?,
+            fixed_array,
+            byte_array: ty("ByteArray")?,
+            bytecode_array: ty("BytecodeArray")?,
+            fixed_double_array: ty("FixedDoubleArray")?,
+            weak_fixed_array,
+            weak_array_list: ty("WeakArrayList")?,
+            property_array: ty("PropertyArray")?,
+            descriptor_array: ty("DescriptorArray")?,
+            embedder_data_array: ty("EmbedderDataArray")?,
+            scope_info: ty("ScopeInfo")?,
+            // With and without preparse data, each with and without a job.
+            uncompiled_data: (uncompiled_first, uncompiled_first + 3),
+            contexts: (int("FirstContextType")? as u16, int("LastContextType")? as u16),
+            js_object: ty("JSObject")?,
+            api_object: int("APIObjectType")? as u16,
+            special_api_object: int("SpecialAPIObjectType")? as u16,
+            js_array: ty("JSArray")?,
+            js_map: ty("JSMap")?,
+            js_set: ty("JSSet")?,
+            js_typed_array: ty("JSTypedArray")?,
+            js_data_view: ty("JSDataView")?,
+            js_array_buffer: ty("JSArrayBuffer")?,
+            first_js_receiver: ty("JSProxy")?,
+        };
+        let mut type_names: HashMap<u16, String> = HashMap::new();
+        for (value, class) in s.type_names() {
+            type_names.entry(value).or_insert(class);
+        }
+        // Subtypes of FixedArray without metadata names (hash tables, …).
+        for t in fixed_array + 1..types.byte_array {
+            type_names.entry(t).or_insert_with(|| "(array)".to_string());
+        }
+        let own_descriptors_mask = int("bit_field3_number_of_own_descriptors_mask")? as u32;
+        Ok(CensusLayout {
+            page: PageHeader {
+                alignment: 256 << 10,
+                size: 0,
+                heap: 0x10,
+                area_start: 0x18,
+                area_end: 0x20,
+                owner: 0x40,
+                owner_space_id: 0x10,
+                old_space: 2,
+                large_object_space: 6,
+            },
+            scope_flags: ScopeFlags {
+                scope_type_mask: 0xf,
+                function_scope: 2,
+                has_outer_scope_info_bit: 22,
+                has_context_extension_slot_bit: 26,
+            },
+            map_instance_size_words: field("Map", "instance_size_in_words")?,
+            map_inobject_start_words: field("Map", "inobject_properties_start_or_constructor_function_index")?,
+            map_bit_field3: field("Map", "bit_field3")?,
+            map_constructor: field("Map", "constructor_or_back_pointer")?,
+            map_descriptors: field("Map", "instance_descriptors")?,
+            own_descriptors_mask,
+            own_descriptors_shift: int("bit_field3_number_of_own_descriptors_shift")? as u32,
+            dictionary_map_bit: int("bit_field3_is_dictionary_map_shift")? as u32,
+            descriptor_header: field("DescriptorArray", "header_size")?,
+            // number_of_all_descriptors (int16) right after the map.
+            descriptor_count: 8,
+            descriptor_entry_words: int("prop_desc_size")? as u64,
+            property_index_mask: int("prop_index_mask")? as u64,
+            property_index_shift: int("prop_index_shift")? as u32,
+            property_location_mask: int("prop_location_mask")? as u64,
+            js_object_properties: field("JSReceiver", "raw_properties_or_hash")?,
+            js_object_elements: field("JSObject", "elements")?,
+            function_context: field("JSFunction", "context")?,
+            sfi_function_data: field("SharedFunctionInfo", "function_data")?,
+            // outer_scope_info_or_feedback_metadata.
+            sfi_outer_scope_info: field("SharedFunctionInfo", "feedback_metadata")?,
+            uncompiled_start: 0x10,
+            // JSCollection: map, properties, elements, table.
+            collection_table: 0x18,
+            buffer_byte_length: field("JSArrayBuffer", "byte_length")?,
+            view_byte_length: field("JSArrayBufferView", "byte_length")?,
+            context_min_slots: int("context_min_slots")? as u64,
+            types,
+            type_names,
+            frames,
+        })
+    }
+
+    pub fn type_name(&self, instance_type: u16) -> String {
+        self.type_names
+            .get(&instance_type)
+            .cloned()
+            .unwrap_or_else(|| format!("(type {instance_type:#x})"))
+    }
+
+    pub fn is_string(&self, instance_type: u16) -> bool {
+        instance_type < self.frames.types.first_nonstring
+    }
+
+    pub fn is_function(&self, instance_type: u16) -> bool {
+        // The range the frames use ends one short: class constructors come
+        // right after it (0x821 on V8 11.3, measured as the constructor in
+        // the maps of class instances).
+        (self.frames.types.js_function.0..=self.frames.types.js_function.1 + 1).contains(&instance_type)
+    }
+
+    pub fn is_context(&self, instance_type: u16) -> bool {
+        (self.types.contexts.0..=self.types.contexts.1).contains(&instance_type)
+    }
+
+    /// FixedArray and the types laid out like it (length, then tagged slots).
+    pub fn is_fixed_array_like(&self, instance_type: u16) -> bool {
+        let t = &self.types;
+        (t.fixed_array..t.byte_array).contains(&instance_type)
+            || self.is_context(instance_type)
+            || instance_type == t.embedder_data_array
+            // WeakFixedArray and TransitionArray, which follows it.
+            || instance_type == t.weak_fixed_array
+            || instance_type == t.weak_fixed_array + 1
+    }
+
+    /// Objects whose body holds no tagged pointers.
+    pub fn is_raw_data(&self, instance_type: u16) -> bool {
+        let t = &self.types;
+        let strings = self.frames.strings;
+        (self.is_string(instance_type) && instance_type & strings.representation_mask == strings.seq)
+            || [t.byte_array, t.bytecode_array, t.fixed_double_array, t.free_space].contains(&instance_type)
+    }
+}

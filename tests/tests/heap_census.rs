@@ -1,0 +1,258 @@
+//! The heap census of a Node target (docs/heap-census.md): a fixture with
+//! known JS-heap leaks (tests/fixtures/node/census_leaks.js) is hunted in
+//! launch mode; the census groups must hold exactly what the fixture says it
+//! holds, their bytes must match a heap snapshot the fixture writes of
+//! itself at the end, closures must carry the location the snapshot gives,
+//! and the retaining paths must name the holding variables.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use leakscope_tests::*;
+use serde_json::Value;
+
+const SECONDS: &str = "22";
+
+fn fixture() -> PathBuf {
+    workspace_root().join("tests/fixtures/node/census_leaks.js")
+}
+
+/// What a heap snapshot holds of one node name and type: (count, self bytes).
+fn snapshot_totals(snapshot: &Value) -> HashMap<(String, String), (u64, u64)> {
+    let meta = &snapshot["snapshot"]["meta"];
+    let fields = meta["node_fields"].as_array().expect("node_fields").len();
+    let types: Vec<&str> = meta["node_types"][0]
+        .as_array()
+        .expect("node types")
+        .iter()
+        .map(|t| t.as_str().unwrap_or(""))
+        .collect();
+    let strings: Vec<&str> = snapshot["strings"]
+        .as_array()
+        .expect("strings")
+        .iter()
+        .map(|s| s.as_str().unwrap_or(""))
+        .collect();
+    let nodes = snapshot["nodes"].as_array().expect("nodes");
+    let mut totals: HashMap<(String, String), (u64, u64)> = HashMap::new();
+    for node in nodes.chunks_exact(fields) {
+        let ty = types[node[0].as_u64().unwrap() as usize].to_string();
+        let name = strings[node[1].as_u64().unwrap() as usize].to_string();
+        let total = totals.entry((ty, name)).or_default();
+        total.0 += 1;
+        total.1 += node[3].as_u64().unwrap();
+    }
+    totals
+}
+
+/// The 1-based (line, column) a heap snapshot gives the first closure named `name`.
+fn snapshot_location(snapshot: &Value, name: &str) -> (u64, u64) {
+    let fields = snapshot["snapshot"]["meta"]["node_fields"].as_array().unwrap().len();
+    let strings = snapshot["strings"].as_array().unwrap();
+    let nodes = snapshot["nodes"].as_array().unwrap();
+    let locations = snapshot["locations"].as_array().expect("locations");
+    for location in locations.chunks_exact(4) {
+        let node = location[0].as_u64().unwrap() as usize;
+        assert_eq!(node % fields, 0);
+        if strings[nodes[node + 1].as_u64().unwrap() as usize].as_str() == Some(name) {
+            return (location[2].as_u64().unwrap() + 1, location[3].as_u64().unwrap() + 1);
+        }
+    }
+    panic!("the heap snapshot has no location for {name}");
+}
+
+fn group<'a>(census: &'a Value, kind: &str, name: &str) -> &'a Value {
+    census["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .find(|g| g["kind"] == kind && g["name"] == name)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {kind} group {name:?} in the census:\n{}",
+                serde_json::to_string_pretty(census).unwrap()
+            )
+        })
+}
+
+fn num(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("no unsigned {key:?} in {v}"))
+}
+
+fn paths(g: &Value) -> Vec<&str> {
+    g["retained_by"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn within(actual: u64, truth: u64, fraction: f64) -> bool {
+    (actual as f64 - truth as f64).abs() <= fraction * truth as f64
+}
+
+#[test]
+fn census_counts_the_fixtures_leaks_and_names_their_holders() {
+    let dir = scratch_dir("heap-census");
+    let snapshot_path = dir.join("end.heapsnapshot");
+    let _ = fs::remove_file(&snapshot_path);
+    let node = Path::new("/usr/bin/node");
+    let script = fixture();
+    let run = run_launch(
+        node,
+        &[
+            "--expose-gc",
+            script.to_str().unwrap(),
+            SECONDS,
+            snapshot_path.to_str().unwrap(),
+        ],
+        &["--mode", "growth"],
+    );
+    let summary: Value = run
+        .stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("the fixture printed no final line:\n{}\n{}", run.stdout, run.stderr));
+    let census = &run.report["node"]["heap_census"];
+    let context = || {
+        format!(
+            "fixture: {summary}\n{}\n{}",
+            serde_json::to_string_pretty(census).unwrap(),
+            run.stderr
+        )
+    };
+    assert!(census.is_object(), "no heap_census in the report\n{}", context());
+
+    // Censuses were taken without stopping the target.
+    let censuses = census["censuses"].as_array().expect("censuses");
+    assert!(censuses.len() >= 5, "too few censuses\n{}", context());
+    for c in censuses {
+        assert_eq!(c["frozen_s"].as_f64(), Some(0.0));
+        assert!(num(c, "objects") > 10_000 && num(c, "live_bytes") > 1 << 20, "{c}");
+        // Unparsed bytes (types whose size is not computed: ScopeInfo and
+        // instance type 0xf8 most) stay a small share: 4-12% of this small
+        // heap, mostly node's own code metadata.
+        assert!(num(c, "unparsed_bytes") * 5 < num(c, "live_bytes"), "{c}");
+    }
+
+    let requests = num(&summary, "requests");
+    assert!(requests >= 500, "{summary}");
+    assert_eq!(num(&summary, "listeners"), requests);
+    let snapshot: Value =
+        serde_json::from_str(&fs::read_to_string(&snapshot_path).expect("the fixture's heap snapshot"))
+            .expect("heap snapshot JSON");
+    let truth = snapshot_totals(&snapshot);
+    let source = fs::read_to_string(&script).unwrap();
+    let script_name = script.to_str().unwrap();
+
+    // The Map cache: one CachedResult per request, its shape, its bytes.
+    let cached = group(census, "object", "CachedResult");
+    assert_eq!(num(cached, "count_last"), num(&summary, "cached"), "{}", context());
+    assert!(num(cached, "count_first") < num(cached, "count_last"));
+    assert_eq!(cached["shape"], serde_json::json!(["key", "size", "hits"]));
+    let (n, bytes) = truth[&("object".to_string(), "CachedResult".to_string())];
+    assert_eq!(n, num(cached, "count_last"));
+    assert!(
+        within(num(cached, "bytes_last"), bytes, 0.2),
+        "{} vs snapshot {bytes}",
+        cached
+    );
+    assert!(
+        matches!(cached["verdict"].as_str(), Some("leak" | "growing")),
+        "{cached}"
+    );
+    assert!(
+        paths(cached)
+            .iter()
+            .any(|p| p.starts_with("(context).resultCache → Map.(table)") && p.ends_with("CachedResult")),
+        "{cached}"
+    );
+    let cache_map = census["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["kind"] == "map")
+        .map(|g| g["entries_last"].as_u64().unwrap_or(0))
+        .max();
+    assert!(cache_map >= Some(num(&summary, "cached")), "{}", context());
+
+    // The listeners: closures by function, with the location the snapshot
+    // gives and their enclosing function, and one context each.
+    let listener = group(census, "closure", "onData");
+    assert_eq!(num(listener, "count_last"), num(&summary, "listeners"));
+    let (line, column) = snapshot_location(&snapshot, "onData");
+    assert_eq!(listener["location"], format!("{script_name}:{line}:{column}"));
+    assert!(source
+        .lines()
+        .nth(line as usize - 1)
+        .unwrap()
+        .contains("function onData("));
+    assert_eq!(listener["enclosing_function"], "handleRequest");
+    let (n, bytes) = truth[&("closure".to_string(), "onData".to_string())];
+    assert_eq!(n, num(listener, "count_last"));
+    assert!(
+        within(num(listener, "bytes_last"), bytes, 0.2),
+        "{listener} vs snapshot {bytes}"
+    );
+    assert!(
+        paths(listener)
+            .iter()
+            .any(|p| p.starts_with("(context).bus → EventEmitter._events") && p.ends_with("onData")),
+        "{listener}"
+    );
+    let contexts = group(census, "context", "(context of handleRequest)");
+    assert_eq!(num(contexts, "count_last"), requests);
+
+    // Closures retaining arrays.
+    let retainer = group(census, "closure", "keepRows");
+    assert_eq!(num(retainer, "count_last"), num(&summary, "retainers"));
+    assert_eq!(retainer["enclosing_function"], "makeRetainer");
+    assert!(
+        paths(retainer)
+            .iter()
+            .any(|p| p.starts_with("(context).retainers → Array.[") && p.ends_with("keepRows")),
+        "{retainer}"
+    );
+    assert_eq!(
+        num(group(census, "context", "(context of makeRetainer)"), "count_last"),
+        requests
+    );
+
+    // The healthy group: every Session became garbage.
+    let sessions = census["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "Session" && g["kind"] == "object");
+    assert!(
+        sessions
+            .is_none_or(|g| num(g, "count_last") == 0 && !matches!(g["verdict"].as_str(), Some("leak" | "growing"))),
+        "{sessions:?}"
+    );
+}
+
+/// On a Node line whose V8 layouts the census does not know, the hunt says
+/// so in one line and in the report, and counts nothing rather than wrong.
+#[test]
+fn census_refuses_a_v8_it_does_not_know() {
+    let node = node_line("22.23.5");
+    let script = fixture();
+    let run = run_launch(
+        &node,
+        &["--expose-gc", script.to_str().unwrap(), "3"],
+        &["--mode", "growth"],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let census = &run.report["node"]["heap_census"];
+    let reason = census["unavailable"].as_str().unwrap_or_else(|| panic!("{census}"));
+    assert!(
+        reason.contains("V8 11.3 (Node 20) only") && reason.contains("12.4"),
+        "{reason}"
+    );
+    assert_eq!(census["censuses"], serde_json::json!([]), "{census}");
+    assert_eq!(census["groups"], serde_json::json!([]), "{census}");
+    let warnings: Vec<&str> = run.stderr.lines().filter(|l| l.contains("no JS heap census")).collect();
+    assert_eq!(warnings.len(), 1, "{}", run.stderr);
+    assert!(warnings[0].contains(reason), "{}", run.stderr);
+}
