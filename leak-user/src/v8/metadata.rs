@@ -12,6 +12,9 @@ use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
 use super::version::Version;
 
+/// Instance types after JS_FUNCTION_TYPE that are JSFunctions too.
+const JS_FUNCTION_SUBTYPES: u64 = 15;
+
 /// The integer symbols of a binary that describe V8.
 pub(super) struct Symbols {
     values: HashMap<String, i64>,
@@ -209,9 +212,10 @@ impl Layout {
             map: s.field("HeapObject", "map").unwrap_or(0),
             instance_type: need_field("Map", "instance_type")?,
             // JS_FUNCTION_TYPE is the first of the JSFunction range; the
-            // constructors of builtin classes follow it (15 types in 10.2-14.6).
+            // constructors of builtin classes follow it, then those of
+            // classes (0x821 on V8 11.3, seen in the maps of class instances).
             first_js_function_type: u64::from(js_function),
-            last_js_function_type: u64::from(js_function) + 14,
+            last_js_function_type: u64::from(js_function) + JS_FUNCTION_SUBTYPES,
             function_shared: need_field("JSFunction", "shared")?,
         };
         for offset in [
@@ -226,7 +230,7 @@ impl Layout {
         }
         let before_12 = version.major < 12;
         let types = InstanceTypes {
-            js_function: (js_function, js_function + 14),
+            js_function: (js_function, js_function + JS_FUNCTION_SUBTYPES as u16),
             shared_function_info: need_type("SharedFunctionInfo")?,
             script: need_type("Script")?,
             scope_info: need_type("ScopeInfo")?,

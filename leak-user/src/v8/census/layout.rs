@@ -222,10 +222,7 @@ impl CensusLayout {
     }
 
     pub fn is_function(&self, instance_type: u16) -> bool {
-        // The range the frames use ends one short: class constructors come
-        // right after it (0x821 on V8 11.3, measured as the constructor in
-        // the maps of class instances).
-        (self.frames.types.js_function.0..=self.frames.types.js_function.1 + 1).contains(&instance_type)
+        (self.frames.types.js_function.0..=self.frames.types.js_function.1).contains(&instance_type)
     }
 
     pub fn is_context(&self, instance_type: u16) -> bool {
