@@ -33,7 +33,7 @@ mod http_service;
 mod hunt_modes;
 mod malloc_free;
 mod maps_fill;
-mod outstanding;
+mod own_memory;
 mod watch_overhead;
 
 /// How much of each benchmark to run: the full run stays under 10 minutes,
@@ -180,13 +180,13 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         (malloc_free::TITLE, malloc_free::malloc_free),
         (attach::TITLE, attach::attach),
         (distinct_stacks::TITLE, distinct_stacks::distinct_stacks),
-        (outstanding::TITLE, outstanding::outstanding),
         (maps_fill::TITLE, maps_fill::maps_fill),
         (http_service::TITLE, http_service::http_service),
         (watch_overhead::TITLE, watch_overhead::watch_overhead),
         (hunt_modes::TITLE, hunt_modes::hunt_modes),
         (cost::TITLE_FIXED, cost::fixed_costs),
         (cost::TITLE_PER_PAIR, cost::per_pair),
+        (own_memory::TITLE, own_memory::own_memory),
     ];
     let number = |title: &str| title.split('.').next().unwrap_or_default().to_owned();
     let benchmarks: Vec<_> = benchmarks

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use crate::{run, setup};
 
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "perf_map_line",
     "proc_maps",
     "proc_status",
@@ -16,6 +16,7 @@ pub const TARGETS: [&str; 7] = [
     "proc_cgroup",
     "report_json",
     "watch_config",
+    "elf_module",
 ];
 
 /// Per target in the test suite's short pass.

@@ -276,6 +276,27 @@ fn resolve(
         .unwrap_or_default())
 }
 
+/// Reads `file` as a module of a target is read (the target chooses its
+/// binaries): names each of `offsets` from DWARF and from the ELF symbols,
+/// and finds the unwind rule there. The entry point of the `elf_module` fuzz target.
+pub fn read_as_module(file: std::fs::File, offsets: &[u64]) {
+    let module = ModuleFile::new(file);
+    let mut symbolizer = Symbolizer::new();
+    let cfi = cfi::Cfi::load(&module.file);
+    for &offset in offsets {
+        let _ = symbolizer.lookup(&module, offset);
+        let _ = resolve(
+            &symbolizer.inner,
+            &fd_path(&module.file),
+            false,
+            Input::FileOffset(offset),
+        );
+        if let Some(cfi) = &cfi {
+            let _ = cfi.vaddr(offset).and_then(|vaddr| cfi.frameless_rule(vaddr));
+        }
+    }
+}
+
 /// Rust (legacy `_ZN...`, v0 `_R...`) and C++ (`_Z...`) names demangled;
 /// any other name is a C name and stays as it is.
 fn demangle(name: &str) -> String {
