@@ -470,11 +470,7 @@ pub fn stack_sites(report: &Report) -> Vec<Cow<'_, Site>> {
             v8_space: None,
             frames: vec![Arc::new(Frame {
                 address: "0x0".to_string(),
-                function: Some(format!(
-                    "[{} more site{}]",
-                    t.sites,
-                    if t.sites == 1 { "" } else { "s" }
-                )),
+                function: Some(format!("[{}]", plural(t.sites, "more site"))),
                 file: None,
                 line: None,
                 column: None,
@@ -504,15 +500,16 @@ pub fn tail_description(report: &Report) -> Option<String> {
         .iter()
         .map(|t| {
             format!(
-                "{} {} in {} allocations",
+                "{} {} in {}",
                 t.kind.name(),
                 human_bytes(t.outstanding_bytes),
-                t.outstanding_allocations
+                plural(t.outstanding_allocations, "allocation")
             )
         })
         .collect();
     Some(format!(
-        "{sites} more sites summarised (--max-sites) hold {}",
+        "{} summarised (--max-sites) hold {}",
+        plural(sites, "more site"),
         parts.join("; ")
     ))
 }
