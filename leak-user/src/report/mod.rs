@@ -727,7 +727,7 @@ pub(crate) mod tests {
             allocated_bytes: 1000,
             allocated_allocations: 4,
         };
-        assert_eq!(report.tail, [malloc.clone()]);
+        assert_eq!(report.tail, std::slice::from_ref(&malloc));
         assert_eq!(report.site_count(), 4);
         // A second pass adds to the same kind's summary.
         limit_sites(&mut report, 0);
