@@ -31,13 +31,14 @@ fn cargo_fuzz() -> Command {
 
 pub fn fuzz(seconds: u64) -> Result<()> {
     setup::cargo_fuzz()?;
-    run(cargo_fuzz().arg("build"))?;
+    run(cargo_fuzz().args(["build", "-O"]))?;
     for target in TARGETS {
         // New inputs go to the first directory (not in git), the seeds are read only.
         let corpus = format!("fuzz/corpus/{target}");
         fs::create_dir_all(&corpus)?;
         run(cargo_fuzz()
-            .args(["run", target, &corpus, &format!("fuzz/seeds/{target}"), "--"])
+            // -O: debug assertions and overflow checks as fuzz/Cargo.toml sets them.
+            .args(["run", "-O", target, &corpus, &format!("fuzz/seeds/{target}"), "--"])
             .arg(format!("-max_total_time={seconds}"))
             // A parser that takes a second over a few KiB is a bug too.
             .args(["-timeout=5", "-max_len=65536", "-rss_limit_mb=2048"]))?;

@@ -197,9 +197,13 @@ impl Symbolizer {
 
     fn lookup_in_module(&mut self, module: &ModuleFile, offset: u64) -> SymInfo {
         let path = fd_path(&module.file);
-        // blazesym maps the file offset to an ELF address through the
-        // program headers itself.
-        let input = Input::FileOffset(offset);
+        // Mapped to an ELF address here, not by blazesym: its sum of a
+        // segment's offset and size overflows on hostile headers.
+        let Some(vaddr) = module.facts.as_ref().and_then(|f| f.vaddr(offset)) else {
+            log::debug!("offset {offset:#x} of {path:?} is in no loaded segment");
+            return SymInfo::default();
+        };
+        let input = Input::VirtOffset(vaddr);
         let result = if self.no_dwarf.contains(&module.id) {
             resolve(&self.inner, &path, false, input)
         } else {
@@ -289,7 +293,7 @@ pub fn read_as_module(file: std::fs::File, offsets: &[u64]) {
             &symbolizer.inner,
             &fd_path(&module.file),
             false,
-            Input::FileOffset(offset),
+            Input::VirtOffset(offset),
         );
         if let Some(cfi) = &cfi {
             let _ = cfi.vaddr(offset).and_then(|vaddr| cfi.frameless_rule(vaddr));
