@@ -9,7 +9,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use leakscope_tests::*;
@@ -285,22 +284,7 @@ fn pprof_counts_the_tail() {
     let tail = rerendered_tail();
     rerender("pprof");
     let file = h.full_json.with_file_name("limited.pprof");
-    let output = Command::new("go")
-        .args([
-            "tool",
-            "pprof",
-            "-top",
-            "-sample_index=inuse_space",
-            "-unit=B",
-            "-nodefraction=0",
-        ])
-        .arg(&file)
-        .env("GOCACHE", file.with_extension("gocache"))
-        .output()
-        .expect("run go tool pprof (cargo xtask setup installs go)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let describe = format!("{stdout}\n--- stderr ---\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "go tool pprof failed:\n{describe}");
+    let (stdout, describe) = pprof_top(&file);
     let total = format!("Total samples = {}B", u64_field(&h.full["totals"], "outstanding_bytes"));
     assert!(stdout.contains(&total), "expected {total:?}:\n{describe}");
     // pprof -top lists functions: tails of as many sites are one function.
