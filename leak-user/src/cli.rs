@@ -57,6 +57,11 @@ pub struct HuntArgs {
     /// (libc start-up, the event loop, V8 entry code) are folded otherwise.
     #[arg(long)]
     pub full_stacks: bool,
+    /// Sites kept in full in the report (every format); the others, the
+    /// least important in the text report's order, are summed per kind in
+    /// its `tail`, and are not symbolized. Default: every site.
+    #[arg(long, value_name = "N")]
+    pub max_sites: Option<usize>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Write the report here instead of stdout.
@@ -144,6 +149,11 @@ pub struct ReportArgs {
     /// (libc start-up, the event loop, V8 entry code) are folded otherwise.
     #[arg(long)]
     pub full_stacks: bool,
+    /// Sites kept in full in the report (every format); the others, the
+    /// least important in the text report's order, are summed per kind in
+    /// its `tail`. Default: the sites of the file.
+    #[arg(long, value_name = "N")]
+    pub max_sites: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]

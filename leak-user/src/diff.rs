@@ -357,6 +357,7 @@ mod tests {
         let mut b = sample_report();
         for site in &mut b.sites {
             for frame in &mut site.frames {
+                let frame = std::sync::Arc::make_mut(frame);
                 frame.address = format!("{}0", frame.address);
             }
         }

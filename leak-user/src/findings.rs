@@ -58,7 +58,7 @@ pub fn groups(report: &Report) -> Vec<Finding> {
     let app_frames: Vec<Option<&Frame>> = report
         .sites
         .iter()
-        .map(|site| application_frame(site, is_node).map(|i| &site.frames[i]))
+        .map(|site| application_frame(site, is_node).map(|i| &*site.frames[i]))
         .collect();
     let lined = lined_js_frames(&app_frames);
     let mut by_key: HashMap<String, Finding> = HashMap::new();
@@ -202,7 +202,12 @@ fn runtime_key(site: &Site) -> (String, String) {
         let function = f.function.as_deref().unwrap_or_default();
         site.allocator.split('/').any(|name| function.contains(name))
     };
-    let named: Vec<&Frame> = site.frames.iter().filter(|f| f.function.is_some()).collect();
+    let named: Vec<&Frame> = site
+        .frames
+        .iter()
+        .map(|f| &**f)
+        .filter(|f| f.function.is_some())
+        .collect();
     let Some(frame) = named.iter().find(|f| !allocator_own(f)).or(named.first()) else {
         let what = if site.frames.is_empty() {
             "[stack lost]"
@@ -245,7 +250,7 @@ const RUNTIME_FRAMES_SHOWN: usize = 4;
 
 pub fn shown_frames(site: &Site, is_node: bool, full_stacks: bool) -> Vec<Shown<'_>> {
     if full_stacks {
-        return site.frames.iter().map(Shown::Frame).collect();
+        return site.frames.iter().map(|f| Shown::Frame(f)).collect();
     }
     let first_app = application_frame(site, is_node);
     let keep = |i: usize, frame: &Frame| match first_app {
@@ -283,11 +288,13 @@ fn growth(finding: &Finding) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::report::tests::sample_report;
 
-    fn frame(function: &str, file: Option<&str>, line: Option<u32>, module: &str, address: &str) -> Frame {
-        Frame {
+    fn frame(function: &str, file: Option<&str>, line: Option<u32>, module: &str, address: &str) -> Arc<Frame> {
+        Arc::new(Frame {
             address: address.into(),
             function: Some(function.into()),
             file: file.map(Into::into),
@@ -295,7 +302,7 @@ mod tests {
             column: None,
             module: Some(module.into()),
             inlined: false,
-        }
+        })
     }
 
     const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
@@ -306,7 +313,7 @@ mod tests {
     fn report() -> Report {
         let mut report = sample_report();
         let template = report.sites[0].clone();
-        let site = |bytes, verdict, frames: Vec<Frame>| Site {
+        let site = |bytes, verdict, frames: Vec<Arc<Frame>>| Site {
             outstanding_bytes: bytes,
             verdict,
             frames,
@@ -432,7 +439,7 @@ mod tests {
     fn js_frames_of_the_application_are_its_code_in_a_node_target() {
         let mut js = frame("retainBuffers", Some("/srv/app.js"), Some(12), JIT_MODULE, "0x3ad1");
         assert!(is_application(&js, true));
-        js.file = Some("node:internal/timers".into());
+        Arc::make_mut(&mut js).file = Some("node:internal/timers".into());
         assert!(!is_application(&js, true));
         assert!(!is_application(
             &frame("uv_run", None, None, "/usr/bin/node", "0x1"),

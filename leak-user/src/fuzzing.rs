@@ -1,16 +1,16 @@
 //! Entry points of the parsers of untrusted input, for the fuzz targets in
 //! `fuzz/` (`cargo xtask fuzz`). Whatever the bytes, each must return: a
 //! panic, an overflow or a hang is a bug. The inputs are what a traced
-//! process or a user controls: its perf map and /proc files, saved reports,
-//! the watch config.
+//! process or a user controls: its perf map, /proc files and binaries,
+//! saved reports, the watch config.
 
 use std::time::Duration;
 
 use crate::{
     cli::{Format, RuleArgs},
-    diff,
+    diff, lookup,
     report::{self, drops, json},
-    symbolize::{maps::MapsEntry, perfmap},
+    symbolize::{self, maps::MapsEntry, perfmap},
     target::ProcStat,
     timeline,
     watch::{memory, targets},
@@ -28,6 +28,24 @@ pub fn proc_maps(text: &str) {
     for line in text.lines() {
         let _ = MapsEntry::parse(line);
     }
+}
+
+/// An ELF file the target maps, as the symbolizer, the unwinder and the
+/// allocator lookup read it (from a memfd: leakscope reads modules through
+/// descriptors too). Offsets spread over the file stand for the addresses
+/// of stacks.
+pub fn elf_module(data: &[u8]) {
+    // SAFETY: plain syscall with a NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(c"elf_module".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor we own.
+    let mut file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    std::io::Write::write_all(&mut file, data).expect("a memfd takes any bytes");
+    let path = std::path::PathBuf::from(format!("/proc/self/fd/{fd}"));
+    let _ = lookup::read_dynamic(&path);
+    let len = data.len() as u64;
+    let offsets: Vec<u64> = (0..8).map(|i| len * i / 8).chain([len, u64::MAX]).collect();
+    symbolize::read_as_module(file, &offsets);
 }
 
 /// `/proc/PID/status`.

@@ -20,7 +20,7 @@ use crate::{
     attach::{self, AttachedProbe, Counters, Links, LoadOptions, ProbeStatus},
     cli::HuntArgs,
     collect::Collector,
-    heap::Kind,
+    heap::{Kind, SiteId},
     mode::{self, Measure, OverheadMeter, Plan},
     node, preflight,
     report::{self, Frame, Mapping, ProbeReport, Report, Site, Totals},
@@ -500,7 +500,15 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         exit_code,
         duration,
     };
-    let mut report = build_report(&collector, &timeline, totals, &session.probes, &counters, &ended);
+    let mut report = build_report(
+        &collector,
+        &timeline,
+        totals,
+        &session.probes,
+        &counters,
+        &ended,
+        args.max_sites,
+    );
     if let (Some(node), Some(census)) = (report.node.as_mut(), census) {
         node.heap_census = Some(match census {
             Ok(runner) => runner
@@ -704,6 +712,7 @@ fn build_report(
     probes: &[AttachedProbe],
     counters: &Counters,
     ended: &Ended,
+    max_sites: Option<usize>,
 ) -> Report {
     let now = monotonic_ns();
     let mut symbolizer = Symbolizer::new();
@@ -716,20 +725,16 @@ fn build_report(
         .filter(|p| p.counted_as == p.probe)
         .map(|p| (p.probe, p.display_name()))
         .collect();
-    let mut sites: Vec<Site> = totals
+    // Frames are filled in below, for the sites kept only.
+    let mut sites: Vec<(Site, SiteId)> = totals
         .iter()
         .map(|(&id, t)| {
             let key = collector.heap.site(id);
-            let addrs = collector.completed_stack(key.stack, &key.skipped_callers);
-            // Heap stacks are taken at the return probe: frame 0 is a return
-            // address too. A fault's frame 0 is the faulting instruction.
-            let symbolized = symbolizer.symbolize(&collector.modules, &addrs, key.kind == Kind::Malloc);
-            let js = collector.js_frames(key.stack, &key.skipped_callers);
             let series = timeline.site_series(id);
             let growth = series
                 .as_ref()
                 .map(|series| analyze::analyze_site(series, &ages.remove(&id).unwrap_or_default(), hunt_s, &policy));
-            Site {
+            let site = Site {
                 kind: key.kind,
                 allocator: allocator_names
                     .get(&key.probe)
@@ -743,7 +748,7 @@ fn build_report(
                     anonymous: key.anonymous,
                     prot: report::prot_string(key.detail),
                 }),
-                frames: frames(symbolized, &js, ended.is_node),
+                frames: Vec::new(),
                 allocated_bytes: collector.heap.allocated(id).0,
                 allocated_allocations: collector.heap.allocated(id).1,
                 growth_bytes_per_s: growth.as_ref().and_then(|g| g.slope_bytes_per_s),
@@ -751,18 +756,19 @@ fn build_report(
                 verdict_caveat: None,
                 growth: growth.map(|g| g.stats),
                 series,
-            }
+            };
+            (site, id)
         })
         .collect();
-    sites.sort_by(|a, b| {
+    drop(ages);
+    sites.sort_by(|(a, _), (b, _)| {
         b.outstanding_bytes
             .cmp(&a.outstanding_bytes)
             .then(b.outstanding_allocations.cmp(&a.outstanding_allocations))
     });
-
     let sites_for_node: Vec<(Kind, Option<String>, u64, u64)> = sites
         .iter()
-        .map(|s| {
+        .map(|(s, _)| {
             (
                 s.kind,
                 s.v8_space.clone(),
@@ -779,7 +785,8 @@ fn build_report(
         .filter(|&&k| (ended.is_node && k != Kind::Malloc) || k == Kind::Mmap || (k == Kind::Malloc && malloc_measured))
         .map(|k| (k.name().to_string(), 0))
         .collect();
-    let (touched, held): (Vec<&Site>, Vec<&Site>) = sites.iter().partition(|s| s.kind == Kind::PagesTouched);
+    let (touched, held): (Vec<&Site>, Vec<&Site>) =
+        sites.iter().map(|(s, _)| s).partition(|s| s.kind == Kind::PagesTouched);
     for site in &held {
         *by_kind.entry(site.kind.name().to_string()).or_default() += site.outstanding_bytes;
     }
@@ -788,9 +795,30 @@ fn build_report(
         .map(|&r| (r.name().to_string(), counters.drops(r)))
         .collect();
     drops.insert("malformed_records".to_string(), collector.malformed);
-    let node = ended
-        .is_node
-        .then(|| node_report(collector, timeline, &sites_for_node, &mut symbolizer, &policy));
+    let totals = Totals {
+        outstanding_bytes: held.iter().map(|s| s.outstanding_bytes).sum(),
+        outstanding_allocations: held.iter().map(|s| s.outstanding_allocations).sum(),
+        by_kind,
+        allocator_internal_bytes: collector.heap.allocator_internal_bytes(),
+        pages_touched_bytes: touched.iter().map(|s| s.outstanding_bytes).sum(),
+        reserved_bytes: collector.heap.reserved_bytes(),
+    };
+    let mut tail = Vec::new();
+    let kept = report::split_tail(sites, |(s, _)| s, max_sites.unwrap_or(usize::MAX), &mut tail);
+    let mut shared = report::SharedFrames::default();
+    let sites = kept
+        .into_iter()
+        .map(|(mut site, id)| {
+            let key = collector.heap.site(id);
+            let addrs = collector.completed_stack(key.stack, &key.skipped_callers);
+            // Heap stacks are taken at the return probe: frame 0 is a return
+            // address too. A fault's frame 0 is the faulting instruction.
+            let symbolized = symbolizer.symbolize(&collector.modules, &addrs, key.kind == Kind::Malloc);
+            let js = collector.js_frames(key.stack, &key.skipped_callers);
+            site.frames = shared.share_all(frames(symbolized, &js, ended.is_node));
+            site
+        })
+        .collect();
 
     Report {
         schema: report::SCHEMA.to_string(),
@@ -804,21 +832,24 @@ fn build_report(
         mode: ended.measure.name().to_string(),
         sample_bytes: ended.sample_bytes,
         ended_by: ended.end.name().to_string(),
-        totals: Totals {
-            outstanding_bytes: held.iter().map(|s| s.outstanding_bytes).sum(),
-            outstanding_allocations: held.iter().map(|s| s.outstanding_allocations).sum(),
-            by_kind,
-            allocator_internal_bytes: collector.heap.allocator_internal_bytes(),
-            pages_touched_bytes: touched.iter().map(|s| s.outstanding_bytes).sum(),
-            reserved_bytes: collector.heap.reserved_bytes(),
-        },
+        totals,
         drops,
         probes: probes.iter().map(|p| probe_report(p, counters)).collect(),
         sites,
         findings: Vec::new(),
+        tail,
         command_line: Some(command_line()),
         process: Some(timeline.process(&policy)),
-        node,
+        node: ended.is_node.then(|| {
+            node_report(
+                collector,
+                timeline,
+                &sites_for_node,
+                &mut symbolizer,
+                &mut shared,
+                &policy,
+            )
+        }),
         overhead: ended.overhead.clone(),
         modules_without_symbols: symbolizer.modules_without_symbols().map(str::to_string).collect(),
     }
@@ -939,6 +970,7 @@ fn node_report(
     timeline: &Timeline,
     sites: &[(Kind, Option<String>, u64, u64)],
     symbolizer: &mut Symbolizer,
+    shared: &mut report::SharedFrames,
     policy: &GrowthPolicy,
 ) -> report::NodeReport {
     let stats = &collector.node;
@@ -985,7 +1017,7 @@ fn node_report(
                 reason: node::sample_reason(probe).to_string(),
                 samples: count,
                 bytes,
-                frames: frames(symbolized, &js, true),
+                frames: shared.share_all(frames(symbolized, &js, true)),
             }
         })
         .collect();

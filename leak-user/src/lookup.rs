@@ -47,7 +47,7 @@ const MAX_PRELOAD_SOURCE_BYTES: u64 = 1 << 20;
 
 /// The DT_SONAME and DT_NEEDED entries of an ELF file.
 #[derive(Debug, Default)]
-struct Dynamic {
+pub(crate) struct Dynamic {
     soname: Option<String>,
     needed: Vec<String>,
 }
@@ -59,7 +59,7 @@ fn answers_to(path: &Path, soname: Option<&str>, name: &str) -> bool {
     soname == Some(base) || path.file_name().and_then(|n| n.to_str()) == Some(base)
 }
 
-fn read_dynamic(path: &Path) -> Result<Dynamic> {
+pub(crate) fn read_dynamic(path: &Path) -> Result<Dynamic> {
     let file = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     // SAFETY: a read-only private mapping of a file the target has mapped
     // (libraries in use are not truncated).

@@ -1,4 +1,4 @@
-use std::{io::Write as _, path::Path, process::ExitCode};
+use std::{io::Write, path::Path, process::ExitCode};
 
 use clap::Parser as _;
 use leakscope::{
@@ -33,15 +33,13 @@ fn main() -> ExitCode {
 
 fn hunt_command(args: &HuntArgs) -> anyhow::Result<ExitCode> {
     let outcome = hunt::run(args, None)?;
-    let rendered = report::render(
-        &outcome.report,
-        args.format,
-        report::Listing {
-            top: args.top,
-            full_stacks: args.full_stacks,
-        },
-    )?;
-    write_output(args.output.as_deref(), &rendered)?;
+    let listing = report::Listing {
+        top: args.top,
+        full_stacks: args.full_stacks,
+    };
+    write_output(args.output.as_deref(), |out| {
+        report::write(&outcome.report, args.format, listing, out)
+    })?;
     outcome.attachment.detach_before_exit();
     // A launched command's exit code passes through.
     Ok(ExitCode::from(outcome.exit_code.unwrap_or(0).clamp(0, 255) as u8))
@@ -51,17 +49,16 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let mut report = read_report(&args.file)?;
     // A report saved by an older leakscope has no marks yet.
     report::drops::mark_and_warn(&mut report);
-    write_output(
-        args.output.as_deref(),
-        &report::render(
-            &report,
-            args.format,
-            report::Listing {
-                top: args.top,
-                full_stacks: args.full_stacks,
-            },
-        )?,
-    )?;
+    if let Some(max) = args.max_sites {
+        report::limit_sites(&mut report, max);
+    }
+    let listing = report::Listing {
+        top: args.top,
+        full_stacks: args.full_stacks,
+    };
+    write_output(args.output.as_deref(), |out| {
+        report::write(&report, args.format, listing, out)
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -71,7 +68,7 @@ fn diff_command(args: &DiffArgs) -> anyhow::Result<ExitCode> {
         DiffFormat::Text => diff::render_text(&d),
         DiffFormat::Json => diff::render_json(&d),
     };
-    write_output(args.output.as_deref(), rendered.as_bytes())?;
+    write_output(args.output.as_deref(), |out| Ok(out.write_all(rendered.as_bytes())?))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -80,11 +77,15 @@ fn read_report(path: &Path) -> anyhow::Result<Report> {
     json::parse(&text).map_err(|e| anyhow::anyhow!("{} is not a leakscope JSON report: {e}", path.display()))
 }
 
-/// Writes to `path`, or to stdout without one (binary formats too: `> file` works).
-fn write_output(path: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
+/// Lets `write` write to `path`, or to stdout without one (binary formats
+/// too: `> file` works).
+fn write_output(path: Option<&Path>, write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>) -> anyhow::Result<()> {
     match path {
-        Some(path) => std::fs::write(path, bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),
-        None => Ok(std::io::stdout().write_all(bytes)?),
+        Some(path) => std::fs::File::create(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut file| write(&mut file))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e:#}", path.display())),
+        None => write(&mut std::io::stdout().lock()),
     }
 }
 
@@ -99,8 +100,7 @@ fn check_command(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let outcome = hunt::run(&hunt_args, load.as_ref())?;
     let report = &outcome.report;
     if let Some(path) = &args.output {
-        std::fs::write(path, json::render(report))
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        write_output(Some(path), |out| Ok(json::write(report, out)?))?;
     }
     outcome.attachment.detach_before_exit();
     if !report.target.exited {

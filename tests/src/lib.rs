@@ -1167,3 +1167,32 @@ pub fn check_fixture_report(
         &describe_sites(report, fixture, fixture_path, rule),
     );
 }
+
+/// `go tool pprof -top` of a profile in bytes held: its stdout, and a
+/// description (stdout and stderr) for messages. Fails unless it succeeds.
+pub fn pprof_top(file: &Path) -> (String, String) {
+    let go = Command::new("go").arg("version").output();
+    assert!(
+        go.is_ok_and(|o| o.status.success()),
+        "`go` is not installed: this test reads the profile with `go tool pprof`; \
+         run `cargo xtask setup` (or apt-get install -y golang-go)"
+    );
+    let output = Command::new("go")
+        .args([
+            "tool",
+            "pprof",
+            "-top",
+            "-sample_index=inuse_space",
+            "-unit=B",
+            "-nodefraction=0",
+        ])
+        .arg(file)
+        // go wants a cache directory; HOME may be unset under CI.
+        .env("GOCACHE", file.with_extension("gocache"))
+        .output()
+        .expect("run go tool pprof");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let describe = format!("{stdout}\n--- stderr ---\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "go tool pprof failed:\n{describe}");
+    (stdout, describe)
+}

@@ -5,7 +5,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use leakscope_tests::*;
@@ -159,29 +158,7 @@ fn thousands(n: u64) -> String {
 fn pprof_reads_with_go_tool_pprof() {
     render("pprof");
     let file = hunt().json.with_extension("pprof");
-    let go = Command::new("go").arg("version").output();
-    assert!(
-        go.is_ok_and(|o| o.status.success()),
-        "`go` is not installed: this test reads the profile with `go tool pprof`; \
-         run `cargo xtask setup` (or apt-get install -y golang-go)"
-    );
-    let output = Command::new("go")
-        .args([
-            "tool",
-            "pprof",
-            "-top",
-            "-sample_index=inuse_space",
-            "-unit=B",
-            "-nodefraction=0",
-        ])
-        .arg(&file)
-        // go wants a cache directory; HOME may be unset under CI.
-        .env("GOCACHE", file.with_extension("gocache"))
-        .output()
-        .expect("run go tool pprof");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let describe = format!("{stdout}\n--- stderr ---\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "go tool pprof failed:\n{describe}");
+    let (stdout, describe) = pprof_top(&file);
     assert!(stdout.contains("Type: inuse_space"), "{describe}");
     let total = format!("Total samples = {}B", total_bytes(&hunt().report));
     assert!(stdout.contains(&total), "expected {total:?}:\n{describe}");

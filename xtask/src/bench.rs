@@ -35,7 +35,7 @@ mod hunt_modes;
 mod js_naming;
 mod malloc_free;
 mod maps_fill;
-mod outstanding;
+mod own_memory;
 mod watch_escalation;
 mod watch_overhead;
 
@@ -183,7 +183,6 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         (malloc_free::TITLE, malloc_free::malloc_free),
         (attach::TITLE, attach::attach),
         (distinct_stacks::TITLE, distinct_stacks::distinct_stacks),
-        (outstanding::TITLE, outstanding::outstanding),
         (maps_fill::TITLE, maps_fill::maps_fill),
         (http_service::TITLE, http_service::http_service),
         (watch_overhead::TITLE, watch_overhead::watch_overhead),
@@ -192,6 +191,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         (cost::TITLE_FIXED, cost::fixed_costs),
         (cost::TITLE_PER_PAIR, cost::per_pair),
         (debian_programs::TITLE, debian_programs::debian_programs),
+        (own_memory::TITLE, own_memory::own_memory),
         (js_naming::TITLE, js_naming::js_naming),
     ];
     let number = |title: &str| title.split('.').next().unwrap_or_default().to_owned();

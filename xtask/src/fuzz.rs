@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use crate::{run, setup};
 
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "perf_map_line",
     "proc_maps",
     "proc_status",
@@ -16,6 +16,7 @@ pub const TARGETS: [&str; 7] = [
     "proc_cgroup",
     "report_json",
     "watch_config",
+    "elf_module",
 ];
 
 /// Per target in the test suite's short pass.
@@ -30,13 +31,14 @@ fn cargo_fuzz() -> Command {
 
 pub fn fuzz(seconds: u64) -> Result<()> {
     setup::cargo_fuzz()?;
-    run(cargo_fuzz().arg("build"))?;
+    run(cargo_fuzz().args(["build", "-O"]))?;
     for target in TARGETS {
         // New inputs go to the first directory (not in git), the seeds are read only.
         let corpus = format!("fuzz/corpus/{target}");
         fs::create_dir_all(&corpus)?;
         run(cargo_fuzz()
-            .args(["run", target, &corpus, &format!("fuzz/seeds/{target}"), "--"])
+            // -O: debug assertions and overflow checks as fuzz/Cargo.toml sets them.
+            .args(["run", "-O", target, &corpus, &format!("fuzz/seeds/{target}"), "--"])
             .arg(format!("-max_total_time={seconds}"))
             // A parser that takes a second over a few KiB is a bug too.
             .args(["-timeout=5", "-max_len=65536", "-rss_limit_mb=2048"]))?;

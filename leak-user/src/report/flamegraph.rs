@@ -21,7 +21,7 @@ pub fn render(report: &Report) -> anyhow::Result<Vec<u8>> {
         "{} in {} at {} sites after {:.1} s ({} mode)",
         human_bytes(totals.outstanding_bytes),
         plural(totals.outstanding_allocations, "allocation"),
-        report.sites.len(),
+        report.site_count(),
         report.duration_s,
         report.mode,
     );
@@ -33,7 +33,7 @@ pub fn render(report: &Report) -> anyhow::Result<Vec<u8>> {
         return Ok(empty_svg(&format!("{title}: no outstanding allocations")).into_bytes());
     }
 
-    let lines: Vec<String> = report.sites.iter().map(folded::line).collect();
+    let lines: Vec<String> = super::stack_sites(report).iter().map(|s| folded::line(s)).collect();
     let mut palette = verdict_palette(report);
     let mut options = Options::default();
     options.title = title;

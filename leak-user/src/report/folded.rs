@@ -2,10 +2,10 @@
 //! speedscope: one line per site, `[kind];outermost;...;innermost BYTES`.
 //! The root frame keeps heap and mappings apart in a flame graph.
 
-use super::{frame_label, Report, Site};
+use super::{frame_label, stack_sites, Report, Site};
 
 pub fn render(report: &Report) -> String {
-    report.sites.iter().map(|site| line(site) + "\n").collect()
+    stack_sites(report).iter().map(|site| line(site) + "\n").collect()
 }
 
 /// A site's line, without the newline.

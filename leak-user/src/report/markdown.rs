@@ -56,7 +56,7 @@ fn summary(out: &mut String, report: &Report) {
         "- **Held at the end**: {} in {} at {} (measured).",
         human_bytes(totals.outstanding_bytes),
         plural(totals.outstanding_allocations, "allocation"),
-        plural(report.sites.len() as u64, "call stack")
+        plural(report.site_count(), "call stack")
     );
     if report.mode == "growth" {
         let _ = writeln!(
@@ -284,7 +284,7 @@ fn sites(out: &mut String, report: &Report, listing: Listing) {
         "## Largest call stacks\n\nRanked by bytes held at the end.\n\n"
     });
     let ranked = super::ranked(report);
-    if ranked.is_empty() {
+    if ranked.is_empty() && report.tail.is_empty() {
         out.push_str("No outstanding allocations.\n\n");
     }
     for (rank, site) in ranked.iter().take(top).enumerate() {
@@ -375,6 +375,9 @@ fn sites(out: &mut String, report: &Report, listing: Listing) {
             human_bytes(rest)
         );
     }
+    if let Some(tail) = super::tail_description(report) {
+        let _ = writeln!(out, "{tail}.\n");
+    }
 }
 
 fn by_kind(out: &mut String, report: &Report) {
@@ -464,7 +467,7 @@ fn data_quality(out: &mut String, report: &Report) {
 /// The innermost named frame past the allocator's own (libc's `__mmap64`
 /// for `mmap`), with its source line: where the memory was asked for.
 fn site_name(site: &Site) -> String {
-    let allocator_own = |f: &&Frame| {
+    let allocator_own = |f: &&std::sync::Arc<Frame>| {
         let function = f.function.as_deref().unwrap_or_default();
         site.allocator.split('/').any(|name| function.contains(name))
     };
@@ -600,7 +603,7 @@ mod tests {
     #[test]
     fn names_a_site_past_the_allocators_own_frames() {
         let mut site = sample_report().sites[1].clone();
-        site.frames[0].function = Some("__mmap64".into());
+        std::sync::Arc::make_mut(&mut site.frames[0]).function = Some("__mmap64".into());
         assert_eq!(
             site_name(&site),
             "`main` (app.c:90)",

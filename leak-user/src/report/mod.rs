@@ -10,7 +10,12 @@ pub mod markdown;
 pub mod pprof;
 pub mod text;
 
-use std::collections::BTreeMap;
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashSet},
+    io::Write,
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +47,10 @@ pub struct Report {
     /// `findings`), most severe first.
     #[serde(default)]
     pub findings: Vec<Finding>,
+    /// The sites left out by `--max-sites`, summed per kind; empty when every
+    /// site is listed. The totals count them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tail: Vec<TailSummary>,
     /// The leakscope command line that produced this report.
     #[serde(default)]
     pub command_line: Option<String>,
@@ -233,7 +242,7 @@ pub struct AllocationSample {
     pub samples: u64,
     /// Bytes requested, where the hook knows them (large objects).
     pub bytes: u64,
-    pub frames: Vec<Frame>,
+    pub frames: Vec<Arc<Frame>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -306,8 +315,9 @@ pub struct Site {
     /// V8 heap sites only: the space of the pages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v8_space: Option<String>,
-    /// Innermost first. Empty when the stack was lost (see drops).
-    pub frames: Vec<Frame>,
+    /// Innermost first. Empty when the stack was lost (see drops). A frame
+    /// on many stacks is stored once.
+    pub frames: Vec<Arc<Frame>>,
     /// Everything this site allocated during the hunt, freed or not.
     #[serde(default)]
     pub allocated_bytes: u64,
@@ -381,7 +391,7 @@ pub struct Mapping {
     pub prot: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct Frame {
     pub address: String,
     pub function: Option<String>,
@@ -429,6 +439,174 @@ impl Frame {
     }
 }
 
+impl Report {
+    /// Sites measured: those listed and those summed in the tail.
+    pub fn site_count(&self) -> u64 {
+        self.sites.len() as u64 + self.tail.iter().map(|t| t.sites).sum::<u64>()
+    }
+}
+
+/// Builds each distinct frame once: the frames of `main` and of the
+/// allocator wrappers are on nearly every stack.
+#[derive(Default)]
+pub struct SharedFrames(HashSet<Arc<Frame>>);
+
+impl SharedFrames {
+    pub fn share(&mut self, frame: Frame) -> Arc<Frame> {
+        if let Some(shared) = self.0.get(&frame) {
+            return Arc::clone(shared);
+        }
+        let shared = Arc::new(frame);
+        self.0.insert(Arc::clone(&shared));
+        shared
+    }
+
+    pub fn share_all(&mut self, frames: Vec<Frame>) -> Vec<Arc<Frame>> {
+        frames.into_iter().map(|f| self.share(f)).collect()
+    }
+}
+
+/// What the sites left out of a report hold, for one kind of memory.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TailSummary {
+    pub kind: Kind,
+    pub sites: u64,
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    #[serde(default)]
+    pub allocated_bytes: u64,
+    #[serde(default)]
+    pub allocated_allocations: u64,
+}
+
+/// Keeps the `max` items whose sites a reader sees first (`ranked` order),
+/// in their order, and adds the rest to `tail`. Generic so that a hunt can
+/// drop sites before it symbolizes them.
+pub fn split_tail<T>(items: Vec<T>, site: impl Fn(&T) -> &Site, max: usize, tail: &mut Vec<TailSummary>) -> Vec<T> {
+    if items.len() <= max {
+        return items;
+    }
+    let mut keep = vec![false; items.len()];
+    for i in rank_order(items.iter().map(&site)).into_iter().take(max) {
+        keep[i] = true;
+    }
+    let mut kept = Vec::with_capacity(max);
+    for (item, keep) in items.into_iter().zip(keep) {
+        if keep {
+            kept.push(item);
+            continue;
+        }
+        let s = site(&item);
+        let summary = match tail.iter().position(|t| t.kind == s.kind) {
+            Some(i) => &mut tail[i],
+            None => {
+                tail.push(TailSummary {
+                    kind: s.kind,
+                    sites: 0,
+                    outstanding_bytes: 0,
+                    outstanding_allocations: 0,
+                    allocated_bytes: 0,
+                    allocated_allocations: 0,
+                });
+                tail.last_mut().expect("just pushed")
+            }
+        };
+        summary.sites += 1;
+        summary.outstanding_bytes += s.outstanding_bytes;
+        summary.outstanding_allocations += s.outstanding_allocations;
+        summary.allocated_bytes += s.allocated_bytes;
+        summary.allocated_allocations += s.allocated_allocations;
+    }
+    tail.sort_by_key(|t| t.kind);
+    kept
+}
+
+/// `--max-sites` on a report: the sites beyond `max` join its tail.
+pub fn limit_sites(report: &mut Report, max: usize) {
+    let sites = std::mem::take(&mut report.sites);
+    report.sites = split_tail(sites, |s| s, max, &mut report.tail);
+}
+
+/// The sites of the stack formats (folded, flame graph, pprof), which add
+/// up to the totals: the listed ones, then one per kind of the tail, its
+/// stack a single frame naming how many sites it stands for.
+pub fn stack_sites(report: &Report) -> Vec<Cow<'_, Site>> {
+    let tail = report.tail.iter().map(|t| {
+        Cow::Owned(Site {
+            kind: t.kind,
+            allocator: String::new(),
+            outstanding_bytes: t.outstanding_bytes,
+            outstanding_allocations: t.outstanding_allocations,
+            oldest_age_s: 0.0,
+            mapping: None,
+            v8_space: None,
+            frames: vec![Arc::new(Frame {
+                address: "0x0".to_string(),
+                function: Some(format!("[{}]", plural(t.sites, "more site"))),
+                file: None,
+                line: None,
+                column: None,
+                module: None,
+                inlined: false,
+            })],
+            allocated_bytes: t.allocated_bytes,
+            allocated_allocations: t.allocated_allocations,
+            growth_bytes_per_s: None,
+            verdict: None,
+            verdict_caveat: None,
+            growth: None,
+            series: None,
+        })
+    });
+    report.sites.iter().map(Cow::Borrowed).chain(tail).collect()
+}
+
+/// One sentence on the sites left out by `--max-sites`, if any.
+pub fn tail_description(report: &Report) -> Option<String> {
+    if report.tail.is_empty() {
+        return None;
+    }
+    let sites: u64 = report.tail.iter().map(|t| t.sites).sum();
+    let parts: Vec<String> = report
+        .tail
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {} in {}",
+                t.kind.name(),
+                human_bytes(t.outstanding_bytes),
+                plural(t.outstanding_allocations, "allocation")
+            )
+        })
+        .collect();
+    Some(format!(
+        "{} summarised (--max-sites) hold {}",
+        plural(sites, "more site"),
+        parts.join("; ")
+    ))
+}
+
+/// Writes `report` in `format` to `out`. JSON is streamed: a large report
+/// is never held as one string.
+pub fn write(report: &Report, format: Format, listing: Listing, out: &mut dyn Write) -> anyhow::Result<()> {
+    match format {
+        Format::Json => json::write(report, out)?,
+        Format::Text => out.write_all(text::render(report, listing).as_bytes())?,
+        Format::Folded => out.write_all(folded::render(report).as_bytes())?,
+        Format::Flamegraph => out.write_all(&flamegraph::render(report)?)?,
+        Format::Pprof => out.write_all(&pprof::render(report)?)?,
+        Format::Markdown => out.write_all(markdown::render(report, listing).as_bytes())?,
+    }
+    Ok(())
+}
+
+/// [`write`] into memory.
+pub fn render(report: &Report, format: Format, listing: Listing) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    write(report, format, listing, &mut out)?;
+    Ok(out)
+}
+
 /// What the text and Markdown reports list.
 #[derive(Clone, Copy, Debug)]
 pub struct Listing {
@@ -439,31 +617,29 @@ pub struct Listing {
     pub full_stacks: bool,
 }
 
-/// Renders `report` in `format`.
-pub fn render(report: &Report, format: Format, listing: Listing) -> anyhow::Result<Vec<u8>> {
-    Ok(match format {
-        Format::Text => text::render(report, listing).into_bytes(),
-        Format::Json => json::render(report).into_bytes(),
-        Format::Folded => folded::render(report).into_bytes(),
-        Format::Flamegraph => flamegraph::render(report)?,
-        Format::Pprof => pprof::render(report)?,
-        Format::Markdown => markdown::render(report, listing).into_bytes(),
-    })
-}
-
 /// Sites as a reader should see them: by verdict (leak, growing, plateau,
 /// stable, too little data, none), then growth rate, then bytes held.
 pub fn ranked(report: &Report) -> Vec<&Site> {
-    let mut sites: Vec<&Site> = report.sites.iter().collect();
-    sites.sort_by(|a, b| {
-        let severity = |s: &Site| s.verdict.map_or(Verdict::InsufficientData as u8 + 1, |v| v as u8);
-        let growth = |s: &Site| s.growth_bytes_per_s.unwrap_or(f64::NEG_INFINITY);
+    rank_order(report.sites.iter())
+        .into_iter()
+        .map(|i| &report.sites[i])
+        .collect()
+}
+
+/// The indices of `sites` in [`ranked`] order.
+fn rank_order<'a>(sites: impl Iterator<Item = &'a Site>) -> Vec<usize> {
+    let sites: Vec<&Site> = sites.collect();
+    let mut order: Vec<usize> = (0..sites.len()).collect();
+    let severity = |s: &Site| s.verdict.map_or(Verdict::InsufficientData as u8 + 1, |v| v as u8);
+    let growth = |s: &Site| s.growth_bytes_per_s.unwrap_or(f64::NEG_INFINITY);
+    order.sort_by(|&a, &b| {
+        let (a, b) = (sites[a], sites[b]);
         severity(a)
             .cmp(&severity(b))
             .then(growth(b).total_cmp(&growth(a)))
             .then(b.outstanding_bytes.cmp(&a.outstanding_bytes))
     });
-    sites
+    order
 }
 
 impl Verdict {
@@ -532,6 +708,11 @@ pub fn human_bytes(bytes: impl Into<u128>) -> String {
 pub(crate) mod tests {
     use super::*;
 
+    const LISTING: Listing = Listing {
+        top: 20,
+        full_stacks: false,
+    };
+
     /// A report with every kind of site the renderers must handle: growth
     /// analysis set and unset, a lost stack, an unnamed frame, and names that
     /// need escaping (`;`, `<`, `&`). Built from JSON, as a saved report is read.
@@ -597,6 +778,76 @@ pub(crate) mod tests {
             site.series = None;
         }
         report
+    }
+
+    #[test]
+    fn max_sites_keeps_the_ranked_first_and_sums_the_rest_per_kind() {
+        let mut report = sample_report();
+        limit_sites(&mut report, 2);
+        let kept: Vec<&str> = report
+            .sites
+            .iter()
+            .map(|s| s.frames[0].function.as_deref().unwrap())
+            .collect();
+        assert_eq!(kept, ["cache_insert", "std::array<int; 2>::fill"]);
+        // The calloc site and the lost stack.
+        let malloc = TailSummary {
+            kind: Kind::Malloc,
+            sites: 2,
+            outstanding_bytes: 1512,
+            outstanding_allocations: 5,
+            allocated_bytes: 1000,
+            allocated_allocations: 4,
+        };
+        assert_eq!(report.tail, std::slice::from_ref(&malloc));
+        assert_eq!(report.site_count(), 4);
+        // A second pass adds to the same kind's summary.
+        limit_sites(&mut report, 0);
+        let mmap = TailSummary {
+            kind: Kind::Mmap,
+            sites: 1,
+            outstanding_bytes: 8192,
+            outstanding_allocations: 2,
+            allocated_bytes: 0,
+            allocated_allocations: 0,
+        };
+        let malloc = TailSummary {
+            sites: 3,
+            outstanding_bytes: 1512 + 40960,
+            outstanding_allocations: 15,
+            allocated_bytes: 1000 + 81920,
+            allocated_allocations: 24,
+            ..malloc
+        };
+        assert_eq!(report.tail, [malloc, mmap]);
+        assert!(report.sites.is_empty());
+        let folded = String::from_utf8(render(&report, Format::Folded, LISTING).unwrap()).unwrap();
+        assert_eq!(folded, "[malloc];[3 more sites] 42472\n[mmap];[1 more site] 8192\n");
+        let text = String::from_utf8(render(&report, Format::Text, LISTING).unwrap()).unwrap();
+        assert!(
+            text.contains("4 more sites summarised (--max-sites) hold malloc 41.5 KiB in 15 allocations; mmap 8.0 KiB in 2 allocations"),
+            "{text}"
+        );
+        assert!(!text.contains("no outstanding allocations"), "{text}");
+    }
+
+    #[test]
+    fn without_max_sites_nothing_is_summed() {
+        let mut report = sample_report();
+        limit_sites(&mut report, 4);
+        assert_eq!((report.sites.len(), report.tail.len()), (4, 0));
+    }
+
+    #[test]
+    fn equal_frames_are_stored_once() {
+        let report = sample_report();
+        let mut shared = SharedFrames::default();
+        let main = |site: &Site| (**site.frames.last().unwrap()).clone();
+        let a = shared.share(main(&report.sites[0]));
+        let b = shared.share(main(&report.sites[2]));
+        assert!(Arc::ptr_eq(&a, &b), "`main` of two stacks is one frame");
+        let other = shared.share((*report.sites[0].frames[0]).clone());
+        assert!(!Arc::ptr_eq(&a, &other));
     }
 
     #[test]

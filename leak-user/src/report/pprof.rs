@@ -8,7 +8,7 @@
 //! github.com/google/pprof/proto/profile.proto that leakscope fills, with its
 //! field numbers, so that no protoc is needed to build.
 
-use std::{collections::HashMap, io::Write as _};
+use std::{collections::HashMap, io::Write as _, sync::Arc};
 
 use flate2::{write::GzEncoder, Compression};
 use prost::Message as _;
@@ -147,7 +147,7 @@ pub fn profile(report: &Report) -> Profile {
         .collect();
     b.profile.duration_nanos = (report.duration_s * 1e9) as i64;
 
-    let lost = [Frame {
+    let lost = [Arc::new(Frame {
         address: "0x0".to_string(),
         function: Some("[stack lost]".to_string()),
         file: None,
@@ -155,8 +155,8 @@ pub fn profile(report: &Report) -> Profile {
         column: None,
         module: None,
         inlined: false,
-    }];
-    for site in &report.sites {
+    })];
+    for site in super::stack_sites(report).iter() {
         let frames = if site.frames.is_empty() {
             &lost[..]
         } else {
@@ -203,8 +203,9 @@ struct Builder {
     strings: HashMap<String, i64>,
     /// (name, file) -> function id
     functions: HashMap<(i64, i64), u64>,
-    /// (address, module) -> location id
-    locations: HashMap<(String, Option<String>), u64>,
+    /// (address, module, function) -> location id: the lost stack and the
+    /// tail's frames are all at 0x0 in no module.
+    locations: HashMap<(String, Option<String>, Option<String>), u64>,
     /// module -> index in `profile.mapping`
     mappings: HashMap<String, usize>,
 }
@@ -222,9 +223,9 @@ impl Builder {
 
     /// `frames`: the functions at one address, innermost first (the
     /// inlined ones, then the one they were compiled into), as pprof's lines.
-    fn location(&mut self, frames: &[Frame]) -> u64 {
+    fn location(&mut self, frames: &[Arc<Frame>]) -> u64 {
         let frame = frames.last().expect("split_inclusive yields no empty group");
-        let key = (frame.address.clone(), frame.module.clone());
+        let key = (frame.address.clone(), frame.module.clone(), frame.function.clone());
         if let Some(&id) = self.locations.get(&key) {
             return id;
         }
@@ -359,8 +360,10 @@ mod tests {
         let mut report = sample_report();
         // cache_insert inlined into handle_request: one machine frame.
         let frames = &mut report.sites[0].frames;
-        frames[0].inlined = true;
-        frames[0].address = frames[1].address.clone();
+        let caller_address = frames[1].address.clone();
+        let inlined = Arc::make_mut(&mut frames[0]);
+        inlined.inlined = true;
+        inlined.address = caller_address;
         let p = profile(&report);
         let s = |i: i64| p.string_table[i as usize].as_str();
         let leak = &p.sample[0];
@@ -384,8 +387,8 @@ mod tests {
     fn lists_the_target_binary_first() {
         let mut report = sample_report();
         report.target.command = "/opt/app --serve".into();
-        report.sites[0].frames[0].module = Some("/usr/lib/libc.so.6".into());
-        report.sites[0].frames[2].module = Some("/opt/app".into());
+        std::sync::Arc::make_mut(&mut report.sites[0].frames[0]).module = Some("/usr/lib/libc.so.6".into());
+        std::sync::Arc::make_mut(&mut report.sites[0].frames[2]).module = Some("/opt/app".into());
         let p = profile(&report);
         let files: Vec<&str> = p
             .mapping

@@ -98,7 +98,7 @@ pub fn render(report: &Report, listing: Listing) -> String {
     if let Some(node) = &report.node {
         write_node(&mut out, node);
     }
-    if report.sites.is_empty() {
+    if report.sites.is_empty() && report.tail.is_empty() {
         let _ = writeln!(out, "\nno outstanding allocations");
     }
     write_verdicts(&mut out, report);
@@ -114,6 +114,9 @@ pub fn render(report: &Report, listing: Listing) -> String {
             "\n... {} more sites (--top N shows more)",
             report.sites.len() - top
         );
+    }
+    if let Some(tail) = super::tail_description(report) {
+        let _ = writeln!(out, "\n{tail}");
     }
     out
 }

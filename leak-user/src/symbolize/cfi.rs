@@ -45,13 +45,13 @@ impl Cfi {
         })
     }
 
-    fn vaddr(&self, file_offset: u64) -> Option<u64> {
+    pub(super) fn vaddr(&self, file_offset: u64) -> Option<u64> {
         self.loads.vaddr(file_offset)
     }
 
     /// The frame at `vaddr` when its CFA is rsp-based; None when it is
     /// rbp-based (the function keeps a frame pointer) or unknown.
-    fn frameless_rule(&self, vaddr: u64) -> Option<FramelessRule> {
+    pub(super) fn frameless_rule(&self, vaddr: u64) -> Option<FramelessRule> {
         let eh_frame = EhFrame::new(&self.eh_frame, LittleEndian);
         let mut bases = BaseAddresses::default().set_eh_frame(self.eh_frame_addr);
         let mut ctx = UnwindContext::new();
@@ -97,7 +97,7 @@ fn linear<'ctx>(
 
 /// Offsets from the stack pointer inside a function without a frame pointer.
 #[derive(Clone, Copy, Debug)]
-struct FramelessRule {
+pub(super) struct FramelessRule {
     /// The caller's stack pointer after the return (the CFA).
     cfa: i64,
     /// Where the return address is.

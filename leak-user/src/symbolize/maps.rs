@@ -31,7 +31,6 @@ pub(super) struct ModuleFile {
 
 impl ModuleFile {
     fn open(pid: u32, entry: &MapsEntry<'_>) -> Option<Self> {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         // map_files/ yields exactly the mapped inode, even if the file was
         // since replaced or deleted. The path is the fallback when that
         // entry is gone; the target may have swapped a symlink or another
@@ -51,18 +50,25 @@ impl ModuleFile {
             })
             .map_err(|err| log::debug!("cannot open {} of pid {pid}: {err}", entry.path))
             .ok()?;
-        let facts = ElfFacts::read(&file);
-        let local_debug_file = facts
+        let mut module = Self::new(file);
+        module.local_debug_file = module
+            .facts
             .as_ref()
             .filter(|facts| !facts.has_dwarf)
             .and_then(|facts| debuginfo::find_local(pid, entry.path, facts));
-        Some(Self {
+        Some(module)
+    }
+
+    /// The module in `file`, its debug file not yet looked for.
+    pub(super) fn new(file: File) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            facts: ElfFacts::read(&file),
             file,
             cfi: OnceLock::new(),
-            facts,
-            local_debug_file,
-        })
+            local_debug_file: None,
+        }
     }
 }
 

@@ -197,9 +197,13 @@ impl Symbolizer {
 
     fn lookup_in_module(&mut self, module: &ModuleFile, offset: u64) -> SymInfo {
         let path = fd_path(&module.file);
-        // blazesym maps the file offset to an ELF address through the
-        // program headers itself.
-        let input = Input::FileOffset(offset);
+        // Mapped to an ELF address here, not by blazesym: its sum of a
+        // segment's offset and size overflows on hostile headers.
+        let Some(vaddr) = module.facts.as_ref().and_then(|f| f.vaddr(offset)) else {
+            log::debug!("offset {offset:#x} of {path:?} is in no loaded segment");
+            return SymInfo::default();
+        };
+        let input = Input::VirtOffset(vaddr);
         let result = if self.no_dwarf.contains(&module.id) {
             resolve(&self.inner, &path, false, input)
         } else {
@@ -274,6 +278,27 @@ fn resolve(
             }
         })
         .unwrap_or_default())
+}
+
+/// Reads `file` as a module of a target is read (the target chooses its
+/// binaries): names each of `offsets` from DWARF and from the ELF symbols,
+/// and finds the unwind rule there. The entry point of the `elf_module` fuzz target.
+pub fn read_as_module(file: std::fs::File, offsets: &[u64]) {
+    let module = ModuleFile::new(file);
+    let mut symbolizer = Symbolizer::new();
+    let cfi = cfi::Cfi::load(&module.file);
+    for &offset in offsets {
+        let _ = symbolizer.lookup(&module, offset);
+        let _ = resolve(
+            &symbolizer.inner,
+            &fd_path(&module.file),
+            false,
+            Input::VirtOffset(offset),
+        );
+        if let Some(cfi) = &cfi {
+            let _ = cfi.vaddr(offset).and_then(|vaddr| cfi.frameless_rule(vaddr));
+        }
+    }
 }
 
 /// Rust (legacy `_ZN...`, v0 `_R...`) and C++ (`_Z...`) names demangled;

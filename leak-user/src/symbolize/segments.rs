@@ -23,7 +23,23 @@ impl LoadSegments {
     pub(super) fn vaddr(&self, file_offset: u64) -> Option<u64> {
         self.0
             .iter()
-            .find(|&&(offset, size, _)| (offset..offset + size).contains(&file_offset))
-            .map(|&(offset, _, vaddr)| file_offset - offset + vaddr)
+            // The headers are the target's: any sum may overflow.
+            .find(|&&(offset, size, _)| file_offset.checked_sub(offset).is_some_and(|into| into < size))
+            .and_then(|&(offset, _, vaddr)| vaddr.checked_add(file_offset - offset))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LoadSegments;
+
+    #[test]
+    fn hostile_headers_overflow_nothing() {
+        // A segment that ends past u64::MAX, one whose address would wrap.
+        let loads = LoadSegments(vec![(u64::MAX - 1, 10, 0x1000), (0, 100, u64::MAX - 2)]);
+        assert_eq!(loads.vaddr(u64::MAX), Some(0x1001));
+        assert_eq!(loads.vaddr(2), Some(u64::MAX));
+        assert_eq!(loads.vaddr(3), None);
+        assert_eq!(loads.vaddr(100), None);
     }
 }
