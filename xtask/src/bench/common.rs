@@ -103,6 +103,9 @@ pub(super) fn interleave<C>(
     Ok(())
 }
 
+/// The headers of `rps_columns`, after the configuration's name.
+const RPS_HEADER: [&str; 5] = ["configuration", "requests/s (median)", "min", "max", "× untraced"];
+
 /// The requests/s columns of a configuration: median, min, max, and its
 /// median over `untraced` with `decimals` places; `None` if not measured.
 pub(super) fn rps_columns(values: &[f64], untraced: Option<f64>, decimals: usize) -> Option<Vec<String>> {
@@ -617,17 +620,18 @@ pub(super) struct Section {
 impl Section {
     /// An empty section of the Node.js service under wrk, or one that says
     /// why it cannot run (Err) when node or wrk is missing.
+    /// Its columns: the configuration, `rps_columns`, then `more`.
     pub(super) fn for_node_service(
         title: &'static str,
         about: String,
-        header: Vec<&'static str>,
+        more: &[&'static str],
         tools: &Tools,
     ) -> std::result::Result<Section, Box<Section>> {
         let mut section = Section {
             title,
             about,
             commands: vec![],
-            header,
+            header: [&RPS_HEADER[..], more].concat(),
             rows: vec![],
             notes: vec![],
         };

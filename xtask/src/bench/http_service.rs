@@ -19,15 +19,8 @@ pub(super) fn http_service(plan: &Plan, tools: &Tools) -> Result<Section> {
          interrupted after it.",
         plan.load_secs, plan.load_reps
     );
-    let header = vec![
-        "configuration",
-        "requests/s (median)",
-        "min",
-        "max",
-        "× untraced",
-        "drops (last run)",
-    ];
-    let mut section = match Section::for_node_service(TITLE, about, header, tools) {
+    let header = ["drops (last run)"];
+    let mut section = match Section::for_node_service(TITLE, about, &header, tools) {
         Ok(section) => section,
         Err(unavailable) => return Ok(*unavailable),
     };

@@ -27,16 +27,8 @@ pub(super) fn watch_escalation(plan: &Plan, tools: &Tools) -> Result<Section> {
          counted (the probes run in node's time).",
         plan.load_reps
     );
-    let header = vec![
-        "configuration",
-        "requests/s (median)",
-        "min",
-        "max",
-        "× untraced",
-        "CPU per request (median; × untraced)",
-        "hunts written",
-    ];
-    let mut section = match Section::for_node_service(TITLE, about, header, tools) {
+    let header = ["CPU per request (median; × untraced)", "hunts written"];
+    let mut section = match Section::for_node_service(TITLE, about, &header, tools) {
         Ok(section) => section,
         Err(unavailable) => return Ok(*unavailable),
     };

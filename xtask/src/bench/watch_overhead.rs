@@ -38,12 +38,7 @@ pub(super) fn watch_overhead(plan: &Plan, tools: &Tools) -> Result<Section> {
         plan.watch_reps,
         WATCH_SETTLE.as_secs()
     );
-    let header = vec![
-        "configuration",
-        "requests/s (median)",
-        "min",
-        "max",
-        "× untraced",
+    let header = [
         "× untraced per round (median, min–max)",
         "CPU per request, node + watch (median; × untraced)",
         "watch CPU over the load (median); before it",
@@ -51,7 +46,7 @@ pub(super) fn watch_overhead(plan: &Plan, tools: &Tools) -> Result<Section> {
         "tier in /health",
         "/metrics after the load (last run)",
     ];
-    let mut section = match Section::for_node_service(TITLE, about, header, tools) {
+    let mut section = match Section::for_node_service(TITLE, about, &header, tools) {
         Ok(section) => section,
         Err(unavailable) => return Ok(*unavailable),
     };
