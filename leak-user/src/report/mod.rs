@@ -462,7 +462,13 @@ impl SharedFrames {
     }
 
     pub fn share_all(&mut self, frames: Vec<Frame>) -> Vec<Arc<Frame>> {
-        frames.into_iter().map(|f| self.share(f)).collect()
+        // Not `collect()`ed: that reuses the frames' own allocation in place
+        // and keeps all of it, ~15 times what the pointers need, for every
+        // stack until the report is written (measured with heaptrack: 126
+        // MiB of 185 at 32k stacks).
+        let mut shared = Vec::with_capacity(frames.len());
+        shared.extend(frames.into_iter().map(|f| self.share(f)));
+        shared
     }
 }
 
