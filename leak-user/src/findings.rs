@@ -14,7 +14,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::report::{file_name, Frame, Report, Site, Verdict};
+use crate::analyze::{analyze_site, GrowthPolicy, SiteGrowth};
+use crate::report::{file_name, Frame, Report, Series, Site, Verdict};
 use crate::symbolize::JIT_MODULE;
 
 /// Modules under these directories are the system's (libc, libstdc++,
@@ -107,13 +108,34 @@ pub fn groups(report: &Report) -> Vec<Finding> {
 /// The findings of a report: groups that hold a leak or may. Memory that
 /// stays flat (`stable`, `plateau`) is not one, nor are runtime memory and
 /// file-backed mappings (loaded libraries) unless they grow.
+///
+/// A group is also judged by the sum of its sites' series: one leak split
+/// over sites that each live part of the hunt (a JS function recompiled at
+/// another JIT tier starts a new stack) has pieces that each grow and stop,
+/// a plateau apiece, while their sum keeps growing. Such a group keeps all its
+/// sites, and its rate is the slope of that sum. Only groups with a piece that
+/// rose (plateau, growing, leak) are summed.
 pub fn of(report: &Report) -> Vec<Finding> {
     groups(report)
         .into_iter()
         .filter_map(|mut group| {
-            group
-                .sites
-                .retain(|&i| is_finding(&report.sites[i], group.frame.is_some()));
+            // Only pieces that rose themselves can add up to growth: young
+            // sites of healthy churn (insufficient data) must not.
+            let a_piece_rose = group.sites.iter().any(|&i| {
+                matches!(
+                    report.sites[i].verdict,
+                    Some(Verdict::Leak | Verdict::Growing | Verdict::Plateau)
+                )
+            });
+            let summed = summed_growth(report, &group.sites).filter(|_| a_piece_rose);
+            let summed_grows = summed
+                .as_ref()
+                .is_some_and(|g| matches!(g.verdict, Verdict::Leak | Verdict::Growing));
+            if !summed_grows {
+                group
+                    .sites
+                    .retain(|&i| is_finding(&report.sites[i], group.frame.is_some()));
+            }
             let sites: Vec<&Site> = group.sites.iter().map(|&i| &report.sites[i]).collect();
             if sites.is_empty() {
                 return None;
@@ -123,9 +145,49 @@ pub fn of(report: &Report) -> Vec<Finding> {
             group.verdict = sites.iter().fold(None, |v, s| most_severe(v, s.verdict));
             let rates: Vec<f64> = sites.iter().filter_map(|s| s.growth_bytes_per_s).collect();
             group.growth_bytes_per_s = (!rates.is_empty()).then(|| rates.iter().sum());
+            if let Some(summed) = summed.filter(|_| summed_grows) {
+                group.verdict = most_severe(group.verdict, Some(summed.verdict));
+                group.growth_bytes_per_s = summed.slope_bytes_per_s.or(group.growth_bytes_per_s);
+            }
             Some(group)
         })
         .collect()
+}
+
+/// The growth of the sum of several sites' series (None for one site, whose
+/// own verdict stands). Each site holds its last sampled value between its
+/// samples and nothing before its first. The report keeps no ages, so the
+/// sum can be `growing` but never `leak`.
+fn summed_growth(report: &Report, sites: &[usize]) -> Option<SiteGrowth> {
+    let series: Vec<&Series> = sites
+        .iter()
+        .filter_map(|&i| report.sites[i].series.as_ref())
+        .filter(|s| !s.t_s.is_empty())
+        .collect();
+    if series.len() < 2 {
+        return None;
+    }
+    let mut t_s: Vec<f64> = series.iter().flat_map(|s| s.t_s.iter().copied()).collect();
+    t_s.sort_by(f64::total_cmp);
+    t_s.dedup();
+    let bytes = t_s
+        .iter()
+        .map(|&t| {
+            series
+                .iter()
+                .map(|s| match s.t_s.partition_point(|&ts| ts <= t) {
+                    0 => 0,
+                    n => s.bytes.get(n - 1).copied().unwrap_or(0),
+                })
+                .sum()
+        })
+        .collect();
+    let sum = Series {
+        t_s,
+        bytes,
+        allocations: Vec::new(),
+    };
+    Some(analyze_site(&sum, &[], 0.0, &GrowthPolicy::default()))
 }
 
 /// JS application frames with a line, by function and script: the lines
@@ -232,6 +294,8 @@ pub fn frame_title(frame: &Frame) -> String {
     let function = frame.function.as_deref().unwrap_or(&frame.address);
     match (&frame.file, frame.line) {
         (Some(file), Some(line)) => format!("{function} ({}:{line})", file_name(file)),
+        // Optimized JS code where V8 kept no position: the script still says where.
+        (Some(file), None) if !file.is_empty() => format!("{function} ({})", file_name(file)),
         _ => function.to_string(),
     }
 }
@@ -428,11 +492,63 @@ mod tests {
             })
             .collect();
         let titles: Vec<String> = of(&report).into_iter().map(|f| f.title).collect();
-        assert_eq!(titles, ["openCompressor (zlib.js:21)", "other"]);
+        assert_eq!(titles, ["openCompressor (zlib.js:21)", "other (zlib.js)"]);
         assert_eq!(of(&report)[0].sites, [0, 1]);
         // Seen at two lines, a line-less frame cannot be placed: its own finding.
         report.sites[2].frames[0] = js(Some(30));
         assert_eq!(of(&report).len(), 3);
+    }
+
+    #[test]
+    fn a_leak_split_over_sites_that_each_stop_is_judged_by_their_sum() {
+        let mut report = report();
+        let template = report.sites[0].clone();
+        // One function's allocations move to a new stack every 4 s (another
+        // JIT tier): each piece grows 4 s and stays, a plateau on its own.
+        let piece = |start: usize| {
+            let t_s: Vec<f64> = (0..16).map(|t| t as f64).collect();
+            let bytes: Vec<u64> = (0..16usize)
+                .map(|t| (t.clamp(start, start + 4) - start) as u64 * 65536)
+                .collect();
+            Site {
+                verdict: Some(Verdict::Plateau),
+                outstanding_bytes: 4 * 65536,
+                growth_bytes_per_s: Some(0.0),
+                series: Some(Series {
+                    allocations: vec![0; t_s.len()],
+                    t_s,
+                    bytes,
+                }),
+                ..template.clone()
+            }
+        };
+        report.sites = vec![piece(0), piece(4), piece(8), piece(12)];
+        let findings = of(&report);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].sites.len(), 4);
+        assert_eq!(findings[0].verdict, Some(Verdict::Growing));
+        assert_eq!(findings[0].outstanding_bytes, 16 * 65536);
+        assert!((findings[0].growth_bytes_per_s.unwrap() - 65536.0).abs() < 1.0);
+        // Pieces too young for a verdict of their own add up to nothing.
+        let young: Vec<Site> = report
+            .sites
+            .iter()
+            .map(|s| Site {
+                verdict: Some(Verdict::InsufficientData),
+                ..s.clone()
+            })
+            .collect();
+        let young_report = Report {
+            sites: young,
+            ..report.clone()
+        };
+        assert_eq!(of(&young_report)[0].verdict, Some(Verdict::InsufficientData));
+        // The same pieces, all at once: a cache that filled, not a finding.
+        for site in &mut report.sites {
+            let series = site.series.as_mut().unwrap();
+            series.bytes = (0..16u64).map(|t| t.min(4) * 65536).collect();
+        }
+        assert!(of(&report).is_empty(), "{:?}", of(&report));
     }
 
     #[test]
