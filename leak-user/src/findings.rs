@@ -61,10 +61,10 @@ pub fn groups(report: &Report) -> Vec<Finding> {
         .iter()
         .map(|site| application_frame(site, is_node).map(|i| &*site.frames[i]))
         .collect();
-    let lined = lined_js_frames(&app_frames);
+    let lined = lined_js_frames(report, &app_frames);
     let mut by_key: HashMap<String, Finding> = HashMap::new();
     for (index, site) in report.sites.iter().enumerate() {
-        let app = app_frames[index].map(|frame| with_known_line(frame, &lined));
+        let app = app_frames[index].map(|frame| with_known_line(site, frame, &lined));
         let (key, title) = match app {
             Some(frame) => (
                 format!("app\0{:?}\0{:?}\0{:?}", frame.function, frame.file, frame.line),
@@ -190,17 +190,49 @@ fn summed_growth(report: &Report, sites: &[usize]) -> Option<SiteGrowth> {
     Some(analyze_site(&sum, &[], 0.0, &GrowthPolicy::default()))
 }
 
+/// The functions that called `frame` on a site's stack, innermost first:
+/// what two JIT tiers of one call share when their addresses, lines and
+/// inlined callees differ.
+fn callers<'r>(site: &'r Site, frame: &Frame) -> Vec<&'r str> {
+    let at = site.frames.iter().position(|f| std::ptr::eq(&**f, frame));
+    site.frames[at.map_or(site.frames.len(), |i| i + 1)..]
+        .iter()
+        .filter_map(|f| f.function.as_deref())
+        .collect()
+}
+
+/// A lined JS application frame and the callers it was seen with.
+struct LinedFrame<'r> {
+    frame: &'r Frame,
+    paths: Vec<Vec<&'r str>>,
+}
+
 /// JS application frames with a line, by function and script: the lines
-/// each function was seen at.
-fn lined_js_frames<'r>(app_frames: &[Option<&'r Frame>]) -> HashMap<(&'r str, &'r str), Vec<&'r Frame>> {
-    let mut lined: HashMap<(&str, &str), Vec<&Frame>> = HashMap::new();
-    for frame in app_frames.iter().flatten() {
+/// each function was seen at, with the callers of each.
+fn lined_js_frames<'r>(
+    report: &'r Report,
+    app_frames: &[Option<&'r Frame>],
+) -> HashMap<(&'r str, &'r str), Vec<LinedFrame<'r>>> {
+    let mut lined: HashMap<(&str, &str), Vec<LinedFrame>> = HashMap::new();
+    for (site, frame) in report.sites.iter().zip(app_frames) {
+        let Some(frame) = frame else { continue };
         if let (Some(JIT_MODULE), Some(function), Some(file), Some(line)) =
             (frame.module.as_deref(), &frame.function, &frame.file, frame.line)
         {
             let frames = lined.entry((function, file)).or_default();
-            if !frames.iter().any(|f| f.line == Some(line)) {
-                frames.push(frame);
+            let index = match frames.iter().position(|f| f.frame.line == Some(line)) {
+                Some(index) => index,
+                None => {
+                    frames.push(LinedFrame {
+                        frame,
+                        paths: Vec::new(),
+                    });
+                    frames.len() - 1
+                }
+            };
+            let path = callers(site, frame);
+            if !frames[index].paths.contains(&path) {
+                frames[index].paths.push(path);
             }
         }
     }
@@ -209,15 +241,29 @@ fn lined_js_frames<'r>(app_frames: &[Option<&'r Frame>]) -> HashMap<(&'r str, &'
 
 /// A JS frame of optimized code may have no line where the same function's
 /// interpreted frames have one: one call at two JIT tiers is one leak. The
-/// line is taken only when the function was seen at a single line.
-fn with_known_line<'r>(frame: &'r Frame, lined: &HashMap<(&str, &str), Vec<&'r Frame>>) -> &'r Frame {
+/// line is taken when the function was seen at a single line, or else at a
+/// single line with the same callers (anonymous functions of one script share
+/// a name).
+fn with_known_line<'r>(
+    site: &Site,
+    frame: &'r Frame,
+    lined: &'r HashMap<(&str, &str), Vec<LinedFrame<'r>>>,
+) -> &'r Frame {
     let (Some(JIT_MODULE), Some(function), Some(file), None) =
         (frame.module.as_deref(), &frame.function, &frame.file, frame.line)
     else {
         return frame;
     };
-    match lined.get(&(function.as_str(), file.as_str())).map(Vec::as_slice) {
-        Some([only]) => only,
+    let Some(candidates) = lined.get(&(function.as_str(), file.as_str())) else {
+        return frame;
+    };
+    if let [only] = candidates.as_slice() {
+        return only.frame;
+    }
+    let path = callers(site, frame);
+    let mut on_path = candidates.iter().filter(|c| c.paths.contains(&path));
+    match (on_path.next(), on_path.next()) {
+        (Some(only), None) => only.frame,
         _ => frame,
     }
 }

@@ -359,3 +359,155 @@ fn sampled_mode_counts_v8_pages_exactly() {
         run.report["node"]["pages_by_space"]
     );
 }
+
+/// An HTTP service started without flags, with four leaks (listeners, a Map
+/// cache, kept upload Buffers, unclosed zlib streams) and a healthy handler,
+/// hunted by PID while a load generator drives it; the hunt ends when the
+/// service exits with its leaks held. The two leaks that hold native memory
+/// are found whatever JIT tiers and addresses split them into: the kept
+/// Buffers (exactly the fixture's kept bytes, under its upload handler; one
+/// finding, or two while optimized frames carry no line) and zlib's state
+/// (one finding, five blocks per stream, on the thread pool). The healthy
+/// handler is not a growing finding. (The listener and Map-cache leaks are
+/// the heap census's: a service without --expose-gc makes too few full GCs
+/// in a short hunt for a census verdict.)
+#[test]
+fn a_service_with_four_leaks_has_one_finding_per_native_leak() {
+    const RATE: &str = "50";
+    const SECONDS: &str = "16";
+    let dir = scratch_dir("findings-service");
+    let report_path = dir.join("report.json");
+    let script = workspace_root().join("tests/fixtures/node/service_four_leaks.js");
+    let mut cmd = std::process::Command::new(node_bin());
+    cmd.arg(&script)
+        .args([RATE, SECONDS])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut service = Proc::spawn(cmd, "node service_four_leaks.js");
+    let service_out = service.take_stdout();
+    let service_err = service.take_stderr();
+    if let Err(why) = service_out.wait_for(|l| l.starts_with("ready "), Duration::from_secs(30)) {
+        panic!(
+            "the service never printed ready ({why}): {}",
+            service_err.text(Duration::from_secs(1))
+        );
+    }
+
+    let mut cmd = std::process::Command::new(leakscope_bin());
+    cmd.args(["hunt", "--mode", "exact", "-p", &service.pid().to_string()])
+        .args(["--format", "json", "-o"])
+        .arg(&report_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut tracer = Proc::spawn(cmd, "leakscope");
+    let tracer_err = tracer.take_stderr();
+    if let Err(why) = tracer_err.wait_for(|l| l.starts_with(ATTACHED_PREFIX), ATTACH_TIMEOUT) {
+        panic!(
+            "leakscope never attached ({why}): {}",
+            tracer_err.text(Duration::from_secs(2))
+        );
+    }
+    service.signal(libc::SIGUSR2);
+    let ctx = || format!("--- leakscope stderr ---\n{}", tracer_err.text(Duration::ZERO));
+    let status = tracer.wait_or_panic(WORKLOAD_TIMEOUT, &ctx);
+    assert!(status.success(), "{}", ctx());
+    let counts: Value = service_out
+        .wait_for(|l| l.starts_with('{'), Duration::from_secs(5))
+        .ok()
+        .and_then(|l| serde_json::from_str(&l).ok())
+        .unwrap_or_else(|| panic!("the service printed no counts: {}", service_out.text(Duration::ZERO)));
+    let report: Value = serde_json::from_slice(&std::fs::read(&report_path).expect("report")).expect("JSON report");
+    let found = findings(&report);
+    let context = || {
+        format!(
+            "service: {counts}\nfindings:\n{}\n{}",
+            describe_findings(&report),
+            ctx()
+        )
+    };
+    let sites = report["sites"].as_array().expect("sites");
+    let growing = |f: &&Value| matches!(f["verdict"].as_str(), Some("leak" | "growing"));
+
+    // The kept uploads: every kept 64 KiB Buffer is counted, exactly, under
+    // the service's upload handler (sites of 64 KiB blocks only; the request
+    // chunks in flight are runtime memory, zlib's output buffers 16 KiB).
+    let upload_bytes = |indices: &[Value]| -> u64 {
+        indices
+            .iter()
+            .map(|i| &sites[i.as_u64().unwrap() as usize])
+            .filter(|s| s["kind"] == "arraybuffer")
+            .map(|s| {
+                (
+                    s["outstanding_bytes"].as_u64().unwrap(),
+                    s["outstanding_allocations"].as_u64().unwrap(),
+                )
+            })
+            .filter(|&(bytes, blocks)| blocks > 0 && bytes == blocks * 65536)
+            .map(|(bytes, _)| bytes)
+            .sum()
+    };
+    let under_handler: Vec<Value> = (0..sites.len())
+        .filter(|&i| {
+            sites[i]["frames"].as_array().unwrap().iter().any(|f| {
+                f["module"] == "[jit]"
+                    && f["function"] == "(anonymous)"
+                    && f["file"]
+                        .as_str()
+                        .is_some_and(|file| file.ends_with("service_four_leaks.js"))
+            })
+        })
+        .map(Value::from)
+        .collect();
+    let kept = counts["kept_upload_bytes"].as_u64().unwrap();
+    assert_eq!(upload_bytes(&under_handler), kept, "{}", context());
+    // They are one growing finding titled by that handler, or two while
+    // optimized frames have no line (the interpreted tier's sites carry one).
+    let uploads: Vec<&Value> = found
+        .iter()
+        .filter(growing)
+        .filter(|f| upload_bytes(f["sites"].as_array().unwrap()) > 0)
+        .collect();
+    assert!(matches!(uploads.len(), 1 | 2), "{}", context());
+    for finding in &uploads {
+        let title = finding["title"].as_str().unwrap();
+        assert!(
+            title.starts_with("(anonymous) (service_four_leaks.js"),
+            "{title}\n{}",
+            context()
+        );
+    }
+    assert!(
+        upload_bytes(uploads[0]["sites"].as_array().unwrap()) * 2 > kept,
+        "{}",
+        context()
+    );
+
+    // zlib's state: allocated on the thread pool (no JS frame), five blocks
+    // per stream, one finding however many addresses inside deflateInit2_.
+    let streams = counts["archives_initialized"].as_u64().unwrap();
+    let zlib: Vec<&Value> = found
+        .iter()
+        .filter(growing)
+        .filter(|f| f["title"].as_str().unwrap().contains("AllocForZlib"))
+        .collect();
+    assert_eq!(zlib.len(), 1, "{}", context());
+    assert_eq!(
+        zlib[0]["outstanding_allocations"].as_u64(),
+        Some(5 * streams),
+        "{}",
+        context()
+    );
+    assert!(streams >= 150, "{}", context());
+
+    // The healthy handler frees what it allocates: never a growing finding.
+    assert!(
+        !found
+            .iter()
+            .filter(growing)
+            .any(|f| f["title"].as_str().unwrap().contains("handleHealth")),
+        "{}",
+        context()
+    );
+}
