@@ -304,7 +304,8 @@ fn is_loader(module: &str) -> bool {
 }
 
 /// Runtime memory is grouped by its innermost named frame outside the
-/// allocator's own (libc's wrappers): addresses inside one function are one.
+/// allocator's own (libc's wrappers) and outside the C library where a
+/// caller is known: addresses inside one function are one.
 fn runtime_key(site: &Site) -> (String, String) {
     let allocator_own = |f: &Frame| {
         let function = f.function.as_deref().unwrap_or_default();
@@ -316,7 +317,16 @@ fn runtime_key(site: &Site) -> (String, String) {
         .map(|f| &**f)
         .filter(|f| f.function.is_some())
         .collect();
-    let Some(frame) = named.iter().find(|f| !allocator_own(f)).or(named.first()) else {
+    // The C library's functions (memset, memcpy, malloc's internals, which
+    // touch the pages a page fault reports) work for their caller: the first
+    // caller outside it says whose memory this is.
+    let in_libc = |f: &Frame| f.module.as_deref().is_some_and(|m| file_name(m).starts_with("libc.so"));
+    let Some(frame) = named
+        .iter()
+        .find(|f| !allocator_own(f) && !in_libc(f))
+        .or_else(|| named.iter().find(|f| !allocator_own(f)))
+        .or(named.first())
+    else {
         let what = if site.frames.is_empty() {
             "[stack lost]"
         } else {
@@ -501,6 +511,45 @@ mod tests {
         let findings = of(&report);
         assert_eq!(findings.len(), 3);
         assert!(findings[1].frame.is_none());
+    }
+
+    #[test]
+    fn runtime_memory_is_titled_by_the_first_caller_outside_the_c_library() {
+        let mut report = report();
+        report.node = Some(Default::default());
+        let node = "/usr/bin/node";
+        let template = report.sites[0].clone();
+        let fault = |frames: Vec<Arc<Frame>>| Site {
+            allocator: "page-faults".into(),
+            verdict: Some(Verdict::Growing),
+            frames,
+            ..template.clone()
+        };
+        report.sites = vec![
+            fault(vec![
+                frame("__memset_avx512_unaligned_erms", None, None, LIBC, "0x7f01"),
+                frame("deflateInit2_", None, None, node, "0x189ca5e"),
+            ]),
+            fault(vec![
+                frame("__memset_avx512_unaligned_erms", None, None, LIBC, "0x7f01"),
+                frame("deflateInit2_", None, None, node, "0x189cb76"),
+            ]),
+            fault(vec![
+                frame("_int_malloc", None, None, LIBC, "0x7f02"),
+                frame("__GI___libc_malloc", None, None, LIBC, "0x7f03"),
+                frame("AllocForZlib", None, None, node, "0xdbcf83"),
+            ]),
+            fault(vec![frame("_dl_start", None, None, LIBC, "0x7f04")]),
+        ];
+        let titles: Vec<String> = of(&report).into_iter().map(|f| f.title).collect();
+        assert_eq!(
+            titles,
+            [
+                "deflateInit2_ in node via page-faults",
+                "AllocForZlib in node via page-faults",
+                "_dl_start in libc.so.6 via page-faults"
+            ]
+        );
     }
 
     #[test]
