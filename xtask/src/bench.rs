@@ -30,6 +30,7 @@ mod attach;
 mod cost;
 mod debian_programs;
 mod distinct_stacks;
+mod heap_census;
 mod http_service;
 mod hunt_modes;
 mod js_naming;
@@ -192,6 +193,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         (cost::TITLE_PER_PAIR, cost::per_pair),
         (debian_programs::TITLE, debian_programs::debian_programs),
         (own_memory::TITLE, own_memory::own_memory),
+        (heap_census::TITLE, heap_census::heap_census),
         (js_naming::TITLE, js_naming::js_naming),
     ];
     let number = |title: &str| title.split('.').next().unwrap_or_default().to_owned();

@@ -356,10 +356,20 @@ impl Running {
         }
     }
 
-    pub(super) fn send_line(&mut self) -> Result<()> {
+    /// Writes `line` and a newline to the program's stdin.
+    pub(super) fn send_line(&mut self, line: &str) -> Result<()> {
         let stdin = self.stdin.as_mut().context("no stdin")?;
-        stdin.write_all(b"go\n")?;
+        writeln!(stdin, "{line}")?;
         Ok(stdin.flush()?)
+    }
+
+    /// The last line read that starts with `prefix`.
+    pub(super) fn last_line(&self, prefix: &str) -> Option<&str> {
+        self.seen
+            .iter()
+            .rev()
+            .find(|l| l.starts_with(prefix))
+            .map(String::as_str)
     }
 
     /// Waits for the program to exit, calling `poll` with its pid every

@@ -157,7 +157,7 @@ fn outstanding(tools: &Tools, commands: &mut Vec<String>) -> Result<(Measured, S
     let idle_rss = vm_mib(hunt.pid(), "VmRSS");
     let mut maps = bpf_maps(hunt.pid())?;
     let allocating = Instant::now();
-    target.send_line()?;
+    target.send_line("go")?;
     target.wait_for("held", Duration::from_secs(300))?;
     let alloc_secs = allocating.elapsed().as_secs_f64();
     // The reader drains the ring buffer every 10 ms: a second is ample.

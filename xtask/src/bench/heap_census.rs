@@ -1,0 +1,207 @@
+//! 8: the heap census of a large JS heap: leakscope's time, CPU and memory per
+//! census, the target's event-loop delay while censuses run, and the pause of
+//! a Node heap snapshot of the same heap.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _, Result};
+
+use super::{
+    clock_ticks, cpu_secs, fmt_secs, needs, rel, shell_line, signal, target_note, unavailable, vm_mib, words, work_dir,
+    Plan, Running, Section, Tools, MIB,
+};
+
+pub(super) const TITLE: &str = "8. Heap census of a large JS heap";
+
+/// The issue's goals: leakscope's memory under this share of the heap, and
+/// the target's p99 event-loop delay within this many ms of untraced.
+const MEMORY_SHARE: f64 = 0.10;
+const DELAY_MARGIN_MS: f64 = 10.0;
+
+/// perf_hooks' event-loop delay over one phase, ms.
+struct Delay {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Delay {
+    fn parse(line: Option<&str>) -> Result<Delay> {
+        let line = line.context("the fixture printed no delay line")?;
+        let value = |key: &str| -> Result<f64> {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == key);
+            words
+                .next()
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("no {key} in {line:?}"))
+        };
+        Ok(Delay {
+            p50: value("p50_ms")?,
+            p99: value("p99_ms")?,
+            max: value("max_ms")?,
+        })
+    }
+
+    fn cell(&self) -> String {
+        format!("{:.2} ({:.2}; {:.2})", self.p99, self.p50, self.max)
+    }
+}
+
+/// The live bytes and seconds of each `heap census at T s: N objects, B bytes in D s` line.
+fn censuses(log: &str) -> Vec<(f64, f64)> {
+    log.lines()
+        .filter_map(|line| {
+            let rest = line.split_once("heap census at ")?.1;
+            let (_, counts) = rest.split_once(" objects, ")?;
+            let (bytes, secs) = counts.split_once(" bytes in ")?;
+            Some((bytes.parse().ok()?, secs.trim_end_matches(" s").parse().ok()?))
+        })
+        .collect()
+}
+
+pub(super) fn heap_census(plan: &Plan, tools: &Tools) -> Result<Section> {
+    let (heap_mib, phase_s) = if plan.quick { (256, 8) } else { (1024, 20) };
+    let target_argv = words(&[
+        "node",
+        "--expose-gc",
+        "--max-old-space-size=4096",
+        "bench/census_heap.js",
+        &heap_mib.to_string(),
+        &phase_s.to_string(),
+    ]);
+    let report = rel(&work_dir().join("census.json"));
+    let mut section = Section {
+        title: TITLE,
+        about: format!(
+            "`bench/census_heap.js` fills the system node's heap with {heap_mib} MiB of live objects (records \
+             in a Map and in arrays, their strings and arrays, closures), then runs phases of {phase_s} s in \
+             which it forces a full GC every 2 s while perf_hooks' `monitorEventLoopDelay` (1 ms resolution) \
+             samples its event loop: one phase untraced, one under `hunt --mode growth -p PID`, which takes a \
+             census after each full GC (on its own threads, at nice 19, never stopping the target). leakscope's \
+             CPU is utime+stime of /proc/PID/stat over the traced phase; its VmHWM is its peak RSS, read until it \
+             exits; census times are its `-v` log's `heap census at …` lines. Last, the same heap is written by \
+             `v8.writeHeapSnapshot()`, which stops the event loop for as long as it runs; node's peak RSS is \
+             `process.resourceUsage().maxRSS` after it. One run."
+        ),
+        commands: vec![],
+        header: vec![
+            "configuration",
+            "event-loop delay p99, ms (p50; max)",
+            "censuses",
+            "census wall time, s",
+            "live bytes per census (median)",
+            "leakscope CPU over the phase",
+            "leakscope VmHWM",
+            "target stopped for",
+        ],
+        rows: vec![],
+        notes: vec![],
+    };
+    if let Err(why) = needs(tools.node, "node") {
+        section.rows.push([vec!["all".into()], unavailable(&why)].concat());
+        return Ok(section);
+    }
+    let mut target = Running::target(&target_argv, "ready")?;
+    target.send_line("build")?;
+    target.wait_for("built", Duration::from_secs(900))?;
+    let built_mib: f64 = target
+        .last_line("built ")
+        .and_then(|l| l["built ".len()..].trim().parse().ok())
+        .context("no heap size in the fixture's `built` line")?;
+    let phase_timeout = Duration::from_secs(phase_s + 120);
+
+    target.send_line("go")?;
+    target.wait_for("delay", phase_timeout)?;
+    let untraced = Delay::parse(target.last_line("delay"))?;
+
+    let pid = target.pid().to_string();
+    let hunt = tools.hunt(
+        true,
+        &["--mode", "growth", "-p", &pid, "--format", "json", "-o", &report],
+    );
+    let mut tracer = Running::leakscope(&hunt)?;
+    tracer.wait_for("loaded and attached in", Duration::from_secs(120))?;
+    let ticks = clock_ticks()?;
+    let cpu_before = cpu_secs(tracer.pid(), ticks)?;
+    target.send_line("go")?;
+    target.wait_for("delay", phase_timeout)?;
+    let cpu = cpu_secs(tracer.pid(), ticks)? - cpu_before;
+    signal(tracer.pid(), "INT")?;
+    let (status, hwm) = tracer.finish_polling(|pid| vm_mib(pid, "VmHWM"))?;
+    ensure!(status.success(), "the hunt failed ({status}):\n{}", tracer.log());
+    let traced = Delay::parse(target.last_line("delay"))?;
+    let taken = censuses(&tracer.log());
+    ensure!(!taken.is_empty(), "the hunt logged no census:\n{}", tracer.log());
+    let secs: Vec<f64> = taken.iter().map(|&(_, s)| s).collect();
+    let mut live: Vec<f64> = taken.iter().map(|&(b, _)| b).collect();
+    live.sort_by(f64::total_cmp);
+    let hwm = hwm.context("no VmHWM of leakscope")?;
+
+    target.send_line("snapshot")?;
+    target.wait_for("snapshot", Duration::from_secs(1800))?;
+    let snapshot = target.last_line("snapshot").unwrap_or_default().to_owned();
+    let snapshot_value = |key: &str| {
+        let mut words = snapshot.split_whitespace();
+        words.find(|w| *w == key);
+        words.next().and_then(|v| v.parse::<f64>().ok())
+    };
+    let pause = snapshot_value("pause_s").context("no pause in the snapshot line")?;
+    let snapshot_rss = snapshot_value("max_rss_mib").context("no RSS in the snapshot line")?;
+
+    section.commands = vec![shell_line(&target_argv), shell_line(&hunt)];
+    section.rows = vec![
+        vec![
+            "untraced".into(),
+            untraced.cell(),
+            "–".into(),
+            "–".into(),
+            "–".into(),
+            "–".into(),
+            "–".into(),
+            "0 s".into(),
+        ],
+        vec![
+            "leakscope hunt --mode growth (a census after each full GC)".into(),
+            traced.cell(),
+            taken.len().to_string(),
+            fmt_secs(&secs),
+            format!("{:.1} MiB", live[live.len() / 2] / MIB),
+            format!("{cpu:.2} s ({:.2} s per census)", cpu / taken.len() as f64),
+            format!("{hwm:.1} MiB"),
+            "0 s (never stopped)".into(),
+        ],
+        vec![
+            "v8.writeHeapSnapshot() of the same heap".into(),
+            "–".into(),
+            "–".into(),
+            "–".into(),
+            "–".into(),
+            "–".into(),
+            "–".into(),
+            format!("{pause:.2} s (node's peak RSS {snapshot_rss:.0} MiB)"),
+        ],
+    ];
+    section.notes = vec![
+        format!("The heap: {built_mib:.0} MiB used after a full GC (v8.getHeapStatistics()), the fixture's own count."),
+        target_note(
+            "leakscope's memory (VmHWM) under 10 % of the heap",
+            hwm / built_mib,
+            MEMORY_SHARE,
+            " × the heap",
+            "VmHWM includes leakscope's own baseline (its eBPF loader, symbols and ring buffer; section 7) and the \
+             growth mode's other work, not only the census.",
+        ),
+        {
+            let over = traced.p99 - untraced.p99;
+            let verdict = if over <= DELAY_MARGIN_MS { "met" } else { "missed" };
+            format!(
+                "Issue target, the target's p99 event-loop delay during censuses within {DELAY_MARGIN_MS:.0} ms of \
+                 untraced: **{verdict}** ({:.2} ms against {:.2} ms, {over:+.2} ms). The forced full GCs are in \
+                 both phases; the census reads the target's memory through /proc/PID/mem from its own threads.",
+                traced.p99, untraced.p99
+            )
+        },
+    ];
+    Ok(section)
+}
