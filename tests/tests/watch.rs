@@ -1143,3 +1143,84 @@ fn connection_flood_neither_fails_scrapes_nor_drops_targets() {
     );
     assert!(watch.terminate().success(), "{}", watch.context());
 }
+
+/// A watch escalation of a Node target takes the heap census like any hunt
+/// of one: its report holds the census groups that grew, counted exactly
+/// (the fixture leaks in bursts of 100 between censuses), located, and with
+/// the variables that hold them.
+#[test]
+fn escalated_hunt_of_a_node_target_takes_heap_censuses() {
+    const BURST: u64 = 100;
+    let dir = scratch_dir("watch-census");
+    let reports = dir.join("reports");
+    let script = workspace_root().join("tests/fixtures/node/census_leaks.js");
+    let mut cmd = Command::new("node");
+    cmd.args(["--expose-gc".as_ref(), script.as_os_str(), "60".as_ref()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let fixture = Proc::spawn(cmd, "node census_leaks.js");
+    let pid = fixture.pid();
+    // The memory-limit rule fires at the first sample: the hunt starts at once.
+    let mut watch = Watch::start(&[
+        "-p".into(),
+        pid.to_string(),
+        "--interval".into(),
+        "0.5".into(),
+        "--warn-limit".into(),
+        "0.01".into(),
+        "--hunt-duration".into(),
+        "16".into(),
+        "--reports".into(),
+        reports.display().to_string(),
+    ]);
+    let prefix = format!("leakscope: hunt of PID {pid} written to ");
+    let line = watch.wait_line(&prefix, HUNT_TIMEOUT);
+    let report_path = PathBuf::from(&line[prefix.len()..]).join("report.json");
+    let report: Value = serde_json::from_slice(&fs::read(&report_path).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", report_path.display(), watch.context()));
+    let census = &report["node"]["heap_census"];
+    let context = || format!("{}\n{}", serde_json::to_string_pretty(census).unwrap(), watch.stderr());
+    let censuses = census["censuses"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no censuses\n{}", context()));
+    assert!(censuses.len() >= 5, "{}", context());
+    let groups = census["groups"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no groups\n{}", context()));
+    let group = |kind: &str, name: &str| {
+        groups
+            .iter()
+            .find(|g| g["kind"] == kind && g["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} group {name}\n{}", context()))
+    };
+    for (kind, name, holder) in [("object", "CachedResult", "resultCache"), ("closure", "onData", "bus")] {
+        let g = group(kind, name);
+        let (first, last) = (g["count_first"].as_u64().unwrap(), g["count_last"].as_u64().unwrap());
+        assert!(
+            last > first && first % BURST == 0 && last % BURST == 0,
+            "{name}: {g}\n{}",
+            context()
+        );
+        assert!(matches!(g["verdict"].as_str(), Some("leak" | "growing")), "{name}: {g}");
+        let paths: Vec<&str> = g["retained_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            paths.iter().any(|p| p.contains(holder)),
+            "{name}: {paths:?}\n{}",
+            context()
+        );
+    }
+    let on_data = group("closure", "onData");
+    assert_eq!(on_data["enclosing_function"], "handleRequest", "{on_data}");
+    assert!(
+        on_data["location"]
+            .as_str()
+            .is_some_and(|l| l.contains("census_leaks.js")),
+        "{on_data}"
+    );
+    assert!(watch.terminate().success(), "{}", watch.context());
+}
