@@ -1,13 +1,13 @@
 // A large JS heap for the heap-census benchmark (xtask/src/bench/heap_census.rs).
 //
-//   node --expose-gc --max-old-space-size=4096 bench/census_heap.js HEAP_MIB PHASE_S
+//   node --expose-gc --max-old-space-size=4096 bench/census_heap.js HEAP_MIB PHASE_S GC_EVERY_S
 //
 // Prints "ready", then reads commands on stdin, one per line:
 //   build     fills the heap with HEAP_MIB MiB of live objects (records in a
 //             Map and in arrays, strings, closures), then prints "built MIB"
 //             with the heap's used size after a full GC;
-//   go        for PHASE_S seconds, runs a full GC every 2 s (the census runs
-//             after each) while perf_hooks' event-loop delay monitor samples,
+//   go        for PHASE_S seconds, runs a full GC every GC_EVERY_S s (the
+//             census runs after each) while perf_hooks' event-loop delay monitor samples,
 //             then prints "delay p50_ms P50 p99_ms P99 max_ms MAX";
 //   snapshot  writes a heap snapshot (v8.writeHeapSnapshot, which stops the
 //             event loop while it runs) to a scratch file, deletes it, and
@@ -21,7 +21,8 @@ const v8 = require('v8');
 const { monitorEventLoopDelay } = require('perf_hooks');
 
 const heapMib = Number(process.argv[2] || 1024);
-const phaseS = Number(process.argv[3] || 20);
+const phaseS = Number(process.argv[3] || 30);
+const gcEveryS = Number(process.argv[4] || 10);
 const MIB = 1024 * 1024;
 
 class Record {
@@ -60,7 +61,7 @@ function build() {
 function phase(done) {
   const delay = monitorEventLoopDelay({ resolution: 1 });
   delay.enable();
-  const gcs = setInterval(() => global.gc(), 2000);
+  const gcs = setInterval(() => global.gc(), gcEveryS * 1000);
   const tick = setInterval(() => {}, 10);
   setTimeout(() => {
     clearInterval(gcs);
