@@ -27,16 +27,21 @@ pub struct Violation {
     pub reason: String,
 }
 
+/// How late the sample at the warm-up's end may come and still be its baseline.
+const WARMUP_SAMPLE_SLACK_S: f64 = 0.05;
+
 /// Growth after warm-up, and its robust rate, of a sampled series. A series
 /// that starts after the warm-up grew from nothing, unless `from_first`:
 /// then it grew only from its first point.
 fn growth_after(t_s: &[f64], bytes: &[u64], warmup_s: f64, from_first: bool) -> (i64, Option<f64>) {
     let Some(&last) = bytes.last() else { return (0, None) };
     let born = if from_first { bytes[0] } else { 0 };
+    // The hunt samples at the warm-up's end (`HuntArgs::sample_at`), a timer's
+    // lateness after it: that sample is the baseline.
     let baseline = t_s
         .iter()
         .zip(bytes)
-        .rfind(|(t, _)| **t <= warmup_s)
+        .rfind(|(t, _)| **t <= warmup_s + WARMUP_SAMPLE_SLACK_S)
         .map_or(born, |(_, b)| *b);
     let (t, y): (Vec<f64>, Vec<f64>) = t_s
         .iter()
@@ -230,6 +235,15 @@ mod tests {
         let report = report_with(s.clone(), s);
         assert!(evaluate(&report, &limits(300, None)).is_empty());
         assert_eq!(evaluate(&report, &limits(299, None))[0].growth_bytes, 300);
+    }
+
+    #[test]
+    fn the_sample_taken_at_the_end_of_warmup_is_the_baseline() {
+        // The hunt's extra sample at the 2 s warm-up came 20 ms late.
+        let s = vec![(0.0, 0), (1.0, 600), (2.02, 1000), (3.0, 1000), (4.0, 1100)];
+        let report = report_with(s.clone(), s);
+        assert!(evaluate(&report, &limits(100, None)).is_empty());
+        assert_eq!(evaluate(&report, &limits(99, None))[0].growth_bytes, 100);
     }
 
     #[test]

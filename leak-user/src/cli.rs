@@ -97,6 +97,10 @@ pub struct HuntArgs {
     /// Command to launch and trace from its first instruction.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+    /// One more sample of every series at this time into the hunt: `check`'s
+    /// warm-up end, so that its baseline is the state then, not a second before.
+    #[arg(skip)]
+    pub sample_at: Option<Duration>,
 }
 
 /// What a hunt probes, and so what its report measures.

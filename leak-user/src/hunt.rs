@@ -232,6 +232,10 @@ enum JobResult {
     Paths(std::collections::HashMap<v8::census::GroupKey, Vec<String>>),
 }
 
+/// How long a launch waits for its command's exec event before its clock
+/// starts; past it, the first samples are taken again at the exec's event.
+const EXEC_EVENT_WAIT: Duration = Duration::from_secs(1);
+
 /// Least time between two censuses.
 const CENSUS_PERIOD: Duration = Duration::from_secs(1);
 /// Time left after a full GC for V8 to finish sweeping its pages.
@@ -560,6 +564,15 @@ async fn collect_until_end(
     let exited = match launched.as_deref_mut() {
         Some(launched) => {
             launched.release()?;
+            // The hunt's clock (and `check`'s warm-up) starts at the exec:
+            // samples taken before its event is read would hold the pre-exec
+            // process, and restarting every site's series at a later sample
+            // made a loaded machine's sites look born after the warm-up.
+            let waited = Instant::now();
+            while collector.execs == 0 && waited.elapsed() < EXEC_EVENT_WAIT {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                drain(ring.get_mut(), collector);
+            }
             None
         }
         // SAFETY: as above.
@@ -579,7 +592,8 @@ async fn collect_until_end(
     let mut budget_window = tokio::time::interval_at(tokio::time::Instant::now() + FIRST_BUDGET_CHECK, BUDGET_WINDOW);
     let mut load_run = std::pin::pin!(run_load(load));
     let started = Instant::now();
-    let mut execs_seen = 0;
+    let mut execs_seen = collector.execs;
+    let mut extra_sample_at = args.sample_at.map(|at| tokio::time::Instant::now() + at);
 
     let end = loop {
         tokio::select! {
@@ -613,6 +627,12 @@ async fn collect_until_end(
             _ = budget_window.tick(), if session.budget.is_some() => {
                 drain(ring.get_mut(), collector);
                 session.enforce_budget(collector, timeline)?;
+            }
+            _ = sleep_until(extra_sample_at), if extra_sample_at.is_some() => {
+                extra_sample_at = None;
+                drain(ring.get_mut(), collector);
+                session.fold_faults(collector);
+                timeline.sample(&collector.heap, started.elapsed().as_secs_f64());
             }
             _ = sample.tick() => {
                 drain(ring.get_mut(), collector);

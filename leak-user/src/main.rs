@@ -93,6 +93,7 @@ fn write_output(path: Option<&Path>, write: impl FnOnce(&mut dyn Write) -> anyho
 fn check_command(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let mut hunt_args = HuntArgs::launching(&args.command);
     hunt_args.duration = args.duration;
+    hunt_args.sample_at = Some(args.warmup);
     let load = args.load.as_ref().map(|shell_command| hunt::Load {
         shell_command: shell_command.clone(),
         after: args.warmup,

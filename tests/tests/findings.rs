@@ -267,7 +267,7 @@ fn stacks_end_where_the_walk_leaves_code() {
 }
 
 fn check(fixture: &Path, fixture_args: &[&str], report: &Path) -> HuntOutput {
-    let mut args: Vec<OsString> = ["check", "--max-growth", "64KiB", "--warmup", "2", "-o"]
+    let mut args: Vec<OsString> = ["check", "--max-growth", "64KiB", "--warmup", "1", "-o"]
         .iter()
         .map(OsString::from)
         .collect();
