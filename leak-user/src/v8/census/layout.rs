@@ -22,9 +22,6 @@ pub const KNOWN_LINES: &str = "V8 11.3 (Node 20) and 12.4 (Node 22)";
 #[derive(Clone, Copy, Debug)]
 pub struct PageHeader {
     pub alignment: u64,
-    /// V8 13 on: the chunk holds only flags and a pointer to its metadata,
-    /// allocated apart; the offsets below are then in the metadata.
-    pub metadata: Option<MetadataPointer>,
     pub size: u64,
     pub heap: u64,
     pub area_start: u64,
@@ -40,13 +37,6 @@ pub struct PageHeader {
     /// Of those, the trusted spaces: V8-internal objects only, which hold
     /// no JS object (retaining paths do not search them).
     pub trusted_spaces: &'static [u8],
-}
-
-/// Where a chunk points at its metadata, and where the metadata points back.
-#[derive(Clone, Copy, Debug)]
-pub struct MetadataPointer {
-    pub in_chunk: u64,
-    pub chunk_in_metadata: u64,
 }
 
 /// ScopeInfo flag bits (`ScopeFlags`) and scope type values.
@@ -94,7 +84,6 @@ impl Fallbacks {
             (11, 3) => Fallbacks {
                 page: PageHeader {
                     alignment: NORMAL_PAGE,
-                    metadata: None,
                     size: 0,
                     heap: 0x10,
                     area_start: 0x18,
@@ -112,7 +101,6 @@ impl Fallbacks {
             (12, 4) => Fallbacks {
                 page: PageHeader {
                     alignment: NORMAL_PAGE,
-                    metadata: None,
                     size: 0x10,
                     heap: 0x18,
                     area_start: 0x20,

@@ -60,15 +60,7 @@ pub fn find(maps: &str, memory: &ProcessMemory, layout: &CensusLayout) -> Vec<Pa
 /// (heap, page) when `at` holds the header of an old-space or large-object page.
 fn read_header(memory: &ProcessMemory, layout: &CensusLayout, at: u64) -> Option<(u64, Page)> {
     let h = layout.page;
-    let header = match h.metadata {
-        None => at,
-        Some(pointer) => {
-            let metadata = memory.u64(at + pointer.in_chunk)?;
-            // A chunk's metadata names the chunk: a stray word does not.
-            (memory.u64(metadata.checked_add(pointer.chunk_in_metadata)?)? == at).then_some(metadata)?
-        }
-    };
-    let word = |offset: u64| memory.u64(header.checked_add(offset)?);
+    let word = |offset: u64| memory.u64(at + offset);
     let size = word(h.size)?;
     let area_start = word(h.area_start)?;
     let area_end = word(h.area_end)?;
