@@ -12,8 +12,17 @@ use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
 use super::version::Version;
 
-/// Instance types after JS_FUNCTION_TYPE that are JSFunctions too.
-const JS_FUNCTION_SUBTYPES: u64 = 15;
+/// How many instance types after JS_FUNCTION_TYPE are JSFunctions too (the
+/// constructors of builtin classes, then of classes, the last): 15 on V8
+/// 10-11 (class constructors 0x821 on V8 11.3); V8 12 added one (Float16Array's),
+/// measured on 12.4 (class constructors 0x822, in the maps of class instances).
+fn js_function_subtypes(version: Version) -> u64 {
+    if version.major < 12 {
+        15
+    } else {
+        16
+    }
+}
 
 /// The integer symbols of a binary that describe V8.
 pub(super) struct Symbols {
@@ -215,7 +224,7 @@ impl Layout {
             // constructors of builtin classes follow it, then those of
             // classes (0x821 on V8 11.3, seen in the maps of class instances).
             first_js_function_type: u64::from(js_function),
-            last_js_function_type: u64::from(js_function) + JS_FUNCTION_SUBTYPES,
+            last_js_function_type: u64::from(js_function) + js_function_subtypes(version),
             function_shared: need_field("JSFunction", "shared")?,
         };
         for offset in [
@@ -230,7 +239,7 @@ impl Layout {
         }
         let before_12 = version.major < 12;
         let types = InstanceTypes {
-            js_function: (js_function, js_function + JS_FUNCTION_SUBTYPES as u16),
+            js_function: (js_function, js_function + js_function_subtypes(version) as u16),
             shared_function_info: need_type("SharedFunctionInfo")?,
             script: need_type("Script")?,
             scope_info: need_type("ScopeInfo")?,

@@ -49,7 +49,7 @@ pub fn paths(
             *frontier.iter().max().expect("not empty"),
         );
         let mut found_now: Vec<(u64, Edge)> = Vec::new();
-        for page in &found {
+        for page in found.iter().filter(|p| !p.trusted) {
             let walked = walker.walk(page, |walker, object| {
                 let t = object.info.instance_type;
                 if walker.layout.is_raw_data(t) || t == walker.layout.types.map {

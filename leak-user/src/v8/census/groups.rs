@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::layout::CensusLayout;
 use super::walk::{smi, Object, Walker};
 use crate::v8::JsNamer;
 
@@ -232,7 +233,7 @@ pub fn start_position(walker: &mut Walker, shared: u64) -> Option<u32> {
     i32::try_from(start).ok().and_then(|s| u32::try_from(s).ok())
 }
 
-/// What a ScopeInfo's variable part holds (V8 10-11 layout).
+/// What a ScopeInfo's variable part holds.
 pub struct ScopeSlots {
     pub is_function: bool,
     pub start: Option<u32>,
@@ -242,29 +243,30 @@ pub struct ScopeSlots {
     pub context_local_names: Vec<u64>,
 }
 
-impl ScopeSlots {
-    pub fn read(walker: &mut Walker, scope_info: u64) -> Option<ScopeSlots> {
-        let l = walker.layout;
-        if walker.instance_type(scope_info)? != l.types.scope_info {
-            return None;
-        }
+/// Where a ScopeInfo's slots are, from its flags and counts (slot 0 is
+/// the one after the map). Shared by [`ScopeSlots::read`] and the walk,
+/// which sizes ScopeInfos with it.
+pub struct ScopeInfoIndex {
+    pub flags: u64,
+    pub locals: u64,
+    pub inline: bool,
+    pub position: Option<u64>,
+    pub outer: Option<u64>,
+    /// Slots in all, the map not counted.
+    pub slots: u64,
+}
+
+impl ScopeInfoIndex {
+    pub fn read(l: &CensusLayout, slot: impl Fn(u64) -> Option<u64>) -> Option<ScopeInfoIndex> {
         let names = l.frames.scope_info;
         let flags_layout = l.scope_flags;
-        let slot = |index: u64| walker.memory.u64(scope_info - 1 + 8 + 8 * index);
-        let flags = smi(slot(0)?)? as u64;
+        let flags = if names.flags_are_smi {
+            smi(slot(0)?)? as u64
+        } else {
+            slot(0)? & 0xffff_ffff
+        };
         let locals = u64::try_from(smi(slot(names.context_local_count_slot)?)?).ok()?;
         let inline = locals < names.max_inlined_locals;
-        let context_local_names = if inline {
-            let bytes = walker
-                .memory
-                .bytes(scope_info - 1 + 8 + 8 * names.first_local_slot, (8 * locals) as usize)?;
-            bytes
-                .chunks_exact(8)
-                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
-                .collect()
-        } else {
-            Vec::new()
-        };
         // Names (inline, or one hash table), then one info slot per local.
         let mut index = names.first_local_slot + if inline { locals } else { 1 } + locals;
         if flags >> names.has_saved_class_variable_bit & 1 != 0 {
@@ -277,23 +279,62 @@ impl ScopeSlots {
             index += 1;
         }
         let scope_type = flags & flags_layout.scope_type_mask;
-        let is_function = scope_type == flags_layout.function_scope;
-        // Function, script, eval, module and class scopes have position info.
-        let has_position = scope_type <= 4;
-        let start = if has_position {
-            let start = smi(slot(index)?)?;
+        let position = (scope_type < 32 && flags_layout.positioned_scopes >> scope_type & 1 != 0).then(|| {
             index += 2;
-            u32::try_from(start).ok()
+            index - 2
+        });
+        let outer = (flags >> flags_layout.has_outer_scope_info_bit & 1 != 0).then(|| {
+            index += 1;
+            index - 1
+        });
+        if flags >> flags_layout.has_locals_block_list_bit & 1 != 0 {
+            index += 1;
+        }
+        // Module scopes: module info, a variable count, three slots per variable.
+        if scope_type == flags_layout.module_scope {
+            let variables = u64::try_from(smi(slot(index + 1)?)?).ok()?;
+            index += 2 + 3 * variables;
+        }
+        Some(ScopeInfoIndex {
+            flags,
+            locals,
+            inline,
+            position,
+            outer,
+            slots: index,
+        })
+    }
+}
+
+impl ScopeSlots {
+    pub fn read(walker: &mut Walker, scope_info: u64) -> Option<ScopeSlots> {
+        let l = walker.layout;
+        if walker.instance_type(scope_info)? != l.types.scope_info {
+            return None;
+        }
+        let names = l.frames.scope_info;
+        let flags_layout = l.scope_flags;
+        let slot = |index: u64| walker.memory.u64(scope_info - 1 + 8 + 8 * index);
+        let at = ScopeInfoIndex::read(l, slot)?;
+        let (flags, locals) = (at.flags, at.locals);
+        let context_local_names = if at.inline {
+            let bytes = walker
+                .memory
+                .bytes(scope_info - 1 + 8 + 8 * names.first_local_slot, (8 * locals) as usize)?;
+            bytes
+                .chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+                .collect()
         } else {
-            None
+            Vec::new()
         };
-        let outer = if flags >> flags_layout.has_outer_scope_info_bit & 1 != 0 {
-            slot(index).filter(|w| w & 3 == 1)
-        } else {
-            None
+        let start = match at.position {
+            Some(index) => u32::try_from(smi(slot(index)?)?).ok(),
+            None => None,
         };
+        let outer = at.outer.and_then(slot).filter(|w| w & 3 == 1);
         Some(ScopeSlots {
-            is_function,
+            is_function: flags & flags_layout.scope_type_mask == flags_layout.function_scope,
             start,
             outer,
             has_context_extension: flags >> flags_layout.has_context_extension_slot_bit & 1 != 0,

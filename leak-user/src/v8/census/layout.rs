@@ -2,8 +2,9 @@
 //! page header, the Map fields that give an object's size, constructor and
 //! shape, and the instance types whose size is variable. From the
 //! `v8dbg_*` metadata where it has them; the rest (page header, ScopeInfo
-//! flags, collection tables) is keyed by V8 version and was checked on
-//! Node 20's V8 11.3 against its heap snapshots (tests/tests/heap_census.rs).
+//! flags, collection tables) is keyed by V8 version ([`Fallbacks`]), each
+//! line's values measured on a live node and checked against its heap
+//! snapshots (tests/tests/heap_census.rs).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,6 +12,10 @@ use std::path::Path;
 use anyhow::{bail, Context as _, Result};
 
 use super::super::metadata::{Layout, Symbols};
+use super::super::version::Version;
+
+/// The V8 lines [`Fallbacks::of`] knows, for the message that refuses others.
+pub const KNOWN_LINES: &str = "V8 11.3 (Node 20) and 12.4 (Node 22)";
 
 /// V8's memory chunk ("page") header: normal pages are 256 KiB and aligned
 /// to it; a large-object page holds one object at its area start.
@@ -24,17 +29,95 @@ pub struct PageHeader {
     pub owner: u64,
     /// In the owner (a Space): its AllocationSpace id.
     pub owner_space_id: u64,
-    pub old_space: u8,
-    pub large_object_space: u8,
+    /// The AllocationSpace ids walked: old space (and trusted space, where
+    /// V8 12 on keeps bytecode and other internal objects that V8 11 kept in
+    /// old space), then their large-object spaces.
+    pub paged_spaces: &'static [u8],
+    pub large_spaces: &'static [u8],
+    /// Of those, the trusted spaces: V8-internal objects only, which hold
+    /// no JS object (retaining paths do not search them).
+    pub trusted_spaces: &'static [u8],
 }
 
-/// ScopeInfo flag bits (V8 10-11 `ScopeFlags`).
+/// ScopeInfo flag bits (`ScopeFlags`) and scope type values.
 #[derive(Clone, Copy, Debug)]
 pub struct ScopeFlags {
     pub scope_type_mask: u64,
     pub function_scope: u64,
+    pub module_scope: u64,
+    /// Scope types with position info: bit N for type N.
+    pub positioned_scopes: u32,
     pub has_outer_scope_info_bit: u32,
     pub has_context_extension_slot_bit: u32,
+    pub has_locals_block_list_bit: u32,
+}
+
+/// What the metadata does not say, per V8 line: measured on a live node of
+/// that line (page headers with /proc/PID/mem, ScopeInfo and
+/// SharedFunctionInfo slots against its heap snapshots).
+#[derive(Clone, Copy, Debug)]
+struct Fallbacks {
+    page: PageHeader,
+    scope_flags: ScopeFlags,
+    /// SharedFunctionInfo::function_data (trusted_function_data in V8 13
+    /// on), which holds the UncompiledData of a function not compiled yet.
+    sfi_function_data: u64,
+}
+
+const NORMAL_PAGE: u64 = 256 << 10;
+
+/// V8 11 and 12 (12.4: function scopes' flags read on a live node).
+const V8_11_SCOPE_FLAGS: ScopeFlags = ScopeFlags {
+    scope_type_mask: 0xf,
+    // CLASS, EVAL, FUNCTION, MODULE, SCRIPT: 0-4.
+    function_scope: 2,
+    module_scope: 3,
+    positioned_scopes: 0b1_1111,
+    has_outer_scope_info_bit: 22,
+    has_context_extension_slot_bit: 26,
+    has_locals_block_list_bit: 28,
+};
+
+impl Fallbacks {
+    fn of(version: Version) -> Option<Fallbacks> {
+        Some(match (version.major, version.minor) {
+            (11, 3) => Fallbacks {
+                page: PageHeader {
+                    alignment: NORMAL_PAGE,
+                    size: 0,
+                    heap: 0x10,
+                    area_start: 0x18,
+                    area_end: 0x20,
+                    owner: 0x40,
+                    owner_space_id: 0x10,
+                    paged_spaces: &[2],
+                    large_spaces: &[6],
+                    trusted_spaces: &[],
+                },
+                scope_flags: V8_11_SCOPE_FLAGS,
+                sfi_function_data: 0x8,
+            },
+            // Flags, then the chunk's own address, before the V8 11 header.
+            (12, 4) => Fallbacks {
+                page: PageHeader {
+                    alignment: NORMAL_PAGE,
+                    size: 0x10,
+                    heap: 0x18,
+                    area_start: 0x20,
+                    area_end: 0x28,
+                    owner: 0x48,
+                    owner_space_id: 0x10,
+                    // Old and trusted; large and trusted large.
+                    paged_spaces: &[2, 5],
+                    large_spaces: &[7, 10],
+                    trusted_spaces: &[5, 10],
+                },
+                scope_flags: V8_11_SCOPE_FLAGS,
+                sfi_function_data: 0x8,
+            },
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -99,14 +182,28 @@ pub struct CensusTypes {
     pub js_data_view: u16,
     pub js_array_buffer: u16,
     pub first_js_receiver: u16,
+    /// V8 12 on: tagged arrays laid out like FixedArray outside its range
+    /// (TrustedFixedArray, ProtectedFixedArray, ClosureFeedbackCellArray).
+    pub tagged_arrays: [Option<u16>; 3],
+    /// V8 12 on: TrustedByteArray, laid out like ByteArray.
+    pub trusted_byte_array: Option<u16>,
+    /// V8 12 on: arrays whose first slot is their capacity, with this many
+    /// header bytes before the slots (ArrayList, ScriptContextTable,
+    /// RegExpMatchInfo, ObjectBoilerplateDescription).
+    pub capacity_arrays: [(Option<u16>, u64); 4],
+    pub big_int: Option<u16>,
+    pub preparse_data: Option<u16>,
+    /// Not named in the metadata: the type after EmbedderDataArray's (0xf8
+    /// on V8 11.3, 0x101 on 12.4, checked by the objects that follow it).
+    pub feedback_metadata: u16,
 }
 
 impl CensusLayout {
     pub fn read(node: &Path, frames: Layout) -> Result<CensusLayout> {
         let version = frames.version;
-        if (version.major, version.minor) != (11, 3) {
-            bail!("the heap census knows V8 11.3 (Node 20) only; this node has V8 {version}");
-        }
+        let Some(fallbacks) = Fallbacks::of(version) else {
+            bail!("the heap census knows {KNOWN_LINES} only; this node has V8 {version}");
+        };
         let s = Symbols::load(node)?;
         let field = |class: &str, name: &str| {
             s.class_field(class, name)
@@ -149,6 +246,19 @@ impl CensusLayout {
             js_data_view: ty("JSDataView")?,
             js_array_buffer: ty("JSArrayBuffer")?,
             first_js_receiver: ty("JSProxy")?,
+            tagged_arrays: ["TrustedFixedArray", "ProtectedFixedArray", "ClosureFeedbackCellArray"]
+                .map(|c| s.type_of(c)),
+            trusted_byte_array: s.type_of("TrustedByteArray"),
+            capacity_arrays: [
+                ("ArrayList", 24),
+                ("ScriptContextTable", 32),
+                ("RegExpMatchInfo", 40),
+                ("ObjectBoilerplateDescription", 32),
+            ]
+            .map(|(c, header)| (s.type_of(c), header)),
+            big_int: s.type_of("BigInt"),
+            preparse_data: s.type_of("PreparseData"),
+            feedback_metadata: ty("EmbedderDataArray")? + 1,
         };
         let mut type_names: HashMap<u16, String> = HashMap::new();
         for (value, class) in s.type_names() {
@@ -160,23 +270,8 @@ impl CensusLayout {
         }
         let own_descriptors_mask = int("bit_field3_number_of_own_descriptors_mask")? as u32;
         Ok(CensusLayout {
-            page: PageHeader {
-                alignment: 256 << 10,
-                size: 0,
-                heap: 0x10,
-                area_start: 0x18,
-                area_end: 0x20,
-                owner: 0x40,
-                owner_space_id: 0x10,
-                old_space: 2,
-                large_object_space: 6,
-            },
-            scope_flags: ScopeFlags {
-                scope_type_mask: 0xf,
-                function_scope: 2,
-                has_outer_scope_info_bit: 22,
-                has_context_extension_slot_bit: 26,
-            },
+            page: fallbacks.page,
+            scope_flags: fallbacks.scope_flags,
             map_instance_size_words: field("Map", "instance_size_in_words")?,
             map_inobject_start_words: field("Map", "inobject_properties_start_or_constructor_function_index")?,
             map_bit_field3: field("Map", "bit_field3")?,
@@ -195,7 +290,9 @@ impl CensusLayout {
             js_object_properties: field("JSReceiver", "raw_properties_or_hash")?,
             js_object_elements: field("JSObject", "elements")?,
             function_context: field("JSFunction", "context")?,
-            sfi_function_data: field("SharedFunctionInfo", "function_data")?,
+            sfi_function_data: s
+                .class_field("SharedFunctionInfo", "function_data")
+                .unwrap_or(fallbacks.sfi_function_data),
             // outer_scope_info_or_feedback_metadata.
             sfi_outer_scope_info: field("SharedFunctionInfo", "feedback_metadata")?,
             uncompiled_start: 0x10,
@@ -233,6 +330,7 @@ impl CensusLayout {
     pub fn is_fixed_array_like(&self, instance_type: u16) -> bool {
         let t = &self.types;
         (t.fixed_array..t.byte_array).contains(&instance_type)
+            || t.tagged_arrays.contains(&Some(instance_type))
             || self.is_context(instance_type)
             || instance_type == t.embedder_data_array
             // WeakFixedArray and TransitionArray, which follows it.
@@ -246,5 +344,6 @@ impl CensusLayout {
         let strings = self.frames.strings;
         (self.is_string(instance_type) && instance_type & strings.representation_mask == strings.seq)
             || [t.byte_array, t.bytecode_array, t.fixed_double_array, t.free_space].contains(&instance_type)
+            || [t.trusted_byte_array, t.big_int].contains(&Some(instance_type))
     }
 }

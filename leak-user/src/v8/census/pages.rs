@@ -14,6 +14,8 @@ pub struct Page {
     pub area_start: u64,
     pub area_end: u64,
     pub large: bool,
+    /// In a trusted space: V8-internal objects only.
+    pub trusted: bool,
 }
 
 /// The pages of the target's heap (the one most pages belong to), in address order.
@@ -36,7 +38,8 @@ pub fn find(maps: &str, memory: &ProcessMemory, layout: &CensusLayout) -> Vec<Pa
             continue;
         };
         let mut at = start.next_multiple_of(h.alignment);
-        while at + 0x50 <= end {
+        // Mappings are whole 4 KiB pages: a header fits wherever one starts.
+        while at < end {
             if let Some(page) = read_header(memory, layout, at) {
                 found.push(page);
             }
@@ -67,9 +70,9 @@ fn read_header(memory: &ProcessMemory, layout: &CensusLayout, at: u64) -> Option
     let heap = word(h.heap)?;
     let owner = word(h.owner)?;
     let space = memory.bytes(owner.checked_add(h.owner_space_id)?, 1)?[0];
-    let large = space == h.large_object_space;
+    let large = h.large_spaces.contains(&space);
     // Large-object pages have any size; old-space pages exactly one.
-    if !large && (space != h.old_space || size != h.alignment) {
+    if !large && (!h.paged_spaces.contains(&space) || size != h.alignment) {
         return None;
     }
     Some((
@@ -79,6 +82,7 @@ fn read_header(memory: &ProcessMemory, layout: &CensusLayout, at: u64) -> Option
             area_start,
             area_end,
             large,
+            trusted: h.trusted_spaces.contains(&space),
         },
     ))
 }

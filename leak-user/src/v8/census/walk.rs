@@ -6,8 +6,9 @@
 //! next word that points at a valid map and counts the bytes in between as
 //! unparsed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use super::groups::ScopeInfoIndex;
 use super::layout::CensusLayout;
 use super::pages::Page;
 use crate::v8::memory::{ProcessMemory, MAX_READ};
@@ -47,7 +48,7 @@ pub struct Walker<'a> {
     pub memory: &'a ProcessMemory,
     pub layout: &'a CensusLayout,
     maps: HashMap<u64, Option<MapInfo>>,
-    meta_map: Option<u64>,
+    meta_maps: HashSet<u64>,
     pub bytes_read: u64,
     /// Read large objects whole (up to [`MAX_READ`]), not only their heads.
     pub read_large_objects_whole: bool,
@@ -78,14 +79,14 @@ impl<'a> Walker<'a> {
             memory,
             layout,
             maps: HashMap::new(),
-            meta_map: None,
+            meta_maps: HashSet::new(),
             bytes_read: 0,
             read_large_objects_whole: false,
         }
     }
 
-    /// The map at tagged `map`, when it is one: its own map is the meta map
-    /// (the one map that is its own map).
+    /// The map at tagged `map`, when it is one: its own map is a meta map
+    /// (a map that is its own map).
     pub fn map_info(&mut self, map: u64) -> Option<MapInfo> {
         if map & 3 != 1 {
             return None;
@@ -101,20 +102,14 @@ impl<'a> Walker<'a> {
     fn read_map(&mut self, map: u64) -> Option<MapInfo> {
         let l = self.layout;
         let offsets = l.frames.offsets;
+        // A meta map is its own map. V8 11 has one; V8 12 on, one per
+        // native context too, for the maps of that context's JS objects.
         let map_of_map = self.memory.u64(map - 1 + offsets.map)?;
-        let meta = match self.meta_map {
-            Some(meta) => meta,
-            None => {
-                let meta = self.memory.u64(map_of_map.checked_sub(1)? + offsets.map)?;
-                if meta != map_of_map || meta & 3 != 1 {
-                    return None;
-                }
-                self.meta_map = Some(meta);
-                meta
+        if !self.meta_maps.contains(&map_of_map) {
+            if map_of_map & 3 != 1 || self.memory.u64(map_of_map - 1 + offsets.map)? != map_of_map {
+                return None;
             }
-        };
-        if map_of_map != meta {
-            return None;
+            self.meta_maps.insert(map_of_map);
         }
         let instance_type = self.memory.u16(map - 1 + offsets.instance_type)?;
         let words = self.memory.bytes(map - 1 + l.map_instance_size_words, 1)?[0];
@@ -162,8 +157,26 @@ impl<'a> Walker<'a> {
         if l.is_fixed_array_like(instance_type) || instance_type == t.fixed_double_array {
             return Some(header + 8 * length_smi()?);
         }
+        if let Some(&(_, array_header)) = t.capacity_arrays.iter().find(|(ty, _)| *ty == Some(instance_type)) {
+            return Some(array_header + 8 * length_smi()?);
+        }
+        let int32_at = |at: usize| {
+            head.get(at..at + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        };
         match instance_type {
-            x if x == t.byte_array => Some(round(header + length_smi()?)),
+            x if x == t.byte_array || Some(x) == t.trusted_byte_array => Some(round(header + length_smi()?)),
+            // map, bit field (sign, then 30 bits of length), then 64-bit digits.
+            x if Some(x) == t.big_int => Some(16 + 8 * u64::from(int32_at(8)? >> 1 & 0x3fff_ffff)),
+            // map, data length, children length (int32s), the data, then tagged children.
+            x if Some(x) == t.preparse_data => Some(round(16 + u64::from(int32_at(8)?)) + 8 * u64::from(int32_at(12)?)),
+            // map, slot count, closure slot count (int32s), then the slot
+            // kinds, six of 5 bits per int32.
+            x if x == t.scope_info => {
+                let slots = ScopeInfoIndex::read(l, |i| word_at(head, 8 + 8 * i as usize))?.slots;
+                Some(8 + 8 * slots)
+            }
+            x if x == t.feedback_metadata => Some(round(16 + 4 * u64::from(int32_at(8)?).div_ceil(6))),
             x if x == t.bytecode_array => Some(round(l.frames.offsets.bytecode_data + length_smi()?)),
             x if x == t.free_space => length_smi(),
             // map, capacity, length, then the slots.
