@@ -94,6 +94,7 @@ struct Session {
     /// `--max-overhead` (%) and the meter, when the budget is enforced.
     budget: Option<(f64, OverheadMeter)>,
     switched: Option<report::ModeSwitch>,
+    growth_start: Option<report::GrowthStart>,
     detaching: Option<std::thread::JoinHandle<()>>,
     started: Instant,
 }
@@ -177,6 +178,7 @@ impl Session {
             max_overhead_pct: *max_overhead_pct,
             peak_overhead_pct: meter.peak_pct,
             switched: self.switched.clone(),
+            growth_start: self.growth_start.clone(),
         })
     }
 }
@@ -365,9 +367,10 @@ pub struct Load {
 }
 
 pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
-    let plan = Plan::resolve(args.mode, args.sample_bytes, args.max_overhead, args.command.is_empty())?;
+    let mut plan = Plan::resolve(args.mode, args.sample_bytes, args.max_overhead, args.command.is_empty())?;
     preflight::check()?;
     let attach_started = Instant::now();
+    let cpu_before = args.pid.filter(|_| plan.auto).and_then(mode::CpuBeforeAttach::read);
     let (target, mut launched, modules) = if args.command.is_empty() {
         let pid = args.pid.context("either -p PID or -- COMMAND is required")?;
         let target = target::existing(pid)?;
@@ -379,6 +382,13 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         (launched.target.clone(), Some(launched), modules)
     };
     let v8_target = modules.node.as_ref().map(|node| v8::target(target.pid, node));
+    let growth_start = match (&modules.node, cpu_before) {
+        (Some(_), Some(before)) => before.cores_since().and_then(|cores| plan.start_for_node(cores)),
+        _ => None,
+    };
+    if let Some(start) = &growth_start {
+        eprintln!("leakscope: PID {}: {}", target.pid, start.describe());
+    }
     let v8_pages = v8_target.as_ref().map(|t| t.pages);
     let js_namer = v8_target.and_then(|t| t.namer);
     let mut census = modules
@@ -452,6 +462,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         measure: plan.start,
         budget,
         switched: None,
+        growth_start,
         detaching: None,
         started,
     };
