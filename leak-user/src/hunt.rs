@@ -91,8 +91,10 @@ struct Session {
     probes: Vec<AttachedProbe>,
     links: Links,
     measure: Measure,
-    /// `--max-overhead` (%) and the meter, when the budget is enforced.
-    budget: Option<(f64, OverheadMeter)>,
+    /// `--max-overhead` (%) and the meter, when the budget is enforced; no
+    /// meter when the hunt starts in growth mode (nothing to meter, and its
+    /// run-time statistics would slow every BPF program on the machine).
+    budget: Option<(f64, Option<OverheadMeter>)>,
     switched: Option<report::ModeSwitch>,
     growth_start: Option<report::GrowthStart>,
     detaching: Option<std::thread::JoinHandle<()>>,
@@ -103,7 +105,7 @@ impl Session {
     /// Checks the probes' cost against the budget; over it, moves to growth
     /// mode: per-call events from then on are ignored, their sites' series end.
     fn enforce_budget(&mut self, collector: &mut Collector, timeline: &mut Timeline) -> Result<()> {
-        let Some((max_pct, meter)) = self.budget.as_mut().filter(|_| self.measure != Measure::Growth) else {
+        let Some((max_pct, Some(meter))) = self.budget.as_mut().filter(|_| self.measure != Measure::Growth) else {
             return Ok(());
         };
         let counters = Counters::read(&self.ebpf)?;
@@ -176,7 +178,7 @@ impl Session {
         let (max_overhead_pct, meter) = self.budget.as_ref()?;
         Some(report::Overhead {
             max_overhead_pct: *max_overhead_pct,
-            peak_overhead_pct: meter.peak_pct,
+            peak_overhead_pct: meter.as_ref().map_or(0.0, |m| m.peak_pct),
             switched: self.switched.clone(),
             growth_start: self.growth_start.clone(),
         })
@@ -451,9 +453,10 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
             plan.start.name()
         )
     };
-    let budget = plan
-        .max_overhead_pct
-        .map(|pct| (pct, OverheadMeter::new(target.pid, &probes)));
+    let budget = plan.max_overhead_pct.map(|pct| {
+        let meter = (plan.start != Measure::Growth).then(|| OverheadMeter::new(target.pid, &probes));
+        (pct, meter)
+    });
     let mut session = Session {
         ebpf,
         pid: target.pid,

@@ -21,7 +21,11 @@ pub(super) fn hunt_modes(plan: &Plan, tools: &Tools) -> Result<Section> {
          /proc) over the requests wrk counted; the traced runs include the probes' cost, which runs in node's time.",
         plan.load_secs, plan.load_reps
     );
-    let header = ["CPU per request (median)", "× untraced CPU", "started in growth; switched to growth"];
+    let header = [
+        "CPU per request (median)",
+        "× untraced CPU",
+        "started in growth; switched to growth",
+    ];
     let mut section = match Section::for_node_service(TITLE, about, &header, tools) {
         Ok(section) => section,
         Err(unavailable) => return Ok(*unavailable),
