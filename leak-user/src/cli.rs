@@ -244,8 +244,12 @@ pub struct WatchArgs {
     /// Length of an escalated hunt.
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "60")]
     pub hunt_duration: Duration,
-    /// Sampling interval of an escalated hunt: its overhead budget (a larger
-    /// interval costs less and estimates small sites less precisely).
+    /// What an escalated hunt measures (as `hunt --mode`); auto keeps it
+    /// within the default overhead budget.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub hunt_mode: Mode,
+    /// Sampling interval of an escalated hunt in auto or sampled mode (a
+    /// larger interval costs less and estimates small sites less precisely).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "512KiB")]
     pub hunt_sample_bytes: u64,
     /// At most one hunt per process in this period.

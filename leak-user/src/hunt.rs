@@ -91,9 +91,12 @@ struct Session {
     probes: Vec<AttachedProbe>,
     links: Links,
     measure: Measure,
-    /// `--max-overhead` (%) and the meter, when the budget is enforced.
-    budget: Option<(f64, OverheadMeter)>,
+    /// `--max-overhead` (%) and the meter, when the budget is enforced; no
+    /// meter when the hunt starts in growth mode (nothing to meter, and its
+    /// run-time statistics would slow every BPF program on the machine).
+    budget: Option<(f64, Option<OverheadMeter>)>,
     switched: Option<report::ModeSwitch>,
+    growth_start: Option<report::GrowthStart>,
     detaching: Option<std::thread::JoinHandle<()>>,
     started: Instant,
 }
@@ -102,7 +105,7 @@ impl Session {
     /// Checks the probes' cost against the budget; over it, moves to growth
     /// mode: per-call events from then on are ignored, their sites' series end.
     fn enforce_budget(&mut self, collector: &mut Collector, timeline: &mut Timeline) -> Result<()> {
-        let Some((max_pct, meter)) = self.budget.as_mut().filter(|_| self.measure != Measure::Growth) else {
+        let Some((max_pct, Some(meter))) = self.budget.as_mut().filter(|_| self.measure != Measure::Growth) else {
             return Ok(());
         };
         let counters = Counters::read(&self.ebpf)?;
@@ -175,8 +178,9 @@ impl Session {
         let (max_overhead_pct, meter) = self.budget.as_ref()?;
         Some(report::Overhead {
             max_overhead_pct: *max_overhead_pct,
-            peak_overhead_pct: meter.peak_pct,
+            peak_overhead_pct: meter.as_ref().map_or(0.0, |m| m.peak_pct),
             switched: self.switched.clone(),
+            growth_start: self.growth_start.clone(),
         })
     }
 }
@@ -369,9 +373,10 @@ pub struct Load {
 }
 
 pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
-    let plan = Plan::resolve(args.mode, args.sample_bytes, args.max_overhead, args.command.is_empty())?;
+    let mut plan = Plan::resolve(args.mode, args.sample_bytes, args.max_overhead, args.command.is_empty())?;
     preflight::check()?;
     let attach_started = Instant::now();
+    let cpu_before = args.pid.filter(|_| plan.auto).and_then(mode::CpuBeforeAttach::read);
     let (target, mut launched, modules) = if args.command.is_empty() {
         let pid = args.pid.context("either -p PID or -- COMMAND is required")?;
         let target = target::existing(pid)?;
@@ -383,6 +388,13 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         (launched.target.clone(), Some(launched), modules)
     };
     let v8_target = modules.node.as_ref().map(|node| v8::target(target.pid, node));
+    let growth_start = match (&modules.node, cpu_before) {
+        (Some(_), Some(before)) => before.cores_since().and_then(|cores| plan.start_for_node(cores)),
+        _ => None,
+    };
+    if let Some(start) = &growth_start {
+        eprintln!("leakscope: PID {}: {}", target.pid, start.describe());
+    }
     let v8_pages = v8_target.as_ref().map(|t| t.pages);
     let js_namer = v8_target.and_then(|t| t.namer);
     let mut census = modules
@@ -445,9 +457,10 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
             plan.start.name()
         )
     };
-    let budget = plan
-        .max_overhead_pct
-        .map(|pct| (pct, OverheadMeter::new(target.pid, &probes)));
+    let budget = plan.max_overhead_pct.map(|pct| {
+        let meter = (plan.start != Measure::Growth).then(|| OverheadMeter::new(target.pid, &probes));
+        (pct, meter)
+    });
     let mut session = Session {
         ebpf,
         pid: target.pid,
@@ -456,6 +469,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         measure: plan.start,
         budget,
         switched: None,
+        growth_start,
         detaching: None,
         started,
     };

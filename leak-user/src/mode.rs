@@ -8,7 +8,10 @@
 //! judged by the few microseconds it ran). For a service that is busy on its
 //! CPUs that share is the throughput it loses.
 
-use std::{os::fd::OwnedFd, time::Instant};
+use std::{
+    os::fd::OwnedFd,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Result};
 use aya::Ebpf;
@@ -17,6 +20,7 @@ use crate::{
     attach::{AttachedProbe, Counters, Links, ProbeSet, ProbeStatus},
     cli::Mode,
     placement::Handling,
+    report::GrowthStart,
 };
 
 /// Keeps a busy service at >= 90% of its throughput.
@@ -69,6 +73,8 @@ impl Measure {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Plan {
     pub start: Measure,
+    /// `--mode auto`: the start may be chosen from the target (`start_for_node`).
+    pub auto: bool,
     /// The budget, in % of the target's CPU time; None: not enforced.
     pub max_overhead_pct: Option<f64>,
 }
@@ -107,8 +113,63 @@ impl Plan {
         };
         Ok(Plan {
             start,
+            auto: mode == Mode::Auto,
             max_overhead_pct,
         })
+    }
+
+    /// Auto mode on a Node target that used `cores` of CPU before the hunt:
+    /// when its per-call probes would take more than the budget, starts in
+    /// growth mode instead of paying for them until the first budget window
+    /// (and their verification when loading), and says why.
+    pub fn start_for_node(&mut self, cores: f64) -> Option<GrowthStart> {
+        let max_pct = self
+            .max_overhead_pct
+            .filter(|_| self.auto && self.start != Measure::Growth)?;
+        // The meter's share: at least one CPU-second per second.
+        let predicted_pct = 100.0 * NODE_PROBES_PER_CPU * cores / cores.max(1.0);
+        if predicted_pct <= max_pct {
+            return None;
+        }
+        self.start = Measure::Growth;
+        Some(GrowthStart {
+            target_cpu_pct: 100.0 * cores,
+            predicted_overhead_pct: predicted_pct,
+        })
+    }
+}
+
+/// The CPU time of Node's per-call probes (malloc family and Buffer
+/// allocator, trapped on every call whether sampled or not) per CPU-second
+/// of node's own: the HTTP service of BENCHMARKS §5 took 6.5× its untraced
+/// CPU per request in exact mode.
+const NODE_PROBES_PER_CPU: f64 = 5.5;
+/// How long a target's CPU time is read before attaching, at least: long
+/// enough for /proc's 10 ms ticks to resolve a few % of a core.
+const BUSY_WINDOW: Duration = Duration::from_millis(300);
+
+/// A target's CPU time at a moment before attaching.
+pub struct CpuBeforeAttach {
+    pid: u32,
+    at: Instant,
+    cpu_s: f64,
+}
+
+impl CpuBeforeAttach {
+    pub fn read(pid: u32) -> Option<CpuBeforeAttach> {
+        Some(CpuBeforeAttach {
+            pid,
+            at: Instant::now(),
+            cpu_s: cpu_seconds(pid)?,
+        })
+    }
+
+    /// Cores the target used since `read` (waiting out the rest of
+    /// `BUSY_WINDOW` first); None once it is gone.
+    pub fn cores_since(&self) -> Option<f64> {
+        std::thread::sleep(BUSY_WINDOW.saturating_sub(self.at.elapsed()));
+        let cpu_s = cpu_seconds(self.pid)?;
+        Some((cpu_s - self.cpu_s) / self.at.elapsed().as_secs_f64())
     }
 }
 
@@ -232,6 +293,7 @@ mod tests {
             plan(None, None, None, true),
             Plan {
                 start: Measure::Exact,
+                auto: true,
                 max_overhead_pct: Some(DEFAULT_MAX_OVERHEAD_PCT)
             }
         );
@@ -246,6 +308,7 @@ mod tests {
             plan(Some(Mode::Auto), Some(4096), None, false),
             Plan {
                 start: Measure::Sampled { mean_bytes: 4096 },
+                auto: true,
                 max_overhead_pct: Some(DEFAULT_MAX_OVERHEAD_PCT)
             }
         );
@@ -257,5 +320,26 @@ mod tests {
         assert_eq!((growth.start, growth.max_overhead_pct), (Measure::Growth, None));
         assert!(Plan::resolve(Some(Mode::Exact), Some(4096), None, true).is_err());
         assert!(Plan::resolve(Some(Mode::Growth), Some(4096), None, true).is_err());
+    }
+
+    #[test]
+    fn auto_starts_a_busy_node_target_in_growth_mode() {
+        let auto = || Plan::resolve(None, None, None, true).unwrap();
+        // Idle (a test fixture waiting for a signal): per-call probes fit.
+        let mut idle = auto();
+        assert_eq!(idle.start_for_node(0.001), None);
+        assert_eq!(idle.start, Measure::Exact);
+        // 5 % of a core: the probes would take ~27 % of the meter's CPU-second.
+        let mut busy = auto();
+        let why = busy.start_for_node(0.05).unwrap();
+        assert_eq!(busy.start, Measure::Growth);
+        assert!((why.predicted_overhead_pct - 27.5).abs() < 1e-9, "{why:?}");
+        // An explicit mode is what the user asked for.
+        let mut exact = Plan::resolve(Some(Mode::Exact), None, Some(10.0), true).unwrap();
+        assert_eq!(exact.start_for_node(2.0), None);
+        assert_eq!(exact.start, Measure::Exact);
+        // A budget above the probes' cost keeps them.
+        let mut generous = Plan::resolve(None, None, Some(600.0), true).unwrap();
+        assert_eq!(generous.start_for_node(3.0), None);
     }
 }

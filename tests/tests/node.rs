@@ -1592,3 +1592,87 @@ fn check_perf_map_agreement(node: PathBuf) {
     });
     finish(v, &run);
 }
+
+/// `hunt -p PID` with the defaults on a Node fixture already busy when it
+/// attaches (its workload started, one progress line printed): auto mode
+/// starts in growth mode, says why, and attaches no per-call probe.
+fn attach_defaults_to_busy(name: &str) -> (Value, String) {
+    const DURATION: &str = "8";
+    let report_path = scratch_dir(&format!("attach-busy-{name}")).join("report.json");
+    let mut cmd = Command::new(node_bin());
+    cmd.args([EXPOSE_GC])
+        .arg(script(name))
+        .arg("--wait")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut target = Proc::spawn(cmd, name);
+    let target_out = target.take_stdout();
+    target_out
+        .wait_for(|l| l == "ready", Duration::from_secs(30))
+        .unwrap_or_else(|why| panic!("{name} never printed ready ({why})"));
+    target.signal(libc::SIGUSR2);
+    target_out
+        .wait_for(|l| l.starts_with("progress "), Duration::from_secs(30))
+        .unwrap_or_else(|why| panic!("{name} never printed progress ({why})"));
+    let mut cmd = Command::new(leakscope_bin());
+    cmd.args(["hunt", "-p", &target.pid().to_string(), "--duration", DURATION])
+        .args(["--format", "json", "-o"])
+        .arg(&report_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut tracer = Proc::spawn(cmd, "leakscope");
+    let tracer_err = tracer.take_stderr();
+    let context = || tracer_err.text(Duration::from_secs(1));
+    let status = tracer.wait_or_panic(Duration::from_secs(120), &context);
+    let stderr = context();
+    assert!(status.success(), "leakscope: {}\n{stderr}", describe_status(status));
+    target.signal(libc::SIGTERM);
+    let text = fs::read_to_string(&report_path).unwrap_or_else(|e| panic!("no report ({e})\n{stderr}"));
+    let report = parse_report(&text, &stderr);
+    assert_eq!(report["mode"], "growth", "{stderr}");
+    assert!(stderr.contains("started in growth mode"), "{stderr}");
+    let start = &report["overhead"]["growth_start"];
+    assert!(
+        start["predicted_overhead_pct"].as_f64().unwrap() > report["overhead"]["max_overhead_pct"].as_f64().unwrap(),
+        "{start}"
+    );
+    assert!(report["overhead"]["switched"].is_null(), "{}", report["overhead"]);
+    for probe_name in LIBC_PROBES.iter().chain(ARRAYBUFFER_ALLOCATORS) {
+        assert!(
+            probe(&report, probe_name).is_none(),
+            "{probe_name} probed: {}",
+            report["probes"]
+        );
+    }
+    (report, stderr)
+}
+
+/// `attach_defaults_to_busy(name)` finds a growing pages_touched site whose
+/// stack has a frame containing `needle`.
+fn assert_busy_attach_finds(name: &str, needle: &str) {
+    let (report, stderr) = attach_defaults_to_busy(name);
+    let growing = sites_of(&report, "pages_touched")
+        .filter(|s| frame_functions(s).iter().any(|f| f.contains(needle)))
+        .any(|s| GROWS.contains(&s["verdict"].as_str().unwrap_or("")));
+    assert!(
+        growing,
+        "no growing site under {needle}\n{stderr}\n{}",
+        describe_top_sites(&report, 12)
+    );
+}
+
+/// A busy buffers.js: the retained Buffers' pages are found under the
+/// ArrayBuffer allocator, growing, without any Buffer probe.
+#[test]
+fn attach_defaults_to_busy_buffers_finds_the_retained_buffers() {
+    assert_busy_attach_finds("buffers", "NodeArrayBufferAllocator::Allocate");
+}
+
+/// A busy zlib_streams.js: the open deflate streams' pages are found at
+/// zlib's stack, growing, without any malloc probe.
+#[test]
+fn attach_defaults_to_busy_zlib_streams_finds_the_native_leak() {
+    assert_busy_attach_finds("zlib_streams", "deflateInit2");
+}

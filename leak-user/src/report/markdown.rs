@@ -27,6 +27,9 @@ pub fn render(report: &Report, listing: Listing) -> String {
     if let Some(switched) = report.overhead.as_ref().and_then(|o| o.switched.as_ref()) {
         let _ = writeln!(out, "**Overhead budget**: {}\n", switched.describe());
     }
+    if let Some(start) = report.overhead.as_ref().and_then(|o| o.growth_start.as_ref()) {
+        let _ = writeln!(out, "**Overhead budget**: {}\n", start.describe());
+    }
     summary(&mut out, report);
     findings_table(&mut out, report);
     if let Some(node) = &report.node {

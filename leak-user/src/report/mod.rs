@@ -78,6 +78,29 @@ pub struct Overhead {
     pub peak_overhead_pct: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switched: Option<ModeSwitch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth_start: Option<GrowthStart>,
+}
+
+/// Auto mode started in growth mode: the per-call probes were predicted
+/// over the budget from the target's CPU use before attaching.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GrowthStart {
+    /// The target's CPU time over the moments before attaching, in % of a core.
+    pub target_cpu_pct: f64,
+    /// The share of its CPU time the per-call probes would have taken.
+    pub predicted_overhead_pct: f64,
+}
+
+impl GrowthStart {
+    /// Why, in one sentence.
+    pub fn describe(&self) -> String {
+        format!(
+            "started in growth mode: the target used {:.0}% of a core before the hunt, at which Node's per-call \
+             probes would take ~{:.0}% of its CPU time, over the budget; no malloc or Buffer probe was attached.",
+            self.target_cpu_pct, self.predicted_overhead_pct
+        )
+    }
 }
 
 /// The per-call probes cost more than the budget and were detached.
@@ -98,7 +121,7 @@ impl ModeSwitch {
     /// When, why and what changed, in one sentence.
     pub fn describe(&self) -> String {
         format!(
-            "switched from {} to {} mode at {:.1} s: the probes took {:.1}% of the target's CPU time, over the budget;              detached {}, attached {}. Heap (malloc) sites show the state of that moment.",
+            "switched from {} to {} mode at {:.1} s: the probes took {:.1}% of the target's CPU time, over the budget; detached {}, attached {}. Heap (malloc) sites show the state of that moment.",
             self.from,
             self.to,
             self.at_s,

@@ -57,6 +57,9 @@ pub fn render(report: &Report, listing: Listing) -> String {
         if let Some(switched) = &overhead.switched {
             let _ = writeln!(out, "{}", switched.describe());
         }
+        if let Some(start) = &overhead.growth_start {
+            let _ = writeln!(out, "{}", start.describe());
+        }
     }
     if let Some(mean) = report.sample_bytes {
         let _ = writeln!(

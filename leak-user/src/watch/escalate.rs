@@ -23,6 +23,7 @@ const MARKDOWN_LISTING: report::Listing = report::Listing {
 
 pub struct HuntPlan {
     pub duration: Duration,
+    pub mode: Mode,
     pub sample_bytes: u64,
     pub reports: PathBuf,
 }
@@ -33,9 +34,10 @@ pub struct HuntPlan {
 pub fn hunt_and_report(alert: &Alert, plan: &HuntPlan) -> Result<PathBuf> {
     let mut args = HuntArgs::attaching(alert.pid);
     args.duration = Some(plan.duration);
-    // Auto: sampled within the default overhead budget, growth mode beyond it.
-    args.mode = Some(Mode::Auto);
-    args.sample_bytes = Some(plan.sample_bytes);
+    args.mode = Some(plan.mode);
+    if matches!(plan.mode, Mode::Auto | Mode::Sampled) {
+        args.sample_bytes = Some(plan.sample_bytes);
+    }
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace(['-', ':'], "");

@@ -361,6 +361,7 @@ impl<'a> Daemon<'a> {
         );
         let plan = HuntPlan {
             duration: self.args.hunt_duration,
+            mode: self.args.hunt_mode,
             sample_bytes: self.args.hunt_sample_bytes,
             reports: self.args.reports.clone(),
         };
