@@ -92,6 +92,12 @@ pub fn fixture_source(name: &str) -> PathBuf {
     workspace_root().join("tests/fixtures").join(format!("{name}.c"))
 }
 
+/// The strings of a JSON array (none if it is not one).
+pub fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map_or_else(Vec::new, |a| a.iter().filter_map(Value::as_str).collect())
+}
+
 /// A fresh directory under `target/leakscope-tests/` for one run's files.
 pub fn scratch_dir(label: &str) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -221,12 +221,7 @@ fn the_budget_moves_a_busy_target_to_growth_mode() {
         (&"exact".into(), &"growth".into())
     );
     assert!(switched["overhead_pct"].as_f64().unwrap() > 10.0, "{switched}");
-    let detached: Vec<&str> = switched["detached"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let detached = strings(&switched["detached"]);
     assert!(
         detached.contains(&"malloc") && detached.contains(&"free"),
         "{detached:?}"

@@ -81,10 +81,7 @@ fn num(v: &Value, key: &str) -> u64 {
 }
 
 fn paths(g: &Value) -> Vec<&str> {
-    g["retained_by"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default()
+    strings(&g["retained_by"])
 }
 
 fn within(actual: u64, truth: u64, fraction: f64) -> bool {

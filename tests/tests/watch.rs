@@ -1197,12 +1197,7 @@ fn escalated_hunt_of_a_node_target_takes_heap_censuses() {
         let (first, last) = (g["count_first"].as_u64().unwrap(), g["count_last"].as_u64().unwrap());
         assert!(last > first, "{name}: {g}\n{}", context());
         assert!(matches!(g["verdict"].as_str(), Some("leak" | "growing")), "{name}: {g}");
-        let paths: Vec<&str> = g["retained_by"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let paths = strings(&g["retained_by"]);
         assert!(
             paths.iter().any(|p| p.contains(holder)),
             "{name}: {paths:?}\n{}",
