@@ -84,7 +84,7 @@ pub struct HuntArgs {
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
     pub max_overhead: Option<f64>,
     /// Ring buffer size shared by all CPUs; raise it if drops are reported.
-    /// Default: 16, or 64 when JS frames are named (a stack through JS
+    /// Default: 8, or 64 when JS frames are named (a stack through JS
     /// frames is a 4 KiB record, with its V8 slots). Its pages count in
     /// leakscope's RSS twice (they are mapped twice).
     #[arg(long, value_name = "MIB")]

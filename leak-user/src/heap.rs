@@ -13,6 +13,10 @@ use leak_common::Probe;
 
 use crate::symbolize::MAX_SKIPPED;
 
+mod blocks;
+
+use blocks::{Block, Blocks};
+
 pub const PAGE_SIZE: u64 = 4096;
 
 /// What kind of memory a site holds.
@@ -90,30 +94,8 @@ impl SiteKey {
 /// Index into `Heap::sites`.
 pub type SiteId = u32;
 
-/// One outstanding heap block, kept small: a hunt may hold millions. Its
-/// sampling weight is not stored, since it follows from its size.
-#[derive(Clone, Copy, Debug)]
-struct Block {
-    /// [`HUGE`]: the size is in `Heap::huge_sizes`.
-    size: u32,
-    site: SiteId,
-    ts_ns: u64,
-}
-
-/// The block's size does not fit a u32.
+/// A block's size that does not fit a u32: the size is in `Heap::huge_sizes`.
 const HUGE: u32 = u32::MAX;
-
-/// The block table is split in this many shards, each growing on its own:
-/// one table of a million entries copies itself whole when it doubles,
-/// which doubles leakscope's peak memory for that moment.
-const BLOCK_SHARDS: usize = 64;
-
-type BlockTable = HashMap<u64, Block, foldhash::fast::FixedState>;
-
-fn shard_of(addr: u64) -> usize {
-    // Fibonacci hashing spreads 16-byte-aligned and page-aligned addresses alike.
-    ((addr >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % BLOCK_SHARDS
-}
 
 /// A live page range; pieces of one partially unmapped mapping share `origin`.
 #[derive(Clone, Copy, Debug)]
@@ -139,7 +121,7 @@ pub struct SiteTotals {
 pub struct Heap {
     sites: Vec<SiteKey>,
     site_ids: HashMap<SiteKey, SiteId>,
-    blocks: Vec<BlockTable>,
+    blocks: Blocks,
     /// Sizes of blocks of 4 GiB or more, by address.
     huge_sizes: HashMap<u64, u64>,
     /// The mean sampling interval in sampled mode: blocks weigh
@@ -188,7 +170,7 @@ impl Heap {
         Heap {
             sites: Vec::new(),
             site_ids: HashMap::new(),
-            blocks: (0..BLOCK_SHARDS).map(|_| BlockTable::default()).collect(),
+            blocks: Blocks::default(),
             huge_sizes: HashMap::new(),
             sample_mean,
             ranges: BTreeMap::new(),
@@ -200,9 +182,9 @@ impl Heap {
 
     /// Every outstanding block, with its size and weight.
     fn blocks(&self) -> impl Iterator<Item = (u64, &Block, f64)> + '_ {
-        self.blocks.iter().flatten().map(|(&addr, b)| {
+        self.blocks.iter().map(|b| {
             let size = match b.size {
-                HUGE => self.huge_sizes[&addr],
+                HUGE => self.huge_sizes[&b.addr],
                 size => u64::from(size),
             };
             (size, b, f64::from(self.weight(b.site, size)))
@@ -241,27 +223,22 @@ impl Heap {
         let stored = u32::try_from(size).ok().filter(|&s| s != HUGE).unwrap_or(HUGE);
         if stored == HUGE {
             self.huge_sizes.insert(addr, size);
-        } else if !self.huge_sizes.is_empty() {
+        }
+        let replaced = self.blocks.insert(Block {
+            addr,
+            ts_ns,
+            size: stored,
+            site,
+        });
+        if replaced.is_some_and(|old| old.size == HUGE) && stored != HUGE {
             self.huge_sizes.remove(&addr);
         }
-        self.blocks[shard_of(addr)].insert(
-            addr,
-            Block {
-                size: stored,
-                site,
-                ts_ns,
-            },
-        );
     }
 
     /// The block at `addr` was freed by a call that began at `entry_ns`.
     pub fn free(&mut self, addr: u64, entry_ns: u64) {
-        let shard = &mut self.blocks[shard_of(addr)];
-        let Some(block) = shard.get(&addr).filter(|b| b.ts_ns < entry_ns).copied() else {
-            return;
-        };
-        shard.remove(&addr);
-        if block.size == HUGE {
+        let freed = self.blocks.remove_if(addr, |b| b.ts_ns < entry_ns);
+        if freed.is_some_and(|b| b.size == HUGE) {
             self.huge_sizes.remove(&addr);
         }
     }

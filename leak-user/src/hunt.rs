@@ -409,7 +409,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         pid: target.pid,
         ring_buffer_bytes: args
             .ring_buffer_mib
-            .unwrap_or(if js_namer.is_some() { 64 } else { 16 })
+            .unwrap_or(if js_namer.is_some() { 64 } else { 8 })
             .max(1)
             * 1024
             * 1024,
@@ -427,6 +427,13 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         );
     }
     log::info!("loaded and attached in {:.3} s", attach_started.elapsed().as_secs_f64());
+    // Loading parsed ELF, BTF and the eBPF object: glibc keeps the freed
+    // heap unless asked, and the hunt's model would grow on top of it.
+    // SAFETY: malloc_trim only releases free memory.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
+    };
     let attached = probes.iter().filter(|p| p.status == ProbeStatus::Attached).count();
     for p in probes
         .iter()

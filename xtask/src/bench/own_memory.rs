@@ -58,8 +58,8 @@ pub(super) fn own_memory(_plan: &Plan, tools: &Tools) -> Result<Section> {
             peak,
             64.0,
             " MiB",
-            "VmHWM includes the ring buffer's pages, mapped twice (2 × its size once the reader has wrapped \
-             around it), and leakscope's own baseline.",
+            "VmHWM includes the ring buffer's pages, mapped twice and resident from the moment it is \
+             mapped (2 × its size), and leakscope's own baseline.",
         ));
     }
 
