@@ -556,7 +556,12 @@ impl JsNamer {
             return None;
         }
         let tier = if kind == layout.kind_baseline {
-            let bytecode_array = self.field(code, layout.deoptimization_data)?;
+            let mut bytecode_array = self.field(code, layout.deoptimization_data)?;
+            // With --interpreted-frames-native-stack: InterpreterData, the
+            // bytecode array its first field after the map.
+            if Some(self.instance_type(bytecode_array)?) == layout.interpreter_data_type {
+                bytecode_array = self.field(bytecode_array, 8)?;
+            }
             let bytecodes = self.baseline_bytecodes(table, bytecode_array)?;
             Tier::Baseline {
                 bytecode_array,

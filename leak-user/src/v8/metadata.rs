@@ -399,6 +399,9 @@ pub struct CodeLayout {
     pub inlining_positions_index: u64,
     pub literal_array_type: u16,
     pub inlining_positions_type: u16,
+    /// What baseline code points at instead of its BytecodeArray under
+    /// `--interpreted-frames-native-stack`.
+    pub interpreter_data_type: Option<u16>,
 }
 
 impl CodeLayout {
@@ -458,6 +461,7 @@ impl CodeLayout {
             } else {
                 s.instance_type("TrustedByteArray")?
             },
+            interpreter_data_type: s.instance_type("InterpreterData"),
         })
     }
 }
