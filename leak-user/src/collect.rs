@@ -26,7 +26,7 @@ pub struct Collector {
     /// The JS frames of the stacks that pass through JS, by content hash,
     /// indexed like the stack's frames; named as they arrive, while the
     /// objects their slots point at are still where they were.
-    js_frames: HashMap<u64, Vec<Option<JsFrame>>>,
+    js_frames: HashMap<u64, Vec<Vec<JsFrame>>>,
     /// Names JS frames in a Node target whose V8 is known.
     js_namer: Option<JsNamer>,
     pub events: u64,
@@ -97,8 +97,13 @@ impl Collector {
                     let len = (stack.frames_len as usize).min(MAX_STACK_FRAMES);
                     self.stacks.insert(stack.hash, stack.frames[..len].to_vec());
                     if let Some(namer) = &mut self.js_namer {
-                        let js: Vec<Option<JsFrame>> = stack.js[..len].iter().map(|slots| namer.name(slots)).collect();
-                        if js.iter().any(Option::is_some) {
+                        // Frame k's JS slots are of the function its return address is in.
+                        let js: Vec<Vec<JsFrame>> = stack.js[..len]
+                            .iter()
+                            .zip(&stack.frames[..len])
+                            .map(|(slots, &pc)| namer.name(slots, pc))
+                            .collect();
+                        if js.iter().any(|frames| !frames.is_empty()) {
                             self.js_frames.insert(stack.hash, js);
                         }
                     }
@@ -316,14 +321,14 @@ impl Collector {
 
     /// The JS frames of a stack, aligned with `completed_stack(hash,
     /// skipped)`; empty when it has none.
-    pub fn js_frames(&self, hash: u64, skipped: &[u64; MAX_SKIPPED]) -> Vec<Option<&JsFrame>> {
+    pub fn js_frames(&self, hash: u64, skipped: &[u64; MAX_SKIPPED]) -> Vec<&[JsFrame]> {
         let Some(js) = self.js_frames.get(&hash) else {
             return Vec::new();
         };
-        let mut aligned: Vec<Option<&JsFrame>> = js.iter().map(Option::as_ref).collect();
+        let mut aligned: Vec<&[JsFrame]> = js.iter().map(Vec::as_slice).collect();
         let inserted = skipped.iter().filter(|&&a| a != 0).count();
         if !aligned.is_empty() {
-            aligned.splice(1..1, std::iter::repeat_n(None, inserted));
+            aligned.splice(1..1, std::iter::repeat_n(&[][..], inserted));
         }
         aligned
     }
@@ -340,7 +345,7 @@ impl Collector {
     }
 
     /// The JS frames of a page-fault stack, aligned with `fault_stack`.
-    pub fn fault_js_frames(&self, hash: u64) -> Vec<Option<&JsFrame>> {
+    pub fn fault_js_frames(&self, hash: u64) -> Vec<&[JsFrame]> {
         self.js_frames(hash, self.fault_callers.get(&hash).unwrap_or(&[0; MAX_SKIPPED]))
     }
 

@@ -970,34 +970,43 @@ fn command_line() -> String {
     std::env::args().map(quote).collect::<Vec<_>>().join(" ")
 }
 
-/// A report frame. A JS frame that V8 itself named takes that name (the
+/// The report frames of one machine frame. JS frames that V8 itself named
+/// take those names, one frame per inlining level, innermost first (the
 /// perf map, if any, named the same code: tests/tests/node.rs checks that
 /// they agree). In a Node target, code outside every file and absent from
 /// the perf map is JIT code all the same.
-fn js_or_native(mut frame: Frame, js: Option<&JsFrame>, is_node: bool) -> Frame {
-    if let Some(js) = js {
-        frame.function = Some(js.function.clone());
-        frame.file = js.script.clone();
-        frame.line = js.line;
-        frame.column = js.column;
-        frame.module = Some(JIT_MODULE.to_string());
-    } else if is_node && frame.function.is_none() && frame.module.is_none() {
-        frame.function = Some("[v8 jit]".to_string());
+fn js_or_native(mut frame: Frame, js: &[JsFrame], is_node: bool) -> Vec<Frame> {
+    if js.is_empty() {
+        if is_node && frame.function.is_none() && frame.module.is_none() {
+            frame.function = Some("[v8 jit]".to_string());
+        }
+        return vec![frame];
     }
-    frame
+    js.iter()
+        .enumerate()
+        .map(|(level, named)| Frame {
+            address: frame.address.clone(),
+            function: Some(named.function.clone()),
+            file: named.script.clone(),
+            line: named.line,
+            column: named.column,
+            module: Some(JIT_MODULE.to_string()),
+            inlined: level + 1 < js.len(),
+        })
+        .collect()
 }
 
 /// The report frames of a symbolized stack and its JS frames (aligned, or
 /// empty): one per function, inlined ones included.
-pub(crate) fn frames(symbolized: Vec<crate::symbolize::Frame>, js: &[Option<&JsFrame>], is_node: bool) -> Vec<Frame> {
+pub(crate) fn frames(symbolized: Vec<crate::symbolize::Frame>, js: &[&[JsFrame]], is_node: bool) -> Vec<Frame> {
     symbolized
         .into_iter()
         .enumerate()
         .flat_map(|(i, f)| {
-            let js = js.get(i).copied().flatten();
-            // JIT code has no inlined levels: a JS name replaces the one frame.
-            Frame::expand(f).map(move |frame| match frame.inlined {
-                true => frame,
+            let js = js.get(i).copied().unwrap_or_default();
+            // JIT code has no DWARF inlined levels: JS names replace the one frame.
+            Frame::expand(f).flat_map(move |frame| match frame.inlined {
+                true => vec![frame],
                 false => js_or_native(frame, js, is_node),
             })
         })

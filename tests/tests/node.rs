@@ -1228,22 +1228,31 @@ fn js_chain(leaf: JsFrame) -> Vec<JsFrame> {
     ]
 }
 
+/// The report frames of `site` in js_frames.js, innermost first.
+fn fixture_frames(site: &Value) -> impl Iterator<Item = &Value> {
+    site["frames"].as_array().into_iter().flatten().filter(|f| {
+        f["file"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/tests/fixtures/node/js_frames.js"))
+    })
+}
+
 /// The frames of `site` in js_frames.js, innermost first.
 fn fixture_js_frames(site: &Value) -> Vec<JsFrame> {
-    site["frames"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|f| {
-            f["file"]
-                .as_str()
-                .is_some_and(|p| p.ends_with("/tests/fixtures/node/js_frames.js"))
-        })
+    fixture_frames(site)
         .map(|f| JsFrame {
             function: f["function"].as_str().unwrap_or("").to_string(),
             line: f["line"].as_u64().unwrap_or(0),
             column: f["column"].as_u64().unwrap_or(0),
         })
+        .collect()
+}
+
+/// Of each frame of `site` in js_frames.js, innermost first: whether it
+/// was inlined into the next one.
+fn fixture_inlined_levels(site: &Value) -> Vec<bool> {
+    fixture_frames(site)
+        .map(|f| f["inlined"].as_bool().unwrap_or(false))
         .collect()
 }
 
@@ -1322,16 +1331,26 @@ fn interpreted_only(node: &Path) -> Vec<&'static str> {
     flags
 }
 
-/// One Node release line, interpreted frames: the JS chain named from the
-/// line's own V8 metadata, the V8 heap's pages per space as V8 itself
-/// counts them (`v8.getHeapSpaceStatistics()` at the fixture's end), and
-/// ArrayBuffer memory to the byte of `process.memoryUsage().arrayBuffers`.
+/// The flags that let every tier run the chain of js_frames.js, TurboFan
+/// last, with the chain inlined into handleUpload (see the fixture).
+const ALL_TIERS: &[&str] = &[EXPOSE_GC, "--allow-natives-syntax"];
+
+/// One Node release line, every tier (interpreted, Sparkplug, Maglev where
+/// the line has it, TurboFan): the JS chain named from the line's own V8
+/// metadata, to the line and column whatever tier ran it, and expanded from
+/// TurboFan's inlining (one frame per level); the V8 heap's pages per space
+/// as V8 itself counts them (`v8.getHeapSpaceStatistics()` at the fixture's
+/// end), and ArrayBuffer memory to the byte of `process.memoryUsage().arrayBuffers`.
 fn check_node_line(node: PathBuf) {
-    let flags = interpreted_only(&node);
-    let run = launch_on(node, "js_frames", &flags, &[]);
+    check_node_line_with(node, ALL_TIERS);
+}
+
+fn check_node_line_with(node: PathBuf, flags: &[&str]) {
+    let run = launch_on(node, "js_frames", flags, &[]);
     let mut v = Verdict::new();
     check_launch_common(&mut v, &run);
     check_js_chains(&mut v, &run);
+    check_inlined_chain(&mut v, &run);
     check_heap_spaces(&mut v, &run);
     let array_buffers = num(&run.summary["mem_end"], "array_buffers");
     let traced = report_arraybuffer_bytes(&run.report);
@@ -1339,6 +1358,22 @@ fn check_node_line(node: PathBuf) {
         format!("arraybuffer bytes {traced}, process.memoryUsage().arrayBuffers {array_buffers} (expected equal)")
     });
     finish(v, &run);
+}
+
+/// Some kept Buffers were allocated by handleUpload's TurboFan code: their
+/// stacks show the method, storeUpload and the arrow inlined into
+/// handleUpload (one machine frame, four report frames).
+fn check_inlined_chain(v: &mut Verdict, run: &NodeRun) {
+    let inlined: u64 = sites_of(&run.report, "arraybuffer")
+        .filter(|site| fixture_inlined_levels(site) == [true, true, true, false])
+        .map(site_bytes)
+        .sum();
+    v.check(inlined > 0, || {
+        format!(
+            "no kept Buffer under the chain inlined into handleUpload (its %GetOptimizationStatus at the end: {})",
+            run.summary["handle_upload_status"]
+        )
+    });
 }
 
 /// All ArrayBuffer memory outstanding at the end.
@@ -1406,70 +1441,12 @@ fn node_line_24() {
     check_node_line(node_line("24.22.3"));
 }
 
+/// Without Sparkplug: on V8 14 some baseline frames return into the
+/// prologue's range of their bytecode offset table, and get no line
+/// (docs/node-reference.md).
 #[test]
 fn node_line_26() {
-    check_node_line(node_line("26.12.1"));
-}
-
-/// Node 24 with its default tiers (Maglev and TurboFan on): the hot chain
-/// is optimized after warm-up and the JIT inlines its small functions.
-/// Optimized frames are named without a line and inlined frames are not
-/// expanded (docs/node-reference.md), so each kept Buffer's stack shows a
-/// part of the known chain. What holds all the same: every Buffer kept is
-/// under a request's stack through js_frames.js; the frames there are the chain's
-/// functions, innermost first, in the chain's order (inlining drops frames,
-/// never reorders or renames them); a frame with a line has its function's
-/// known line and column; and some frames are optimized (no line), or the
-/// run would not test what it is for.
-#[test]
-fn js_frames_optimized_keep_their_names_24() {
-    let run = launch_on(node_line("24.22.3"), "js_frames", &[EXPOSE_GC], &[]);
-    let mut v = Verdict::new();
-    check_launch_common(&mut v, &run);
-    let chain = js_chain(js_frame("keep", "keep-buffer", "alloc("));
-    let kept_bytes = num(&run.summary, "kept_bytes");
-    let (mut held, mut optimized) = (0, 0);
-    for site in sites_of(&run.report, "arraybuffer") {
-        let got = fixture_js_frames(site);
-        // Requests run from a timer; the module's top level (its requires)
-        // runs from the CommonJS loader.
-        let from_loader = site["frames"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|f| f["file"].as_str() == Some("node:internal/modules/cjs/loader"));
-        if got.is_empty() || from_loader {
-            continue;
-        }
-        held += site_bytes(site);
-        // Match each frame to the next chain function of its name.
-        let mut next = 0;
-        for frame in &got {
-            let Some(at) = chain[next..].iter().position(|c| c.function == frame.function) else {
-                v.fail(format!(
-                    "arraybuffer site ({} bytes): JS frames {got:?} are not a part of the chain {chain:?} in order",
-                    site["outstanding_bytes"]
-                ));
-                break;
-            };
-            let known = &chain[next + at];
-            next += at + 1;
-            if frame.line == 0 {
-                optimized += 1;
-            } else {
-                v.check(frame == known, || {
-                    format!("arraybuffer site: frame {frame:?}, expected {known:?} (or no line, if optimized)")
-                });
-            }
-        }
-    }
-    v.check(held == kept_bytes, || {
-        format!("arraybuffer bytes under js_frames.js stacks {held} (expected {kept_bytes}, what the fixture keeps)")
-    });
-    v.check(optimized > 0, || {
-        "no js_frames.js frame without a line: nothing was optimized, the run tests nothing optimized".to_string()
-    });
-    finish(v, &run);
+    check_node_line_with(node_line("26.12.1"), &[ALL_TIERS, &["--no-sparkplug"]].concat());
 }
 
 /// A perf-map entry: `START SIZE NAME`, hex.
@@ -1496,30 +1473,39 @@ fn read_perf_map(pid: u64) -> Vec<MapEntry> {
 }
 
 /// The same run with --perf-basic-prof: the chain is the same, and every
-/// frame that both V8's objects and the perf map (at an address it names
-/// once) name gets the same
+/// frame that both V8's objects and the perf map (one of the names the map
+/// gives the address) name gets the same
 /// function and script from both (the map's line, where the function
 /// starts, is at or before the line the frame executes).
 #[test]
 fn js_frames_agree_with_the_perf_map() {
-    check_perf_map_agreement(node_bin());
+    check_perf_map_agreement(node_bin(), &interpreted_only(&node_bin()));
 }
 
-/// The same on V8 12.4 and 14.6 (the lines whose layouts differ most from
-/// Node 20's; the other lines' names are checked by node_line_*).
-#[test]
-fn js_frames_agree_with_the_perf_map_22() {
-    check_perf_map_agreement(node_line("22.23.5"));
-}
-
+/// The same on V8 14.6 (the line whose layouts differ most from Node
+/// 20's; the other lines' names are checked by node_line_*).
 #[test]
 fn js_frames_agree_with_the_perf_map_26() {
-    check_perf_map_agreement(node_line("26.12.1"));
+    let flags = interpreted_only(&node_line("26.12.1"));
+    check_perf_map_agreement(node_line("26.12.1"), &flags);
 }
 
-fn check_perf_map_agreement(node: PathBuf) {
+/// Every tier, TurboFan's inlining included, on V8 12.4 and 13.6 (Maglev
+/// on by default): the perf map names the function each machine frame's
+/// code is of, the outermost of its inlined levels.
+#[test]
+fn js_frames_agree_with_the_perf_map_optimized_22() {
+    check_perf_map_agreement(node_line("22.23.5"), ALL_TIERS);
+}
+
+#[test]
+fn js_frames_agree_with_the_perf_map_optimized_24() {
+    check_perf_map_agreement(node_line("24.22.3"), ALL_TIERS);
+}
+
+fn check_perf_map_agreement(node: PathBuf, tiers: &[&str]) {
     let logfile = format!("--logfile={}", scratch_dir("node-v8-log").join("v8.log").display());
-    let mut flags: Vec<&str> = interpreted_only(&node);
+    let mut flags: Vec<&str> = tiers.to_vec();
     flags.extend([
         "--perf-basic-prof",
         "--interpreted-frames-native-stack",
@@ -1542,43 +1528,51 @@ fn check_perf_map_agreement(node: PathBuf) {
             else {
                 continue;
             };
+            // The map names a machine frame's code: the outermost level.
+            if f["inlined"].as_bool() == Some(true) {
+                continue;
+            }
             let address =
                 u64::from_str_radix(f["address"].as_str().unwrap_or("0x0").trim_start_matches("0x"), 16).unwrap_or(0);
             // Return addresses are looked up at the call instruction.
             let pc = if i > 0 { address - 1 } else { address };
             // Code space is reused after a GC frees code (a module's
-            // top-level trampoline copy, say): an address the map lists
-            // under two names says nothing of which one ran at the sample.
-            let covering: Vec<&MapEntry> = map.iter().filter(|e| (e.start..e.end).contains(&pc)).collect();
-            let Some(entry) = covering.first() else {
-                continue;
-            };
-            if covering.iter().any(|e| e.name != entry.name) {
+            // top-level code, say), and the map keeps every name an address
+            // had: the frame's code is one of them, not known which.
+            let covering: Vec<(&str, &str, u64, &str)> = map
+                .iter()
+                .filter(|e| (e.start..e.end).contains(&pc))
+                .map(|e| {
+                    // `JS:~name file:line:column` (`~` interpreted).
+                    let js = e
+                        .name
+                        .strip_prefix("JS:")
+                        .unwrap_or(&e.name)
+                        .trim_start_matches(['~', '^', '+', '*', '\'']);
+                    let (name, location) = js.split_once(' ').unwrap_or((js, ""));
+                    let name = if name.is_empty() { "(anonymous)" } else { name };
+                    let mut parts = location.rsplitn(3, ':');
+                    let (_column, line, map_file) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+                    let line = line.and_then(|l| l.parse().ok()).unwrap_or(u64::MAX);
+                    (name, map_file, line, e.name.as_str())
+                })
+                .collect();
+            if covering.is_empty() {
                 continue;
             }
-            // `JS:~name file:line:column` (`~` interpreted).
-            let js = entry
-                .name
-                .strip_prefix("JS:")
-                .unwrap_or(&entry.name)
-                .trim_start_matches(['~', '^', '+', '*']);
-            let (name, location) = js.split_once(' ').unwrap_or((js, ""));
-            let name = if name.is_empty() { "(anonymous)" } else { name };
-            let mut parts = location.rsplitn(3, ':');
-            let (_column, map_line, map_file) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
             let function = f["function"].as_str().unwrap_or("");
             compared += 1;
-            v.check(function == name, || {
-                format!(
-                    "frame {function:?} at {address:#x}: the perf map names it {name:?} ({})",
-                    entry.name
-                )
+            let same = covering.iter().find(|(name, map_file, _, _)| {
+                *name == function
+                    && (map_file.ends_with(file) || file.ends_with(map_file.trim_start_matches("file://")))
             });
-            v.check(
-                map_file.ends_with(file) || file.ends_with(map_file.trim_start_matches("file://")),
-                || format!("frame {function:?}: script {file}, the perf map says {map_file}"),
-            );
-            let map_line: u64 = map_line.and_then(|l| l.parse().ok()).unwrap_or(u64::MAX);
+            let Some(&(_, _, map_line, _)) = same else {
+                let names: Vec<&str> = covering.iter().map(|c| c.3).collect();
+                v.fail(format!(
+                    "frame {function:?} ({file}) at {address:#x}: the perf map names that address {names:?}"
+                ));
+                continue;
+            };
             v.check(f["line"].as_u64().is_some_and(|l| l >= map_line), || {
                 format!(
                     "frame {function:?}: line {} before the line its function starts at in the perf map ({map_line})",

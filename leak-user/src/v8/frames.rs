@@ -1,7 +1,12 @@
 //! Names JS frames from the slots the kernel side read: the function's
 //! SharedFunctionInfo (its name and Script), and for interpreted frames the
 //! bytecode offset, turned into a line and column through the bytecode's
-//! source position table.
+//! source position table; for optimized frames (Maglev, TurboFan) the Code
+//! the frame's pc is in, whose source position table gives the position and
+//! inlining level, and whose DeoptimizationData the inlined functions (one
+//! frame per level); for baseline (Sparkplug) frames the bytecode their pc
+//! is at (the Code's bytecode offset table, walked along the bytecodes with
+//! V8's own table of bytecode sizes), then as for interpreted frames.
 //!
 //! Old-space objects stay put between mark-compacts, so what was read of
 //! them is cached by address until the next one ([`JsNamer::mark_compacted`]).
@@ -12,7 +17,7 @@ use std::sync::Arc;
 use leak_common::JsFrameSlots;
 
 use super::memory::ProcessMemory;
-use super::metadata::{Layout, PositionCodes};
+use super::metadata::{CodeLayout, Layout, PositionCodes};
 
 /// What a JS frame is: its function, script and, where known, the line and
 /// column it is executing (1-based).
@@ -54,10 +59,45 @@ pub struct JsNamer {
     scripts: HashMap<u64, Option<Arc<ScriptInfo>>>,
     /// Source position tables by BytecodeArray: (bytecode offset, source position).
     positions: HashMap<u64, Option<Arc<PositionTable>>>,
+    /// Baseline and optimized code by its first instruction.
+    code: std::collections::BTreeMap<u64, Arc<CompiledCode>>,
+    /// The map of InstructionStream (or, on V8 10, Code) objects, once one was found.
+    code_map: Option<u64>,
+    /// Return addresses found in no baseline or optimized code (builtins).
+    not_compiled: std::collections::HashSet<u64>,
 }
 
-/// (bytecode offset, raw source position) pairs, in bytecode order.
-type PositionTable = Vec<(u32, u32)>;
+/// (code offset, raw source position) pairs, in code order.
+type PositionTable = Vec<(u32, u64)>;
+
+/// What a baseline or optimized Code object tells of the frames it runs.
+struct CompiledCode {
+    start: u64,
+    end: u64,
+    tier: Tier,
+}
+
+enum Tier {
+    Optimized {
+        positions: PositionTable,
+        /// Of each inlining id: the SharedFunctionInfo inlined, and the raw
+        /// position it was inlined at (in the level above).
+        inlined: Vec<(u64, u64)>,
+    },
+    Baseline {
+        bytecode_array: u64,
+        /// (end of a pc range, the bytecode offset it runs; -1: the prologue), in pc order.
+        bytecodes: Vec<(u64, i64)>,
+    },
+}
+
+/// How far before a return address the start of its Code is looked for:
+/// a regular code page (bigger code is in large-object space, not named).
+const MAX_CODE_SCAN: u64 = 256 << 10;
+/// Instructions start at least this aligned (64 on x64 from V8 10 on, measured).
+const CODE_ALIGNMENT: u64 = 32;
+/// The deepest inlining followed.
+const MAX_INLINING_DEPTH: usize = 64;
 
 fn is_heap_object(word: u64) -> bool {
     word & 3 == 1
@@ -83,6 +123,9 @@ impl JsNamer {
             shared: HashMap::new(),
             scripts: HashMap::new(),
             positions: HashMap::new(),
+            code: std::collections::BTreeMap::new(),
+            code_map: None,
+            not_compiled: std::collections::HashSet::new(),
         }
     }
 
@@ -105,17 +148,28 @@ impl JsNamer {
         self.shared.clear();
         self.scripts.clear();
         self.positions.clear();
+        self.code.clear();
+        self.code_map = None;
+        self.not_compiled.clear();
     }
 
-    /// The JS frame `slots` describe, or None when they are not one (or no
-    /// longer readable as one).
-    pub fn name(&mut self, slots: &JsFrameSlots) -> Option<JsFrame> {
+    /// The JS frames `slots` describe, the frame's function running at
+    /// return address `pc`: innermost first, one per inlining level; empty
+    /// when they are not a JS frame (or no longer readable as one).
+    pub fn name(&mut self, slots: &JsFrameSlots, pc: u64) -> Vec<JsFrame> {
         if slots.shared == 0 {
-            return None;
+            return Vec::new();
         }
         self.open_memory();
+        // The kernel side keeps the offset slot of interpreted frames only
+        // (a SMI counted from the tagged array pointer: never zero).
+        if slots.bytecode_offset == 0 {
+            if let Some(levels) = self.compiled_levels(slots.shared, pc) {
+                return levels;
+            }
+        }
         let position = self.interpreted_position(slots);
-        self.function_at(slots.shared, position)
+        self.function_at(slots.shared, position).into_iter().collect()
     }
 
     fn mem(&self) -> Option<&ProcessMemory> {
@@ -261,13 +315,7 @@ impl JsNamer {
         let table = self.position_table(slots.bytecode_array)?;
         // The slot counts from the tagged array pointer, not from the bytecodes.
         let offset = raw_offset - (self.layout.offsets.bytecode_data as i64 - 1);
-        let offset = u32::try_from(offset).ok()?;
-        let raw = table
-            .iter()
-            .take_while(|(code_offset, _)| *code_offset <= offset)
-            .last()
-            .map(|&(_, position)| position)?;
-        script_offset(raw)
+        script_offset(position_at(&table, u32::try_from(offset).ok()?)?)
     }
 
     fn position_table(&mut self, bytecode_array: u64) -> Option<Arc<PositionTable>> {
@@ -288,11 +336,28 @@ impl JsNamer {
         if self.instance_type(table)? != self.layout.types.position_table {
             return None;
         }
+        self.decode_table(table)
+    }
+
+    /// The source position table `table` (already checked to be one).
+    fn decode_table(&self, table: u64) -> Option<PositionTable> {
+        decode_position_table(&self.byte_array(table)?, self.layout.position_codes)
+    }
+
+    /// The bytes of a ByteArray (its type checked by the caller).
+    fn byte_array(&self, tagged: u64) -> Option<Vec<u8>> {
         let offsets = self.layout.offsets;
-        let len = usize::try_from(smi(self.field(table, offsets.fixed_array_length)?)?).ok()?;
+        let len = usize::try_from(smi(self.field(tagged, offsets.fixed_array_length)?)?).ok()?;
         // A ByteArray's bytes follow its length, like a FixedArray's slots.
-        let bytes = self.mem()?.bytes(table - 1 + offsets.fixed_array_data, len)?;
-        decode_position_table(&bytes, self.layout.position_codes)
+        self.mem()?.bytes(tagged - 1 + offsets.fixed_array_data, len)
+    }
+
+    /// Slot `index` of the FixedArray-like `array`, if it has that many.
+    fn array_slot(&self, array: u64, index: u64) -> Option<u64> {
+        let offsets = self.layout.offsets;
+        let len = u64::try_from(smi(self.field(array, offsets.fixed_array_length)?)?).ok()?;
+        (index < len).then_some(())?;
+        self.field(array, offsets.fixed_array_data + 8 * index)
     }
 
     /// A string's characters (at most `max` of them), or None when `tagged`
@@ -353,6 +418,222 @@ impl JsNamer {
             }
             _ => None,
         }
+    }
+}
+
+/// Baseline and optimized frames: the Code their return address is in.
+impl JsNamer {
+    /// The frames of baseline or optimized code running `shared` at return
+    /// address `pc`, innermost first; None when `pc` is in no such Code
+    /// leakscope can read (the caller then names the function alone).
+    fn compiled_levels(&mut self, shared: u64, pc: u64) -> Option<Vec<JsFrame>> {
+        let code = self.compiled_code(pc)?;
+        let (positions, inlined) = match &code.tier {
+            Tier::Optimized { positions, inlined } => (positions, inlined),
+            Tier::Baseline {
+                bytecode_array,
+                bytecodes,
+            } => {
+                // As V8 does: the first pc range that ends at or after pc.
+                let offset = pc - code.start;
+                let &(_, bytecode) = bytecodes.iter().find(|(end, _)| *end >= offset)?;
+                let table = self.position_table(*bytecode_array)?;
+                let raw = position_at(&table, u32::try_from(bytecode).ok()?)?;
+                return Some(vec![self.function_at(shared, script_offset(raw))?]);
+            }
+        };
+        // A return address follows its call: V8 looks the call up one byte before.
+        let offset = u32::try_from(pc.checked_sub(code.start + 1)?).ok()?;
+        let mut raw = position_at(positions, offset)?;
+        let mut levels = Vec::new();
+        while let Some(id) = inlining_id(raw) {
+            let &(function, at) = inlined.get(id)?;
+            levels.push((function, raw));
+            raw = at;
+            if levels.len() > MAX_INLINING_DEPTH {
+                return None;
+            }
+        }
+        levels.push((shared, raw));
+        levels
+            .into_iter()
+            .map(|(function, raw)| self.function_at(function, script_offset(raw)))
+            .collect()
+    }
+
+    fn compiled_code(&mut self, pc: u64) -> Option<Arc<CompiledCode>> {
+        if let Some((_, code)) = self.code.range(..=pc).next_back().filter(|(_, c)| pc <= c.end) {
+            return Some(code.clone());
+        }
+        if self.not_compiled.contains(&pc) {
+            return None;
+        }
+        let found = self.layout.code.and_then(|layout| {
+            let (code, start, end) = self.find_code(pc, layout)?;
+            self.read_code(code, start, end, layout)
+        });
+        match found {
+            Some(code) => {
+                let code = Arc::new(code);
+                self.code.insert(code.start, code.clone());
+                Some(code)
+            }
+            None => {
+                self.not_compiled.insert(pc);
+                None
+            }
+        }
+    }
+
+    /// The Code whose instructions hold `pc`, as (Code, instruction start,
+    /// end): the nearest object before `pc`, at an aligned instruction
+    /// start, whose map is that of the objects holding instructions and
+    /// whose Code says it spans `pc`.
+    fn find_code(&mut self, pc: u64, layout: CodeLayout) -> Option<(u64, u64, u64)> {
+        const CHUNK: u64 = 4096;
+        let header = layout.instructions_header;
+        let lowest = pc.saturating_sub(MAX_CODE_SCAN).max(header);
+        let mut high = pc & !(CODE_ALIGNMENT - 1);
+        while high >= lowest {
+            let low = (high.saturating_sub(CHUNK).max(lowest) + CODE_ALIGNMENT - 1) & !(CODE_ALIGNMENT - 1);
+            let words = self.mem()?.bytes(low - header, usize::try_from(high - low + 8).ok()?)?;
+            for start in (low..=high).rev().step_by(CODE_ALIGNMENT as usize) {
+                let at = usize::try_from(start - low).ok()?;
+                let word = u64::from_le_bytes(words[at..at + 8].try_into().expect("8 bytes"));
+                if !self.is_code_holder_map(word, layout) {
+                    continue;
+                }
+                if let Some((code, end)) = self.code_spanning(start - header + 1, start, pc, layout) {
+                    self.code_map = Some(word);
+                    return Some((code, start, end));
+                }
+            }
+            high = low.checked_sub(CODE_ALIGNMENT)?;
+        }
+        None
+    }
+
+    /// Whether `word` is the map of InstructionStreams (V8 10: of Codes).
+    fn is_code_holder_map(&self, word: u64, layout: CodeLayout) -> bool {
+        match self.code_map {
+            Some(map) => word == map,
+            None => {
+                let holder = layout.instruction_stream_type.unwrap_or(layout.code_type);
+                is_heap_object(word)
+                    && self
+                        .mem()
+                        .and_then(|m| m.u16(word - 1 + self.layout.offsets.instance_type))
+                        == Some(holder)
+            }
+        }
+    }
+
+    /// The Code of `holder` (an InstructionStream, or the Code itself on V8
+    /// 10) and the end of its instructions, if they start at `start` and span `pc`.
+    fn code_spanning(&self, holder: u64, start: u64, pc: u64, layout: CodeLayout) -> Option<(u64, u64)> {
+        let code = match layout.instruction_start {
+            Some(field) => {
+                let code = self.field(holder, layout.stream_code)?;
+                (self.field(code, field)? == start).then_some(code)?
+            }
+            None => holder,
+        };
+        if self.instance_type(code)? != layout.code_type {
+            return None;
+        }
+        let end = start + u64::from(self.mem()?.u32(code - 1 + layout.instruction_size)?);
+        (pc <= end).then_some((code, end))
+    }
+
+    /// What baseline or optimized Code `code` tells of its frames (None for
+    /// other kinds of code: builtins, stubs).
+    fn read_code(&self, code: u64, start: u64, end: u64, layout: CodeLayout) -> Option<CompiledCode> {
+        let flags = self.mem()?.u32(code - 1 + layout.flags)?;
+        let kind = (flags >> layout.kind_shift) & layout.kind_mask;
+        // Both tables are byte arrays of the same type as bytecode's.
+        let table = self.field(code, layout.position_table)?;
+        if self.instance_type(table)? != self.layout.types.position_table {
+            return None;
+        }
+        let tier = if kind == layout.kind_baseline {
+            let mut bytecode_array = self.field(code, layout.deoptimization_data)?;
+            // With --interpreted-frames-native-stack: InterpreterData, the
+            // bytecode array its first field after the map.
+            if Some(self.instance_type(bytecode_array)?) == layout.interpreter_data_type {
+                bytecode_array = self.field(bytecode_array, 8)?;
+            }
+            let bytecodes = self.baseline_bytecodes(table, bytecode_array)?;
+            Tier::Baseline {
+                bytecode_array,
+                bytecodes,
+            }
+        } else if kind == layout.kind_baseline + 1 || kind == layout.kind_baseline + 2 {
+            // MAGLEV and TURBOFAN follow BASELINE in CodeKind.
+            Tier::Optimized {
+                positions: self.decode_table(table)?,
+                // Unreadable: positions with an inlining id then give no frames.
+                inlined: self.inlined_functions(code, layout).unwrap_or_default(),
+            }
+        } else {
+            return None;
+        };
+        Some(CompiledCode { start, end, tier })
+    }
+
+    /// The pc ranges of baseline code and the bytecodes they run: its
+    /// bytecode offset table holds the length of each bytecode's code (VLQ),
+    /// the prologue's first, then one per bytecode in bytecode order.
+    fn baseline_bytecodes(&self, table: u64, bytecode_array: u64) -> Option<Vec<(u64, i64)>> {
+        let sizes = self.layout.bytecode_sizes.as_ref()?;
+        if self.instance_type(bytecode_array)? != self.layout.types.bytecode_array {
+            return None;
+        }
+        let offsets = self.layout.offsets;
+        let len = usize::try_from(smi(self.field(bytecode_array, offsets.fixed_array_length)?)?).ok()?;
+        let code = self.mem()?.bytes(bytecode_array - 1 + offsets.bytecode_data, len)?;
+        let lengths = decode_unsigned_vlqs(&self.byte_array(table)?)?;
+        let (mut end, mut bytecode, mut next) = (0u64, -1i64, 0usize);
+        let mut ranges = Vec::with_capacity(lengths.len());
+        for (i, length) in lengths.into_iter().enumerate() {
+            if i > 0 {
+                bytecode = i64::try_from(next).ok()?;
+                next += sizes.size_at(code.get(next..)?)?;
+            }
+            end += length;
+            ranges.push((end, bytecode));
+        }
+        Some(ranges)
+    }
+
+    /// Of each inlining id of `code`: the inlined SharedFunctionInfo and the
+    /// raw position it was inlined at.
+    fn inlined_functions(&self, code: u64, layout: CodeLayout) -> Option<Vec<(u64, u64)>> {
+        let data = self.field(code, layout.deoptimization_data)?;
+        if self.instance_type(data)? != layout.deoptimization_data_type {
+            return None;
+        }
+        let count = u64::try_from(smi(self.array_slot(data, layout.inlined_function_count_index)?)?).ok()?;
+        let literals = self.array_slot(data, layout.literal_array_index)?;
+        if self.instance_type(literals)? != layout.literal_array_type {
+            return None;
+        }
+        let positions = self.array_slot(data, layout.inlining_positions_index)?;
+        if self.instance_type(positions)? != layout.inlining_positions_type {
+            return None;
+        }
+        // InliningPosition: the raw SourcePosition (8 bytes), the literal
+        // index of the inlined function (4 bytes), padding.
+        self.byte_array(positions)?
+            .chunks_exact(16)
+            .map(|entry| {
+                let position = u64::from_le_bytes(entry[..8].try_into().expect("8 bytes"));
+                let function = u64::from(u32::from_le_bytes(entry[8..12].try_into().expect("4 bytes")));
+                (function < count).then_some(())?;
+                // A weak reference has bit 1 set.
+                let shared = self.array_slot(literals, function)? & !2;
+                Some((shared, position))
+            })
+            .collect()
     }
 }
 
@@ -445,20 +726,51 @@ fn decode_position_table(bytes: &[u8], codes: PositionCodes) -> Option<PositionT
         };
         position += position_delta;
         if code_offset >= 0 {
-            table.push((u32::try_from(code_offset).ok()?, u32::try_from(position).ok()?));
+            table.push((u32::try_from(code_offset).ok()?, u64::try_from(position).ok()?));
         }
     }
     Some(table)
 }
 
+/// A sequence of unsigned VLQ numbers (7 bits a byte, low bits first).
+fn decode_unsigned_vlqs(bytes: &[u8]) -> Option<Vec<u64>> {
+    let mut values = Vec::new();
+    let (mut value, mut shift) = (0u64, 0);
+    for &byte in bytes {
+        value |= u64::from(byte & 0x7f) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            values.push(value);
+            (value, shift) = (0, 0);
+        } else if shift > 63 {
+            return None;
+        }
+    }
+    (shift == 0).then_some(values)
+}
+
 /// The script offset of a raw SourcePosition: bit 0 says "external" (not
-/// a script offset), bits 1..31 hold the offset plus one, the bits above
-/// an inlining id (0 in bytecode).
-fn script_offset(raw: u32) -> Option<u32> {
+/// a script offset), bits 1..31 hold the offset plus one, the 16 bits above
+/// the inlining id plus one (0 in bytecode and in code not inlined).
+fn script_offset(raw: u64) -> Option<u32> {
     if raw & 1 != 0 {
         return None;
     }
-    ((raw >> 1) & 0x3fff_ffff).checked_sub(1)
+    (((raw >> 1) & 0x3fff_ffff) as u32).checked_sub(1)
+}
+
+/// The inlining id of a raw SourcePosition: None where not inlined.
+fn inlining_id(raw: u64) -> Option<usize> {
+    (((raw >> 31) & 0xffff) as usize).checked_sub(1)
+}
+
+/// The raw position in effect at code offset `offset`: the last entry at or before it.
+fn position_at(table: &[(u32, u64)], offset: u32) -> Option<u64> {
+    table
+        .iter()
+        .take_while(|(code_offset, _)| *code_offset <= offset)
+        .last()
+        .map(|&(_, position)| position)
 }
 
 /// Where each line ends (the position of its terminator), as V8 computes them.
@@ -525,6 +837,26 @@ mod tests {
     fn raw_positions_hold_script_offsets_plus_one() {
         assert_eq!(script_offset(2 * (1263 + 1)), Some(1263));
         assert_eq!(script_offset(1), None);
+        assert_eq!(inlining_id(2 * (1263 + 1)), None);
+    }
+
+    #[test]
+    fn optimized_positions_carry_inlining_ids() {
+        // Offset 61 of inlined function 2 (stored as id + 1 above bit 31).
+        let raw = (3u64 << 31) | (2 * (61 + 1));
+        assert_eq!((script_offset(raw), inlining_id(raw)), (Some(61), Some(2)));
+        let table = [(0, 10), (8, raw), (20, 30)];
+        assert_eq!(position_at(&table, 7), Some(10));
+        assert_eq!(position_at(&table, 8), Some(raw));
+        assert_eq!(position_at(&table, 100), Some(30));
+    }
+
+    #[test]
+    fn decodes_baseline_pc_lengths() {
+        // 5, 300 (0b10_0101100), 0.
+        assert_eq!(decode_unsigned_vlqs(&[5, 0xac, 0x02, 0]), Some(vec![5, 300, 0]));
+        // A number cut short.
+        assert_eq!(decode_unsigned_vlqs(&[0x80]), None);
     }
 
     #[test]

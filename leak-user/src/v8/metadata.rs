@@ -27,6 +27,50 @@ fn js_function_subtypes(version: Version) -> u64 {
 /// The integer symbols of a binary that describe V8.
 pub(super) struct Symbols {
     values: HashMap<String, i64>,
+    /// `Bytecodes::kBytecodeSizes`, for baseline frames.
+    bytecode_sizes: Option<BytecodeSizes>,
+}
+
+/// `v8::internal::interpreter::Bytecodes::kBytecodeSizes[3][count]`: the
+/// size of each bytecode without a prefix, at operand scales 1, 2 and 4.
+const BYTECODE_SIZES_SYMBOL: &str = "_ZN2v88internal11interpreter9Bytecodes14kBytecodeSizesE";
+
+/// The sizes of a V8's bytecodes, read from its own table: baseline code
+/// maps a pc to a bytecode by walking the bytecodes in order.
+#[derive(Clone, Debug)]
+pub struct BytecodeSizes {
+    sizes: Vec<u8>,
+}
+
+impl BytecodeSizes {
+    /// The size of the bytecode at the start of `code`, its prefix
+    /// included. None: not a bytecode.
+    pub fn size_at(&self, code: &[u8]) -> Option<usize> {
+        let count = self.sizes.len() / 3;
+        let first = usize::from(*code.first()?);
+        // Wide, ExtraWide, DebugBreakWide, DebugBreakExtraWide: the first
+        // four bytecodes, prefixes that scale the operands of the next one.
+        let (prefix, scale) = match first {
+            0 | 2 => (1, 1),
+            1 | 3 => (1, 2),
+            _ => (0, 0),
+        };
+        let bytecode = usize::from(*code.get(prefix)?);
+        (bytecode < count).then_some(())?;
+        let size = usize::from(self.sizes[scale * count + bytecode]);
+        (size > 0).then_some(prefix + size)
+    }
+}
+
+impl Symbols {
+    /// The bytes of the table at `symbol`, if it is one of 3 rows.
+    fn bytecode_sizes(file: &object::File, symbol: &object::Symbol) -> Option<BytecodeSizes> {
+        let section = file.section_by_index(symbol.section_index()?).ok()?;
+        let at = usize::try_from(symbol.address().checked_sub(section.address())?).ok()?;
+        let len = usize::try_from(symbol.size()).ok()?;
+        let sizes = section.data().ok()?.get(at..at.checked_add(len)?)?.to_vec();
+        (!sizes.is_empty() && sizes.len() % 3 == 0).then_some(BytecodeSizes { sizes })
+    }
 }
 
 impl Symbols {
@@ -36,8 +80,12 @@ impl Symbols {
         let data = unsafe { memmap2::Mmap::map(&handle) }.with_context(|| format!("cannot map {}", path.display()))?;
         let file = object::File::parse(&*data).map_err(|e| anyhow!("{} is not an ELF file: {e}", path.display()))?;
         let mut values = HashMap::new();
+        let mut bytecode_sizes = None;
         for symbol in file.symbols().chain(file.dynamic_symbols()) {
             let Ok(name) = symbol.name() else { continue };
+            if name == BYTECODE_SIZES_SYMBOL && bytecode_sizes.is_none() {
+                bytecode_sizes = Symbols::bytecode_sizes(&file, &symbol);
+            }
             if !(name.starts_with("v8dbg_") || name.starts_with("_ZN2v88internal7Version")) || symbol.size() != 4 {
                 continue;
             }
@@ -55,7 +103,7 @@ impl Symbols {
             };
             values.entry(name.to_string()).or_insert(value);
         }
-        Ok(Symbols { values })
+        Ok(Symbols { values, bytecode_sizes })
     }
 
     pub(super) fn int(&self, name: &str) -> Option<i64> {
@@ -176,6 +224,10 @@ pub struct Layout {
     pub offsets: Offsets,
     pub scope_info: ScopeInfoLayout,
     pub position_codes: PositionCodes,
+    /// None where not known: optimized frames then get no line.
+    pub code: Option<CodeLayout>,
+    /// None where not found: baseline frames then get no line.
+    pub bytecode_sizes: Option<BytecodeSizes>,
 }
 
 /// V8 versions whose layouts were checked against known JS chains and the
@@ -309,6 +361,7 @@ impl Layout {
         } else {
             PositionCodes::SignedStatement
         };
+        let code = CodeLayout::from_symbols(s, version, &types);
         Ok(Layout {
             version,
             frame,
@@ -317,6 +370,107 @@ impl Layout {
             offsets,
             scope_info,
             position_codes,
+            code,
+            bytecode_sizes: s.bytecode_sizes.clone(),
+        })
+    }
+}
+
+/// Where optimized code keeps its source positions and inlined functions:
+/// the Code object, the InstructionStream holding its instructions (V8 ≥
+/// 11; V8 10 keeps them in the Code itself) and its DeoptimizationData.
+#[derive(Clone, Copy, Debug)]
+pub struct CodeLayout {
+    pub code_type: u16,
+    /// None: the instructions follow the Code's own header.
+    pub instruction_stream_type: Option<u16>,
+    /// From the object holding the instructions to the first of them.
+    pub instructions_header: u64,
+    /// InstructionStream → its Code.
+    pub stream_code: u64,
+    /// Code fields (the first absent where the instructions are inline).
+    pub instruction_start: Option<u64>,
+    pub instruction_size: u64,
+    pub flags: u64,
+    pub kind_mask: u32,
+    pub kind_shift: u32,
+    /// CodeKind::BASELINE; MAGLEV and TURBOFAN follow it.
+    pub kind_baseline: u32,
+    /// DeoptimizationData for optimized code, the BytecodeArray for baseline code.
+    pub deoptimization_data: u64,
+    /// Source positions for optimized code, bytecode offsets for baseline code.
+    pub position_table: u64,
+    pub deoptimization_data_type: u16,
+    /// DeoptimizationData slots: the inlined function count, the literal
+    /// array whose first entries are the inlined functions, the inlining positions.
+    pub inlined_function_count_index: u64,
+    pub literal_array_index: u64,
+    pub inlining_positions_index: u64,
+    pub literal_array_type: u16,
+    pub inlining_positions_type: u16,
+    /// What baseline code points at instead of its BytecodeArray under
+    /// `--interpreted-frames-native-stack`.
+    pub interpreter_data_type: Option<u16>,
+}
+
+impl CodeLayout {
+    /// Offsets the metadata lacks were measured on each known line (Code
+    /// objects of TurboFan functions read from the processes of Node 18.20.8,
+    /// 20.20.2, 22.23.5, 24.22.3 and 26.12.1, against `%DebugPrint`).
+    fn from_symbols(s: &Symbols, version: Version, types: &InstanceTypes) -> Option<CodeLayout> {
+        let kind = |name: &str| {
+            s.int(&format!("v8dbg_CodeKind{name}"))
+                .and_then(|v| u32::try_from(v).ok())
+        };
+        let instruction_stream_type = s.instance_type("InstructionStream");
+        let (instructions_header, instruction_start) = match instruction_stream_type {
+            Some(_) => (
+                s.field("InstructionStream", "instruction_start")?,
+                Some(s.field("Code", "instruction_start").unwrap_or(0x28)),
+            ),
+            None => (s.field("Code", "instruction_start")?, None),
+        };
+        let before_12 = version.major < 12;
+        let before_13 = version.major < 13;
+        Some(CodeLayout {
+            code_type: s.instance_type("Code")?,
+            instruction_stream_type,
+            instructions_header,
+            stream_code: 8,
+            instruction_start,
+            instruction_size: s.field("Code", "instruction_size").unwrap_or(0x38),
+            flags: s.field("Code", "flags").unwrap_or(0x30),
+            kind_mask: kind("FieldMask")?,
+            kind_shift: kind("FieldShift")?,
+            kind_baseline: kind("Baseline")?,
+            deoptimization_data: s
+                .field("Code", "deoptimization_data")
+                .unwrap_or(if before_12 { 0x10 } else { 8 }),
+            position_table: s
+                .field("Code", "source_position_table")
+                .unwrap_or(if before_12 { 0x18 } else { 0x10 }),
+            deoptimization_data_type: if before_12 {
+                types.fixed_array
+            } else if before_13 {
+                s.instance_type("TrustedFixedArray")?
+            } else {
+                s.instance_type("ProtectedFixedArray")?
+            },
+            inlined_function_count_index: 1,
+            literal_array_index: if before_13 { 2 } else { 3 },
+            inlining_positions_index: if before_13 { 7 } else { 8 },
+            literal_array_type: if before_13 {
+                s.instance_type("WeakFixedArray")?
+            } else {
+                s.instance_type("TrustedWeakFixedArray")?
+            },
+            // A plain ByteArray up to V8 12 (trusted source position tables: from 12).
+            inlining_positions_type: if before_13 {
+                s.instance_type("ByteArray")?
+            } else {
+                s.instance_type("TrustedByteArray")?
+            },
+            interpreter_data_type: s.instance_type("InterpreterData"),
         })
     }
 }
@@ -367,5 +521,14 @@ mod tests {
         assert_eq!(layout.types.js_function.0, 0x812);
         assert_eq!(layout.offsets.script_line_ends, 0x38);
         assert_eq!(layout.offsets.bytecode_data, 0x36);
+        let code = layout.code.expect("Node 20's Code layout");
+        // Measured (frames.rs): instructions 16 bytes into their stream, TurboFan kind 13.
+        assert_eq!((code.instructions_header, code.kind_baseline), (16, 11));
+        assert_eq!((code.deoptimization_data, code.position_table), (0x10, 0x18));
+        let sizes = layout.bytecode_sizes.expect("Node 20's bytecode sizes");
+        // Wide, then DebugBreak1 (one operand byte), scaled to two bytes.
+        assert_eq!(sizes.size_at(&[0, 5]), Some(1 + 1 + 2));
+        assert_eq!(sizes.size_at(&[5]), Some(2));
+        assert_eq!(sizes.size_at(&[0xff]), None);
     }
 }

@@ -1,6 +1,7 @@
 //! 9: what naming JS frames costs, on bench/js_stacks.js: in the kernel (each
 //! traced call's stack walk reads V8's frame slots) and in leakscope itself
-//! (resolving each distinct JS stack from the target's memory).
+//! (resolving each distinct JS stack from the target's memory), on the
+//! system's Node 20 and on Node 22 and 24 (`cargo xtask setup` installs them).
 
 use std::{
     env, fs,
@@ -29,6 +30,8 @@ const CALLS: u64 = 10_000;
 const SHORT_CALLS: u64 = 1_000;
 /// Distinct JS stacks, each keeping one Buffer, in the user-side workload.
 const STACKS: u64 = 500;
+/// The Node lines measured besides the system's: those production runs.
+const OTHER_LINES: &[&str] = &["22.23.5", "24.22.3"];
 
 /// The metadata entry renamed in the copy of node that has no naming: the
 /// frame's function slot, without which leakscope names no JS frame.
@@ -78,7 +81,41 @@ pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
             .push([vec!["all".into()], unavailable("not available: `node` not found")].concat());
         return Ok(section);
     };
-    let unnamed = unnamed_node(&node)?;
+    let mut lines = vec![(format!("node {}", node_version(&node)?), node)];
+    for version in OTHER_LINES {
+        let binary = crate::setup::node_line_binary(version)?;
+        match binary.is_file() {
+            true => lines.push((format!("node v{version}"), binary.display().to_string())),
+            false => section.rows.push(
+                [
+                    vec![format!("node v{version}")],
+                    unavailable("not available: not installed (cargo xtask setup)"),
+                ]
+                .concat(),
+            ),
+        }
+    }
+    for (label, node) in &lines {
+        measure_line(plan, tools, label, node, &mut section)?;
+    }
+    section.notes.push(
+        "Other helpers were building and testing on the machine's 2 cores during this run (see the load \
+         average); CPU times are disturbed less than wall times, but still move (±15 %)."
+            .into(),
+    );
+    Ok(section)
+}
+
+/// The `node --version` of `node`.
+fn node_version(node: &str) -> Result<String> {
+    let out = command(&words(&[node, "--version"])).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The section's rows, notes and commands for one Node line, `label` naming it.
+fn measure_line(plan: &Plan, tools: &Tools, label: &str, node: &str, section: &mut Section) -> Result<()> {
+    let node = node.to_string();
+    let unnamed = unnamed_node(&node, label)?;
     let report_path = work_dir().join("js_naming.json");
     let report = rel(&report_path);
     let workload = |node: &str, mode: &str, n: u64| words(&[node, SCRIPT, mode, &n.to_string(), DEPTH]);
@@ -114,7 +151,10 @@ pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
             fig.cpu_ns_per_call.push(long.cpu_ns_per_call);
             fig.bpf_ns_per_call.push((long.programs_ns - short.programs_ns) / calls);
             fig.hits_per_call.push((long.hits - short.hits) / calls);
-            eprintln!("round {round}/{}: {}: calls done", plan.stack_reps, configs[i].0);
+            eprintln!(
+                "round {round}/{}: {label}: {}: calls done",
+                plan.stack_reps, configs[i].0
+            );
             Ok(())
         })?;
     }
@@ -136,7 +176,7 @@ pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
         fig.keep_frames
             .push(json.matches("\"function\": \"keep_").count() as f64);
         eprintln!(
-            "round {round}/{}: {}: {:.2} s leakscope CPU, {:.2} s of it to attach",
+            "round {round}/{}: {label}: {}: {:.2} s leakscope CPU, {:.2} s of it to attach",
             plan.stack_reps,
             configs[i + 1].0,
             cpu.total_s,
@@ -162,7 +202,7 @@ pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
             false => fmt_secs(v),
         };
         section.rows.push(vec![
-            name.to_string(),
+            format!("{label}: {name}"),
             cpu,
             bpf,
             hits.map_or("–".into(), |h| format!("{h:.1}")),
@@ -174,9 +214,11 @@ pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
             med(&fig.keep_frames),
         ]);
     }
-    section.notes = notes(&figures);
+    section
+        .notes
+        .extend(notes(&figures).into_iter().map(|note| format!("{label}: {note}")));
     let traced = |node: &str, mode: &str, n: u64| shell_line(&hunt(workload(node, mode, n)));
-    section.commands = vec![
+    section.commands.extend([
         shell_line(&workload(&node, "calls", CALLS)),
         traced(&node, "calls", SHORT_CALLS),
         traced(&node, "calls", CALLS),
@@ -184,13 +226,13 @@ pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
         traced(&unnamed, "calls", CALLS),
         traced(&node, "stacks", STACKS),
         traced(&unnamed, "stacks", STACKS),
-    ];
-    Ok(section)
+    ]);
+    Ok(())
 }
 
 fn about(plan: &Plan) -> String {
     format!(
-        "`{SCRIPT}` on the system's node, launch mode, `hunt --mode exact`. Kernel side: `calls N {DEPTH}` makes N \
+        "`{SCRIPT}` on the system's node and on Node {} (the same runs on each, one after the other), launch mode, `hunt --mode exact`. Kernel side: `calls N {DEPTH}` makes N \
          1 KiB Buffers, each {DEPTH} JS frames deep, and prints its own CPU time (user + system, where the probes \
          run) per allocation over that loop ({CALLS} allocations). The BPF programs' run time (the kernel's count, \
          `kernel.bpf_stats_enabled`, set for these runs only) and the report's probe hits are per allocation as \
@@ -204,7 +246,9 @@ fn about(plan: &Plan) -> String {
          `.symtab`'s strings; code, hooks and probes unchanged): leakscope then warns `JS frames are not named` \
          and loads the frame layout disabled, so the stack walk reads no V8 slot and user space resolves no JS \
          frame (each run's log is checked for that warning, and the named runs for `JS frames are named`).",
-        plan.stack_reps, plan.stack_reps
+        OTHER_LINES.join(" and "),
+        plan.stack_reps,
+        plan.stack_reps
     )
 }
 
@@ -268,11 +312,6 @@ fn notes(figures: &[Figures]) -> Vec<String> {
             a - b
         ));
     }
-    notes.push(
-        "Other helpers were building and testing on the machine's 2 cores during this run (see the load \
-         average); CPU times are disturbed less than wall times, but still move (±15 %)."
-            .into(),
-    );
     notes
 }
 
@@ -377,8 +416,8 @@ fn run_measuring_cpu(argv: &[String], ticks: f64) -> Result<(String, LeakscopeCp
     ))
 }
 
-/// A copy of `node` whose frame-slot metadata leakscope cannot find.
-fn unnamed_node(node: &str) -> Result<String> {
+/// A copy of `node` (the line `label` names) whose frame-slot metadata leakscope cannot find.
+fn unnamed_node(node: &str, label: &str) -> Result<String> {
     let mut bytes = fs::read(node).with_context(|| format!("cannot read {node}"))?;
     let mut renamed = 0;
     let mut at = 0;
@@ -391,7 +430,7 @@ fn unnamed_node(node: &str) -> Result<String> {
     if renamed == 0 {
         bail!("{node} has no `v8dbg_off_fp_function` symbol: its JS frames are not named anyway");
     }
-    let copy = work_dir().join("node-unnamed");
+    let copy = work_dir().join(format!("node-unnamed-{}", label.replace(' ', "-")));
     fs::write(&copy, bytes)?;
     fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))?;
     Ok(rel(&copy))
