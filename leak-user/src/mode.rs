@@ -160,7 +160,7 @@ impl CpuBeforeAttach {
         Some(CpuBeforeAttach {
             pid,
             at: Instant::now(),
-            cpu_s: cpu_seconds(pid)?,
+            cpu_s: cpu_seconds_precise(pid)?,
         })
     }
 
@@ -168,8 +168,9 @@ impl CpuBeforeAttach {
     /// `BUSY_WINDOW` first); None once it is gone.
     pub fn cores_since(&self) -> Option<f64> {
         std::thread::sleep(BUSY_WINDOW.saturating_sub(self.at.elapsed()));
-        let cpu_s = cpu_seconds(self.pid)?;
-        Some((cpu_s - self.cpu_s) / self.at.elapsed().as_secs_f64())
+        let cpu_s = cpu_seconds_precise(self.pid)?;
+        // A thread that exited in between takes its time with it.
+        Some((cpu_s - self.cpu_s).max(0.0) / self.at.elapsed().as_secs_f64())
     }
 }
 
@@ -272,6 +273,26 @@ pub fn programs_run_ns(ebpf: &Ebpf, links: &Links) -> f64 {
 }
 
 /// utime + stime of all of `pid`'s threads (fields 14 and 15 of /proc/PID/stat).
+/// A process's CPU time to the nanosecond: the sum of its threads' run time
+/// in /proc/PID/task/*/schedstat. /proc/PID/stat counts 10 ms ticks, which
+/// a 0.3 s reading of a target busy in short bursts can miss altogether.
+/// Threads that exit are not counted: for short readings only. Falls back
+/// to /proc/PID/stat without schedstat.
+fn cpu_seconds_precise(pid: u32) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut ns = 0u64;
+    for task in tasks.flatten() {
+        let Ok(schedstat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        match schedstat.split_whitespace().next().and_then(|f| f.parse::<u64>().ok()) {
+            Some(run_ns) => ns += run_ns,
+            None => return cpu_seconds(pid),
+        }
+    }
+    Some(ns as f64 / 1e9)
+}
+
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_comm = &stat[stat.rfind(')')? + 1..];
