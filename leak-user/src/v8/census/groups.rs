@@ -218,6 +218,9 @@ impl Classifier {
 /// snapshots): from its ScopeInfo once compiled, else from its UncompiledData.
 pub fn start_position(walker: &mut Walker, shared: u64) -> Option<u32> {
     let l = walker.layout;
+    if walker.instance_type(shared)? != l.frames.types.shared_function_info {
+        return None;
+    }
     let name_or_scope = walker
         .memory
         .u64(shared - 1 + l.frames.offsets.sfi_name_or_scope_info)?;
@@ -279,10 +282,13 @@ impl ScopeInfoIndex {
             index += 1;
         }
         let scope_type = flags & flags_layout.scope_type_mask;
-        let position = (scope_type < 32 && flags_layout.positioned_scopes >> scope_type & 1 != 0).then(|| {
-            index += 2;
-            index - 2
-        });
+        let position = match flags_layout.header_position_slot {
+            Some(slot) => Some(slot),
+            None => (scope_type < 32 && flags_layout.positioned_scopes >> scope_type & 1 != 0).then(|| {
+                index += 2;
+                index - 2
+            }),
+        };
         let outer = (flags >> flags_layout.has_outer_scope_info_bit & 1 != 0).then(|| {
             index += 1;
             index - 1

@@ -15,13 +15,19 @@ use super::super::metadata::{Layout, Symbols};
 use super::super::version::Version;
 
 /// The V8 lines [`Fallbacks::of`] knows, for the message that refuses others.
-pub const KNOWN_LINES: &str = "V8 11.3 (Node 20) and 12.4 (Node 22)";
+pub const KNOWN_LINES: &str = "V8 11.3 (Node 20), 12.4 (Node 22) and 13.6 (Node 24)";
 
 /// V8's memory chunk ("page") header: normal pages are 256 KiB and aligned
 /// to it; a large-object page holds one object at its area start.
 #[derive(Clone, Copy, Debug)]
 pub struct PageHeader {
     pub alignment: u64,
+    /// V8 13 on: the chunk holds its flags and, at this offset, a pointer
+    /// to its metadata (allocated apart), which holds the fields below.
+    /// Before, the fields are in the chunk itself.
+    pub metadata: Option<u64>,
+    /// V8 12 on: where the fields hold the chunk's own address (checked).
+    pub chunk_address: Option<u64>,
     pub size: u64,
     pub heap: u64,
     pub area_start: u64,
@@ -47,6 +53,9 @@ pub struct ScopeFlags {
     pub module_scope: u64,
     /// Scope types with position info: bit N for type N.
     pub positioned_scopes: u32,
+    /// V8 13 on: the start and end positions are header slots (this one
+    /// and the next), not in the variable part.
+    pub header_position_slot: Option<u64>,
     pub has_outer_scope_info_bit: u32,
     pub has_context_extension_slot_bit: u32,
     pub has_locals_block_list_bit: u32,
@@ -62,6 +71,13 @@ struct Fallbacks {
     /// SharedFunctionInfo::function_data (trusted_function_data in V8 13
     /// on), which holds the UncompiledData of a function not compiled yet.
     sfi_function_data: u64,
+    /// FREE_SPACE_TYPE where the metadata does not name it (V8 13 on).
+    free_space: Option<u16>,
+    /// What a FreeSpace's length counts: bytes, or words (V8 13 on).
+    free_space_unit: u64,
+    /// FeedbackVector: the bytes before its slots, where measured (its
+    /// length is the int32 after the map).
+    feedback_vector_header: Option<u64>,
 }
 
 const NORMAL_PAGE: u64 = 256 << 10;
@@ -73,47 +89,94 @@ const V8_11_SCOPE_FLAGS: ScopeFlags = ScopeFlags {
     function_scope: 2,
     module_scope: 3,
     positioned_scopes: 0b1_1111,
+    header_position_slot: None,
     has_outer_scope_info_bit: 22,
     has_context_extension_slot_bit: 26,
     has_locals_block_list_bit: 28,
 };
 
+/// V8 13 and 14 (read on 13.6 from handleRequest's ScopeInfo in the test
+/// fixture: flags 0x4171e4, its positions at slots 3-4, its local's name at 5).
+const V8_13_SCOPE_FLAGS: ScopeFlags = ScopeFlags {
+    // SCRIPT, REPL_MODE, CLASS, EVAL, FUNCTION, MODULE: 0-5.
+    function_scope: 4,
+    module_scope: 5,
+    header_position_slot: Some(3),
+    ..V8_11_SCOPE_FLAGS
+};
+
+/// V8 11.3: the header at the chunk's start.
+const V8_11: Fallbacks = Fallbacks {
+    page: PageHeader {
+        alignment: NORMAL_PAGE,
+        metadata: None,
+        chunk_address: None,
+        size: 0,
+        heap: 0x10,
+        area_start: 0x18,
+        area_end: 0x20,
+        owner: 0x40,
+        owner_space_id: 0x10,
+        paged_spaces: &[2],
+        large_spaces: &[6],
+        trusted_spaces: &[],
+    },
+    scope_flags: V8_11_SCOPE_FLAGS,
+    sfi_function_data: 0x8,
+    free_space: None,
+    free_space_unit: 1,
+    feedback_vector_header: None,
+};
+
+/// V8 12.4: flags, then the chunk's own address, before the V8 11 header.
+const V8_12_PAGE: PageHeader = PageHeader {
+    chunk_address: Some(0x8),
+    size: 0x10,
+    heap: 0x18,
+    area_start: 0x20,
+    area_end: 0x28,
+    owner: 0x48,
+    // Old and trusted; large and trusted large.
+    paged_spaces: &[2, 5],
+    large_spaces: &[7, 10],
+    trusted_spaces: &[5, 10],
+    ..V8_11.page
+};
+
+/// V8 13.6: the chunk is flags and a pointer to its metadata, which holds
+/// a vtable, the chunk's address, its size, … (measured on 13.6.233.17).
+const V8_13_PAGE: PageHeader = PageHeader {
+    metadata: Some(0x8),
+    // The area's end before the heap, its start (the chunk + 0x10) after.
+    area_end: 0x38,
+    heap: 0x40,
+    area_start: 0x48,
+    owner: 0x50,
+    // AllocationSpace gained SHARED_TRUSTED_SPACE before the large spaces.
+    large_spaces: &[8, 12],
+    trusted_spaces: &[5, 12],
+    ..V8_12_PAGE
+};
+
 impl Fallbacks {
     fn of(version: Version) -> Option<Fallbacks> {
         Some(match (version.major, version.minor) {
-            (11, 3) => Fallbacks {
-                page: PageHeader {
-                    alignment: NORMAL_PAGE,
-                    size: 0,
-                    heap: 0x10,
-                    area_start: 0x18,
-                    area_end: 0x20,
-                    owner: 0x40,
-                    owner_space_id: 0x10,
-                    paged_spaces: &[2],
-                    large_spaces: &[6],
-                    trusted_spaces: &[],
-                },
-                scope_flags: V8_11_SCOPE_FLAGS,
-                sfi_function_data: 0x8,
-            },
-            // Flags, then the chunk's own address, before the V8 11 header.
+            (11, 3) => V8_11,
             (12, 4) => Fallbacks {
-                page: PageHeader {
-                    alignment: NORMAL_PAGE,
-                    size: 0x10,
-                    heap: 0x18,
-                    area_start: 0x20,
-                    area_end: 0x28,
-                    owner: 0x48,
-                    owner_space_id: 0x10,
-                    // Old and trusted; large and trusted large.
-                    paged_spaces: &[2, 5],
-                    large_spaces: &[7, 10],
-                    trusted_spaces: &[5, 10],
-                },
-                scope_flags: V8_11_SCOPE_FLAGS,
-                sfi_function_data: 0x8,
+                page: V8_12_PAGE,
+                ..V8_11
+            },
+            (13, 6) => Fallbacks {
+                page: V8_13_PAGE,
+                scope_flags: V8_13_SCOPE_FLAGS,
+                // After FeedbackVector (0x10a) and one more, before Hole
+                // (0x10d); its length counts words.
+                free_space: Some(0x10c),
+                free_space_unit: 8,
+                // Map, length and invocation count (int32s), then 32 bytes
+                // of header (sizes of 20, 12 and 16 slot vectors read).
+                feedback_vector_header: Some(48),
+                ..V8_11
             },
             _ => return None,
         })
@@ -151,6 +214,8 @@ pub struct CensusLayout {
     pub view_byte_length: u64,
     pub context_min_slots: u64,
     pub types: CensusTypes,
+    /// What a FreeSpace's length counts: 1 (bytes) or 8 (words).
+    pub free_space_unit: u64,
     /// Class names by instance type, from the metadata.
     pub type_names: HashMap<u16, String>,
 }
@@ -183,15 +248,18 @@ pub struct CensusTypes {
     pub js_array_buffer: u16,
     pub first_js_receiver: u16,
     /// V8 12 on: tagged arrays laid out like FixedArray outside its range
-    /// (TrustedFixedArray, ProtectedFixedArray, ClosureFeedbackCellArray).
-    pub tagged_arrays: [Option<u16>; 3],
+    /// (TrustedFixedArray, ProtectedFixedArray, ClosureFeedbackCellArray;
+    /// V8 13: their weak variants).
+    pub tagged_arrays: [Option<u16>; 5],
     /// V8 12 on: TrustedByteArray, laid out like ByteArray.
     pub trusted_byte_array: Option<u16>,
     /// V8 12 on: arrays whose first slot is their capacity, with this many
     /// header bytes before the slots (ArrayList, ScriptContextTable,
     /// RegExpMatchInfo, ObjectBoilerplateDescription).
     pub capacity_arrays: [(Option<u16>, u64); 4],
-    pub big_int: Option<u16>,
+    pub big_int: u16,
+    /// With the bytes before its slots.
+    pub feedback_vector: Option<(u16, u64)>,
     pub preparse_data: Option<u16>,
     /// Not named in the metadata: the type after EmbedderDataArray's (0xf8
     /// on V8 11.3, 0x101 on 12.4, checked by the objects that follow it).
@@ -222,7 +290,10 @@ impl CensusLayout {
         let uncompiled_first = ty("UncompiledDataWithPreparseData")?;
         let types = CensusTypes {
             map: ty("Map")?,
-            free_space: ty("FreeSpace")?,
+            free_space: s
+                .type_of("FreeSpace")
+                .or(fallbacks.free_space)
+                .with_context(|| format!("V8 {version}: no instance type for FreeSpace"))?,
             fixed_array,
             byte_array: ty("ByteArray")?,
             bytecode_array: ty("BytecodeArray")?,
@@ -246,8 +317,14 @@ impl CensusLayout {
             js_data_view: ty("JSDataView")?,
             js_array_buffer: ty("JSArrayBuffer")?,
             first_js_receiver: ty("JSProxy")?,
-            tagged_arrays: ["TrustedFixedArray", "ProtectedFixedArray", "ClosureFeedbackCellArray"]
-                .map(|c| s.type_of(c)),
+            tagged_arrays: [
+                "TrustedFixedArray",
+                "ProtectedFixedArray",
+                "ClosureFeedbackCellArray",
+                "TrustedWeakFixedArray",
+                "ProtectedWeakFixedArray",
+            ]
+            .map(|c| s.type_of(c)),
             trusted_byte_array: s.type_of("TrustedByteArray"),
             capacity_arrays: [
                 ("ArrayList", 24),
@@ -256,7 +333,10 @@ impl CensusLayout {
                 ("ObjectBoilerplateDescription", 32),
             ]
             .map(|(c, header)| (s.type_of(c), header)),
-            big_int: s.type_of("BigInt"),
+            // Not named in the metadata: the type after Symbol's (0x81 on
+            // V8 13.6, read from BigInts of one digit).
+            big_int: ty("Symbol")? + 1,
+            feedback_vector: s.type_of("FeedbackVector").zip(fallbacks.feedback_vector_header),
             preparse_data: s.type_of("PreparseData"),
             feedback_metadata: ty("EmbedderDataArray")? + 1,
         };
@@ -264,6 +344,11 @@ impl CensusLayout {
         for (value, class) in s.type_names() {
             type_names.entry(value).or_insert(class);
         }
+        // Named by a fallback, not by the metadata.
+        type_names
+            .entry(types.free_space)
+            .or_insert_with(|| "FreeSpace".to_string());
+        type_names.entry(types.big_int).or_insert_with(|| "BigInt".to_string());
         // Subtypes of FixedArray without metadata names (hash tables, …).
         for t in fixed_array + 1..types.byte_array {
             type_names.entry(t).or_insert_with(|| "(array)".to_string());
@@ -295,13 +380,14 @@ impl CensusLayout {
                 .unwrap_or(fallbacks.sfi_function_data),
             // outer_scope_info_or_feedback_metadata.
             sfi_outer_scope_info: field("SharedFunctionInfo", "feedback_metadata")?,
-            uncompiled_start: 0x10,
+            uncompiled_start: s.class_field("UncompiledData", "start_position").unwrap_or(0x10),
             // JSCollection: map, properties, elements, table.
             collection_table: 0x18,
             buffer_byte_length: field("JSArrayBuffer", "byte_length")?,
             view_byte_length: field("JSArrayBufferView", "byte_length")?,
             context_min_slots: int("context_min_slots")? as u64,
             types,
+            free_space_unit: fallbacks.free_space_unit,
             type_names,
             frames,
         })
@@ -344,6 +430,7 @@ impl CensusLayout {
         let strings = self.frames.strings;
         (self.is_string(instance_type) && instance_type & strings.representation_mask == strings.seq)
             || [t.byte_array, t.bytecode_array, t.fixed_double_array, t.free_space].contains(&instance_type)
-            || [t.trusted_byte_array, t.big_int].contains(&Some(instance_type))
+            || instance_type == t.big_int
+            || t.trusted_byte_array == Some(instance_type)
     }
 }

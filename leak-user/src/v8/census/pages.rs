@@ -60,7 +60,14 @@ pub fn find(maps: &str, memory: &ProcessMemory, layout: &CensusLayout) -> Vec<Pa
 /// (heap, page) when `at` holds the header of an old-space or large-object page.
 fn read_header(memory: &ProcessMemory, layout: &CensusLayout, at: u64) -> Option<(u64, Page)> {
     let h = layout.page;
-    let word = |offset: u64| memory.u64(at + offset);
+    let fields = match h.metadata {
+        Some(pointer) => memory.u64(at + pointer)?,
+        None => at,
+    };
+    let word = |offset: u64| memory.u64(fields.checked_add(offset)?);
+    if h.chunk_address.is_some_and(|offset| word(offset) != Some(at)) {
+        return None;
+    }
     let size = word(h.size)?;
     let area_start = word(h.area_start)?;
     let area_end = word(h.area_end)?;

@@ -167,7 +167,7 @@ impl<'a> Walker<'a> {
         match instance_type {
             x if x == t.byte_array || Some(x) == t.trusted_byte_array => Some(round(header + length_smi()?)),
             // map, bit field (sign, then 30 bits of length), then 64-bit digits.
-            x if Some(x) == t.big_int => Some(16 + 8 * u64::from(int32_at(8)? >> 1 & 0x3fff_ffff)),
+            x if x == t.big_int => Some(16 + 8 * u64::from(int32_at(8)? >> 1 & 0x3fff_ffff)),
             // map, data length, children length (int32s), the data, then tagged children.
             x if Some(x) == t.preparse_data => Some(round(16 + u64::from(int32_at(8)?)) + 8 * u64::from(int32_at(12)?)),
             // map, slot count, closure slot count (int32s), then the slot
@@ -178,7 +178,11 @@ impl<'a> Walker<'a> {
             }
             x if x == t.feedback_metadata => Some(round(16 + 4 * u64::from(int32_at(8)?).div_ceil(6))),
             x if x == t.bytecode_array => Some(round(l.frames.offsets.bytecode_data + length_smi()?)),
-            x if x == t.free_space => length_smi(),
+            x if x == t.free_space => Some(l.free_space_unit * length_smi()?),
+            x if t.feedback_vector.is_some_and(|(ty, _)| ty == x) => {
+                let (_, header) = t.feedback_vector.expect("matched");
+                Some(header + 8 * u64::from(int32_at(8)?))
+            }
             // map, capacity, length, then the slots.
             x if x == t.weak_array_list => Some(24 + 8 * length_smi()?),
             // The length is the low 10 bits of length-and-hash.
