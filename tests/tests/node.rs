@@ -1441,12 +1441,9 @@ fn node_line_24() {
     check_node_line(node_line("24.22.3"));
 }
 
-/// Without Sparkplug: on V8 14 some baseline frames return into the
-/// prologue's range of their bytecode offset table, and get no line
-/// (docs/node-reference.md).
 #[test]
 fn node_line_26() {
-    check_node_line_with(node_line("26.12.1"), &[ALL_TIERS, &["--no-sparkplug"]].concat());
+    check_node_line(node_line("26.12.1"));
 }
 
 /// A perf-map entry: `START SIZE NAME`, hex.

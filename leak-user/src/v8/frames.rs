@@ -67,8 +67,9 @@ pub struct JsNamer {
     not_compiled: std::collections::HashSet<u64>,
 }
 
-/// (code offset, raw source position) pairs, in code order.
-type PositionTable = Vec<(u32, u64)>;
+/// (code offset, raw source position) pairs, in code order; offset -1 is
+/// the function entry (bytecode tables have it: the entry's stack check).
+type PositionTable = Vec<(i64, u64)>;
 
 /// What a baseline or optimized Code object tells of the frames it runs.
 struct CompiledCode {
@@ -315,7 +316,7 @@ impl JsNamer {
         let table = self.position_table(slots.bytecode_array)?;
         // The slot counts from the tagged array pointer, not from the bytecodes.
         let offset = raw_offset - (self.layout.offsets.bytecode_data as i64 - 1);
-        script_offset(position_at(&table, u32::try_from(offset).ok()?)?)
+        script_offset(position_at(&table, offset)?)
     }
 
     fn position_table(&mut self, bytecode_array: u64) -> Option<Arc<PositionTable>> {
@@ -435,15 +436,18 @@ impl JsNamer {
                 bytecodes,
             } => {
                 // As V8 does: the first pc range that ends at or after pc.
+                // A return into the prologue (a call from the function's
+                // entry: its stack and interrupt checks) is at bytecode -1,
+                // the function entry.
                 let offset = pc - code.start;
                 let &(_, bytecode) = bytecodes.iter().find(|(end, _)| *end >= offset)?;
                 let table = self.position_table(*bytecode_array)?;
-                let raw = position_at(&table, u32::try_from(bytecode).ok()?)?;
+                let raw = position_at(&table, bytecode)?;
                 return Some(vec![self.function_at(shared, script_offset(raw))?]);
             }
         };
         // A return address follows its call: V8 looks the call up one byte before.
-        let offset = u32::try_from(pc.checked_sub(code.start + 1)?).ok()?;
+        let offset = i64::try_from(pc.checked_sub(code.start + 1)?).ok()?;
         let mut raw = position_at(positions, offset)?;
         let mut levels = Vec::new();
         while let Some(id) = inlining_id(raw) {
@@ -686,9 +690,8 @@ impl JsNamer {
 
 /// V8's source position table: pairs of VLQ numbers, the code offset
 /// delta (how it is encoded: [`PositionCodes`]) and the zig-zag raw
-/// source position delta. Offsets start at -1, the function entry (whose
-/// entry, if any, is dropped). Returns (code offset, raw source position),
-/// in order.
+/// source position delta. Offsets start at -1, the function entry.
+/// Returns (code offset, raw source position), in order.
 fn decode_position_table(bytes: &[u8], codes: PositionCodes) -> Option<PositionTable> {
     let mut at = 0;
     let mut next = || -> Option<u64> {
@@ -725,9 +728,7 @@ fn decode_position_table(bytes: &[u8], codes: PositionCodes) -> Option<PositionT
             PositionCodes::FlagBits(bits) => i64::try_from(code >> bits).ok()?,
         };
         position += position_delta;
-        if code_offset >= 0 {
-            table.push((u32::try_from(code_offset).ok()?, u64::try_from(position).ok()?));
-        }
+        table.push((code_offset, u64::try_from(position).ok()?));
     }
     Some(table)
 }
@@ -765,7 +766,7 @@ fn inlining_id(raw: u64) -> Option<usize> {
 }
 
 /// The raw position in effect at code offset `offset`: the last entry at or before it.
-fn position_at(table: &[(u32, u64)], offset: u32) -> Option<u64> {
+fn position_at(table: &[(i64, u64)], offset: i64) -> Option<u64> {
     table
         .iter()
         .take_while(|(code_offset, _)| *code_offset <= offset)
@@ -814,7 +815,7 @@ mod tests {
         let signed = PositionCodes::SignedStatement;
         assert_eq!(
             decode_position_table(&bytes, signed),
-            Some(vec![(0, 10), (3, 15), (5, 14)])
+            Some(vec![(-1, 8), (0, 10), (3, 15), (5, 14)])
         );
         // Multi-byte: 301 = 0b1_0010_1101 → zig-zag 602.
         assert_eq!(decode_position_table(&[0xda, 0x04, 0x00], signed), Some(vec![(300, 0)]));
@@ -824,13 +825,18 @@ mod tests {
     #[test]
     fn decodes_v8_14_source_positions() {
         // storeUpload of js_frames.js as Node 26.12.1 holds it (the bytes
-        // read from its process): entries at -1, 0, 5, 10 and 16, as
-        // --print-bytecode lists them, at positions 1036, 1047, 1056, 1056, 1078.
+        // read from its process): entries at -1 (the function entry), 0, 5,
+        // 10 and 16, as --print-bytecode lists them, at positions 1036, 1047,
+        // 1056, 1056, 1078.
         let bytes = [2, 180, 32, 7, 44, 22, 36, 22, 0, 27, 88];
         assert_eq!(
             decode_position_table(&bytes, PositionCodes::FlagBits(2)),
-            Some(vec![(0, 2096), (5, 2114), (10, 2114), (16, 2158)])
+            Some(vec![(-1, 2074), (0, 2096), (5, 2114), (10, 2114), (16, 2158)])
         );
+        // A baseline frame returning into its prologue runs bytecode -1:
+        // the function entry's position (1036), as V8 gives it.
+        let table = decode_position_table(&bytes, PositionCodes::FlagBits(2)).expect("decodes");
+        assert_eq!(position_at(&table, -1).and_then(script_offset), Some(1036));
     }
 
     #[test]
