@@ -13,7 +13,6 @@ mod node;
 mod page_fault;
 mod sampling;
 mod shared;
-mod stack_copy;
 
 #[cfg(not(test))]
 #[panic_handler]
