@@ -145,11 +145,12 @@ pub enum EventOp {
     Free = 2,
     /// realloc-style success: `old_addr` (if non-zero) released, `addr` allocated.
     Realloc = 3,
-    /// A mapping `[addr, addr+size)` was created.
+    /// A mapping `[addr, addr+size)` was created (a `CopiedStackEvent`).
     Map = 4,
     /// `[addr, addr+size)` was unmapped (possibly part of a mapping).
     Unmap = 5,
-    /// mremap: `[old_addr, old_addr+old_size)` became `[addr, addr+size)`.
+    /// mremap: `[old_addr, old_addr+old_size)` became `[addr, addr+size)`
+    /// (a `CopiedStackEvent`).
     Remap = 6,
     /// The process exec'd: all its memory is gone.
     Exec = 7,
@@ -163,10 +164,10 @@ pub enum EventOp {
     Teardown = 11,
     /// A user stack seen for the first time: a `StackRecord`.
     Stack = 12,
-    /// brk succeeded: `addr` is the new program break (a `SiteEvent`).
+    /// brk succeeded: `addr` is the new program break (a `CopiedStackEvent`).
     Brk = 13,
-    /// The first page fault counted for stack `stack`: a `SiteEvent`, whose
-    /// stack window lets user space recover the callers the walk skipped.
+    /// A page fault at stack `stack`, sent with a copy of the user stack
+    /// (`CopiedStackEvent`) from which user space recovers its callers.
     FaultStack = 14,
 }
 
@@ -335,22 +336,37 @@ pub struct SiteEvent {
     pub stack_window: [u64; STACK_WINDOW_WORDS],
 }
 
-/// Words of user stack sent with the first page fault of a stack. A first
-/// touch inside malloc sits under the frames of `_int_malloc` and `malloc`,
-/// neither with a frame pointer (0x88 bytes to the caller's return address
-/// in glibc 2.36); sent once per stack, so the size costs little.
-pub const FAULT_STACK_WINDOW_WORDS: usize = 64;
+/// Pages of user stack copied with the events whose rate allows it (page
+/// faults, mappings, brk), from the page of the stack pointer up: 4-8 KiB
+/// above it, which held every frame from the event to `main` on the Debian
+/// programs measured (BENCHMARKS.md, "Unwinding").
+pub const STACK_COPY_PAGES: usize = 2;
+pub const STACK_COPY_PAGE_BYTES: usize = 4096;
 
-/// A page fault with the stack window that recovers the callers a
-/// frame-pointer walk skips (`EventOp::FaultStack`): the first one counted
-/// for a stack, then every one of a stack user space asked to see whole
-/// (`FAULT_WINDOWED`), whose walk hides which caller faulted.
+/// The user registers and stack memory that user space unwinds with the
+/// unwind tables (CFI) of each module, through code without frame pointers.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct FaultSiteEvent {
-    pub heap: HeapEvent,
+pub struct StackCopy {
     pub sp: u64,
-    pub stack_window: [u64; FAULT_STACK_WINDOW_WORDS],
+    pub bp: u64,
+    /// The address of `bytes[0]`: `sp` rounded down to its page.
+    pub base: u64,
+    /// Bit i: page i of `bytes` was read. The copy stops at the first page
+    /// that cannot be (above the top of the stack); the rest is zero.
+    pub pages_read: u64,
+    pub bytes: [u8; STACK_COPY_PAGES * STACK_COPY_PAGE_BYTES],
+}
+
+/// An event with a copy of the user stack (`StackCopy`): mappings, brk, and
+/// page faults (`EventOp::FaultStack`: the first one counted for a stack,
+/// then every one of a stack user space asked to see whole,
+/// `FAULT_WINDOWED`, whose frame-pointer walk does not tell its callers apart).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CopiedStackEvent {
+    pub heap: HeapEvent,
+    pub copy: StackCopy,
 }
 
 /// Entries of the table of exponential quantiles used to draw sampling gaps.
@@ -414,7 +430,7 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers with no padding holes that matter.
     unsafe impl aya::Pod for super::HeapEvent {}
     unsafe impl aya::Pod for super::SiteEvent {}
-    unsafe impl aya::Pod for super::FaultSiteEvent {}
+    unsafe impl aya::Pod for super::CopiedStackEvent {}
     unsafe impl aya::Pod for super::StackRecord {}
     unsafe impl aya::Pod for super::V8FrameLayout {}
     unsafe impl aya::Pod for super::V8PageLayout {}

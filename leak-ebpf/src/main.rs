@@ -13,6 +13,7 @@ mod node;
 mod page_fault;
 mod sampling;
 mod shared;
+mod stack_copy;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -16,7 +16,8 @@ use leak_common::{counter, DropReason, EventOp, HeapEvent, Probe, FLAG_ALLOCATOR
 
 use crate::{
     libc_alloc::inside_allocator,
-    shared::{count, count_drop, emit, emit_site_event, now_ns, target_tid, user_sp},
+    shared::{count, count_drop, emit, now_ns, target_tid, user_sp, user_stack},
+    stack_copy::emit_with_stack_copy,
 };
 
 #[repr(C)]
@@ -95,6 +96,14 @@ fn event(op: EventOp, tid: u32, call: &PendingSyscall) -> HeapEvent {
     }
 }
 
+/// Writes an event that creates memory with its stack (sent first: user
+/// space must know it before the event) and a copy of the user stack.
+#[inline(always)]
+fn emit_created(ctx: &TracePointContext, heap: HeapEvent) {
+    let stack = user_stack(ctx);
+    emit_with_stack_copy(HeapEvent { stack, ..heap });
+}
+
 /// An exec replaces the whole address space: user space starts afresh.
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
@@ -136,7 +145,7 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
             size: call.len,
             ..event(EventOp::Map, tid, &call)
         };
-        emit_site_event(&ctx, heap, user_sp());
+        emit_created(&ctx, heap);
     }
     0
 }
@@ -193,7 +202,7 @@ pub fn sys_exit_mremap(ctx: TracePointContext) -> u32 {
             old_size: call.len,
             ..event(EventOp::Remap, tid, &call)
         };
-        emit_site_event(&ctx, heap, user_sp());
+        emit_created(&ctx, heap);
     }
     0
 }
@@ -221,6 +230,6 @@ pub fn sys_exit_brk(ctx: TracePointContext) -> u32 {
         addr: new_break,
         ..HeapEvent::default()
     };
-    emit_site_event(&ctx, heap, user_sp());
+    emit_created(&ctx, heap);
     0
 }

@@ -5,14 +5,16 @@
 //! ring buffer.
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_user_buf,
     macros::{map, perf_event},
     maps::{HashMap, PerCpuHashMap},
     programs::PerfEventContext,
 };
-use leak_common::{counter, DropReason, EventOp, FaultSiteEvent, HeapEvent, Probe, FAULT_STACK_WINDOW_WORDS};
+use leak_common::{counter, DropReason, EventOp, HeapEvent, Probe};
 
-use crate::shared::{count, count_drop, event_now, target_tid, user_ip, user_sp, user_stack, wakeup_flags, EVENTS};
+use crate::{
+    shared::{count, count_drop, event_now, target_tid, user_ip, user_stack},
+    stack_copy::emit_with_stack_copy,
+};
 
 /// Samples per user stack (content hash, as in `StackRecord`), per CPU so
 /// that no atomics are needed; each sample stands for the perf event's sample
@@ -20,10 +22,10 @@ use crate::shared::{count, count_drop, event_now, target_tid, user_ip, user_sp, 
 #[map]
 static FAULT_STACKS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(16 * 1024, 0);
 
-/// Stacks whose faults are each sent with their stack window instead of
-/// being counted (set by user space in growth mode): their walk stops in
-/// code without frame pointers (inside malloc), so only the window tells
-/// which caller touched the page.
+/// Stacks whose faults are each sent with a copy of the user stack instead
+/// of being counted (set by user space in growth mode): their walk goes
+/// through code without frame pointers (malloc, -O2 code), so only the
+/// unwound copy tells which callers touched the page.
 #[map]
 static FAULT_WINDOWED: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
@@ -40,7 +42,7 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
     }
     // SAFETY: a read of a value user space writes only once.
     if unsafe { FAULT_WINDOWED.get(&stack) }.is_some() {
-        emit_fault_stack(event_now(EventOp::FaultStack, Probe::PageFault, tid), stack, user_sp());
+        emit_fault(tid, stack);
         return 0;
     }
     match FAULT_STACKS.get_ptr_mut(&stack) {
@@ -51,10 +53,9 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
                 count_drop(DropReason::FaultStacksFull);
                 return 0;
             }
-            // Once per stack: the window that recovers the callers a
+            // Once per stack: the copy that recovers the callers a
             // frame-pointer walk skips (a first touch inside malloc or memset).
-            let first = event_now(EventOp::FaultStack, Probe::PageFault, tid);
-            emit_fault_stack(first, stack, user_sp());
+            emit_fault(tid, stack);
         }
     }
     0
@@ -72,27 +73,11 @@ fn is_instruction_fetch(ctx: &PerfEventContext) -> bool {
     addr.wrapping_sub(user_ip()) < MAX_INSTRUCTION_BYTES
 }
 
-/// Writes the first fault of a stack with `FAULT_STACK_WINDOW_WORDS` of the
-/// user stack at `sp`, read straight into the ring buffer (more than the
-/// BPF stack holds).
+/// A fault at `stack`, with a copy of the user stack.
 #[inline(always)]
-fn emit_fault_stack(heap: HeapEvent, stack: u64, sp: u64) {
-    let Some(mut entry) = EVENTS.reserve::<FaultSiteEvent>(0) else {
-        count_drop(DropReason::RingBufFull);
-        return;
-    };
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` points at a reserved, exclusively owned ring buffer
-    // record; the window is plain words, viewed as bytes for the copy.
-    unsafe {
-        (*record).heap = HeapEvent { stack, ..heap };
-        (*record).sp = sp;
-        let window = core::slice::from_raw_parts_mut(
-            (*record).stack_window.as_mut_ptr().cast::<u8>(),
-            FAULT_STACK_WINDOW_WORDS * 8,
-        );
-        // On failure the kernel zeroes the window: no callers are recovered.
-        let _ = bpf_probe_read_user_buf(sp as *const u8, window);
-    }
-    entry.submit(wakeup_flags());
+fn emit_fault(tid: u32, stack: u64) {
+    emit_with_stack_copy(HeapEvent {
+        stack,
+        ..event_now(EventOp::FaultStack, Probe::PageFault, tid)
+    });
 }

@@ -75,6 +75,12 @@ pub fn user_sp() -> u64 {
     user_register(PT_REGS_SP)
 }
 
+/// The user frame pointer (%rbp) of the current thread.
+#[inline(always)]
+pub fn user_bp() -> u64 {
+    user_register(PT_REGS_BP)
+}
+
 /// The user instruction pointer of the current thread.
 #[inline(always)]
 pub fn user_ip() -> u64 {

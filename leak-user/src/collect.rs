@@ -2,8 +2,10 @@
 
 use std::collections::HashMap;
 
+use std::hash::{DefaultHasher, Hash, Hasher};
+
 use leak_common::{
-    EventOp, FaultSiteEvent, HeapEvent, Probe, SiteEvent, StackRecord, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS,
+    CopiedStackEvent, EventOp, HeapEvent, Probe, SiteEvent, StackRecord, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS,
     MAX_STACK_FRAMES,
 };
 
@@ -11,7 +13,7 @@ use crate::{
     heap::{charged_size, Heap, Kind, SiteKey, PAGE_SIZE},
     node::NodeStats,
     report::PROT_UNKNOWN,
-    symbolize::{FramelessUnwinder, ProcessModules, MAX_SKIPPED},
+    symbolize::{ProcessModules, Registers, Splice, StackMemory, Unwinder},
     v8::{JsFrame, JsNamer},
 };
 
@@ -21,7 +23,8 @@ const PROT_EXEC: u8 = 4;
 pub struct Collector {
     pub heap: Heap,
     pub modules: ProcessModules,
-    /// User stacks by content hash, as delivered by the kernel side.
+    /// User stacks by content hash: as delivered by the kernel side, and as
+    /// completed by unwinding the stack memory of an event (`unwound_stack`).
     stacks: HashMap<u64, Vec<u64>>,
     /// The JS frames of the stacks that pass through JS, by content hash,
     /// indexed like the stack's frames; named as they arrive, while the
@@ -44,12 +47,14 @@ pub struct Collector {
     /// Records that were too short or had an unknown operation.
     pub malformed: u64,
     modules_changed: bool,
-    unwinder: FramelessUnwinder,
+    unwinder: Unwinder,
+    /// The frames of the last unwind (kept to spare an allocation per event).
+    unwound: Vec<u64>,
     /// The program break as last seen (`watch`); brk events move it.
     program_break: Option<u64>,
-    /// Callers a frame-pointer walk skipped, per page-fault stack (`watch`),
-    /// recovered from the window of the first fault counted for the stack.
-    fault_callers: HashMap<u64, [u64; MAX_SKIPPED]>,
+    /// Per page-fault stack as walked (`watch`, growth mode), the stack
+    /// unwound from the copy that came with the first fault counted for it.
+    fault_unwound: HashMap<u64, u64>,
     /// Set when the per-call allocator probes were detached (growth mode from
     /// then on): their later events are ignored, so that heap sites keep
     /// the state of that moment rather than lose frees as probes go one by one.
@@ -58,8 +63,8 @@ pub struct Collector {
     growth_fault_period: Option<u64>,
     /// Page-fault samples per stack already folded into the model (growth mode).
     fault_samples_seen: HashMap<u64, u64>,
-    /// Fault stacks whose walk skipped callers, for the kernel side to send
-    /// whole from now on (growth mode).
+    /// Fault stacks whose walk is not the whole stack, for the kernel side to
+    /// send with a stack copy from now on (growth mode).
     stacks_to_window: Vec<u64>,
 }
 
@@ -79,9 +84,10 @@ impl Collector {
             sample_bytes,
             malformed: 0,
             modules_changed: true,
-            unwinder: FramelessUnwinder::default(),
+            unwinder: Unwinder::default(),
+            unwound: Vec::new(),
             program_break: None,
-            fault_callers: HashMap::new(),
+            fault_unwound: HashMap::new(),
             growth_fault_period: None,
             fault_samples_seen: HashMap::new(),
             stacks_to_window: Vec::new(),
@@ -150,7 +156,7 @@ impl Collector {
             EventOp::Exec => {
                 // A new program: its addresses mean other code.
                 self.heap = Heap::new(self.sample_bytes);
-                self.unwinder = FramelessUnwinder::default();
+                self.unwinder = Unwinder::default();
                 self.node = NodeStats::default();
                 // Another program: its V8, if any, is not the one named.
                 if !self.js_namer.as_mut().is_some_and(JsNamer::still_valid_after_exec) {
@@ -159,34 +165,52 @@ impl Collector {
                 self.js_frames.clear();
                 self.torn_down_at = None;
                 self.program_break = None;
-                self.fault_callers.clear();
+                self.fault_unwound.clear();
                 self.execs += 1;
                 self.modules_changed = true;
             }
             EventOp::FaultStack => {
-                let Some(fault) = read_record::<FaultSiteEvent>(record) else {
+                let Some(fault) = read_record::<CopiedStackEvent>(record) else {
                     self.malformed += 1;
                     return;
                 };
                 // Frame 0 is the faulting instruction itself.
-                let skipped = self.skipped_callers(&fault.heap, false, fault.sp, &fault.stack_window);
+                let stack = self.copied_stack(e.stack, &fault);
                 match self.growth_fault_period {
                     // A fault of a windowed stack: one sample, at its callers.
-                    Some(period) if self.fault_callers.contains_key(&e.stack) => {
-                        self.touch(e.stack, skipped, period, e.ts_ns)
-                    }
+                    Some(period) if self.fault_unwound.contains_key(&e.stack) => self.touch(stack, period, e.ts_ns),
                     // The first of its stack (also counted by the kernel).
-                    Some(_) if skipped[0] != 0 => {
-                        self.fault_callers.insert(e.stack, skipped);
+                    Some(_) if stack != e.stack => {
+                        self.fault_unwound.insert(e.stack, stack);
                         self.stacks_to_window.push(e.stack);
                     }
                     _ => {
-                        self.fault_callers.insert(e.stack, skipped);
+                        self.fault_unwound.insert(e.stack, stack);
                     }
                 }
             }
-            EventOp::Alloc | EventOp::Realloc | EventOp::Map | EventOp::Remap | EventOp::Brk => {
+            EventOp::Alloc | EventOp::Realloc => {
                 let Some(site_event) = read_record::<SiteEvent>(record) else {
+                    self.malformed += 1;
+                    return;
+                };
+                let window: Vec<u8> = site_event.stack_window.iter().flat_map(|w| w.to_le_bytes()).collect();
+                let registers = Registers {
+                    sp: site_event.sp,
+                    bp: None,
+                };
+                // Heap stacks are taken at the return probe: frame 0 is a return address.
+                let memory = StackMemory::new(site_event.sp, &window);
+                let stack = self.unwound_stack(e.stack, true, registers, &memory);
+                let site = self.heap.intern(SiteKey::heap(probe, stack));
+                let size = charged_size(probe, e.size);
+                if op == EventOp::Realloc {
+                    self.heap.free(e.old_addr, e.entry_ns);
+                }
+                self.heap.alloc(e.addr, size, e.ts_ns, site);
+            }
+            EventOp::Map | EventOp::Remap | EventOp::Brk => {
+                let Some(created) = read_record::<CopiedStackEvent>(record) else {
                     self.malformed += 1;
                     return;
                 };
@@ -194,14 +218,8 @@ impl Collector {
                     self.modules_changed = true;
                 }
                 let internal = e.flags & FLAG_ALLOCATOR_INTERNAL != 0;
-                let site = self.site(&site_event, probe, internal);
-                let size = charged_size(probe, e.size);
+                let site = self.mapping_site(&created, probe, internal);
                 match op {
-                    EventOp::Alloc => self.heap.alloc(e.addr, size, e.ts_ns, site),
-                    EventOp::Realloc => {
-                        self.heap.free(e.old_addr, e.entry_ns);
-                        self.heap.alloc(e.addr, size, e.ts_ns, site);
-                    }
                     EventOp::Map => self.heap.map(e.addr, e.size, e.ts_ns, site, internal),
                     EventOp::Brk => self.move_break(e.addr, e.ts_ns, site),
                     _ => self.heap.remap(
@@ -212,63 +230,83 @@ impl Collector {
         }
     }
 
-    /// The site of an event that creates memory, its stack completed with the
-    /// frames a frame-pointer walk skips.
-    fn site(&mut self, site_event: &SiteEvent, probe: Probe, internal: bool) -> u32 {
-        let event = &site_event.heap;
-        let heap = matches!(EventOp::from_u8(event.op), Some(EventOp::Alloc | EventOp::Realloc));
-        let mut key = SiteKey::heap(probe, event.stack);
-        if !heap {
-            key = SiteKey {
-                kind: Kind::Mmap,
-                anonymous: event.flags & FLAG_ANONYMOUS != 0,
-                detail: event.detail,
-                ..key
-            };
-        }
-        if key.kind == Kind::V8Heap {
-            key.detail = event.detail; // the V8 space
-        }
+    /// The site of a mapping (or brk), its stack unwound from the copy.
+    fn mapping_site(&mut self, created: &CopiedStackEvent, probe: Probe, internal: bool) -> u32 {
+        let event = &created.heap;
+        let mut key = SiteKey {
+            kind: Kind::Mmap,
+            anonymous: event.flags & FLAG_ANONYMOUS != 0,
+            detail: event.detail,
+            ..SiteKey::heap(probe, event.stack)
+        };
         // mremap keeps the protection and backing of the mapping it moves.
         if probe == Probe::Mremap {
             let source = self.heap.mapping_site(event.old_addr).map(|site| *self.heap.site(site));
             (key.anonymous, key.detail) = source.map_or((true, PROT_UNKNOWN), |s| (s.anonymous, s.detail));
         }
         // Allocator-internal mappings are not shown as sites: no stack needed.
-        if internal {
-            key.stack = 0;
-            return self.heap.intern(key);
-        }
-        // Heap stacks are taken at the return probe: frame 0 is a return address.
-        key.skipped_callers = self.skipped_callers(event, heap, site_event.sp, &site_event.stack_window);
+        key.stack = if internal {
+            0
+        } else {
+            self.copied_stack(event.stack, created)
+        };
         self.heap.intern(key)
     }
 
-    /// The return addresses the frame-pointer walk of `event`'s stack
-    /// skipped, recovered from the stack `window` at `sp` (zero-padded).
-    fn skipped_callers(
-        &mut self,
-        event: &HeapEvent,
-        frame0_returns: bool,
-        sp: u64,
-        window: &[u64],
-    ) -> [u64; MAX_SKIPPED] {
-        let Some(&frame0) = self.stack(event.stack).and_then(|s| s.first()) else {
-            return [0; MAX_SKIPPED];
+    /// `walk_hash` completed from the stack copy of `event`, whose frame 0
+    /// is an exact instruction pointer (a fault's, a syscall's).
+    fn copied_stack(&mut self, walk_hash: u64, event: &CopiedStackEvent) -> u64 {
+        let copy = &event.copy;
+        let registers = Registers {
+            sp: copy.sp,
+            bp: Some(copy.bp),
         };
-        self.refresh_modules_if_changed();
-        self.unwinder
-            .skipped_callers(&self.modules, frame0, frame0_returns, sp, window)
+        self.unwound_stack(walk_hash, false, registers, &StackMemory::of_copy(copy))
     }
 
-    /// The frames of a stack with the callers the walk skipped put back
-    /// after frame 0, innermost first; empty when the stack was lost.
-    pub fn completed_stack(&self, hash: u64, skipped: &[u64; MAX_SKIPPED]) -> Vec<u64> {
-        let mut addrs = self.stack(hash).unwrap_or_default().to_vec();
-        if !addrs.is_empty() {
-            addrs.splice(1..1, skipped.iter().copied().filter(|&a| a != 0));
+    /// The stack `walk_hash` (the kernel side's frame-pointer walk) completed
+    /// by unwinding `memory` from `registers` (`frame0_returns`: frame 0 is a
+    /// return address): the walk's own hash when unwinding changes nothing,
+    /// else the completed stack's, which is kept with its JS frames.
+    fn unwound_stack(
+        &mut self,
+        walk_hash: u64,
+        frame0_returns: bool,
+        registers: Registers,
+        memory: &StackMemory,
+    ) -> u64 {
+        self.refresh_modules_if_changed();
+        let Some(walk) = self.stacks.get(&walk_hash) else {
+            return walk_hash;
+        };
+        let Some(&frame0) = walk.first() else {
+            return walk_hash;
+        };
+        let unwound = &mut self.unwound;
+        let complete = self
+            .unwinder
+            .unwind(&self.modules, frame0, frame0_returns, registers, memory, unwound);
+        let splice = Splice::of(unwound, complete, walk);
+        if splice.is_walk(unwound, walk) {
+            return walk_hash;
         }
-        addrs
+        let mut hasher = DefaultHasher::new();
+        (walk_hash, &unwound[..splice.unwound], splice.walk_from).hash(&mut hasher);
+        let hash = hasher.finish().max(1);
+        if self.stacks.contains_key(&hash) {
+            return hash;
+        }
+        let frames = splice.frames(unwound, walk);
+        if let Some(js) = self.js_frames.get(&walk_hash) {
+            let aligned: Vec<Vec<JsFrame>> = splice
+                .walk_indices(unwound, walk)
+                .into_iter()
+                .map(|at| at.and_then(|at| js.get(at)).cloned().unwrap_or_default())
+                .collect();
+            self.js_frames.insert(hash, aligned);
+        }
+        self.stacks.insert(hash, frames);
+        hash
     }
 
     /// The per-call allocator probes are being detached at `ts_ns`.
@@ -292,25 +330,22 @@ impl Collector {
     pub fn fold_fault_samples(&mut self, samples: &[(u64, u64)], ts_ns: u64) {
         let Some(period) = self.growth_fault_period else { return };
         for &(stack, count) in samples {
-            let Some(&skipped) = self.fault_callers.get(&stack) else {
+            let Some(&unwound) = self.fault_unwound.get(&stack) else {
                 continue;
             };
             let seen = self.fault_samples_seen.entry(stack).or_default();
             let new = count.saturating_sub(*seen);
             *seen = count;
-            self.touch(stack, skipped, new * period, ts_ns);
+            self.touch(unwound, new * period, ts_ns);
         }
     }
 
-    /// `faults` page faults at `stack` (with the callers its walk skipped).
-    fn touch(&mut self, stack: u64, skipped_callers: [u64; MAX_SKIPPED], faults: u64, ts_ns: u64) {
+    /// `faults` page faults at `stack` (as unwound).
+    fn touch(&mut self, stack: u64, faults: u64, ts_ns: u64) {
         if faults == 0 || self.torn_down_at.is_some() {
             return;
         }
-        let site = self.heap.intern(SiteKey {
-            skipped_callers,
-            ..SiteKey::heap(Probe::PageFault, stack)
-        });
+        let site = self.heap.intern(SiteKey::heap(Probe::PageFault, stack));
         self.heap.touch(site, faults * PAGE_SIZE, ts_ns);
     }
 
@@ -319,23 +354,22 @@ impl Collector {
         self.js_namer = Some(namer);
     }
 
-    /// The JS frames of a stack, aligned with `completed_stack(hash,
-    /// skipped)`; empty when it has none.
-    pub fn js_frames(&self, hash: u64, skipped: &[u64; MAX_SKIPPED]) -> Vec<&[JsFrame]> {
-        let Some(js) = self.js_frames.get(&hash) else {
-            return Vec::new();
-        };
-        let mut aligned: Vec<&[JsFrame]> = js.iter().map(Vec::as_slice).collect();
-        let inserted = skipped.iter().filter(|&&a| a != 0).count();
-        if !aligned.is_empty() {
-            aligned.splice(1..1, std::iter::repeat_n(&[][..], inserted));
-        }
-        aligned
+    /// The JS frames of a stack, aligned with its frames; empty when it has none.
+    pub fn js_frames(&self, hash: u64) -> Vec<&[JsFrame]> {
+        self.js_frames
+            .get(&hash)
+            .map(|js| js.iter().map(Vec::as_slice).collect())
+            .unwrap_or_default()
     }
 
-    /// A page-fault stack, completed as `completed_stack` does.
-    pub fn fault_stack(&self, hash: u64) -> Vec<u64> {
-        self.completed_stack(hash, self.fault_callers.get(&hash).unwrap_or(&[0; MAX_SKIPPED]))
+    /// A page-fault stack as walked, by the stack unwound for it.
+    fn fault_unwound(&self, hash: u64) -> u64 {
+        self.fault_unwound.get(&hash).copied().unwrap_or(hash)
+    }
+
+    /// A page-fault stack (as walked), completed by unwinding.
+    pub fn fault_stack(&self, hash: u64) -> &[u64] {
+        self.stack(self.fault_unwound(hash)).unwrap_or_default()
     }
 
     /// Where the program break is before any brk event is seen, from
@@ -346,7 +380,7 @@ impl Collector {
 
     /// The JS frames of a page-fault stack, aligned with `fault_stack`.
     pub fn fault_js_frames(&self, hash: u64) -> Vec<&[JsFrame]> {
-        self.js_frames(hash, self.fault_callers.get(&hash).unwrap_or(&[0; MAX_SKIPPED]))
+        self.js_frames(self.fault_unwound(hash))
     }
 
     /// The break moved to `new_break`: growth is new memory of `site`, a

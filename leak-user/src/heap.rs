@@ -11,8 +11,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use leak_common::Probe;
 
-use crate::symbolize::MAX_SKIPPED;
-
 mod blocks;
 
 use blocks::{Block, Blocks};
@@ -66,11 +64,9 @@ impl Kind {
 pub struct SiteKey {
     pub kind: Kind,
     pub probe: Probe,
-    /// Content hash of the call stack; 0 when the stack was lost.
+    /// Content hash of the call stack, as completed by unwinding
+    /// (`Collector::stack` has its frames); 0 when the stack was lost.
     pub stack: u64,
-    /// Return addresses a frame-pointer walk skipped (zero-padded), inserted
-    /// after frame 0 when the stack is shown.
-    pub skipped_callers: [u64; MAX_SKIPPED],
     /// For mappings: anonymous or file-backed.
     pub anonymous: bool,
     /// For mappings: PROT_* bits.
@@ -84,7 +80,6 @@ impl SiteKey {
             kind: Kind::of(probe),
             probe,
             stack,
-            skipped_callers: [0; MAX_SKIPPED],
             anonymous: false,
             detail: 0,
         }

@@ -851,11 +851,11 @@ fn build_report(
         .into_iter()
         .map(|(mut site, id)| {
             let key = collector.heap.site(id);
-            let addrs = collector.completed_stack(key.stack, &key.skipped_callers);
+            let addrs = collector.stack(key.stack).unwrap_or_default();
             // Heap stacks are taken at the return probe: frame 0 is a return
             // address too. A fault's frame 0 is the faulting instruction.
-            let symbolized = symbolizer.symbolize(&collector.modules, &addrs, key.kind == Kind::Malloc);
-            let js = collector.js_frames(key.stack, &key.skipped_callers);
+            let symbolized = symbolizer.symbolize(&collector.modules, addrs, key.kind == Kind::Malloc);
+            let js = collector.js_frames(key.stack);
             site.frames = shared.share_all(frames(symbolized, &js, ended.is_node));
             site
         })
@@ -1062,7 +1062,7 @@ fn node_report(
             let addrs = collector.stack(stack).unwrap_or_default();
             // Taken at an entry probe: frame 0 is an exact instruction pointer.
             let symbolized = symbolizer.symbolize(&collector.modules, addrs, false);
-            let js = collector.js_frames(stack, &[0; crate::symbolize::MAX_SKIPPED]);
+            let js = collector.js_frames(stack);
             report::AllocationSample {
                 reason: node::sample_reason(probe).to_string(),
                 samples: count,

@@ -1,28 +1,58 @@
-//! Recovering the caller that a frame-pointer walk skips, from `.eh_frame`.
+//! A module's unwind tables (CFI: `.eh_frame`, `.debug_frame`): how to find
+//! a frame's caller from the frame's registers, at any address of its code.
 
 use super::segments::LoadSegments;
-use std::{collections::HashMap, fs::File};
+use std::fs::File;
 
 use gimli::{
-    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EndianSlice, LittleEndian, RegisterRule, UnwindContext, UnwindSection,
-    UnwindTableRow, X86_64,
+    BaseAddresses, CfaRule, DebugFrame, EhFrame, EhFrameHdr, EndianSlice, LittleEndian, RegisterRule, UnwindContext,
+    UnwindSection, UnwindTableRow, X86_64,
 };
 use object::{Object, ObjectSection, ReadCache};
 
-use super::maps::ProcessModules;
-
-/// The parts of an ELF file needed to find the CFA rule at an address.
+/// The parts of an ELF file needed to find the unwind rule at an address.
 pub(super) struct Cfi {
     loads: LoadSegments,
-    eh_frame: Vec<u8>,
-    eh_frame_addr: u64,
+    /// `.eh_frame` and its address.
+    eh_frame: Option<(Vec<u8>, u64)>,
     /// `.eh_frame_hdr` and its address: a binary search table over the FDEs.
     eh_frame_hdr: Option<(Vec<u8>, u64)>,
+    /// `.debug_frame`, for code `.eh_frame` does not cover.
+    debug_frame: Option<Vec<u8>>,
+}
+
+/// What the CFI says of one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CfiRow {
+    Rule(FrameRule),
+    /// No entry covers the address (code without CFI: frame pointers may).
+    Uncovered,
+    /// A rule that this unwinder does not evaluate (DWARF expressions).
+    Unsupported,
+}
+
+/// Which register a frame's CFA (the caller's stack pointer) is relative to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CfaBase {
+    Sp,
+    Bp,
+}
+
+/// How to find the caller's registers from a frame's, at one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct FrameRule {
+    pub(super) cfa_base: CfaBase,
+    pub(super) cfa_offset: i64,
+    /// Where the return address is, from the CFA; None: the outermost frame
+    /// (`_start`, a thread's start: the return address is undefined).
+    pub(super) return_address: Option<i64>,
+    /// Where the caller's %rbp was saved, from the CFA; None: unchanged.
+    pub(super) saved_bp: Option<i64>,
 }
 
 impl Cfi {
     pub(super) fn load(file: &File) -> Option<Self> {
-        // Read on demand: only headers and two sections of what may be a
+        // Read on demand: only headers and a few sections of what may be a
         // 100 MB binary are needed.
         let cache = ReadCache::new(file);
         let elf = object::File::parse(&cache)
@@ -36,12 +66,16 @@ impl Cfi {
             let section = elf.section_by_name(name)?;
             Some((section.data().ok()?.to_vec(), section.address()))
         };
-        let (eh_frame, eh_frame_addr) = section(".eh_frame")?;
+        let eh_frame = section(".eh_frame");
+        let debug_frame = section(".debug_frame").map(|(data, _)| data);
+        if eh_frame.is_none() && debug_frame.is_none() {
+            return None;
+        }
         Some(Self {
             loads: LoadSegments::of(&elf),
             eh_frame,
-            eh_frame_addr,
             eh_frame_hdr: section(".eh_frame_hdr"),
+            debug_frame,
         })
     }
 
@@ -49,122 +83,81 @@ impl Cfi {
         self.loads.vaddr(file_offset)
     }
 
-    /// The frame at `vaddr` when its CFA is rsp-based; None when it is
-    /// rbp-based (the function keeps a frame pointer) or unknown.
-    pub(super) fn frameless_rule(&self, vaddr: u64) -> Option<FramelessRule> {
-        let eh_frame = EhFrame::new(&self.eh_frame, LittleEndian);
-        let mut bases = BaseAddresses::default().set_eh_frame(self.eh_frame_addr);
+    /// The rule at ELF virtual address `vaddr`: from `.eh_frame`, else `.debug_frame`.
+    pub(super) fn row(&self, vaddr: u64) -> CfiRow {
         let mut ctx = UnwindContext::new();
-        let row: &UnwindTableRow<usize> = match &self.eh_frame_hdr {
-            Some((hdr, hdr_addr)) => {
-                bases = bases.set_eh_frame_hdr(*hdr_addr);
-                let parsed = EhFrameHdr::new(hdr, LittleEndian).parse(&bases, 8).ok()?;
-                match parsed.table() {
-                    Some(table) => {
-                        table.unwind_info_for_address(&eh_frame, &bases, &mut ctx, vaddr, EhFrame::cie_from_offset)
-                    }
-                    None => linear(&eh_frame, &bases, &mut ctx, vaddr),
-                }
-            }
-            None => linear(&eh_frame, &bases, &mut ctx, vaddr),
-        }
-        .ok()?;
-        let CfaRule::RegisterAndOffset { register, offset } = row.cfa() else {
-            return None;
+        let row = match self.eh_frame_row(&mut ctx, vaddr) {
+            Err(gimli::Error::NoUnwindInfoForAddress) => self.debug_frame_row(&mut ctx, vaddr),
+            found => found,
         };
-        if *register != X86_64::RSP {
-            return None;
-        }
-        match row.register(X86_64::RA) {
-            RegisterRule::Offset(ra) => Some(FramelessRule {
-                cfa: *offset,
-                return_address: offset.checked_add(ra)?,
-            }),
-            _ => None,
+        match row {
+            Ok(row) => frame_rule(row),
+            Err(gimli::Error::NoUnwindInfoForAddress) => CfiRow::Uncovered,
+            Err(err) => {
+                log::debug!("unwind tables at {vaddr:#x}: {err}");
+                CfiRow::Unsupported
+            }
         }
     }
-}
 
-/// Scans every FDE: for files without a `.eh_frame_hdr` search table.
-fn linear<'ctx>(
-    eh_frame: &EhFrame<EndianSlice<'_, LittleEndian>>,
-    bases: &BaseAddresses,
-    ctx: &'ctx mut UnwindContext<usize>,
-    vaddr: u64,
-) -> gimli::Result<&'ctx UnwindTableRow<usize>> {
-    eh_frame.unwind_info_for_address(bases, ctx, vaddr, EhFrame::cie_from_offset)
-}
-
-/// Offsets from the stack pointer inside a function without a frame pointer.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct FramelessRule {
-    /// The caller's stack pointer after the return (the CFA).
-    cfa: i64,
-    /// Where the return address is.
-    return_address: i64,
-}
-
-/// Frames that a frame-pointer walk skips, at most this many.
-pub const MAX_SKIPPED: usize = 3;
-
-/// Recovers the callers that a frame-pointer walk skips when the innermost
-/// frames keep no frame pointer: libc's syscall wrappers (mmap, munmap,
-/// mremap), or libstdc++'s `operator new` calling malloc. The walk follows
-/// `%rbp`, which still holds the frame of the first caller that set one up, so
-/// the frameless functions' return addresses are missing. They are read from a
-/// copy of the stack taken with the event, using the `.eh_frame` rules.
-#[derive(Default)]
-pub struct FramelessUnwinder {
-    /// Rule per looked-up address (None: has a frame pointer, or unknown).
-    rules: HashMap<u64, Option<FramelessRule>>,
-}
-
-impl FramelessUnwinder {
-    /// `frame0` is the innermost frame of the walk: an exact instruction
-    /// pointer, or a return address when `frame0_returns` (stacks taken at a
-    /// return probe). `sp` is the user stack pointer at that moment and
-    /// `window` the words at `sp` onwards. Returns the skipped return
-    /// addresses, innermost first, zero-padded.
-    pub fn skipped_callers(
-        &mut self,
-        modules: &ProcessModules,
-        frame0: u64,
-        frame0_returns: bool,
-        sp: u64,
-        window: &[u64],
-    ) -> [u64; MAX_SKIPPED] {
-        let mut skipped = [0; MAX_SKIPPED];
-        // A return address is looked up at the call instruction before it.
-        let mut pc = if frame0_returns { frame0.wrapping_sub(1) } else { frame0 };
-        let mut frame_sp = sp;
-        for slot in skipped.iter_mut() {
-            let Some(rule) = self.rule(modules, pc) else { break };
-            let Some(return_address) = word_at(window, sp, frame_sp.wrapping_add_signed(rule.return_address)) else {
-                break;
-            };
-            *slot = return_address;
-            frame_sp = frame_sp.wrapping_add_signed(rule.cfa);
-            pc = return_address.wrapping_sub(1);
+    fn eh_frame_row<'ctx>(
+        &self,
+        ctx: &'ctx mut UnwindContext<usize>,
+        vaddr: u64,
+    ) -> gimli::Result<&'ctx UnwindTableRow<usize>> {
+        let Some((data, address)) = &self.eh_frame else {
+            return Err(gimli::Error::NoUnwindInfoForAddress);
+        };
+        let eh_frame = EhFrame::new(data, LittleEndian);
+        let bases = BaseAddresses::default().set_eh_frame(*address);
+        if let Some((hdr, hdr_address)) = &self.eh_frame_hdr {
+            let bases = bases.clone().set_eh_frame_hdr(*hdr_address);
+            if let Some(table) = EhFrameHdr::new(hdr, LittleEndian).parse(&bases, 8)?.table() {
+                return table.unwind_info_for_address(&eh_frame, &bases, ctx, vaddr, EhFrame::cie_from_offset);
+            }
         }
-        skipped
+        eh_frame.unwind_info_for_address(&bases, ctx, vaddr, EhFrame::cie_from_offset)
     }
 
-    fn rule(&mut self, modules: &ProcessModules, pc: u64) -> Option<FramelessRule> {
-        // Not cached while the module is unknown: it may be mapped later.
-        let mapping = modules.find(pc)?;
-        *self.rules.entry(pc).or_insert_with(|| {
-            let module = mapping.file.as_ref()?;
-            let cfi = module.cfi.get_or_init(|| Cfi::load(&module.file)).as_ref()?;
-            cfi.frameless_rule(cfi.vaddr(mapping.file_offset(pc))?)
-        })
+    fn debug_frame_row<'ctx>(
+        &self,
+        ctx: &'ctx mut UnwindContext<usize>,
+        vaddr: u64,
+    ) -> gimli::Result<&'ctx UnwindTableRow<usize>> {
+        let Some(data) = &self.debug_frame else {
+            return Err(gimli::Error::NoUnwindInfoForAddress);
+        };
+        let debug_frame: DebugFrame<EndianSlice<'_, LittleEndian>> = DebugFrame::new(data, LittleEndian);
+        debug_frame.unwind_info_for_address(&BaseAddresses::default(), ctx, vaddr, DebugFrame::cie_from_offset)
     }
 }
 
-/// The window word at address `addr`; `window[0]` is at `sp`.
-fn word_at(window: &[u64], sp: u64, addr: u64) -> Option<u64> {
-    let delta = addr.checked_sub(sp)?;
-    if delta % 8 != 0 {
-        return None;
-    }
-    window.get(usize::try_from(delta / 8).ok()?).copied()
+/// The rule of a row, when it is of the forms compilers emit for ordinary
+/// functions: the CFA at %rsp or %rbp plus an offset, the return address
+/// and %rbp saved at offsets from it.
+fn frame_rule(row: &UnwindTableRow<usize>) -> CfiRow {
+    let CfaRule::RegisterAndOffset { register, offset } = row.cfa() else {
+        return CfiRow::Unsupported;
+    };
+    let cfa_base = match *register {
+        X86_64::RSP => CfaBase::Sp,
+        X86_64::RBP => CfaBase::Bp,
+        _ => return CfiRow::Unsupported,
+    };
+    let return_address = match row.register(X86_64::RA) {
+        RegisterRule::Offset(at) => Some(at),
+        RegisterRule::Undefined => None,
+        _ => return CfiRow::Unsupported,
+    };
+    let saved_bp = match row.register(X86_64::RBP) {
+        RegisterRule::Offset(at) => Some(at),
+        RegisterRule::Undefined | RegisterRule::SameValue => None,
+        _ => return CfiRow::Unsupported,
+    };
+    CfiRow::Rule(FrameRule {
+        cfa_base,
+        cfa_offset: *offset,
+        return_address,
+        saved_bp,
+    })
 }

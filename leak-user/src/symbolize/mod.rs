@@ -12,6 +12,7 @@ mod frame_walk;
 pub(crate) mod maps;
 pub(crate) mod perfmap;
 mod segments;
+mod unwind;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
@@ -20,10 +21,10 @@ use std::path::{Path, PathBuf};
 use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::Input;
 
-pub use cfi::{FramelessUnwinder, MAX_SKIPPED};
 use debuginfod::Debuginfod;
 pub use maps::ProcessModules;
 use maps::{fd_path, ModuleFile};
+pub use unwind::{Registers, Splice, StackMemory, Unwinder};
 
 /// The `module` of frames named from a perf map.
 pub const JIT_MODULE: &str = "[jit]";
@@ -296,7 +297,7 @@ pub fn read_as_module(file: std::fs::File, offsets: &[u64]) {
             Input::VirtOffset(offset),
         );
         if let Some(cfi) = &cfi {
-            let _ = cfi.vaddr(offset).and_then(|vaddr| cfi.frameless_rule(vaddr));
+            let _ = cfi.vaddr(offset).map(|vaddr| cfi.row(vaddr));
         }
     }
 }
@@ -375,10 +376,6 @@ int main(void) {
         }
     }
 
-    fn window() -> [u64; 16] {
-        std::array::from_fn(|i| 0x1234 + 0x100 * i as u64)
-    }
-
     #[test]
     fn symbolizes_a_c_program_before_and_after_exit() {
         let dir = std::env::temp_dir().join(format!("leakscope-symbolize-{}", std::process::id()));
@@ -424,12 +421,19 @@ int main(void) {
         ];
         assert_eq!(Symbolizer::new().symbolize(&modules, &stack, false), want);
 
-        // At the entry the CFA is rsp+8; inside the body it is rbp-based.
-        let window = window();
-        let first_skipped =
-            |ip| FramelessUnwinder::default().skipped_callers(&modules, ip, false, 0x7ff0_0000, &window)[0];
-        assert_eq!(first_skipped(target_fn), window[0]);
-        assert_eq!(first_skipped(inside), 0);
+        // At the entry the CFA is rsp+8: the caller is at [rsp]; inside the
+        // body it is rbp-based, and %rbp is not known here.
+        let caller = inside + 1;
+        let words = [caller; 16];
+        let callers = |ip| unwound(&modules, ip, Registers { sp: STACK, bp: None }, &words);
+        assert_eq!(callers(target_fn), ([target_fn, caller].to_vec(), false));
+        assert_eq!(callers(inside), ([inside].to_vec(), false));
+        // With %rbp the body's frame is unwound from it too.
+        let bp = Some(STACK + 8);
+        assert_eq!(
+            unwound(&modules, inside, Registers { sp: STACK, bp }, &words),
+            ([inside, caller].to_vec(), false)
+        );
 
         drop(child);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -466,20 +470,40 @@ int main(void) {
             .ip()
     }
 
+    /// Where the stack memory of the unwinding tests starts.
+    const STACK: u64 = 0x7ffd_0000_0000;
+
+    /// The frames unwound from `ip` through `words` at `STACK`, and whether
+    /// the outermost frame was reached.
+    fn unwound(modules: &ProcessModules, ip: u64, registers: Registers, words: &[u64]) -> (Vec<u64>, bool) {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut frames = Vec::new();
+        let memory = StackMemory::new(STACK, &bytes);
+        let complete = Unwinder::default().unwind(modules, ip, false, registers, &memory, &mut frames);
+        (frames, complete)
+    }
+
     #[test]
-    fn skipped_caller_in_libc_syscall_wrappers() {
+    fn unwinds_libc_syscall_wrappers_without_frame_pointers() {
         let mut modules = ProcessModules::new(std::process::id());
         modules.refresh().unwrap();
-        let window = window();
-        let sp = 0x7ffd_0000_0000;
-        let skipped =
-            |ip, window: &[u64]| FramelessUnwinder::default().skipped_callers(&modules, ip, false, sp, window);
+        // A return address into this test's own code.
+        let caller = unwinds_libc_syscall_wrappers_without_frame_pointers as *const () as u64 + 1;
+        let words = [caller; 16];
+        let registers = Registers { sp: STACK, bp: None };
         // mmap64 keeps nothing on the stack: the return address is at [rsp].
-        // It leads nowhere known, so the unwinding stops there.
-        assert_eq!(skipped(syscall_in(c"mmap64"), &window), [0x1234, 0, 0]);
-        // mremap starts with `sub $0x58,%rsp`.
-        assert_eq!(skipped(syscall_in(c"mremap"), &window)[0], window[0x58 / 8]);
-        // Beyond the window.
-        assert_eq!(skipped(syscall_in(c"mremap"), &window[..4]), [0; MAX_SKIPPED]);
+        let (frames, _) = unwound(&modules, syscall_in(c"mmap64"), registers, &words);
+        assert_eq!(frames[..2], [syscall_in(c"mmap64"), caller]);
+        // mremap starts with `sub $0x58,%rsp`: its caller is above that.
+        let mut words = [0x1234; 16];
+        words[0x58 / 8] = caller;
+        let (frames, _) = unwound(&modules, syscall_in(c"mremap"), registers, &words);
+        assert_eq!(frames[..2], [syscall_in(c"mremap"), caller]);
+        // Beyond the memory: nothing but frame 0.
+        let (frames, complete) = unwound(&modules, syscall_in(c"mremap"), registers, &words[..4]);
+        assert_eq!((frames, complete), (vec![syscall_in(c"mremap")], false));
+        // A return address outside the code ends the stack.
+        let (frames, complete) = unwound(&modules, syscall_in(c"mmap64"), registers, &[0x1234]);
+        assert_eq!((frames, complete), (vec![syscall_in(c"mmap64")], false));
     }
 }

@@ -154,7 +154,7 @@ impl Attribution {
             .map(|(&stack, path)| {
                 let addrs = self.collector.fault_stack(stack);
                 // Frame 0 is the faulting instruction, not a return address.
-                let frames = symbolizer.symbolize(&self.collector.modules, &addrs, false);
+                let frames = symbolizer.symbolize(&self.collector.modules, addrs, false);
                 let js = self.collector.fault_js_frames(stack);
                 GrowingPath {
                     bytes_per_s: path.rate,

@@ -1,0 +1,270 @@
+//! Unwinding a user stack from the registers and stack memory an event
+//! brought: with each module's CFI where it covers the code (libraries and
+//! programs built without frame pointers), with the frame-pointer chain
+//! elsewhere (JIT code), then joined to the kernel side's frame-pointer walk
+//! of the same stack where the memory ends.
+
+use std::collections::HashMap;
+
+use leak_common::{StackCopy, MAX_STACK_FRAMES, STACK_COPY_PAGE_BYTES};
+
+use super::cfi::{CfaBase, Cfi, CfiRow, FrameRule};
+use super::maps::ProcessModules;
+
+/// Stack memory from address `base` on.
+pub struct StackMemory<'a> {
+    base: u64,
+    bytes: &'a [u8],
+}
+
+impl<'a> StackMemory<'a> {
+    /// The pages of a stack copy that were read.
+    pub fn of_copy(copy: &'a StackCopy) -> Self {
+        let pages = copy.pages_read.trailing_ones() as usize;
+        let len = (pages * STACK_COPY_PAGE_BYTES).min(copy.bytes.len());
+        Self {
+            base: copy.base,
+            bytes: &copy.bytes[..len],
+        }
+    }
+
+    /// `bytes` read at `base`.
+    pub fn new(base: u64, bytes: &'a [u8]) -> Self {
+        Self { base, bytes }
+    }
+
+    fn word(&self, addr: u64) -> Option<u64> {
+        let at = usize::try_from(addr.checked_sub(self.base)?).ok()?;
+        let bytes = self.bytes.get(at..at.checked_add(8)?)?;
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    }
+}
+
+/// The registers an unwind starts from, besides the innermost frame's
+/// address: %rsp, and %rbp when it is known.
+#[derive(Clone, Copy, Debug)]
+pub struct Registers {
+    pub sp: u64,
+    pub bp: Option<u64>,
+}
+
+/// How to step from a frame at one address to its caller.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Cfi(FrameRule),
+    /// Code without CFI: the frame-pointer chain.
+    FramePointer,
+    /// Code whose CFI this unwinder cannot evaluate.
+    Stop,
+}
+
+/// Unwinds stacks of one process; caches a step per code address.
+#[derive(Default)]
+pub struct Unwinder {
+    steps: HashMap<u64, Step>,
+}
+
+impl Unwinder {
+    /// Writes into `frames` the stack from `pc` (an exact instruction
+    /// pointer, or a return address when `pc_returns`: stacks taken at a
+    /// return probe) through `memory`, innermost first: `pc`, then each
+    /// caller's return address. Returns whether it reached the outermost
+    /// frame; otherwise it stopped where the memory, the CFI or the code
+    /// ended.
+    pub fn unwind(
+        &mut self,
+        modules: &ProcessModules,
+        pc: u64,
+        pc_returns: bool,
+        registers: Registers,
+        memory: &StackMemory,
+        frames: &mut Vec<u64>,
+    ) -> bool {
+        frames.clear();
+        frames.push(pc);
+        // A return address is looked up at the call instruction before it.
+        let mut lookup = if pc_returns { pc.wrapping_sub(1) } else { pc };
+        let Registers { mut sp, mut bp } = registers;
+        while frames.len() < MAX_STACK_FRAMES {
+            let (cfa, return_address, caller_bp) = match self.step(modules, lookup) {
+                Some(Step::Cfi(rule)) => {
+                    let base = match rule.cfa_base {
+                        CfaBase::Sp => sp,
+                        CfaBase::Bp => match bp {
+                            Some(bp) => bp,
+                            None => return false,
+                        },
+                    };
+                    let cfa = base.wrapping_add_signed(rule.cfa_offset);
+                    let Some(at) = rule.return_address else {
+                        return true;
+                    };
+                    let Some(return_address) = memory.word(cfa.wrapping_add_signed(at)) else {
+                        return false;
+                    };
+                    let caller_bp = match rule.saved_bp {
+                        Some(at) => memory.word(cfa.wrapping_add_signed(at)),
+                        None => bp,
+                    };
+                    (cfa, return_address, caller_bp)
+                }
+                Some(Step::FramePointer) => {
+                    let Some(bp) = bp else { return false };
+                    let (Some(caller_bp), Some(return_address)) = (memory.word(bp), memory.word(bp.wrapping_add(8)))
+                    else {
+                        return false;
+                    };
+                    (bp.wrapping_add(16), return_address, Some(caller_bp))
+                }
+                Some(Step::Stop) | None => return false,
+            };
+            // The first thread of some programs ends with a zero return address.
+            if return_address == 0 {
+                return true;
+            }
+            // A stack only grows down: a caller's frame is above its callee's.
+            if cfa <= sp || !modules.is_code(return_address.wrapping_sub(1)) {
+                return false;
+            }
+            frames.push(return_address);
+            (sp, bp) = (cfa, caller_bp);
+            lookup = return_address.wrapping_sub(1);
+        }
+        false
+    }
+
+    /// None when `pc` is in no code the target mapped.
+    fn step(&mut self, modules: &ProcessModules, pc: u64) -> Option<Step> {
+        if let Some(&step) = self.steps.get(&pc) {
+            return Some(step);
+        }
+        if !modules.is_code(pc) {
+            // Not cached: the module may be mapped later.
+            return None;
+        }
+        let row = modules.find(pc).and_then(|mapping| {
+            let module = mapping.file.as_ref()?;
+            let cfi = module.cfi.get_or_init(|| Cfi::load(&module.file)).as_ref()?;
+            Some(cfi.row(cfi.vaddr(mapping.file_offset(pc))?))
+        });
+        let step = match row {
+            Some(CfiRow::Rule(rule)) => Step::Cfi(rule),
+            Some(CfiRow::Unsupported) => Step::Stop,
+            // JIT code, and modules or code without CFI.
+            Some(CfiRow::Uncovered) | None => Step::FramePointer,
+        };
+        self.steps.insert(pc, step);
+        Some(step)
+    }
+}
+
+/// How an unwound stack and the kernel side's frame-pointer walk of the same
+/// stack make one: the first `unwound` unwound frames, then the walk's from
+/// index `walk_from`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Splice {
+    pub unwound: usize,
+    pub walk_from: usize,
+}
+
+impl Splice {
+    /// `unwound` as `Unwinder::unwind` wrote it (`complete`: it reached the
+    /// outermost frame) and `walk` the walk (frame 0 the same).
+    pub fn of(unwound: &[u64], complete: bool, walk: &[u64]) -> Splice {
+        let whole = |walk_from| Splice {
+            unwound: unwound.len(),
+            walk_from,
+        };
+        if complete || walk.is_empty() {
+            return whole(walk.len());
+        }
+        let Some(&last) = unwound.last() else {
+            return Splice {
+                unwound: 0,
+                walk_from: 0,
+            };
+        };
+        if unwound.len() == 1 {
+            return whole(1);
+        }
+        // The walk went on from the last frame unwound.
+        if let Some(at) = walk.iter().skip(1).position(|&frame| frame == last) {
+            return whole(at + 2);
+        }
+        // The walk skipped every frame unwound (frameless functions under
+        // the first frame-pointer frame, whose frame the walk went on from).
+        if !unwound[1..].iter().any(|frame| walk[1..].contains(frame)) {
+            return whole(1);
+        }
+        whole(walk.len())
+    }
+
+    /// Whether the spliced stack is the walk itself.
+    pub fn is_walk(self, unwound: &[u64], walk: &[u64]) -> bool {
+        self.walk_from == self.unwound && walk.get(..self.unwound) == unwound.get(..self.unwound)
+    }
+
+    pub fn frames(self, unwound: &[u64], walk: &[u64]) -> Vec<u64> {
+        let tail = walk.get(self.walk_from..).unwrap_or_default();
+        unwound[..self.unwound].iter().chain(tail).copied().collect()
+    }
+
+    /// For each frame of `frames`, its index in the walk, if it is one of
+    /// the walk's (whose JS slots it then has): unwound frames are matched
+    /// in order.
+    pub fn walk_indices(self, unwound: &[u64], walk: &[u64]) -> Vec<Option<usize>> {
+        let mut next = 0;
+        let mut indices: Vec<Option<usize>> = unwound[..self.unwound]
+            .iter()
+            .map(|frame| {
+                let at = walk.get(next..)?.iter().position(|f| f == frame)? + next;
+                next = at + 1;
+                Some(at)
+            })
+            .collect();
+        indices.extend((self.walk_from..walk.len()).map(Some));
+        indices
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splices_the_walk_after_the_unwound_frames() {
+        // Complete: the unwound frames alone.
+        let s = Splice::of(&[1, 2, 3], true, &[1, 9, 8]);
+        assert_eq!(s.frames(&[1, 2, 3], &[1, 9, 8]), [1, 2, 3]);
+        // Stopped at a frame the walk has: the walk goes on after it.
+        let (unwound, walk) = ([1, 2, 3], [1, 7, 3, 4, 5]);
+        let s = Splice::of(&unwound, false, &walk);
+        assert_eq!(s.frames(&unwound, &walk), [1, 2, 3, 4, 5]);
+        assert_eq!(
+            s.walk_indices(&unwound, &walk),
+            [Some(0), None, Some(2), Some(3), Some(4)]
+        );
+        // The walk skipped the unwound frames (frameless callees).
+        let (unwound, walk) = ([1, 2, 3], [1, 4, 5]);
+        let s = Splice::of(&unwound, false, &walk);
+        assert_eq!(s.frames(&unwound, &walk), [1, 2, 3, 4, 5]);
+        // Nothing unwound beyond frame 0: the walk.
+        let s = Splice::of(&[1], false, &walk);
+        assert!(s.is_walk(&[1], &walk));
+        assert!(Splice::of(&walk, false, &walk).is_walk(&walk, &walk));
+        // Overlapping, but not at the last unwound frame: no guess.
+        let (unwound, walk) = ([1, 2, 3], [1, 2, 4]);
+        assert_eq!(Splice::of(&unwound, false, &walk).frames(&unwound, &walk), [1, 2, 3]);
+    }
+
+    #[test]
+    fn reads_only_the_memory_it_has() {
+        let bytes: Vec<u8> = (0u64..4).flat_map(u64::to_le_bytes).collect();
+        let memory = StackMemory::new(0x1000, &bytes);
+        assert_eq!(memory.word(0x1008), Some(1));
+        assert_eq!(memory.word(0x1018), Some(3));
+        assert_eq!(memory.word(0x1019), None);
+        assert_eq!(memory.word(0xff8), None);
+        assert_eq!(memory.word(u64::MAX), None);
+    }
+}
