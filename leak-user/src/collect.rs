@@ -6,7 +6,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use leak_common::{
     CopiedStackEvent, EventOp, HeapEvent, Probe, SiteEvent, StackRecord, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS,
-    MAX_STACK_FRAMES,
+    MAX_STACK_FRAMES, STACK_WINDOW_WORDS,
 };
 
 use crate::{
@@ -194,15 +194,21 @@ impl Collector {
                     self.malformed += 1;
                     return;
                 };
-                let window: Vec<u8> = site_event.stack_window.iter().flat_map(|w| w.to_le_bytes()).collect();
+                let mut window = [0u8; STACK_WINDOW_WORDS * 8];
+                for (bytes, word) in window.chunks_exact_mut(8).zip(site_event.stack_window) {
+                    bytes.copy_from_slice(&word.to_le_bytes());
+                }
                 let registers = Registers {
                     sp: site_event.sp,
                     bp: None,
                 };
                 // Heap stacks are taken at the return probe: frame 0 is a return address.
                 let memory = StackMemory::new(site_event.sp, &window);
-                let stack = self.unwound_stack(e.stack, true, registers, &memory);
-                let site = self.heap.intern(SiteKey::heap(probe, stack));
+                let mut key = SiteKey::heap(probe, self.unwound_stack(e.stack, true, registers, &memory));
+                if key.kind == Kind::V8Heap {
+                    key.detail = e.detail; // the V8 space
+                }
+                let site = self.heap.intern(key);
                 let size = charged_size(probe, e.size);
                 if op == EventOp::Realloc {
                     self.heap.free(e.old_addr, e.entry_ns);
@@ -290,8 +296,13 @@ impl Collector {
         if splice.is_walk(unwound, walk) {
             return walk_hash;
         }
+        // The completed frames' content hash: unwinds that stop at different
+        // frames (the copy starts at sp's page) but join the walk into the
+        // same stack are one site.
         let mut hasher = DefaultHasher::new();
-        (walk_hash, &unwound[..splice.unwound], splice.walk_from).hash(&mut hasher);
+        splice
+            .frames_iter(unwound, walk)
+            .for_each(|frame| frame.hash(&mut hasher));
         let hash = hasher.finish().max(1);
         if self.stacks.contains_key(&hash) {
             return hash;

@@ -205,8 +205,12 @@ impl Splice {
     }
 
     pub fn frames(self, unwound: &[u64], walk: &[u64]) -> Vec<u64> {
+        self.frames_iter(unwound, walk).collect()
+    }
+
+    pub fn frames_iter<'a>(self, unwound: &'a [u64], walk: &'a [u64]) -> impl Iterator<Item = u64> + 'a {
         let tail = walk.get(self.walk_from..).unwrap_or_default();
-        unwound[..self.unwound].iter().chain(tail).copied().collect()
+        unwound[..self.unwound].iter().chain(tail).copied()
     }
 
     /// For each frame of `frames`, its index in the walk, if it is one of
