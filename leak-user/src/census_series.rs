@@ -30,6 +30,7 @@ impl CensusSeries {
         self.points.push(CensusPoint {
             t_s,
             live_bytes: census.live_bytes,
+            free_bytes: census.free_bytes,
             objects: census.objects,
             duration_s: census.duration.as_secs_f64(),
             frozen_s: 0.0,

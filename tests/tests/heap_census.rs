@@ -146,7 +146,15 @@ fn census_counts_the_fixtures_leaks(node: &Path, line: &str) {
         // a page V8 is filling) stay a small share: about 6 KB of this
         // 3-5 MiB heap, up to 250 KB with such a page.
         assert!(num(c, "unparsed_bytes") * 5 < num(c, "live_bytes"), "{c}");
+        // Free space on the pages walked is counted apart from live objects.
+        assert!(num(c, "free_bytes") > 0, "{c}");
     }
+    let groups = census["groups"].as_array().expect("groups");
+    assert!(
+        groups.iter().all(|g| g["name"] != "FreeSpace"),
+        "free space counted as objects\n{}",
+        context()
+    );
 
     let requests = num(&summary, "requests");
     assert!(requests >= 500, "{summary}");

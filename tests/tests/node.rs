@@ -1651,8 +1651,7 @@ fn attach_defaults_to_busy(name: &str) -> (Value, String) {
 /// Findings, not sites: complete stacks split one leak over its JIT tiers'
 /// return addresses into sites too small for a verdict each, and a finding
 /// is what tells the user (the merge is checked in findings.rs).
-fn assert_busy_attach_finds(name: &str, needle: &str) {
-    let (report, stderr) = attach_defaults_to_busy(name);
+fn assert_growing_finding_under(report: &Value, stderr: &str, needle: &str) {
     let sites = report["sites"].as_array().expect("sites");
     let under_needle = |i: &Value| {
         let site = &sites[i.as_u64().expect("site index") as usize];
@@ -1667,20 +1666,44 @@ fn assert_busy_attach_finds(name: &str, needle: &str) {
     assert!(
         growing,
         "no growing finding over page faults under {needle}\n{stderr}\n{}",
-        describe_top_sites(&report, 12)
+        describe_top_sites(report, 12)
     );
 }
 
 /// A busy buffers.js: the retained Buffers' pages are found under the
-/// ArrayBuffer allocator, growing, without any Buffer probe.
+/// ArrayBuffer allocator, growing, without any Buffer probe. The pages that
+/// glibc's malloc (built without frame pointers) touches, in its own frames,
+/// have whole stacks: through malloc, node's C++ and the JS functions that
+/// allocate, named, to `node::Start`.
 #[test]
 fn attach_defaults_to_busy_buffers_finds_the_retained_buffers() {
-    assert_busy_attach_finds("buffers", "NodeArrayBufferAllocator::Allocate");
+    let (report, stderr) = attach_defaults_to_busy("buffers");
+    assert_growing_finding_under(&report, &stderr, "NodeArrayBufferAllocator::Allocate");
+    let in_malloc: Vec<Vec<&str>> = sites_of(&report, "pages_touched")
+        .map(frame_functions)
+        .filter(|f| {
+            f.first().is_some_and(|f0| ["_int_malloc", "sysmalloc"].contains(f0))
+                && f.iter().any(|f| f.contains("NodeArrayBufferAllocator::Allocate"))
+        })
+        .collect();
+    assert!(
+        !in_malloc.is_empty(),
+        "no fault inside malloc under the allocator\n{}",
+        describe_top_sites(&report, 12)
+    );
+    for frames in &in_malloc {
+        let from = |name: &str| frames.iter().position(|f| f.contains(name));
+        let whole = from("__libc_calloc").is_some()
+            && from("handleRequest") > from("NodeArrayBufferAllocator::Allocate")
+            && from("node::Start") > from("handleRequest");
+        assert!(whole, "a stack through malloc is not whole: {frames:?}");
+    }
 }
 
 /// A busy zlib_streams.js: the open deflate streams' pages are found at
 /// zlib's stack, growing, without any malloc probe.
 #[test]
 fn attach_defaults_to_busy_zlib_streams_finds_the_native_leak() {
-    assert_busy_attach_finds("zlib_streams", "deflateInit2");
+    let (report, stderr) = attach_defaults_to_busy("zlib_streams");
+    assert_growing_finding_under(&report, &stderr, "deflateInit2");
 }

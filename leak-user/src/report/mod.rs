@@ -189,8 +189,12 @@ pub struct HeapCensus {
 pub struct CensusPoint {
     /// Seconds into the hunt.
     pub t_s: f64,
-    /// Bytes of the objects walked (old space and large objects).
+    /// Bytes of the objects walked (old space and large objects), free
+    /// space (FreeSpace) excluded.
     pub live_bytes: u64,
+    /// Free space (FreeSpace objects) on the pages walked.
+    #[serde(default)]
+    pub free_bytes: u64,
     pub objects: u64,
     /// Wall time the census took; the target ran on meanwhile.
     pub duration_s: f64,

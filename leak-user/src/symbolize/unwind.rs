@@ -33,7 +33,7 @@ impl<'a> StackMemory<'a> {
         Self { base, bytes }
     }
 
-    fn word(&self, addr: u64) -> Option<u64> {
+    pub fn word(&self, addr: u64) -> Option<u64> {
         let at = usize::try_from(addr.checked_sub(self.base)?).ok()?;
         let bytes = self.bytes.get(at..at.checked_add(8)?)?;
         Some(u64::from_le_bytes(bytes.try_into().ok()?))
@@ -62,6 +62,9 @@ enum Step {
 #[derive(Default)]
 pub struct Unwinder {
     steps: HashMap<u64, Step>,
+    /// Of the last unwind, per frame: the frame pointer of the function the
+    /// frame is in, where known (0 otherwise), which shows a JS frame's slots.
+    frame_pointers: Vec<u64>,
 }
 
 impl Unwinder {
@@ -82,6 +85,8 @@ impl Unwinder {
     ) -> bool {
         frames.clear();
         frames.push(pc);
+        self.frame_pointers.clear();
+        self.frame_pointers.push(registers.bp.unwrap_or(0));
         // A return address is looked up at the call instruction before it.
         let mut lookup = if pc_returns { pc.wrapping_sub(1) } else { pc };
         let Registers { mut sp, mut bp } = registers;
@@ -127,10 +132,17 @@ impl Unwinder {
                 return false;
             }
             frames.push(return_address);
+            self.frame_pointers.push(caller_bp.unwrap_or(0));
             (sp, bp) = (cfa, caller_bp);
             lookup = return_address.wrapping_sub(1);
         }
         false
+    }
+
+    /// Per frame of the last unwind, the frame pointer of the function it is
+    /// in (0: not known).
+    pub fn frame_pointers(&self) -> &[u64] {
+        &self.frame_pointers
     }
 
     /// None when `pc` is in no code the target mapped.

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use leak_common::JsFrameSlots;
+use leak_common::{JsFrameSlots, V8FrameLayout};
 
 use super::memory::ProcessMemory;
 use super::metadata::{CodeLayout, Layout, PositionCodes};
@@ -171,6 +171,47 @@ impl JsNamer {
         }
         let position = self.interpreted_position(slots);
         self.function_at(slots.shared, position).into_iter().collect()
+    }
+
+    /// The JS frames of a frame found by unwinding a copy of the stack, not
+    /// by the kernel side's walk: `below_fp`, the words below its frame
+    /// pointer, are read as the kernel side reads them (a heap-object context
+    /// and a JSFunction by its map), the function from the target's memory.
+    /// Read later than the kernel side would, a function a scavenge moved
+    /// since is not one any more: the frame is then left unnamed.
+    pub fn name_copied_frame(&mut self, below_fp: &[u64; V8FrameLayout::SLOTS_BELOW_FP], pc: u64) -> Vec<JsFrame> {
+        let frame = self.layout.frame;
+        let slot = |offset: i64| {
+            let at = (offset + 8 * V8FrameLayout::SLOTS_BELOW_FP as i64) / 8;
+            usize::try_from(at)
+                .ok()
+                .and_then(|at| below_fp.get(at))
+                .copied()
+                .unwrap_or(0)
+        };
+        let (context, function) = (slot(frame.fp_context), slot(frame.fp_function));
+        if frame.enabled == 0 || !is_heap_object(context) {
+            return Vec::new();
+        }
+        self.open_memory();
+        let is_function = self
+            .instance_type(function)
+            .is_some_and(|t| (frame.first_js_function_type..=frame.last_js_function_type).contains(&u64::from(t)));
+        let Some(shared) = is_function
+            .then(|| self.field(function, frame.function_shared))
+            .flatten()
+        else {
+            return Vec::new();
+        };
+        // As the kernel side: only interpreted frames keep a bytecode offset (a SMI).
+        let bytecode_offset = slot(frame.fp_bytecode_offset);
+        let interpreted = bytecode_offset & 0xffff_ffff == 0;
+        let slots = JsFrameSlots {
+            shared,
+            bytecode_array: if interpreted { slot(frame.fp_bytecode_array) } else { 0 },
+            bytecode_offset: if interpreted { bytecode_offset } else { 0 },
+        };
+        self.name(&slots, pc)
     }
 
     fn mem(&self) -> Option<&ProcessMemory> {

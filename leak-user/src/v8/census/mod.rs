@@ -58,6 +58,8 @@ pub struct Census {
     pub groups: HashMap<GroupKey, GroupCount>,
     pub objects: u64,
     pub live_bytes: u64,
+    /// FreeSpace on the pages walked: not objects, in no group.
+    pub free_bytes: u64,
     pub unparsed_bytes: u64,
     pub pages: usize,
     pub bytes_read: u64,
@@ -111,6 +113,7 @@ pub fn take(pid: u32, layout: &CensusLayout, namer: JsNamer, budget: Budget) -> 
         };
         census.objects += stats.objects;
         census.live_bytes += stats.bytes;
+        census.free_bytes += stats.free_bytes;
         census.unparsed_bytes += stats.unparsed_bytes;
     }
     census.bytes_read = walker.bytes_read;

@@ -59,6 +59,9 @@ pub struct Walker<'a> {
 pub struct WalkStats {
     pub objects: u64,
     pub bytes: u64,
+    /// Bytes of FreeSpace: memory the allocator has not handed out, neither
+    /// an object nor counted in `bytes`.
+    pub free_bytes: u64,
     /// Bytes skipped: not parsable as objects (being written by the target,
     /// or of a type whose size the census does not compute).
     pub unparsed_bytes: u64,
@@ -225,6 +228,11 @@ impl<'a> Walker<'a> {
                 at = resumed;
                 continue;
             };
+            if info.instance_type == self.layout.types.free_space {
+                stats.free_bytes += size;
+                at += size as usize;
+                continue;
+            }
             let stop = (at + size as usize).min(buf.len());
             visit(
                 self,
