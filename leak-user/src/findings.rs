@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::analyze::{analyze_site, GrowthPolicy, SiteGrowth};
+use crate::heap::Kind;
 use crate::report::{file_name, Frame, Report, Series, Site, Verdict};
 use crate::symbolize::JIT_MODULE;
 
@@ -34,6 +35,19 @@ const SYSTEM_DIRS: &[&str] = &[
 /// `getline`, libstdc++'s containers) are compiled into the application's
 /// module but are library code.
 const SYSTEM_HEADER_DIRS: &[&str] = &["/usr/include/", "/usr/lib/gcc/"];
+
+/// V8's own scratch memory: its optimizing compiler's zones and its garbage
+/// collectors' worklists. It is freed and taken again all the time, and a
+/// page fault cannot see the frees: the pages it touches anew make a
+/// `pages_touched` site grow by construction (growth mode), while the JS
+/// heap it works for is judged by the `v8_heap` sites and the census.
+const V8_SCRATCH: &[&str] = &[
+    "v8::internal::compiler::",
+    "v8::internal::Zone::",
+    "heap::base::Worklist",
+    "v8::internal::MarkCompactCollector::",
+    "v8::internal::Scavenger",
+];
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Finding {
@@ -119,6 +133,10 @@ pub fn of(report: &Report) -> Vec<Finding> {
     groups(report)
         .into_iter()
         .filter_map(|mut group| {
+            let scratch = |&i: &usize| is_v8_scratch_pages(&report.sites[i]);
+            if group.frame.is_none() && group.sites.iter().all(scratch) {
+                return None;
+            }
             // Only pieces that rose themselves can add up to growth: young
             // sites of healthy churn (insufficient data) must not.
             let a_piece_rose = group.sites.iter().any(|&i| {
@@ -273,6 +291,17 @@ fn is_finding(site: &Site, has_application_frame: bool) -> bool {
     let file_backed = site.mapping.as_ref().is_some_and(|m| !m.anonymous);
     let flat = matches!(site.verdict, Some(Verdict::Stable | Verdict::Plateau));
     grows || (has_application_frame && !file_backed && !flat)
+}
+
+/// Pages V8's scratch memory touched (see `V8_SCRATCH`).
+fn is_v8_scratch_pages(site: &Site) -> bool {
+    site.kind == Kind::PagesTouched
+        && site.frames.iter().any(|frame| {
+            frame
+                .function
+                .as_deref()
+                .is_some_and(|function| V8_SCRATCH.iter().any(|prefix| function.starts_with(prefix)))
+        })
 }
 
 /// Index of the first frame in the application's own code: outside the
@@ -511,6 +540,34 @@ mod tests {
         let findings = of(&report);
         assert_eq!(findings.len(), 3);
         assert!(findings[1].frame.is_none());
+    }
+
+    #[test]
+    fn v8_scratch_pages_are_never_a_finding() {
+        let mut report = report();
+        report.node = Some(Default::default());
+        let node = "/usr/bin/node";
+        let zone = |kind| Site {
+            kind,
+            verdict: Some(Verdict::Growing),
+            frames: vec![
+                frame("_int_malloc", None, None, LIBC, "0x7f44"),
+                frame("v8::internal::Zone::Expand(unsigned long)", None, None, node, "0x1100"),
+                frame(
+                    "v8::internal::compiler::PipelineImpl::CreateGraph()",
+                    None,
+                    None,
+                    node,
+                    "0x1200",
+                ),
+            ],
+            ..report.sites[0].clone()
+        };
+        report.sites = vec![zone(Kind::PagesTouched), zone(Kind::Malloc)];
+        let findings = of(&report);
+        // The same stack's malloc'd bytes, still outstanding, stay one.
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].sites, [1]);
     }
 
     #[test]

@@ -1679,6 +1679,18 @@ fn assert_growing_finding_under(report: &Value, stderr: &str, needle: &str) {
 fn attach_defaults_to_busy_buffers_finds_the_retained_buffers() {
     let (report, stderr) = attach_defaults_to_busy("buffers");
     assert_growing_finding_under(&report, &stderr, "NodeArrayBufferAllocator::Allocate");
+    // The first finding names the JS code that keeps the Buffers (not V8's
+    // compiler or GC scratch pages, nor node's allocator).
+    let titles: Vec<&str> = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter_map(|f| f["title"].as_str())
+        .collect();
+    assert!(
+        titles.first().is_some_and(|t| t.contains("(buffers.js:")),
+        "the first finding is not the fixture's code: {titles:#?}"
+    );
     let in_malloc: Vec<Vec<&str>> = sites_of(&report, "pages_touched")
         .map(frame_functions)
         .filter(|f| {
