@@ -1,8 +1,9 @@
 //! Maps and helpers used by every probe family.
 
 use aya_ebpf::{
+    cty::c_void,
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_loop,
         bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::map,
@@ -174,6 +175,17 @@ pub fn user_stack<C: EbpfContext>(_ctx: &C) -> u64 {
     hash
 }
 
+/// A field of `V8_FRAME_LAYOUT`, which the loader patches: read volatile so
+/// the compiler cannot fold the initial value, one field at a time so the
+/// struct is not copied to the stack (the walk's callback and its caller
+/// share the 512-byte stack limit).
+macro_rules! layout_field {
+    ($field:ident) => {
+        // SAFETY: a read of a field of a static.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(V8_FRAME_LAYOUT.$field)) }
+    };
+}
+
 /// What `walk_frames` wrote.
 struct Walked {
     frames: usize,
@@ -203,56 +215,91 @@ fn walk_frames(record: &mut StackRecord) -> Walked {
     record.frames[0] = ip;
     record.js[0] = JsFrameSlots::default();
     // Frame 0 has no JS slots: its own hash round has them zero.
-    let mut hash = ((FNV_OFFSET ^ ip).wrapping_mul(FNV_PRIME)).wrapping_mul(FNV_PRIME);
-    // SAFETY: a read of a constant the loader patched; volatile so the
-    // compiler cannot fold the initial value.
-    let layout = unsafe { core::ptr::read_volatile(&V8_FRAME_LAYOUT) };
-    let slot = |offset: i64| ((offset + 8 * V8FrameLayout::SLOTS_BELOW_FP as i64) / 8) as usize;
-    let slots = [
-        slot(layout.fp_context),
-        slot(layout.fp_function),
-        slot(layout.fp_bytecode_array),
-        slot(layout.fp_bytecode_offset),
-    ];
-    let mut fp = user_register(PT_REGS_BP);
-    let mut len = 1;
-    let mut has_js = false;
-    for k in 1..MAX_STACK_FRAMES {
-        // SAFETY: reads user memory through the checked helper.
-        let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
-            break;
-        };
-        if ret == 0 {
-            break;
-        }
-        record.frames[k] = ret;
-        let js = if layout.enabled != 0 && next > fp {
-            js_slots(next, &layout, &slots)
-        } else {
-            JsFrameSlots::default()
-        };
-        has_js |= js.shared != 0;
-        hash = (hash ^ ret).wrapping_mul(FNV_PRIME);
-        hash = (hash ^ js.shared ^ js.bytecode_offset.rotate_left(17)).wrapping_mul(FNV_PRIME);
-        record.js[k] = js;
-        len = k + 1;
-        if next <= fp {
-            break;
-        }
-        fp = next;
+    let hash = ((FNV_OFFSET ^ ip).wrapping_mul(FNV_PRIME)).wrapping_mul(FNV_PRIME);
+    let mut walk = Walk {
+        record: core::ptr::from_mut(record),
+        fp: user_register(PT_REGS_BP),
+        len: 1,
+        has_js: false,
+        hash,
+    };
+    // One callback verified once, rather than the loop's body unrolled and
+    // explored per frame: the verifier's time at load was most of a hunt's
+    // CPU on Node (BENCHMARKS §4b).
+    // SAFETY: `walk_frame` has bpf_loop's callback signature and `walk`
+    // outlives the call.
+    unsafe {
+        bpf_loop(
+            (MAX_STACK_FRAMES - 1) as u32,
+            walk_frame as *mut c_void,
+            core::ptr::from_mut(&mut walk).cast(),
+            0,
+        );
     }
     Walked {
-        frames: len,
-        has_js,
-        hash,
+        frames: walk.len,
+        has_js: walk.has_js,
+        hash: walk.hash,
     }
+}
+
+/// The frame walk's state between `bpf_loop` rounds.
+struct Walk {
+    record: *mut StackRecord,
+    fp: u64,
+    len: usize,
+    has_js: bool,
+    hash: u64,
+}
+
+/// Round `index` of the walk: reads frame `index + 1`; 1 stops the loop.
+extern "C" fn walk_frame(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `walk_frames` passes its `Walk` as the loop's context.
+    let walk = unsafe { &mut *ctx.cast::<Walk>() };
+    let k = index as usize + 1;
+    if k >= MAX_STACK_FRAMES {
+        return 1;
+    }
+    let fp = walk.fp;
+    // SAFETY: reads user memory through the checked helper.
+    let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+        return 1;
+    };
+    if ret == 0 {
+        return 1;
+    }
+    // SAFETY: the per-CPU scratch record `walk_frames` was given.
+    let record = unsafe { &mut *walk.record };
+    record.frames[k] = ret;
+    let slot = |offset: i64| ((offset + 8 * V8FrameLayout::SLOTS_BELOW_FP as i64) / 8) as usize;
+    let slots = [
+        slot(layout_field!(fp_context)),
+        slot(layout_field!(fp_function)),
+        slot(layout_field!(fp_bytecode_array)),
+        slot(layout_field!(fp_bytecode_offset)),
+    ];
+    let js = if layout_field!(enabled) != 0 && next > fp {
+        js_slots(next, &slots)
+    } else {
+        JsFrameSlots::default()
+    };
+    walk.has_js |= js.shared != 0;
+    let hash = (walk.hash ^ ret).wrapping_mul(FNV_PRIME);
+    walk.hash = (hash ^ js.shared ^ js.bytecode_offset.rotate_left(17)).wrapping_mul(FNV_PRIME);
+    record.js[k] = js;
+    walk.len = k + 1;
+    if next <= fp {
+        return 1;
+    }
+    walk.fp = next;
+    0
 }
 
 /// The V8 slots below frame pointer `fp`, if they are a JS frame's: its
 /// context is a heap object (not a frame-type marker) and its function
 /// slot holds an object whose map says JSFunction.
 #[inline(always)]
-fn js_slots(fp: u64, layout: &V8FrameLayout, slots: &[usize; 4]) -> JsFrameSlots {
+fn js_slots(fp: u64, slots: &[usize; 4]) -> JsFrameSlots {
     const WORDS: usize = V8FrameLayout::SLOTS_BELOW_FP;
     let none = JsFrameSlots::default();
     let base = fp - 8 * WORDS as u64;
@@ -267,22 +314,23 @@ fn js_slots(fp: u64, layout: &V8FrameLayout, slots: &[usize; 4]) -> JsFrameSlots
     }
     let object = function - 1;
     // SAFETY: as above.
-    let Ok(map) = (unsafe { bpf_probe_read_user((object + layout.map) as *const u64) }) else {
+    let Ok(map) = (unsafe { bpf_probe_read_user((object + layout_field!(map)) as *const u64) }) else {
         return none;
     };
     if map & 1 == 0 {
         return none;
     }
     // SAFETY: as above.
-    let Ok(instance_type) = (unsafe { bpf_probe_read_user((map - 1 + layout.instance_type) as *const u16) }) else {
+    let Ok(instance_type) = (unsafe { bpf_probe_read_user((map - 1 + layout_field!(instance_type)) as *const u16) })
+    else {
         return none;
     };
     let instance_type = u64::from(instance_type);
-    if instance_type < layout.first_js_function_type || instance_type > layout.last_js_function_type {
+    if instance_type < layout_field!(first_js_function_type) || instance_type > layout_field!(last_js_function_type) {
         return none;
     }
     // SAFETY: as above.
-    let Ok(shared) = (unsafe { bpf_probe_read_user((object + layout.function_shared) as *const u64) }) else {
+    let Ok(shared) = (unsafe { bpf_probe_read_user((object + layout_field!(function_shared)) as *const u64) }) else {
         return none;
     };
     // Only interpreted frames keep a bytecode offset (a SMI: low half zero)

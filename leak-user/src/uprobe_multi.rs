@@ -27,9 +27,11 @@ use aya_obj::generated::{
 
 /// Programs loaded for multi-links, by name, loaded on first use.
 pub struct MultiPrograms {
-    /// The eBPF object file, and once needed, its parse, relocated.
+    /// The eBPF object file, and once needed, its parse, relocated, with its
+    /// BTF loaded into the kernel (function info needs it: a `bpf_loop`
+    /// callback must be known static).
     object_bytes: &'static [u8],
-    object: Option<aya_obj::Object>,
+    object: Option<(aya_obj::Object, Option<OwnedFd>)>,
     loaded: BTreeMap<String, OwnedFd>,
 }
 
@@ -55,8 +57,8 @@ impl MultiPrograms {
             if self.object.is_none() {
                 self.object = Some(relocated_object(ebpf, self.object_bytes)?);
             }
-            let object = self.object.as_ref().expect("relocated above");
-            let fd = load_program(object, name)?;
+            let (object, btf) = self.object.as_ref().expect("relocated above");
+            let fd = load_program(object, btf.as_ref().map(|fd| fd.as_fd()), name)?;
             self.loaded.insert(name.to_string(), fd);
         }
         Ok(self.loaded[name].as_fd())
@@ -109,13 +111,24 @@ impl MultiPrograms {
 }
 
 /// The eBPF object, its map references pointed at the maps of `ebpf` and
-/// its calls linked, as aya does before loading.
-fn relocated_object(ebpf: &Ebpf, object_bytes: &[u8]) -> Result<aya_obj::Object> {
+/// its calls linked, and its BTF loaded (None where the kernel has no BTF
+/// support), as aya does before loading.
+fn relocated_object(ebpf: &Ebpf, object_bytes: &[u8]) -> Result<(aya_obj::Object, Option<OwnedFd>)> {
     let mut object = aya_obj::Object::parse(object_bytes).map_err(|e| anyhow!("cannot parse the eBPF object: {e}"))?;
     if object.has_btf_relocations() {
         // Never so far: CO-RE would need the kernel's BTF loaded here too.
         bail!("the eBPF object has CO-RE relocations, which multi-link loading does not apply");
     }
+    let btf = match aya::features().btf() {
+        Some(features) => match object
+            .fixup_and_sanitize_btf(features)
+            .map_err(|e| anyhow!("cannot prepare the eBPF object's BTF: {e}"))?
+        {
+            Some(btf) => Some(load_btf(&btf.to_bytes())?),
+            None => None,
+        },
+        None => None,
+    };
     let definitions = std::mem::take(&mut object.maps);
     let mut maps = Vec::new();
     for (name, map) in ebpf.maps() {
@@ -131,7 +144,20 @@ fn relocated_object(ebpf: &Ebpf, object_bytes: &[u8]) -> Result<aya_obj::Object>
     object
         .relocate_calls(&text_sections)
         .map_err(|e| anyhow!("cannot link the eBPF calls: {e}"))?;
-    Ok(object)
+    Ok((object, btf))
+}
+
+/// BPF_BTF_LOAD of the object's (sanitized) BTF.
+fn load_btf(bytes: &[u8]) -> Result<OwnedFd> {
+    // SAFETY: all-zero is a valid bpf_attr.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writes the BTF-load member of a zeroed union; `bytes` outlives the syscall.
+    unsafe {
+        let u = &mut attr.__bindgen_anon_7;
+        u.btf = bytes.as_ptr() as u64;
+        u.btf_size = bytes.len() as u32;
+    }
+    bpf(bpf_cmd::BPF_BTF_LOAD, &mut attr).context("the kernel refused the eBPF object's BTF")
 }
 
 /// The descriptor of a map aya created, whatever its kind.
@@ -157,8 +183,9 @@ fn map_fd(map: &Map) -> Result<BorrowedFd<'_>> {
 }
 
 /// BPF_PROG_LOAD of program `name` as a kprobe-type program for uprobe
-/// multi-links. On rejection, the verifier's last lines are in the error.
-fn load_program(object: &aya_obj::Object, name: &str) -> Result<OwnedFd> {
+/// multi-links, with its function and line info where `btf` is loaded. On
+/// rejection, the verifier's last lines are in the error.
+fn load_program(object: &aya_obj::Object, btf: Option<BorrowedFd<'_>>, name: &str) -> Result<OwnedFd> {
     let program = object
         .programs
         .get(name)
@@ -167,6 +194,8 @@ fn load_program(object: &aya_obj::Object, name: &str) -> Result<OwnedFd> {
         .functions
         .get(&program.function_key())
         .with_context(|| format!("no code for program {name}"))?;
+    let func_info = function.func_info.func_info_bytes();
+    let line_info = function.line_info.line_info_bytes();
     let load = |log: &mut [u8]| {
         let instructions: &[bpf_insn] = &function.instructions;
         // SAFETY: all-zero is a valid bpf_attr.
@@ -183,6 +212,19 @@ fn load_program(object: &aya_obj::Object, name: &str) -> Result<OwnedFd> {
             u.kern_version = program.kernel_version.unwrap_or(0);
             for (slot, byte) in u.prog_name.iter_mut().zip(name.bytes().take(15)) {
                 *slot = byte as _;
+            }
+            if let Some(btf) = btf {
+                u.prog_btf_fd = btf.as_raw_fd() as u32;
+                if function.func_info_rec_size > 0 {
+                    u.func_info = func_info.as_ptr() as u64;
+                    u.func_info_cnt = function.func_info.len() as u32;
+                    u.func_info_rec_size = function.func_info_rec_size as u32;
+                }
+                if function.line_info_rec_size > 0 {
+                    u.line_info = line_info.as_ptr() as u64;
+                    u.line_info_cnt = function.line_info.len() as u32;
+                    u.line_info_rec_size = function.line_info_rec_size as u32;
+                }
             }
             if !log.is_empty() {
                 u.log_level = 1;
