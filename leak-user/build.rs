@@ -16,12 +16,21 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let metadata = cargo_metadata::MetadataCommand::new().no_deps().exec()?;
-    let ebpf = metadata
-        .packages
-        .into_iter()
-        .find(|p| p.name.as_str() == "leak-ebpf")
-        .ok_or_else(|| anyhow!("leak-ebpf package not found"))?;
-    let root_dir = ebpf.manifest_path.parent().context("no parent")?;
+    let package_dir = |name: &str| {
+        let package = metadata
+            .packages
+            .iter()
+            .find(|p| p.name.as_str() == name)
+            .ok_or_else(|| anyhow!("{name} package not found"))?;
+        package
+            .manifest_path
+            .parent()
+            .map(|dir| dir.to_owned())
+            .context("no parent")
+    };
+    let root_dir = package_dir("leak-ebpf")?;
+    // The records both sides share: the eBPF object is stale once they change.
+    println!("cargo:rerun-if-changed={}", package_dir("leak-common")?.join("src"));
     aya_build::build_ebpf(
         [Package {
             name: "leak-ebpf",

@@ -337,10 +337,11 @@ pub struct SiteEvent {
 }
 
 /// Pages of user stack copied with the events whose rate allows it (page
-/// faults, mappings, brk), from the page of the stack pointer up: 4-8 KiB
-/// above it, which held every frame from the event to `main` on the Debian
-/// programs measured (BENCHMARKS.md, "Unwinding").
-pub const STACK_COPY_PAGES: usize = 2;
+/// faults, mappings, brk), from the page of the stack pointer up: 8-12 KiB
+/// above it. Two pages (4-8 KiB) cut the dynamic loader's start-up stacks
+/// (mmap in `_dl_map_segments` to `_start`) short or not depending on where
+/// in its page the stack pointer fell, so one stack made two sites.
+pub const STACK_COPY_PAGES: usize = 3;
 pub const STACK_COPY_PAGE_BYTES: usize = 4096;
 
 /// The user registers and stack memory that user space unwinds with the

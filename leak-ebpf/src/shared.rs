@@ -313,24 +313,26 @@ fn js_slots(fp: u64, slots: &[usize; 4]) -> JsFrameSlots {
         return none;
     }
     let object = function - 1;
+    let map_offset = layout_field!(map);
     // SAFETY: as above.
-    let Ok(map) = (unsafe { bpf_probe_read_user((object + layout_field!(map)) as *const u64) }) else {
+    let Ok(map) = (unsafe { bpf_probe_read_user((object + map_offset) as *const u64) }) else {
         return none;
     };
     if map & 1 == 0 {
         return none;
     }
+    let type_offset = layout_field!(instance_type);
     // SAFETY: as above.
-    let Ok(instance_type) = (unsafe { bpf_probe_read_user((map - 1 + layout_field!(instance_type)) as *const u16) })
-    else {
+    let Ok(instance_type) = (unsafe { bpf_probe_read_user((map - 1 + type_offset) as *const u16) }) else {
         return none;
     };
     let instance_type = u64::from(instance_type);
     if instance_type < layout_field!(first_js_function_type) || instance_type > layout_field!(last_js_function_type) {
         return none;
     }
+    let shared_offset = layout_field!(function_shared);
     // SAFETY: as above.
-    let Ok(shared) = (unsafe { bpf_probe_read_user((object + layout_field!(function_shared)) as *const u64) }) else {
+    let Ok(shared) = (unsafe { bpf_probe_read_user((object + shared_offset) as *const u64) }) else {
         return none;
     };
     // Only interpreted frames keep a bytecode offset (a SMI: low half zero)

@@ -130,7 +130,10 @@ pub fn evaluate(report: &Report, limits: &Limits) -> Vec<Violation> {
         let (growth, rate) = growth_after(&process.t_s, &process.tracked_bytes, limits.warmup_s, false);
         violations.extend(judge("total".to_string(), growth, rate, limits));
     }
-    violations.sort_by_key(|v| std::cmp::Reverse(v.growth_bytes));
+    // The total first, as a summary; then the sites, largest growth first.
+    // The total is the process's own series, sampled apart from the sites':
+    // it can be below the largest site's growth when others shrank.
+    violations.sort_by_key(|v| (v.what != "total", std::cmp::Reverse(v.growth_bytes)));
     violations
 }
 
