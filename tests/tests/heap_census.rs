@@ -89,6 +89,11 @@ fn within(actual: u64, truth: u64, fraction: f64) -> bool {
 }
 
 #[test]
+fn census_counts_the_fixtures_leaks_and_names_their_holders_on_node_18() {
+    census_counts_the_fixtures_leaks(&node_line("18.20.8"), "18");
+}
+
+#[test]
 fn census_counts_the_fixtures_leaks_and_names_their_holders_on_node_20() {
     census_counts_the_fixtures_leaks(Path::new("/usr/bin/node"), "20");
 }
@@ -101,6 +106,11 @@ fn census_counts_the_fixtures_leaks_and_names_their_holders_on_node_22() {
 #[test]
 fn census_counts_the_fixtures_leaks_and_names_their_holders_on_node_24() {
     census_counts_the_fixtures_leaks(&node_line("24.22.3"), "24");
+}
+
+#[test]
+fn census_counts_the_fixtures_leaks_and_names_their_holders_on_node_26() {
+    census_counts_the_fixtures_leaks(&node_line("26.12.1"), "26");
 }
 
 /// Counts within 10% of the truth (the fixture's and its heap snapshot's,

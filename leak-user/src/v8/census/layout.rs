@@ -15,7 +15,7 @@ use super::super::metadata::{Layout, Symbols};
 use super::super::version::Version;
 
 /// The V8 lines [`Fallbacks::of`] knows, for the message that refuses others.
-pub const KNOWN_LINES: &str = "V8 11.3 (Node 20), 12.4 (Node 22) and 13.6 (Node 24)";
+pub const KNOWN_LINES: &str = "V8 10.2 (Node 18), 11.3 (Node 20), 12.4 (Node 22), 13.6 (Node 24) and 14.6 (Node 26)";
 
 /// V8's memory chunk ("page") header: normal pages are 256 KiB and aligned
 /// to it; a large-object page holds one object at its area start.
@@ -161,6 +161,16 @@ const V8_13_PAGE: PageHeader = PageHeader {
 impl Fallbacks {
     fn of(version: Version) -> Option<Fallbacks> {
         Some(match (version.major, version.minor) {
+            // V8 10: AllocationSpace has new space last, old space 1 and
+            // large-object space 4.
+            (10, 2) => Fallbacks {
+                page: PageHeader {
+                    paged_spaces: &[1],
+                    large_spaces: &[4],
+                    ..V8_11.page
+                },
+                ..V8_11
+            },
             (11, 3) => V8_11,
             (12, 4) => Fallbacks {
                 page: V8_12_PAGE,
@@ -177,6 +187,17 @@ impl Fallbacks {
                 // of header (sizes of 20, 12 and 16 slot vectors read).
                 feedback_vector_header: Some(48),
                 ..V8_11
+            },
+            (14, 6) => Fallbacks {
+                // Between FeedbackVector (0x10f) and InterceptorInfo (0x113)
+                // are three types the metadata does not name, as on 13.6
+                // after FeedbackVector: one, FreeSpace, Hole.
+                free_space: Some(0x111),
+                ..Fallbacks::of(Version {
+                    major: 13,
+                    minor: 6,
+                    ..version
+                })?
             },
             _ => return None,
         })
@@ -422,6 +443,14 @@ impl CensusLayout {
             // WeakFixedArray and TransitionArray, which follows it.
             || instance_type == t.weak_fixed_array
             || instance_type == t.weak_fixed_array + 1
+    }
+
+    /// Free memory: FreeSpace, and the one- and two-word fillers, whose
+    /// type is the one before it (unnamed in the metadata; between
+    /// FeedbackVector and FreeSpace on every line, 8 and 16 bytes each).
+    pub fn is_free_space(&self, instance_type: u16) -> bool {
+        let free_space = self.types.free_space;
+        instance_type == free_space || instance_type == free_space - 1
     }
 
     /// Objects whose body holds no tagged pointers.

@@ -59,8 +59,8 @@ pub struct Walker<'a> {
 pub struct WalkStats {
     pub objects: u64,
     pub bytes: u64,
-    /// Bytes of FreeSpace: memory the allocator has not handed out, neither
-    /// an object nor counted in `bytes`.
+    /// Bytes of FreeSpace and fillers: memory the allocator has not handed
+    /// out, neither an object nor counted in `bytes`.
     pub free_bytes: u64,
     /// Bytes skipped: not parsable as objects (being written by the target,
     /// or of a type whose size the census does not compute).
@@ -228,7 +228,7 @@ impl<'a> Walker<'a> {
                 at = resumed;
                 continue;
             };
-            if info.instance_type == self.layout.types.free_space {
+            if self.layout.is_free_space(info.instance_type) {
                 stats.free_bytes += size;
                 at += size as usize;
                 continue;
