@@ -60,13 +60,34 @@ type Run = (bool, Vec<String>);
 /// The issue's target: the unwinder adds at most 20 % per pair.
 const COST_TARGET: f64 = 1.2;
 
-/// One allocation stack at exit: who allocated, what it still holds and its
-/// frames from the allocator's caller out (the allocator's own frame left out).
+/// One allocation stack at exit: who allocated, what it still holds, where
+/// its caller called it, and its frames from that caller out (the
+/// allocator's own frame left out).
 struct Stack {
     allocator: String,
     bytes: u64,
     blocks: u64,
+    /// The offset in its page of the return address into the allocator's
+    /// caller: the same in both tools' processes whatever their layout.
+    caller: Option<u64>,
     frames: usize,
+    /// Whether the stack reaches `main` or what calls it.
+    whole: bool,
+}
+
+/// The functions at the root of a whole stack: `main` and the start-up code
+/// below it, which valgrind shows as one `(below main)`.
+const ROOTS: &[&str] = &[
+    "main",
+    "__libc_start_call_main",
+    "__libc_start_main",
+    "_start",
+    "(below main)",
+];
+
+/// The offset in its page of an address.
+fn page_offset(address: u64) -> u64 {
+    address & 0xfff
 }
 
 pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
@@ -116,19 +137,12 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
                     format!("{} / {} / {}", theirs.len(), exact_malloc.len(), vg.len()),
                     frame_figures(&vg),
                     frame_figures(&ls),
-                    format!(
-                        "{} / {}",
-                        frame_figures(&theirs.iter().map(|s| s.frames).collect::<Vec<_>>()),
-                        frame_figures(&exact_malloc.iter().map(|s| s.frames).collect::<Vec<_>>())
-                    ),
+                    format!("{} / {}", all_frames(&theirs), all_frames(&exact_malloc)),
                 ]
             }
             Err(why) => vec![why.clone(); 4],
         };
-        let growth_cell = |stacks: &[Stack]| {
-            let frames: Vec<usize> = stacks.iter().map(|s| s.frames).collect();
-            format!("{}: {}", frames.len(), frame_figures(&frames))
-        };
+        let growth_cell = |stacks: &[Stack]| format!("{}: {}", stacks.len(), all_frames(stacks));
         rows.push(
             [
                 vec![name.to_string()],
@@ -157,7 +171,9 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
         0..0,
         [
             "Sites are matched between the two tools by allocating function (valgrind's first frame, \
-             leakscope's `allocator`), bytes and blocks still allocated at exit, among the malloc sites \
+             leakscope's `allocator`), bytes and blocks still allocated at exit and first caller outside \
+             the allocator (the offset in its page of the return address into it, which valgrind shows \
+             less 1: the same in both processes whatever their layout), among the malloc sites \
              (leakscope's `kind: malloc`, valgrind's loss records) whose key no other site of the same \
              tool has; valgrind's loss records of one stack (one per leak kind) are summed first. Sites \
              whose stacks the two tools split differently (a leakscope stack cut short joins callers that \
@@ -166,7 +182,10 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
             "Frames are counted as each tool lists them, inlined ones included, from the allocator's \
              caller out: valgrind's own first frame (its replacement malloc) is left out, since leakscope's \
              stacks start at the allocator's caller. valgrind stops at `main` or at `(below main)` and \
-             at 50 frames (`--num-callers=50`); leakscope goes on to `_start`."
+             at 50 frames (`--num-callers=50`); leakscope goes on to `_start`. A stack is whole (`to main`) \
+             if it reaches `main` or the start-up code below it (`__libc_start_call_main`, \
+             `__libc_start_main`, `_start`; valgrind's `(below main)`): the dynamic loader's own \
+             mappings reach its `_start`."
                 .to_string(),
             "No hunt dropped an event unless a note below says so (the reports' `drops`).".to_string(),
             "Growth mode's `pages_touched` and `mmap` sites (the stacks of first touches of pages and of \
@@ -194,9 +213,9 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
             "malloc sites: valgrind / leakscope exact / matched",
             "matched: valgrind frames",
             "matched: leakscope exact frames",
-            "all malloc sites: valgrind / leakscope exact frames",
-            "leakscope growth, pages_touched sites: count: frames",
-            "leakscope growth, mmap sites: count: frames",
+            "all malloc sites: valgrind / leakscope exact frames, whole stacks",
+            "leakscope growth, pages_touched sites: count: frames, whole stacks",
+            "leakscope growth, mmap sites: count: frames, whole stacks",
         ],
         rows,
         notes,
@@ -221,7 +240,16 @@ fn stacks(report: &Value, kinds: &[&str]) -> Vec<Stack> {
             allocator: s["allocator"].as_str().unwrap_or_default().to_string(),
             bytes: s["outstanding_bytes"].as_u64().unwrap_or(0),
             blocks: s["outstanding_allocations"].as_u64().unwrap_or(0),
+            caller: s["frames"][0]["address"]
+                .as_str()
+                .and_then(|a| u64::from_str_radix(a.strip_prefix("0x")?, 16).ok())
+                .map(page_offset),
             frames: s["frames"].as_array().map_or(0, Vec::len),
+            whole: s["frames"].as_array().is_some_and(|frames| {
+                frames
+                    .iter()
+                    .any(|f| ROOTS.contains(&f["function"].as_str().unwrap_or_default()))
+            }),
         })
         .collect()
 }
@@ -255,11 +283,22 @@ fn valgrind_stacks(log: &str) -> Vec<Stack> {
                         .first()
                         .and_then(|f| f.split_once(": ")?.1.split_whitespace().next())
                         .unwrap_or_default();
+                    // valgrind shows a caller's frame at its return address − 1 (`1FF11D: Perl_savepvn …`).
+                    let caller = frames
+                        .get(1)
+                        .and_then(|f| u64::from_str_radix(f.split_once(':')?.0, 16).ok())
+                        .map(|a| page_offset(a + 1));
                     merged.push(Stack {
                         allocator: allocator.to_string(),
                         bytes,
                         blocks,
+                        caller,
                         frames: frames.len().saturating_sub(1),
+                        // `4AFD249: (below main) (libc_start_call_main.h:58)`, `10915E: main (x.c:5)`
+                        whole: frames.iter().any(|f| {
+                            f.split_once(": ")
+                                .is_some_and(|(_, f)| ROOTS.iter().any(|r| f.starts_with(&format!("{r} "))))
+                        }),
                     });
                     index.insert(frames, merged.len() - 1);
                 }
@@ -284,7 +323,7 @@ fn valgrind_stacks(log: &str) -> Vec<Stack> {
 }
 
 /// The frames of the sites both tools have (valgrind's, leakscope's): those
-/// whose allocator, bytes and blocks no other site of either tool shares.
+/// whose allocator, bytes, blocks and caller no other site of either tool shares.
 fn matched(valgrind: &[Stack], leakscope: &[Stack]) -> (Vec<usize>, Vec<usize>) {
     let ours = unique_keys(leakscope);
     unique_keys(valgrind)
@@ -293,16 +332,28 @@ fn matched(valgrind: &[Stack], leakscope: &[Stack]) -> (Vec<usize>, Vec<usize>) 
         .unzip()
 }
 
-/// The frames of each site by allocator, bytes and blocks; `None` for a key that several sites share.
-fn unique_keys(stacks: &[Stack]) -> HashMap<(&str, u64, u64), Option<usize>> {
+/// The frames of each site by allocator, bytes, blocks and caller; `None`
+/// for a key that several sites share.
+fn unique_keys(stacks: &[Stack]) -> HashMap<(&str, u64, u64, Option<u64>), Option<usize>> {
     let mut by_key = HashMap::new();
     for s in stacks {
         by_key
-            .entry((s.allocator.as_str(), s.bytes, s.blocks))
+            .entry((s.allocator.as_str(), s.bytes, s.blocks, s.caller))
             .and_modify(|frames| *frames = None)
             .or_insert(Some(s.frames));
     }
     by_key
+}
+
+/// `median (max), N % to main` of the stacks' frames and how many are whole.
+fn all_frames(stacks: &[Stack]) -> String {
+    let frames: Vec<usize> = stacks.iter().map(|s| s.frames).collect();
+    let whole = stacks.iter().filter(|s| s.whole).count();
+    format!(
+        "{}, {:.0} % to main",
+        frame_figures(&frames),
+        100.0 * whole as f64 / stacks.len().max(1) as f64
+    )
 }
 
 /// `median (max)` of frame counts, or `–` for none.
