@@ -54,12 +54,6 @@ const VALGRIND: &[&str] = &[
     "--run-cxx-freeres=no",
 ];
 
-/// A configuration of 10b: whether it is traced, and its command.
-type Run = (bool, Vec<String>);
-
-/// The target: the unwinder adds at most 20 % per pair.
-const COST_TARGET: f64 = 1.2;
-
 /// One allocation stack at exit: who allocated, what it still holds, where
 /// its caller called it, and its frames from that caller out (the
 /// allocator's own frame left out).
@@ -361,6 +355,12 @@ fn frame_figures(frames: &[usize]) -> String {
     let values: Vec<f64> = frames.iter().map(|&f| f as f64).collect();
     stats(&values).map_or("–".into(), |s| format!("{} ({})", s.median, s.max))
 }
+
+/// A configuration of 10b: whether it is traced, and its command.
+type Run = (bool, Vec<String>);
+
+/// The target: the unwinder adds at most 20 % per pair.
+const COST_TARGET: f64 = 1.2;
 
 pub(super) fn cost(plan: &Plan, tools: &Tools) -> Result<Section> {
     let ticks = clock_ticks()?;
