@@ -466,6 +466,14 @@ pub(super) fn cost(plan: &Plan, tools: &Tools) -> Result<Section> {
             " ×",
             &format!("{} against {} ns/pair.", fmt_ns(nofp_cpu), fmt_ns(fp_cpu)),
         ));
+        notes.push(format!(
+            "Without frame pointers a pair costs the traced program {} ns more, and leakscope {} ns more CPU: \
+             the program's figure holds its traps and the BPF programs (the walk and the stack copy run in \
+             the kernel, in its context), while leakscope's reader, which unwinds, runs beside it on the \
+             other core. This section does not divide the program's share further (section 6b's way would).",
+            fmt_ns(nofp_cost - fp_cost),
+            fmt_ns(nofp_cpu - fp_cpu)
+        ));
     }
     Ok(Section {
         title: TITLE_COST,
