@@ -9,8 +9,9 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use super::{
-    clock_ticks, compile_as, drops, fmt_ns, interleave, measure, needs, rel, run_measuring_cpu, shell_line, stats,
-    target_note, timed, unavailable, words, work_dir, Available, Plan, Section, Tools,
+    clock_ticks, compile_as, cost::BpfStats, drops, fmt_ns, interleave, logged_secs, measure, needs, rel,
+    run_measuring_cpu, shell_line, stats, target_note, timed, unavailable, words, work_dir, Available, Plan, Section,
+    Tools,
 };
 
 pub(super) const TITLE_FRAMES: &str = "10a. Unwinding: frames per stack of Debian programs, against valgrind";
@@ -392,12 +393,20 @@ pub(super) fn cost(plan: &Plan, tools: &Tools) -> Result<Section> {
             ]
         })
         .collect();
-    // Per configuration: the target's ns/pair; traced, leakscope's CPU ns/pair after attach.
+    // The kernel's run-time statistics of the BPF programs, on for these runs only.
+    let _stats = BpfStats::enable()?;
+    // Per configuration: the target's ns/pair; traced, the BPF programs' and
+    // leakscope's CPU ns/pair after attach.
     let mut ns = vec![Vec::new(); configs.len()];
+    let mut bpf_ns = vec![Vec::new(); configs.len()];
     let mut cpu_ns = vec![Vec::new(); configs.len()];
     interleave(plan.reps, &configs, |round, i, (traced, argv)| {
         if *traced {
-            let (stdout, _, cpu) = run_measuring_cpu(argv, ticks)?;
+            let (stdout, log, cpu) = run_measuring_cpu(argv, ticks)?;
+            // `the BPF programs ran 12.5 ms in all`.
+            let programs_ms = logged_secs(&log, "the BPF programs ran ")
+                .with_context(|| format!("no `the BPF programs ran` line in:\n{log}"))?;
+            bpf_ns[i].push(programs_ms * 1e6 / pairs_per_run as f64);
             let figure: f64 = stdout
                 .lines()
                 .rev()
@@ -424,13 +433,17 @@ pub(super) fn cost(plan: &Plan, tools: &Tools) -> Result<Section> {
         })
     };
     let mut rows = Vec::new();
-    // (traced − untraced ns/pair, leakscope CPU ns/pair) per build.
+    // (traced − untraced ns/pair, BPF programs ns/pair, leakscope CPU ns/pair) per build.
     let mut costs = Vec::new();
     for (b, (name, _)) in builds.iter().enumerate() {
         let (untraced, traced) = (2 * b, 2 * b + 1);
         let ratio = match (med(&ns[traced]), med(&ns[untraced])) {
             (Some(t), Some(u)) => {
-                costs.push((t - u, med(&cpu_ns[traced]).unwrap_or(0.0)));
+                costs.push((
+                    t - u,
+                    med(&bpf_ns[traced]).unwrap_or(0.0),
+                    med(&cpu_ns[traced]).unwrap_or(0.0),
+                ));
                 format!("{:.1}", t / u)
             }
             _ => "–".into(),
@@ -440,6 +453,7 @@ pub(super) fn cost(plan: &Plan, tools: &Tools) -> Result<Section> {
             cell(&ns[untraced]),
             cell(&ns[traced]),
             ratio,
+            cell(&bpf_ns[traced]),
             cell(&cpu_ns[traced]),
         ]);
     }
@@ -449,7 +463,7 @@ pub(super) fn cost(plan: &Plan, tools: &Tools) -> Result<Section> {
          report; the verifier's work at load is left out."
             .to_string(),
     ];
-    if let [(fp_cost, fp_cpu), (nofp_cost, nofp_cpu)] = costs[..] {
+    if let [(fp_cost, fp_bpf, fp_cpu), (nofp_cost, nofp_bpf, nofp_cpu)] = costs[..] {
         notes.push(target_note(
             "the unwinder adds ≤ 20 % to the tracing cost per pair (traced − untraced ns/pair, \
              -fomit-frame-pointer over -fno-omit-frame-pointer)",
@@ -467,11 +481,12 @@ pub(super) fn cost(plan: &Plan, tools: &Tools) -> Result<Section> {
             &format!("{} against {} ns/pair.", fmt_ns(nofp_cpu), fmt_ns(fp_cpu)),
         ));
         notes.push(format!(
-            "Without frame pointers a pair costs the traced program {} ns more, and leakscope {} ns more CPU: \
-             the program's figure holds its traps and the BPF programs (the walk and the stack copy run in \
-             the kernel, in its context), while leakscope's reader, which unwinds, runs beside it on the \
-             other core. This section does not divide the program's share further (section 6b's way would).",
+            "Without frame pointers a pair costs the traced program {} ns more, of which its BPF programs \
+             (the walk and the stack copy, run in the kernel in its context) {} ns and the rest (traps, ring \
+             buffer, preemption) {} ns; leakscope's reader, which unwinds on the other core, {} ns more CPU.",
             fmt_ns(nofp_cost - fp_cost),
+            fmt_ns(nofp_bpf - fp_bpf),
+            fmt_ns((nofp_cost - fp_cost) - (nofp_bpf - fp_bpf)),
             fmt_ns(nofp_cpu - fp_cpu)
         ));
     }
@@ -481,7 +496,9 @@ pub(super) fn cost(plan: &Plan, tools: &Tools) -> Result<Section> {
             "`bench/malloc_free.c` (section 1) built twice, with and without frame pointers, each run \
              untraced and under `leakscope hunt --mode exact`: {} pairs per run, {} runs of each of the 4 \
              configurations, interleaved (the order rotating each round). ns per malloc+free pair as the \
-             program prints it (wall time of its loop), median (min–max); leakscope's own CPU ns per pair.",
+             program prints it (wall time of its loop), median (min–max); the BPF programs' run time as the \
+             kernel counts it (`kernel.bpf_stats_enabled`, set for these runs only: leakscope's `-v` log) \
+             and leakscope's own CPU, per pair.",
             pairs_per_run, plan.reps
         ),
         commands: configs
@@ -494,6 +511,7 @@ pub(super) fn cost(plan: &Plan, tools: &Tools) -> Result<Section> {
             "untraced ns/pair",
             "hunt --mode exact ns/pair",
             "× untraced",
+            "of which BPF programs, ns/pair",
             "leakscope CPU ns/pair after attach",
         ],
         rows,
