@@ -37,6 +37,7 @@ mod js_naming;
 mod malloc_free;
 mod maps_fill;
 mod own_memory;
+mod unwinding;
 mod watch_escalation;
 mod watch_overhead;
 
@@ -195,6 +196,8 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         (own_memory::TITLE, own_memory::own_memory),
         (heap_census::TITLE, heap_census::heap_census),
         (js_naming::TITLE, js_naming::js_naming),
+        (unwinding::TITLE_FRAMES, unwinding::frames),
+        (unwinding::TITLE_COST, unwinding::cost),
     ];
     let number = |title: &str| title.split('.').next().unwrap_or_default().to_owned();
     let benchmarks: Vec<_> = benchmarks

@@ -133,8 +133,9 @@ fn debian_packages(packages: &[&str]) -> Result<()> {
 /// `setup()` leaves them out so tests and the demo do not depend on them;
 /// bench reports a tool that is still missing instead of failing.
 pub fn bench_tools() -> Result<()> {
-    // lua5.4 is one of section 6c's real programs (the others come with the tests).
-    let tools = ["bpftrace", "wrk", "bpftool", "lua5.4"];
+    // lua5.4 is one of section 6c's real programs, gawk one of section 10a's
+    // (the others come with the tests or the system).
+    let tools = ["bpftrace", "wrk", "bpftool", "lua5.4", "gawk"];
     let missing: Vec<&str> = tools.into_iter().filter(|t| !on_path(t)).collect();
     if missing.is_empty() {
         ok(&tools.join(", "));

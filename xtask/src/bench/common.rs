@@ -153,9 +153,15 @@ pub(super) fn shell_line(argv: &[String]) -> String {
 /// Builds bench/NAME.c as the issue asks (-O2 with frame pointers and debug
 /// info, so stacks are whole and named); returns the binary's path.
 pub(super) fn compile(name: &str) -> Result<String> {
-    let binary = work_dir().join(name);
+    compile_as(name, name, "-fno-omit-frame-pointer")
+}
+
+/// Builds bench/NAME.c with -O2, debug info and `frames` (whether it keeps
+/// frame pointers) into BINARY; returns the binary's path.
+pub(super) fn compile_as(name: &str, binary: &str, frames: &str) -> Result<String> {
+    let binary = work_dir().join(binary);
     run(Command::new("gcc")
-        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .args(["-O2", "-g", frames, "-pthread", "-o"])
         .arg(&binary)
         .arg(format!("bench/{name}.c")))?;
     Ok(rel(&binary))
@@ -223,6 +229,58 @@ pub(super) fn timed(argv: &[String]) -> Result<Timed> {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into(),
     })
+}
+
+/// Leakscope's own CPU seconds in one hunt: to load and attach (mostly
+/// the kernel's verifier), and in all.
+pub(super) struct LeakscopeCpu {
+    pub(super) attach_s: f64,
+    pub(super) total_s: f64,
+}
+
+/// Runs a `leakscope -v hunt` to its end; returns its stdout (a launched
+/// target's), its stderr and its own CPU time, read from /proc/PID/stat when
+/// it logs that it attached and when it has exited but is not yet reaped (its
+/// last work, the report, included; its target's not).
+pub(super) fn run_measuring_cpu(argv: &[String], ticks: f64) -> Result<(String, String, LeakscopeCpu)> {
+    eprintln!("+ {}", shell_line(argv));
+    let mut child = command(argv).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let stdout = read_lines(child.stdout.take().expect("piped"));
+    let stderr = child.stderr.take().expect("piped");
+    let pid = child.id();
+    let reader = thread::spawn(move || {
+        let (mut log, mut attach_s) = (String::new(), None);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if attach_s.is_none() && line.contains(LOGGED[0]) {
+                attach_s = cpu_secs(pid, ticks).ok();
+            }
+            log += &line;
+            log.push('\n');
+        }
+        (log, attach_s)
+    });
+    // SAFETY: a plain waitid on our own child; WNOWAIT leaves it a zombie.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+    if waited != 0 {
+        bail!("waitid: {}", std::io::Error::last_os_error());
+    }
+    let total_s = cpu_secs(pid, ticks);
+    let status = child.wait()?;
+    let (log, attach_s) = reader.join().unwrap_or_default();
+    if !status.success() {
+        bail!("`{}` failed ({status}):\n{log}", shell_line(argv));
+    }
+    let attach_s = attach_s.with_context(|| format!("no `{}` line in:\n{log}", LOGGED[0]))?;
+    let stdout = stdout.iter().collect::<Vec<_>>().join("\n");
+    Ok((
+        stdout,
+        log,
+        LeakscopeCpu {
+            attach_s,
+            total_s: total_s?,
+        },
+    ))
 }
 
 /// A loopback address whose port was free a moment ago: bound to port 0,
@@ -433,8 +491,8 @@ pub(super) fn logged_secs(log: &str, phrase: &str) -> Option<f64> {
 }
 
 /// The first `"key": N` of a leakscope JSON report. The report is leakscope's
-/// own pretty-printed JSON, and bench needs a few counts from it: this spares
-/// the xtask a JSON dependency.
+/// own pretty-printed JSON, and most sections need a few counts from it, which
+/// this finds without parsing the whole report.
 pub(super) fn json_count(json: &str, key: &str) -> Option<u64> {
     let rest = json.split_once(&format!("\"{key}\":"))?.1.trim_start();
     rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse().ok()

@@ -3,19 +3,12 @@
 //! (resolving each distinct JS stack from the target's memory), on the
 //! system's Node 20 and on Node 22 and 24 (`cargo xtask setup` installs them).
 
-use std::{
-    env, fs,
-    io::{BufRead as _, BufReader},
-    os::unix::fs::PermissionsExt as _,
-    path::Path,
-    process::Stdio,
-    thread,
-};
+use std::{env, fs, os::unix::fs::PermissionsExt as _, path::Path};
 
 use anyhow::{bail, Context as _, Result};
 
 use super::{
-    clock_ticks, command, cost::BpfStats, cpu_secs, fmt_secs, interleave, logged_secs, measure, median, rel,
+    clock_ticks, command, cost::BpfStats, fmt_secs, interleave, logged_secs, measure, median, rel, run_measuring_cpu,
     shell_line, stats, unavailable, words, work_dir, Available, Plan, Section, Tools, LOGGED,
 };
 
@@ -161,7 +154,7 @@ fn measure_line(plan: &Plan, tools: &Tools, label: &str, node: &str, section: &m
     let ticks = clock_ticks()?;
     interleave(plan.stack_reps, &configs[1..], |round, i, (node, named)| {
         let argv = hunt(workload(node, "stacks", STACKS));
-        let (log, cpu) = run_measuring_cpu(&argv, ticks)?;
+        let (_, log, cpu) = run_measuring_cpu(&argv, ticks)?;
         check_naming(&log, named.unwrap_or_default())?;
         let json = fs::read_to_string(&report_path)?;
         let fig = &mut figures[i + 1];
@@ -366,54 +359,6 @@ fn check_naming(log: &str, named: bool) -> Result<()> {
         true => Ok(()),
         false => bail!("leakscope's log does not say `{expected}`:\n{log}"),
     }
-}
-
-/// Leakscope's own CPU seconds in one hunt: to load and attach (mostly
-/// the kernel's verifier), and in all.
-struct LeakscopeCpu {
-    attach_s: f64,
-    total_s: f64,
-}
-
-/// Runs leakscope to its end; returns its stderr and its own CPU time, read
-/// from /proc/PID/stat when it logs that it attached and when it has exited
-/// but is not yet reaped (its last work, the report, included; its target's not).
-fn run_measuring_cpu(argv: &[String], ticks: f64) -> Result<(String, LeakscopeCpu)> {
-    eprintln!("+ {}", shell_line(argv));
-    let mut child = command(argv).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-    let stderr = child.stderr.take().expect("piped");
-    let pid = child.id();
-    let reader = thread::spawn(move || {
-        let (mut log, mut attach_s) = (String::new(), None);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if attach_s.is_none() && line.contains(LOGGED[0]) {
-                attach_s = cpu_secs(pid, ticks).ok();
-            }
-            log += &line;
-            log.push('\n');
-        }
-        (log, attach_s)
-    });
-    // SAFETY: a plain waitid on our own child; WNOWAIT leaves it a zombie.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let waited = unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
-    if waited != 0 {
-        bail!("waitid: {}", std::io::Error::last_os_error());
-    }
-    let total_s = cpu_secs(pid, ticks);
-    let status = child.wait()?;
-    let (log, attach_s) = reader.join().unwrap_or_default();
-    if !status.success() {
-        bail!("`{}` failed ({status}):\n{log}", shell_line(argv));
-    }
-    let attach_s = attach_s.with_context(|| format!("no `{}` line in:\n{log}", LOGGED[0]))?;
-    Ok((
-        log,
-        LeakscopeCpu {
-            attach_s,
-            total_s: total_s?,
-        },
-    ))
 }
 
 /// A copy of `node` (the line `label` names) whose frame-slot metadata leakscope cannot find.
