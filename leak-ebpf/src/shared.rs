@@ -186,6 +186,10 @@ macro_rules! layout_field {
     };
 }
 
+/// How far above the stack pointer a frame pointer may be: beyond the
+/// default 8 MiB main-thread stack, with room for a raised limit.
+const MAX_STACK_BYTES: u64 = 64 << 20;
+
 /// What `walk_frames` wrote.
 struct Walked {
     frames: usize,
@@ -216,12 +220,22 @@ fn walk_frames(record: &mut StackRecord) -> Walked {
     record.js[0] = JsFrameSlots::default();
     // Frame 0 has no JS slots: its own hash round has them zero.
     let hash = ((FNV_OFFSET ^ ip).wrapping_mul(FNV_PRIME)).wrapping_mul(FNV_PRIME);
+    let fp = user_register(PT_REGS_BP);
     let mut walk = Walk {
         record: core::ptr::from_mut(record),
-        fp: user_register(PT_REGS_BP),
+        fp,
         len: 1,
         has_js: false,
         hash,
+    };
+    // Code built without frame pointers keeps data in %rbp (a loop count, a
+    // heap pointer): a frame pointer is above the stack pointer, in its
+    // stack. Anything else would be read only to fault, at a cost per event.
+    let sp = user_sp();
+    let frames_to_walk = if fp > sp && fp - sp <= MAX_STACK_BYTES {
+        (MAX_STACK_FRAMES - 1) as u32
+    } else {
+        0
     };
     // One callback verified once, rather than the loop's body unrolled and
     // explored per frame: the verifier's time at load was most of a hunt's
@@ -230,7 +244,7 @@ fn walk_frames(record: &mut StackRecord) -> Walked {
     // outlives the call.
     unsafe {
         bpf_loop(
-            (MAX_STACK_FRAMES - 1) as u32,
+            frames_to_walk,
             walk_frame as *mut c_void,
             core::ptr::from_mut(&mut walk).cast(),
             0,
