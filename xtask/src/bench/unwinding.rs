@@ -184,7 +184,7 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
                 .to_string(),
             "No hunt dropped an event unless a note below says so (the reports' `drops`).".to_string(),
             "Growth mode's `pages_touched` and `mmap` sites (the stacks of first touches of pages and of \
-             mappings, whose events carry 2 pages of the stack) have no valgrind equivalent: valgrind \
+             mappings, whose events carry 3 pages of the stack) have no valgrind equivalent: valgrind \
              tracks no page or mapping, so they are not compared."
                 .to_string(),
         ],
