@@ -71,9 +71,7 @@ pub(super) fn fixed_costs(plan: &Plan, tools: &Tools) -> Result<Section> {
          with one close each; the tracepoints and page-fault events are disabled at once and closed by a \
          short-lived child, so `detached in` does not wait for their grace periods."
             .to_string(),
-        "Other helpers were building and testing on the machine's 2 cores during this run: wall times \
-         carry their load (see the load average)."
-            .to_string(),
+        "Wall times carry whatever else ran on the machine's 2 cores (see the load average).".to_string(),
     ];
     if let Some(fixed) = stats(&fixed) {
         notes.push(super::target_note(
@@ -167,8 +165,8 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
          traced CPU time over the untraced one is the traps: breakpoint exception, uprobe handler, \
          single-step or emulation, the return probe's trampoline."
             .to_string(),
-        "Other helpers were building and testing on the machine's 2 cores during this run; CPU time (not \
-         wall time) is what the fixture measures, which that load disturbs less."
+        "CPU time (not wall time) is what the fixture measures, which other load on the machine's 2 \
+         cores (see the load average) disturbs less."
             .to_string(),
     ];
     if let (Some(traps), Some(programs)) = (median(&traps_ns), median(&programs_ns)) {

@@ -92,8 +92,8 @@ pub(super) fn js_naming(plan: &Plan, tools: &Tools) -> Result<Section> {
         measure_line(plan, tools, label, node, &mut section)?;
     }
     section.notes.push(
-        "Other helpers were building and testing on the machine's 2 cores during this run (see the load \
-         average); CPU times are disturbed less than wall times, but still move (±15 %)."
+        "Other load on the machine's 2 cores (see the load average) disturbs CPU times less than wall \
+         times, but they still move (±15 %)."
             .into(),
     );
     Ok(section)
