@@ -33,9 +33,13 @@ pub(super) struct HttpService {
 }
 
 impl HttpService {
-    /// Starts bench/http_service.js and warms it up with `warm_up` seconds of load.
-    pub(super) fn start(warm_up: u32) -> Result<Self> {
-        let argv = words(&["node", "bench/http_service.js"]);
+    /// Starts bench/http_service.js and warms it up with `warm_up` seconds of
+    /// load; `leaking`: with its leaks (`--leak`).
+    pub(super) fn start(warm_up: u32, leaking: bool) -> Result<Self> {
+        let mut argv = words(&["node", "bench/http_service.js"]);
+        if leaking {
+            argv.push("--leak".into());
+        }
         // Its first line is the port it listens on.
         let running = Running::target(&argv, "")?;
         let url = format!("http://127.0.0.1:{}/", running.log().trim());

@@ -24,7 +24,7 @@ pub(super) fn http_service(plan: &Plan, tools: &Tools) -> Result<Section> {
         Ok(section) => section,
         Err(unavailable) => return Ok(*unavailable),
     };
-    let service = HttpService::start(2)?;
+    let service = HttpService::start(2, false)?;
     let report_path = work_dir().join("http.json");
     let report = rel(&report_path);
     let pid = service.pid().to_string();

@@ -4,6 +4,7 @@
 use std::{fs, time::Duration};
 
 use anyhow::{bail, Result};
+use serde_json::Value;
 
 use super::{
     clock_ticks, interleave, median, rel, rps_columns, signal, work_dir, Available, HttpService, Plan, Running,
@@ -25,12 +26,13 @@ pub(super) fn hunt_modes(plan: &Plan, tools: &Tools) -> Result<Section> {
         "CPU per request (median)",
         "× untraced CPU",
         "started in growth; switched to growth",
+        "leaks found: Buffers; zlib",
     ];
     let mut section = match Section::for_node_service(TITLE, about, &header, tools) {
         Ok(section) => section,
         Err(unavailable) => return Ok(*unavailable),
     };
-    let service = HttpService::start(2)?;
+    let service = HttpService::start(2, true)?;
     let report_path = work_dir().join("hunt_modes.json");
     let report = rel(&report_path);
     let pid = service.pid().to_string();
@@ -51,6 +53,8 @@ pub(super) fn hunt_modes(plan: &Plan, tools: &Tools) -> Result<Section> {
     let mut cpu_us = vec![Vec::new(); configs.len()];
     // Per configuration: hunts that started in growth mode, and that switched to it.
     let mut growth = vec![(0, 0); configs.len()];
+    // Per configuration: reports with a growing finding at each leak.
+    let mut found = vec![(0, 0); configs.len()];
     interleave(plan.load_reps, &configs, |round, i, hunt_argv| {
         let mut hunt = hunt_argv.as_deref().map(Running::leakscope).transpose()?;
         if let Some(hunt) = hunt.as_mut() {
@@ -66,6 +70,9 @@ pub(super) fn hunt_modes(plan: &Plan, tools: &Tools) -> Result<Section> {
             let written = fs::read_to_string(&report_path)?;
             growth[i].0 += usize::from(written.contains("\"growth_start\""));
             growth[i].1 += usize::from(written.contains("\"switched\""));
+            let report: Value = serde_json::from_str(&written)?;
+            found[i].0 += usize::from(has_growing_finding(&report, "keepUpload"));
+            found[i].1 += usize::from(has_growing_finding(&report, "keepStream"));
         }
         let per_request_us = cpu[0] / (requests_per_s * f64::from(plan.load_secs)) * 1e6;
         eprintln!(
@@ -86,16 +93,20 @@ pub(super) fn hunt_modes(plan: &Plan, tools: &Tools) -> Result<Section> {
             (Some(cpu), Some(untraced)) => format!("{:.2}", cpu / untraced),
             _ => "–".into(),
         };
-        let switches = if i == 0 {
-            "–".into()
-        } else {
-            let runs = rps[i].len();
-            format!("{} of {runs}; {} of {runs}", growth[i].0, growth[i].1)
+        let runs = rps[i].len();
+        let of_runs = |(a, b): (usize, usize)| match i {
+            0 => "–".to_string(),
+            _ => format!("{a} of {runs}; {b} of {runs}"),
         };
         let cpu = cpu.map_or("–".into(), |c| format!("{c:.1} µs"));
-        section
-            .rows
-            .push([vec![name.to_string()], columns, vec![cpu, cpu_ratio, switches]].concat());
+        section.rows.push(
+            [
+                vec![name.to_string()],
+                columns,
+                vec![cpu, cpu_ratio, of_runs(growth[i]), of_runs(found[i])],
+            ]
+            .concat(),
+        );
     }
     section.notes.push(
         "Target (issue 12): `hunt -p PID` with the defaults ≥ 0.95 × untraced requests/s. Here the hunt attaches \
@@ -104,7 +115,23 @@ pub(super) fn hunt_modes(plan: &Plan, tools: &Tools) -> Result<Section> {
          finds it over budget, then detaches the per-call uprobes in the background while growth mode carries on."
             .into(),
     );
+    section.notes.push(
+        "The service runs with `--leak`: every 500th request keeps a 16 KiB Buffer (`keepUpload`), every 2000th an \
+         open deflate stream (`keepStream`: zlib's native state). A leak is found when the hunt's report has a \
+         finding titled by that function with the verdict `leak` or `growing`."
+            .into(),
+    );
     let hunts = configs.iter().filter_map(|(_, config)| config.as_ref().ok()?.as_ref());
     section.commands = service.commands(plan.load_secs, hunts);
     Ok(section)
+}
+
+/// Whether `report` has a finding titled by JS function `function` that grows.
+fn has_growing_finding(report: &Value, function: &str) -> bool {
+    report["findings"].as_array().into_iter().flatten().any(|finding| {
+        finding["title"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&format!("{function} ")))
+            && matches!(finding["verdict"].as_str(), Some("leak" | "growing"))
+    })
 }

@@ -40,7 +40,7 @@ pub(super) fn watch_escalation(plan: &Plan, tools: &Tools) -> Result<Section> {
         Ok(section) => section,
         Err(unavailable) => return Ok(*unavailable),
     };
-    let service = HttpService::start(secs)?;
+    let service = HttpService::start(secs, false)?;
     let pid = service.pid().to_string();
     let reports = rel(&work_dir().join("escalation-reports"));
     fs::create_dir_all(&reports)?;

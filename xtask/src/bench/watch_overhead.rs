@@ -51,7 +51,7 @@ pub(super) fn watch_overhead(plan: &Plan, tools: &Tools) -> Result<Section> {
         Err(unavailable) => return Ok(*unavailable),
     };
     // Longer than section 3's: node's JIT is still speeding the service up after 2 s.
-    let service = HttpService::start(plan.load_secs)?;
+    let service = HttpService::start(plan.load_secs, false)?;
     let pid = service.pid().to_string();
     let reports = rel(&work_dir().join("watch-reports"));
     fs::create_dir_all(&reports)?;
