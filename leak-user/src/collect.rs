@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use leak_common::{
-    CopiedStackEvent, EventOp, HeapEvent, Probe, SiteEvent, StackRecord, V8FrameLayout, FLAG_ALLOCATOR_INTERNAL,
-    FLAG_ANONYMOUS, MAX_STACK_FRAMES, STACK_WINDOW_WORDS,
+    CopiedStackEvent, EventOp, HeapEvent, Probe, SiteEvent, StackRecord, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS,
+    MAX_STACK_FRAMES, STACK_WINDOW_WORDS,
 };
 
 use crate::{
@@ -318,9 +318,10 @@ impl Collector {
                 .map(|(i, at)| match at {
                     Some(at) => walk_js.and_then(|js| js.get(at)).cloned().unwrap_or_default(),
                     // A frame the walk did not reach: its slots are in the copy.
-                    None => copied_js_slots(memory, frame_pointers.get(i).copied().unwrap_or(0))
-                        .map(|below_fp| namer.name_copied_frame(&below_fp, frames[i]))
-                        .unwrap_or_default(),
+                    None => {
+                        let fp = frame_pointers.get(i).copied().unwrap_or(0);
+                        namer.name_copied_frame(|addr| memory.word(addr), fp, frames[i])
+                    }
                 })
                 .collect();
             if aligned.iter().any(|js| !js.is_empty()) {
@@ -456,17 +457,6 @@ fn read_stack_record(record: &[u8]) -> Option<StackRecord> {
     let len = record.len().min(whole.len());
     whole[..len].copy_from_slice(&record[..len]);
     read_record::<StackRecord>(&whole)
-}
-
-/// The words below frame pointer `fp` in `memory`, where a JS frame keeps
-/// its slots; None where `fp` is not known (0) or the copy ends.
-fn copied_js_slots(memory: &StackMemory, fp: u64) -> Option<[u64; V8FrameLayout::SLOTS_BELOW_FP]> {
-    let base = fp.checked_sub(8 * V8FrameLayout::SLOTS_BELOW_FP as u64)?;
-    let mut words = [0; V8FrameLayout::SLOTS_BELOW_FP];
-    for (k, word) in words.iter_mut().enumerate() {
-        *word = memory.word(base + 8 * k as u64)?;
-    }
-    Some(words)
 }
 
 fn read_record<T: Copy>(record: &[u8]) -> Option<T> {

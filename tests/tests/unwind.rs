@@ -121,9 +121,7 @@ fn growth_mode_stacks_are_whole_through_frameless_code() {
     assert_eq!(held(site), (pages * PAGE, pages), "{site:#}");
 
     // Mappings: exact bytes, one per request.
-    let mapped = chain("keep_mapping", "keep_mapping", "store_chunk_mapping");
-    let site = site_with_chain(report, &path, "mmap", &mapped, true);
-    assert_eq!(held(site), (REQUESTS * MAPPING_PAGES * PAGE, REQUESTS), "{site:#}");
+    assert_mappings_whole(report, &path);
 
     // malloc maps each block itself, from under four frameless frames of glibc.
     let blocks = chain("keep_block", "keep_block", "store_chunk");
@@ -141,6 +139,13 @@ fn growth_mode_stacks_are_whole_through_frameless_code() {
     );
 }
 
+/// The mapping site: one mapping per request, its stack whole to `main`.
+fn assert_mappings_whole(report: &Value, path: &Path) {
+    let mapped = chain("keep_mapping", "keep_mapping", "store_chunk_mapping");
+    let site = site_with_chain(report, path, "mmap", &mapped, true);
+    assert_eq!(held(site), (REQUESTS * MAPPING_PAGES * PAGE, REQUESTS), "{site:#}");
+}
+
 /// Exact mode: mappings are unwound from their stack copy; heap stacks from
 /// the 16 words of stack their event brings, which here reach `main`.
 #[test]
@@ -150,9 +155,7 @@ fn exact_mode_stacks_are_whole_through_frameless_code() {
     assert!(run.status.success(), "leakscope failed:\n{}", run.stderr);
     let report = &run.report;
 
-    let mapped = chain("keep_mapping", "keep_mapping", "store_chunk_mapping");
-    let site = site_with_chain(report, &path, "mmap", &mapped, true);
-    assert_eq!(held(site), (REQUESTS * MAPPING_PAGES * PAGE, REQUESTS), "{site:#}");
+    assert_mappings_whole(report, &path);
 
     // Taken at malloc's return: frame 0 is in the caller.
     let blocks = chain("keep_block", "keep_block", "store_chunk");

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use leak_common::{JsFrameSlots, V8FrameLayout};
+use leak_common::JsFrameSlots;
 
 use super::memory::ProcessMemory;
 use super::metadata::{CodeLayout, Layout, PositionCodes};
@@ -174,21 +174,18 @@ impl JsNamer {
     }
 
     /// The JS frames of a frame found by unwinding a copy of the stack, not
-    /// by the kernel side's walk: `below_fp`, the words below its frame
-    /// pointer, are read as the kernel side reads them (a heap-object context
-    /// and a JSFunction by its map), the function from the target's memory.
-    /// Read later than the kernel side would, a function a scavenge moved
-    /// since is not one any more: the frame is then left unnamed.
-    pub fn name_copied_frame(&mut self, below_fp: &[u64; V8FrameLayout::SLOTS_BELOW_FP], pc: u64) -> Vec<JsFrame> {
+    /// by the kernel side's walk: the slots below its frame pointer `fp`
+    /// (0: not known), read from the copy by `stack_word`, are checked as
+    /// the kernel side checks them (a heap-object context and a JSFunction
+    /// by its map), the function read from the target's memory. Read later
+    /// than the kernel side would, a function a scavenge moved since is not
+    /// one any more: the frame is then left unnamed.
+    pub fn name_copied_frame(&mut self, stack_word: impl Fn(u64) -> Option<u64>, fp: u64, pc: u64) -> Vec<JsFrame> {
         let frame = self.layout.frame;
-        let slot = |offset: i64| {
-            let at = (offset + 8 * V8FrameLayout::SLOTS_BELOW_FP as i64) / 8;
-            usize::try_from(at)
-                .ok()
-                .and_then(|at| below_fp.get(at))
-                .copied()
-                .unwrap_or(0)
-        };
+        if fp == 0 {
+            return Vec::new();
+        }
+        let slot = |offset: i64| stack_word(fp.wrapping_add_signed(offset)).unwrap_or(0);
         let (context, function) = (slot(frame.fp_context), slot(frame.fp_function));
         if frame.enabled == 0 || !is_heap_object(context) {
             return Vec::new();
