@@ -299,9 +299,7 @@ fn notes(figures: &[Figures]) -> Vec<String> {
         notes.push(format!(
             "A fixed cost: loading the BPF programs with the frame layout enabled took leakscope {:.2} s more CPU \
              ({a:.2} s against {b:.2} s): the kernel's verifier checks the frame-slot reads, which it drops as dead \
-             code when the layout is disabled (`perf record` of one hunt of `stacks 50` each way, by hand: \
-             `bpf_check` had 35 % of leakscope's 4.6 s of samples named, 2.5 % of 2.6 s off). It is left out of \
-             the per-stack figure.",
+             code when the layout is disabled. It is left out of the per-stack figure.",
             a - b
         ));
     }
