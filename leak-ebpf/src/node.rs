@@ -15,7 +15,7 @@ use leak_common::{counter, EventOp, HeapEvent, Probe, V8PageLayout};
 
 use crate::{
     libc_alloc::{enter, release_block},
-    shared::{attached_probe, count, emit, event_now, target_tid, user_stack},
+    shared::{attached_probe, count, emit, event_now, target_tid, user_stack, UserRegs},
 };
 
 /// Offset of the AllocationSpace id in v8::internal::Space (V8 10.2-14.6).
@@ -187,7 +187,7 @@ pub fn v8_allocation_sample(ctx: ProbeContext) -> u32 {
         0
     };
     // V8 functions start with `push %rbp`: the kernel keeps the caller in the walk.
-    let stack = user_stack(&ctx);
+    let stack = user_stack(&UserRegs::of_probe(ctx.regs));
     emit(&HeapEvent {
         size,
         stack,

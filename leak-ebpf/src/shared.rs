@@ -1,6 +1,7 @@
 //! Maps and helpers used by every probe family.
 
 use aya_ebpf::{
+    bindings::pt_regs,
     cty::c_void,
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_loop,
@@ -88,6 +89,39 @@ pub fn user_ip() -> u64 {
     user_register(PT_REGS_IP)
 }
 
+/// The user registers a stack walk starts from.
+pub struct UserRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
+impl UserRegs {
+    /// The current thread's, wherever the program runs (tracepoints, perf events).
+    #[inline(always)]
+    pub fn current() -> UserRegs {
+        UserRegs {
+            ip: user_ip(),
+            sp: user_sp(),
+            bp: user_bp(),
+        }
+    }
+
+    /// A uprobe's own: its context is the user registers, read directly
+    /// (the helpers `current` needs cost ~50 ns a register, BENCHMARKS §6b).
+    #[inline(always)]
+    pub fn of_probe(regs: *const pt_regs) -> UserRegs {
+        // SAFETY: a uprobe's context points at the trapped user registers.
+        unsafe {
+            UserRegs {
+                ip: (*regs).rip,
+                sp: (*regs).rsp,
+                bp: (*regs).rbp,
+            }
+        }
+    }
+}
+
 /// Which probed function fired: the cookie set at attach, so one program can
 /// serve several functions with the same signature.
 #[inline(always)]
@@ -139,13 +173,13 @@ const FNV_PRIME: u64 = 0x100_0000_01b3;
 /// names it. Content hashes do not collide the way the kernel's stack map
 /// buckets do, and nothing is lost when the delivered set forgets a stack.
 #[inline(always)]
-pub fn user_stack<C: EbpfContext>(_ctx: &C) -> u64 {
+pub fn user_stack(regs: &UserRegs) -> u64 {
     let Some(record) = STACK_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: the per-CPU scratch slot is ours until this program returns.
     let record = unsafe { &mut *record };
-    let Walked { frames, has_js, hash } = walk_frames(record);
+    let Walked { frames, has_js, hash } = walk_frames(record, regs);
     if frames == 0 {
         count_drop(DropReason::StackLost);
         return 0;
@@ -207,8 +241,8 @@ struct Walked {
 /// frame on the way. Stops where a frame cannot be read, or where the chain
 /// stops going up the stack.
 #[inline(always)]
-fn walk_frames(record: &mut StackRecord) -> Walked {
-    let ip = user_ip();
+fn walk_frames(record: &mut StackRecord, regs: &UserRegs) -> Walked {
+    let ip = regs.ip;
     if ip == 0 {
         return Walked {
             frames: 0,
@@ -220,7 +254,7 @@ fn walk_frames(record: &mut StackRecord) -> Walked {
     record.js[0] = JsFrameSlots::default();
     // Frame 0 has no JS slots: its own hash round has them zero.
     let hash = ((FNV_OFFSET ^ ip).wrapping_mul(FNV_PRIME)).wrapping_mul(FNV_PRIME);
-    let fp = user_register(PT_REGS_BP);
+    let fp = regs.bp;
     let mut walk = Walk {
         record: core::ptr::from_mut(record),
         fp,
@@ -231,7 +265,7 @@ fn walk_frames(record: &mut StackRecord) -> Walked {
     // Code built without frame pointers keeps data in %rbp (a loop count, a
     // heap pointer): a frame pointer is above the stack pointer, in its
     // stack. Anything else would be read only to fault, at a cost per event.
-    let sp = user_sp();
+    let sp = regs.sp;
     let frames_to_walk = if fp > sp && fp - sp <= MAX_STACK_BYTES {
         (MAX_STACK_FRAMES - 1) as u32
     } else {
@@ -378,11 +412,12 @@ pub fn wakeup_flags() -> u64 {
 }
 
 /// Writes an event that creates memory, with its stack and the stack window
-/// above the user stack pointer `sp` (see `STACK_WINDOW_WORDS`).
+/// above the user stack pointer (see `STACK_WINDOW_WORDS`).
 #[inline(always)]
-pub fn emit_site_event<C: EbpfContext>(ctx: &C, heap: HeapEvent, sp: u64) {
+pub fn emit_site_event(regs: &UserRegs, heap: HeapEvent) {
     // Before the event's own record: user space must know the stack first.
-    let stack = user_stack(ctx);
+    let stack = user_stack(regs);
+    let sp = regs.sp;
     let Some(mut entry) = EVENTS.reserve::<SiteEvent>(0) else {
         count_drop(DropReason::RingBufFull);
         return;
