@@ -5,7 +5,7 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_loop,
-        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs, generated,
     },
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use leak_common::{
     counter, DropReason, EventOp, HeapEvent, JsFrameSlots, Probe, SiteEvent, StackRecord, V8FrameLayout,
-    MAX_STACK_FRAMES, STACK_WINDOW_WORDS,
+    MAX_STACK_FRAMES,
 };
 
 /// The process being traced; written by user space before load.
@@ -427,8 +427,14 @@ pub fn emit_site_event(regs: &UserRegs, heap: HeapEvent) {
     unsafe {
         (*record).heap = HeapEvent { stack, ..heap };
         (*record).sp = sp;
-        (*record).stack_window =
-            bpf_probe_read_user(sp as *const [u64; STACK_WINDOW_WORDS]).unwrap_or([0; STACK_WINDOW_WORDS]);
+        // Straight into the record (zeroed where it cannot be read): a copy
+        // through the BPF stack would take 128 of its 512 bytes.
+        let window = &mut (*record).stack_window;
+        generated::bpf_probe_read_user(
+            window.as_mut_ptr().cast(),
+            size_of_val(window) as u32,
+            sp as *const c_void,
+        );
     }
     entry.submit(wakeup_flags());
 }
