@@ -32,7 +32,7 @@ use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use crate::{
     lookup::{self, ModuleRef},
     placement::{self, Handling, Placement},
-    uprobe_multi::{self, MultiPrograms},
+    uprobe_multi::{self, MultiPrograms, ProgramRun},
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
@@ -362,9 +362,9 @@ impl Links {
         probes
     }
 
-    /// Run time of the multi-links' programs so far, which aya does not know of.
-    pub fn multi_programs_run_ns(&self) -> u64 {
-        self.multi_programs.as_ref().map_or(0, MultiPrograms::run_time_ns)
+    /// Run times of the multi-links' programs so far, which aya does not know of.
+    pub fn multi_program_runs(&self) -> Vec<ProgramRun> {
+        self.multi_programs.as_ref().map_or(Vec::new(), MultiPrograms::runs)
     }
 
     /// For a process about to exit: detaches the uprobes (the target runs

@@ -506,9 +506,18 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let counters = Counters::read(&session.ebpf)?;
     // The kernel counts run time while a budget's meter holds the statistics
     // on, or while `kernel.bpf_stats_enabled` is set (the benchmarks do).
-    let programs_ns = mode::programs_run_ns(&session.ebpf, &session.links);
+    let runs = mode::program_runs(&session.ebpf, &session.links);
+    let programs_ns: f64 = runs.iter().map(|run| run.run_ns as f64).sum();
     if session.budget.is_some() || programs_ns > 0.0 {
         log::info!("the BPF programs ran {:.3} ms in all", programs_ns / 1e6);
+        for run in runs.iter().filter(|run| run.runs > 0) {
+            log::info!(
+                "program {} ran {:.3} ms in {} runs",
+                run.name,
+                run.run_ns as f64 / 1e6,
+                run.runs
+            );
+        }
     }
     if end != End::TargetExited {
         collector.refresh_modules();

@@ -127,6 +127,10 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
         ("heaptrack (LD_PRELOAD)", heaptrack),
     ];
     let (mut untraced_ns, mut traced_ns, mut programs_ns) = (Vec::new(), Vec::new(), Vec::new());
+    // Per pair, each program's run time, from the `-v` log's `program NAME ran`
+    // lines: malloc's entry and return probes and free's.
+    let per_program = ["size_enter", "alloc_return", "free_enter"];
+    let mut program_ns = vec![Vec::new(); per_program.len()];
     let mut others_ns = vec![Vec::new(); others.len()];
     for rep in 1..=plan.reps {
         untraced_ns.push(measure(&untraced)?);
@@ -153,6 +157,14 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
             })
             .with_context(|| format!("no `the BPF programs ran` line in:\n{log}"))?;
         programs_ns.push(ran_ms * 1e6 / plan.pairs as f64);
+        for (name, values) in per_program.iter().zip(&mut program_ns) {
+            let phrase = format!("program {name} ran ");
+            let ms: f64 = log
+                .lines()
+                .find_map(|l| l.split_once(&phrase)?.1.split_whitespace().next()?.parse().ok())
+                .with_context(|| format!("no `{phrase}` line in:\n{log}"))?;
+            values.push(ms * 1e6 / plan.pairs as f64);
+        }
         for ((_, argv), values) in others.iter().zip(&mut others_ns) {
             if let Ok(argv) = argv {
                 values.push(measure(argv)?);
@@ -210,6 +222,16 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
             100.0 * programs / (traps + programs)
         ));
     }
+    let by_program: Vec<String> = per_program
+        .iter()
+        .zip(&program_ns)
+        .filter_map(|(name, values)| Some(format!("{name} {}", fmt_ns(median(values)?))))
+        .collect();
+    notes.push(format!(
+        "The programs per pair, medians: {} (malloc's entry, its return, free's entry; the log's \
+         `program NAME ran` lines).",
+        by_program.join(", ")
+    ));
     let base = median(&untraced_ns).unwrap_or(0.0);
     if let (Some(empty), Some(session), Some(heaptrack)) =
         (median(&others_ns[0]), median(&others_ns[1]), median(&others_ns[2]))
