@@ -911,6 +911,23 @@ pub(crate) mod tests {
         let (cache, fill) = (at(&report, "cache_insert"), at(&report, "std::array<int; 2>::fill"));
         assert_eq!(report.sites[fill].owned_by, Some(cache));
         assert_eq!(report.sites[cache].owned_by, None, "its owner is in the tail");
+        let ranked = ranked(&report);
+        let cache_rank = ranked
+            .iter()
+            .position(|s| std::ptr::eq(*s, &report.sites[cache]))
+            .unwrap()
+            + 1;
+        assert_eq!(owner_rank(&report, &ranked, &report.sites[fill]), Some(cache_rank));
+        let text = String::from_utf8(render(&report, Format::Text, LISTING).unwrap()).unwrap();
+        let owned_line = format!("\n    allocated on behalf of the blocks of #{cache_rank}\n");
+        assert_eq!(text.matches(&owned_line).count(), 1, "{text}");
+        let markdown = String::from_utf8(render(&report, Format::Markdown, LISTING).unwrap()).unwrap();
+        assert!(
+            markdown.contains(&format!(
+                "- **Allocated on behalf of** the blocks of call stack {cache_rank}\n"
+            )),
+            "{markdown}"
+        );
     }
 
     #[test]
