@@ -52,10 +52,14 @@ pub enum Probe {
     Brk = 28,
     /// A software page-fault perf event: a page was touched for the first time (watch only).
     PageFault = 29,
+    /// Node's zlib allocation callback (`CompressionStream::AllocForZlib`,
+    /// `CompressionStreamMemoryOwner::AllocForZlib` from Node 24): its
+    /// `data` points into the native stream object that owns the block.
+    NodeZlibAlloc = 30,
 }
 
 impl Probe {
-    pub const COUNT: usize = 30;
+    pub const COUNT: usize = 31;
     pub const ALL: [Probe; Probe::COUNT] = [
         Probe::Malloc,
         Probe::Calloc,
@@ -87,6 +91,7 @@ impl Probe {
         Probe::V8GcCollector,
         Probe::Brk,
         Probe::PageFault,
+        Probe::NodeZlibAlloc,
     ];
 
     pub fn from_u8(value: u8) -> Option<Probe> {
@@ -96,6 +101,7 @@ impl Probe {
     /// Node.js and V8 hooks, as opposed to libc and syscalls.
     pub fn is_node(self) -> bool {
         (Probe::ArrayBufferAllocate as u8..=Probe::V8GcCollector as u8).contains(&(self as u8))
+            || self == Probe::NodeZlibAlloc
     }
 
     /// The libc symbol (or syscall) name.
@@ -131,6 +137,7 @@ impl Probe {
             Probe::V8GcCollector => "Heap::GarbageCollectionEpilogueInSafepoint",
             Probe::Brk => "brk",
             Probe::PageFault => "page-faults",
+            Probe::NodeZlibAlloc => "CompressionStream::AllocForZlib",
         }
     }
 }
@@ -169,6 +176,10 @@ pub enum EventOp {
     /// A page fault at stack `stack`, sent with a copy of the user stack
     /// (`CopiedStackEvent`) from which user space recovers its callers.
     FaultStack = 14,
+    /// The heap block containing `addr`, just allocated, was allocated on
+    /// behalf of the live block containing `old_addr` (its owner: the
+    /// native object whose buffers it holds).
+    Owned = 15,
 }
 
 impl EventOp {
@@ -188,6 +199,7 @@ impl EventOp {
             12 => EventOp::Stack,
             13 => EventOp::Brk,
             14 => EventOp::FaultStack,
+            15 => EventOp::Owned,
             _ => return None,
         })
     }

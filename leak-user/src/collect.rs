@@ -130,13 +130,16 @@ impl Collector {
         if self.torn_down_at.is_some() && op != EventOp::Exec {
             return;
         }
-        let per_call = matches!(op, EventOp::Alloc | EventOp::Realloc | EventOp::Free) && !probe.is_node();
+        // Owned blocks are libc's, whichever hook says whose they are.
+        let per_call = (matches!(op, EventOp::Alloc | EventOp::Realloc | EventOp::Free) && !probe.is_node())
+            || op == EventOp::Owned;
         if per_call && self.per_call_until_ns.is_some_and(|until| event.ts_ns >= until) {
             return;
         }
         let e = &event;
         match op {
             EventOp::Free => self.heap.free(e.addr, e.entry_ns),
+            EventOp::Owned => self.heap.own(e.addr, e.old_addr),
             EventOp::Unmap => self.heap.unmap(e.addr, e.size, e.entry_ns),
             EventOp::Stack => unreachable!("stack records are handled above"),
             EventOp::Teardown => self.torn_down_at = Some(self.seconds_since_start(e.ts_ns)),

@@ -806,6 +806,7 @@ fn build_report(
                 verdict_caveat: None,
                 growth: growth.map(|g| g.stats),
                 series,
+                owned_by: None,
             };
             (site, id)
         })
@@ -856,10 +857,14 @@ fn build_report(
     let mut tail = Vec::new();
     let kept = report::split_tail(sites, |(s, _)| s, max_sites.unwrap_or(usize::MAX), &mut tail);
     let mut shared = report::SharedFrames::default();
+    let index_of: std::collections::HashMap<SiteId, usize> =
+        kept.iter().enumerate().map(|(index, &(_, id))| (id, index)).collect();
     let sites = kept
         .into_iter()
         .map(|(mut site, id)| {
             let key = collector.heap.site(id);
+            // An owner that holds nothing at the end is not a site: its blocks were freed.
+            site.owned_by = key.owner.and_then(|owner| index_of.get(&owner).copied());
             let addrs = collector.stack(key.stack).unwrap_or_default();
             // Heap stacks are taken at the return probe: frame 0 is a return
             // address too. A fault's frame 0 is the faulting instruction.
