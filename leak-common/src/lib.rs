@@ -198,6 +198,10 @@ pub const FLAG_ANONYMOUS: u8 = 1;
 /// `HeapEvent::flags`: made inside a probed allocator call (malloc's own arenas
 /// and large-block mappings); that memory is already counted at the malloc level.
 pub const FLAG_ALLOCATOR_INTERNAL: u8 = 2;
+/// `HeapEvent::flags`: an allocation sent as a `CopiedStackEvent`: the kernel
+/// side's unwind stopped at a code address it has no `UnwindRule` for (its
+/// stack's last frame), and the copy is of the stack from there.
+pub const FLAG_STACK_COPY: u8 = 4;
 
 /// One allocation-state change, as written to the ring buffer.
 #[repr(C)]
@@ -370,6 +374,37 @@ pub struct CopiedStackEvent {
     pub copy: StackCopy,
 }
 
+/// How the kernel side steps from a frame to its caller at one code address,
+/// as user space read it from the module's CFI (`UNWIND_RULES`, keyed by the
+/// address looked up: a return address − 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRule {
+    /// One of the `UnwindRule` kinds below.
+    pub kind: u32,
+    /// `CFA_SP`, `CFA_BP`: the caller's stack pointer (CFA) is the register plus this.
+    pub cfa_offset: i32,
+    /// Where the return address is, from the CFA.
+    pub return_address: i32,
+    /// Where the caller's %rbp was saved, from the CFA; 0: not saved (unchanged).
+    pub saved_bp: i32,
+    /// `PENDING`: when the kernel side asked (CLOCK_MONOTONIC ns >> 20, about ms).
+    pub asked_at: u32,
+}
+
+impl UnwindRule {
+    pub const CFA_SP: u32 = 1;
+    pub const CFA_BP: u32 = 2;
+    /// Code without CFI (JIT code): the frame-pointer chain.
+    pub const FRAME_POINTER: u32 = 3;
+    /// The outermost frame (`_start`, a thread's start): the stack is whole.
+    pub const OUTERMOST: u32 = 4;
+    /// The stack ends here: CFI this unwinder does not evaluate, or not code.
+    pub const STOP: u32 = 5;
+    /// Asked of user space (a stack copy went with the event), not answered yet.
+    pub const PENDING: u32 = 6;
+}
+
 /// Entries of the table of exponential quantiles used to draw sampling gaps.
 pub const EXP_QUANTILES_LEN: u32 = 1024;
 
@@ -435,4 +470,5 @@ mod pod {
     unsafe impl aya::Pod for super::StackRecord {}
     unsafe impl aya::Pod for super::V8FrameLayout {}
     unsafe impl aya::Pod for super::V8PageLayout {}
+    unsafe impl aya::Pod for super::UnwindRule {}
 }

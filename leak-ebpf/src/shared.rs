@@ -4,7 +4,7 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_loop,
-        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf, bpf_task_pt_regs,
     },
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -12,8 +12,10 @@ use aya_ebpf::{
 };
 use leak_common::{
     counter, DropReason, EventOp, HeapEvent, JsFrameSlots, Probe, SiteEvent, StackRecord, V8FrameLayout,
-    MAX_STACK_FRAMES, STACK_WINDOW_WORDS,
+    FLAG_STACK_COPY, MAX_STACK_FRAMES, STACK_WINDOW_WORDS,
 };
+
+use crate::{stack_copy, unwind};
 
 /// The process being traced; written by user space before load.
 #[unsafe(no_mangle)]
@@ -140,20 +142,41 @@ const FNV_PRIME: u64 = 0x100_0000_01b3;
 /// buckets do, and nothing is lost when the delivered set forgets a stack.
 #[inline(always)]
 pub fn user_stack<C: EbpfContext>(_ctx: &C) -> u64 {
+    delivered_stack(false).hash
+}
+
+/// A stack as `delivered_stack` sent it.
+struct Delivered {
+    hash: u64,
+    /// Where an unwind by rules stopped at an address without a rule: the
+    /// stack pointer and %rbp of the stack's last frame.
+    resume: Option<(u64, u64)>,
+}
+
+/// `user_stack`, walked by the unwind rules (`by_rules`, at a return probe:
+/// frame 0 is a return address) or by the frame-pointer chain.
+#[inline(always)]
+fn delivered_stack(by_rules: bool) -> Delivered {
+    let lost = Delivered { hash: 0, resume: None };
     let Some(record) = STACK_SCRATCH.get_ptr_mut(0) else {
-        return 0;
+        return lost;
     };
     // SAFETY: the per-CPU scratch slot is ours until this program returns.
     let record = unsafe { &mut *record };
-    let Walked { frames, has_js, hash } = walk_frames(record);
+    let Walked {
+        frames,
+        has_js,
+        hash,
+        resume,
+    } = walk_frames(record, by_rules);
     if frames == 0 {
         count_drop(DropReason::StackLost);
-        return 0;
+        return lost;
     }
     let hash = (hash ^ frames as u64).wrapping_mul(FNV_PRIME).max(1);
     // SAFETY: map values are plain data.
     if unsafe { DELIVERED_STACKS.get(hash) }.is_some() {
-        return hash;
+        return Delivered { hash, resume };
     }
     record.op = EventOp::Stack as u8;
     record.frames_len = frames as u32;
@@ -169,10 +192,10 @@ pub fn user_stack<C: EbpfContext>(_ctx: &C) -> u64 {
     };
     if sent.is_err() {
         count_drop(DropReason::StackLost);
-        return 0;
+        return lost;
     }
     let _ = DELIVERED_STACKS.insert(hash, 1, 0);
-    hash
+    Delivered { hash, resume }
 }
 
 /// A field of `V8_FRAME_LAYOUT`, which the loader patches: read volatile so
@@ -199,21 +222,25 @@ struct Walked {
     /// loop over the record would double the verifier's work (and its time
     /// at load).
     hash: u64,
+    /// See `Delivered::resume`.
+    resume: Option<(u64, u64)>,
 }
 
 /// Walks the frame-pointer chain of the user stack into `record`, as the
 /// kernel's own user stack walk does (frame 0 the instruction pointer, frame
 /// k the return address saved in frame k-1), and reads the V8 slots of each
 /// frame on the way. Stops where a frame cannot be read, or where the chain
-/// stops going up the stack.
+/// stops going up the stack. `by_rules`: each frame steps by its unwind
+/// rule instead (`unwind`), by the frame-pointer chain only where it says.
 #[inline(always)]
-fn walk_frames(record: &mut StackRecord) -> Walked {
+fn walk_frames(record: &mut StackRecord, by_rules: bool) -> Walked {
     let ip = user_ip();
     if ip == 0 {
         return Walked {
             frames: 0,
             has_js: false,
             hash: 0,
+            resume: None,
         };
     }
     record.frames[0] = ip;
@@ -221,9 +248,14 @@ fn walk_frames(record: &mut StackRecord) -> Walked {
     // Frame 0 has no JS slots: its own hash round has them zero.
     let hash = ((FNV_OFFSET ^ ip).wrapping_mul(FNV_PRIME)).wrapping_mul(FNV_PRIME);
     let fp = user_register(PT_REGS_BP);
+    let sp = user_sp();
     let mut walk = Walk {
         record: core::ptr::from_mut(record),
+        pc: ip,
+        sp,
         fp,
+        by_rules,
+        unknown: false,
         len: 1,
         has_js: false,
         hash,
@@ -231,8 +263,7 @@ fn walk_frames(record: &mut StackRecord) -> Walked {
     // Code built without frame pointers keeps data in %rbp (a loop count, a
     // heap pointer): a frame pointer is above the stack pointer, in its
     // stack. Anything else would be read only to fault, at a cost per event.
-    let sp = user_sp();
-    let frames_to_walk = if fp > sp && fp - sp <= MAX_STACK_BYTES {
+    let frames_to_walk = if by_rules || (fp > sp && fp - sp <= MAX_STACK_BYTES) {
         (MAX_STACK_FRAMES - 1) as u32
     } else {
         0
@@ -254,13 +285,20 @@ fn walk_frames(record: &mut StackRecord) -> Walked {
         frames: walk.len,
         has_js: walk.has_js,
         hash: walk.hash,
+        resume: walk.unknown.then_some((walk.sp, walk.fp)),
     }
 }
 
 /// The frame walk's state between `bpf_loop` rounds.
 struct Walk {
     record: *mut StackRecord,
+    /// The last frame's address, stack pointer (by rules only) and %rbp.
+    pc: u64,
+    sp: u64,
     fp: u64,
+    by_rules: bool,
+    /// The walk by rules stopped at an address without one.
+    unknown: bool,
     len: usize,
     has_js: bool,
     hash: u64,
@@ -275,9 +313,23 @@ extern "C" fn walk_frame(index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let fp = walk.fp;
-    // SAFETY: reads user memory through the checked helper.
-    let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
-        return 1;
+    // `next`: the caller's %rbp, its frame pointer if it keeps one, which
+    // is then above `floor`.
+    let (next, ret, sp, floor) = if walk.by_rules {
+        match unwind::step(walk.pc, walk.sp, fp) {
+            unwind::Step::Caller { ret, sp, bp } => (bp, ret, sp, sp - 1),
+            unwind::Step::End => return 1,
+            unwind::Step::Unknown => {
+                walk.unknown = true;
+                return 1;
+            }
+        }
+    } else {
+        // SAFETY: reads user memory through the checked helper.
+        let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+            return 1;
+        };
+        (next, ret, 0, fp)
     };
     if ret == 0 {
         return 1;
@@ -292,7 +344,7 @@ extern "C" fn walk_frame(index: u64, ctx: *mut c_void) -> i64 {
         slot(layout_field!(fp_bytecode_array)),
         slot(layout_field!(fp_bytecode_offset)),
     ];
-    let js = if layout_field!(enabled) != 0 && next > fp {
+    let js = if layout_field!(enabled) != 0 && next > floor && next - floor <= MAX_STACK_BYTES {
         js_slots(next, &slots)
     } else {
         JsFrameSlots::default()
@@ -302,10 +354,10 @@ extern "C" fn walk_frame(index: u64, ctx: *mut c_void) -> i64 {
     walk.hash = (hash ^ js.shared ^ js.bytecode_offset.rotate_left(17)).wrapping_mul(FNV_PRIME);
     record.js[k] = js;
     walk.len = k + 1;
-    if next <= fp {
+    if !walk.by_rules && next <= fp {
         return 1;
     }
-    walk.fp = next;
+    (walk.pc, walk.sp, walk.fp) = (ret, sp, next);
     0
 }
 
@@ -361,7 +413,7 @@ fn js_slots(fp: u64, slots: &[usize; 4]) -> JsFrameSlots {
 }
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
+pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_RING_SIZE: u64 = 1;
 
@@ -378,22 +430,42 @@ pub fn wakeup_flags() -> u64 {
 }
 
 /// Writes an event that creates memory, with its stack and the stack window
-/// above the user stack pointer `sp` (see `STACK_WINDOW_WORDS`).
+/// above the user stack pointer `sp` (see `STACK_WINDOW_WORDS`). Called at
+/// return probes: frame 0 is a return address, as the unwind rules need.
 #[inline(always)]
-pub fn emit_site_event<C: EbpfContext>(ctx: &C, heap: HeapEvent, sp: u64) {
+pub fn emit_site_event<C: EbpfContext>(_ctx: &C, mut heap: HeapEvent, sp: u64) {
     // Before the event's own record: user space must know the stack first.
-    let stack = user_stack(ctx);
+    let Delivered { hash, resume } = delivered_stack(unwind::by_rules());
+    heap.stack = hash;
+    if let Some((last_sp, last_bp)) = resume {
+        heap.flags |= FLAG_STACK_COPY;
+        // The reader is woken: until it writes the rules, each event of the
+        // stack goes with a copy.
+        if stack_copy::emit_copy_from(&heap, last_sp, last_bp, BPF_RB_FORCE_WAKEUP) {
+            return;
+        }
+        // No room for the copy: the event goes with its stack cut short.
+        heap.flags &= !FLAG_STACK_COPY;
+        count_drop(DropReason::StackLost);
+    }
     let Some(mut entry) = EVENTS.reserve::<SiteEvent>(0) else {
         count_drop(DropReason::RingBufFull);
         return;
     };
     let record = entry.as_mut_ptr();
-    // SAFETY: `record` points at a reserved, exclusively owned ring buffer record.
+    // SAFETY: `record` points at a reserved, exclusively owned ring buffer
+    // record; the window is a plain byte range inside it.
     unsafe {
-        (*record).heap = HeapEvent { stack, ..heap };
+        (*record).heap = heap;
         (*record).sp = sp;
-        (*record).stack_window =
-            bpf_probe_read_user(sp as *const [u64; STACK_WINDOW_WORDS]).unwrap_or([0; STACK_WINDOW_WORDS]);
+        // Read straight into the record: through the BPF stack, it took 128
+        // of the 512 bytes the frame walk's callback shares. On failure the
+        // kernel zeroes it.
+        let window = (*record).stack_window.as_mut_ptr().cast::<u8>();
+        let _ = bpf_probe_read_user_buf(
+            sp as *const u8,
+            core::slice::from_raw_parts_mut(window, STACK_WINDOW_WORDS * 8),
+        );
     }
     entry.submit(wakeup_flags());
 }

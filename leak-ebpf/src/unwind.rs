@@ -1,0 +1,116 @@
+//! Unwinding per-call allocator events in the kernel side, through code
+//! built without frame pointers: each frame steps to its caller by the rule
+//! user space read from its module's CFI for that code address
+//! (`UNWIND_RULES`), one hash lookup per frame. An address without a rule
+//! ends the walk there, and the event goes with a copy of the stack from
+//! that frame on: user space unwinds the copy and writes the rules of every
+//! address it stepped through, so the next event of that stack is whole here.
+
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::map, maps::LruHashMap};
+use leak_common::UnwindRule;
+
+use crate::shared::now_ns;
+
+/// Rules by code address (a return address − 1). Written by user space, and
+/// here as `PENDING` when an address is first asked about. Size set by user
+/// space; an evicted rule is asked about again.
+#[map]
+static UNWIND_RULES: LruHashMap<u64, UnwindRule> = LruHashMap::with_max_entries(64 * 1024, 0);
+
+/// 1: per-call events are unwound by `UNWIND_RULES` (user space answers the
+/// stack copies); 0: by the frame-pointer chain alone. Set by user space at load.
+#[unsafe(no_mangle)]
+static UNWIND_BY_RULES: u32 = 0;
+
+/// How long an asked rule is waited for, in `asked_at` units (~1 ms): until
+/// then each event reaching the address goes with a copy; after, the stack
+/// ends there (user space had no rule: not code).
+const PENDING_UNITS: u32 = 100;
+
+/// How far above the stack pointer a frame pointer may be (as `shared`'s walk).
+const MAX_STACK_BYTES: u64 = 64 << 20;
+
+const BPF_NOEXIST: u64 = 1;
+
+#[inline(always)]
+pub fn by_rules() -> bool {
+    // SAFETY: a read of a constant the loader patched; volatile so the
+    // compiler cannot fold the initial value.
+    unsafe { core::ptr::read_volatile(&UNWIND_BY_RULES) != 0 }
+}
+
+/// The `asked_at` clock: CLOCK_MONOTONIC in units of 2^20 ns.
+#[inline(always)]
+fn asked_at() -> u32 {
+    (now_ns() >> 20) as u32
+}
+
+/// Where one step of the walk led.
+pub enum Step {
+    /// The caller: its return address, stack pointer (the CFA) and %rbp.
+    Caller { ret: u64, sp: u64, bp: u64 },
+    /// The stack ends here: whole, or where the rules end it.
+    End,
+    /// No rule for the address yet: user space needs the stack from here.
+    Unknown,
+}
+
+/// Steps from the frame at return address `pc`, whose stack pointer and
+/// %rbp are `sp` and `bp`, to its caller.
+#[inline(always)]
+pub fn step(pc: u64, sp: u64, bp: u64) -> Step {
+    // A return address is looked up at the call instruction before it.
+    let at = pc.wrapping_sub(1);
+    // SAFETY: map values are plain data.
+    let Some(rule) = (unsafe { UNWIND_RULES.get(at) }) else {
+        let asked = UnwindRule {
+            kind: UnwindRule::PENDING,
+            asked_at: asked_at(),
+            ..UnwindRule::default()
+        };
+        // Not over a rule user space wrote meanwhile.
+        let _ = UNWIND_RULES.insert(at, asked, BPF_NOEXIST);
+        return Step::Unknown;
+    };
+    let (cfa, ret_at, saved_bp) = match rule.kind {
+        UnwindRule::CFA_SP | UnwindRule::CFA_BP => {
+            let base = if rule.kind == UnwindRule::CFA_SP { sp } else { bp };
+            let cfa = base.wrapping_add_signed(i64::from(rule.cfa_offset));
+            (cfa, rule.return_address, rule.saved_bp)
+        }
+        // The frame pointer points at the saved %rbp, under the return address.
+        UnwindRule::FRAME_POINTER if bp > sp && bp - sp <= MAX_STACK_BYTES => (bp.wrapping_add(16), -8, -16),
+        UnwindRule::PENDING if asked_at().wrapping_sub(rule.asked_at) < PENDING_UNITS => return Step::Unknown,
+        _ => return Step::End,
+    };
+    // A stack only grows down: a caller's frame is above its callee's.
+    if cfa <= sp || cfa - sp > MAX_STACK_BYTES {
+        return Step::End;
+    }
+    let ret_addr = cfa.wrapping_add_signed(i64::from(ret_at));
+    let (ret, bp) = if saved_bp == 0 {
+        // SAFETY: reads user memory through the checked helper.
+        match unsafe { bpf_probe_read_user(ret_addr as *const u64) } {
+            Ok(ret) => (ret, bp),
+            Err(_) => return Step::End,
+        }
+    } else if saved_bp == ret_at - 8 {
+        // The usual frame: %rbp saved right under the return address, one read.
+        // SAFETY: as above.
+        match unsafe { bpf_probe_read_user((ret_addr - 8) as *const [u64; 2]) } {
+            Ok([bp, ret]) => (ret, bp),
+            Err(_) => return Step::End,
+        }
+    } else {
+        let bp_addr = cfa.wrapping_add_signed(i64::from(saved_bp));
+        // SAFETY: as above.
+        match unsafe { (bpf_probe_read_user(ret_addr as *const u64), bpf_probe_read_user(bp_addr as *const u64)) } {
+            (Ok(ret), Ok(bp)) => (ret, bp),
+            _ => return Step::End,
+        }
+    };
+    if ret == 0 {
+        return Step::End;
+    }
+    Step::Caller { ret, sp: cfa, bp }
+}
