@@ -337,6 +337,46 @@ mod tests {
     }
 
     #[test]
+    fn kernel_rules_say_what_the_cfi_rows_say() {
+        let cfi = |cfa_base, cfa_offset, return_address, saved_bp| {
+            Some(Step::Cfi(FrameRule {
+                cfa_base,
+                cfa_offset,
+                return_address,
+                saved_bp,
+            }))
+        };
+        let rule = |kind, cfa_offset, return_address, saved_bp| UnwindRule {
+            kind,
+            cfa_offset,
+            return_address,
+            saved_bp,
+            asked_at: 0,
+        };
+        // A frameless function's body: the CFA above its locals.
+        assert_eq!(
+            kernel_rule(cfi(CfaBase::Sp, 24, Some(-8), None)),
+            rule(UnwindRule::CFA_SP, 24, -8, 0)
+        );
+        // A frame-pointer function's body.
+        assert_eq!(
+            kernel_rule(cfi(CfaBase::Bp, 16, Some(-8), Some(-16))),
+            rule(UnwindRule::CFA_BP, 16, -8, -16)
+        );
+        assert_eq!(kernel_rule(cfi(CfaBase::Sp, 8, None, None)).kind, UnwindRule::OUTERMOST);
+        assert_eq!(kernel_rule(Some(Step::FramePointer)).kind, UnwindRule::FRAME_POINTER);
+        // Not code, rules not evaluated, offsets it cannot hold: the end.
+        for step in [
+            None,
+            Some(Step::Stop),
+            cfi(CfaBase::Sp, 1 << 40, Some(-8), None),
+            cfi(CfaBase::Sp, 16, Some(-8), Some(0)),
+        ] {
+            assert_eq!(kernel_rule(step).kind, UnwindRule::STOP, "{step:?}");
+        }
+    }
+
+    #[test]
     fn reads_only_the_memory_it_has() {
         let bytes: Vec<u8> = (0u64..4).flat_map(u64::to_le_bytes).collect();
         let memory = StackMemory::new(0x1000, &bytes);
