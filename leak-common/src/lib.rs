@@ -388,8 +388,10 @@ pub struct UnwindRule {
     pub return_address: i32,
     /// Where the caller's %rbp was saved, from the CFA; 0: not saved (unchanged).
     pub saved_bp: i32,
-    /// `PENDING`: when the kernel side asked (CLOCK_MONOTONIC ns >> 20, about ms).
+    /// `ASKED`: when (CLOCK_MONOTONIC ns >> 20, about ms), and how many
+    /// stack copies asked since.
     pub asked_at: u32,
+    pub copies: u32,
 }
 
 impl UnwindRule {
@@ -401,8 +403,9 @@ impl UnwindRule {
     pub const OUTERMOST: u32 = 4;
     /// The stack ends here: CFI this unwinder does not evaluate, or not code.
     pub const STOP: u32 = 5;
-    /// Asked of user space (a stack copy went with the event), not answered yet.
-    pub const PENDING: u32 = 6;
+    /// Written by the kernel side: a stack copy asked user space for the
+    /// rule, which has not come yet.
+    pub const ASKED: u32 = 6;
 }
 
 /// Entries of the table of exponential quantiles used to draw sampling gaps.
@@ -422,15 +425,21 @@ pub enum DropReason {
     SampledBlocksFull = 3,
     /// Page-fault attribution: no room for another stack; its faults are not counted.
     FaultStacksFull = 4,
+    /// The kernel side's unwind reached an address it had no unwind rule for
+    /// yet, already asked for by another event's stack copy, or the ring
+    /// buffer was too full for the copy that asks: the stack ends there (the
+    /// event itself is kept).
+    StacksCut = 5,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::RingBufFull,
         DropReason::StackLost,
         DropReason::PendingFull,
         DropReason::SampledBlocksFull,
         DropReason::FaultStacksFull,
+        DropReason::StacksCut,
     ];
 
     pub fn name(self) -> &'static str {
@@ -440,6 +449,7 @@ impl DropReason {
             DropReason::PendingFull => "pending_calls_full",
             DropReason::SampledBlocksFull => "sampled_blocks_full",
             DropReason::FaultStacksFull => "fault_stacks_full",
+            DropReason::StacksCut => "stacks_cut",
         }
     }
 }

@@ -256,6 +256,7 @@ fn walk_frames(record: &mut StackRecord, by_rules: bool) -> Walked {
         fp,
         by_rules,
         unknown: false,
+        cut: false,
         len: 1,
         has_js: false,
         hash,
@@ -281,6 +282,9 @@ fn walk_frames(record: &mut StackRecord, by_rules: bool) -> Walked {
             0,
         );
     }
+    if walk.cut {
+        count_drop(DropReason::StacksCut);
+    }
     Walked {
         frames: walk.len,
         has_js: walk.has_js,
@@ -299,6 +303,8 @@ struct Walk {
     by_rules: bool,
     /// The walk by rules stopped at an address without one.
     unknown: bool,
+    /// ... at an address whose rule was asked for and has not come.
+    cut: bool,
     len: usize,
     has_js: bool,
     hash: u64,
@@ -321,6 +327,10 @@ extern "C" fn walk_frame(index: u64, ctx: *mut c_void) -> i64 {
             unwind::Step::End => return 1,
             unwind::Step::Unknown => {
                 walk.unknown = true;
+                return 1;
+            }
+            unwind::Step::Asked => {
+                walk.cut = true;
                 return 1;
             }
         }
@@ -413,7 +423,7 @@ fn js_slots(fp: u64, slots: &[usize; 4]) -> JsFrameSlots {
 }
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
-pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_RING_SIZE: u64 = 1;
 
@@ -438,15 +448,17 @@ pub fn emit_site_event<C: EbpfContext>(_ctx: &C, mut heap: HeapEvent, sp: u64) {
     let Delivered { hash, resume } = delivered_stack(unwind::by_rules());
     heap.stack = hash;
     if let Some((last_sp, last_bp)) = resume {
+        // Until the reader (woken) writes the rules, each event of the stack
+        // goes with a copy, while they fill at most a quarter of the ring
+        // buffer: a burst of new stacks must not crowd out events.
         heap.flags |= FLAG_STACK_COPY;
-        // The reader is woken: until it writes the rules, each event of the
-        // stack goes with a copy.
-        if stack_copy::emit_copy_from(&heap, last_sp, last_bp, BPF_RB_FORCE_WAKEUP) {
+        if EVENTS.query(BPF_RB_AVAIL_DATA) <= EVENTS.query(BPF_RB_RING_SIZE) / 4
+            && stack_copy::emit_copy_from(&heap, last_sp, last_bp, BPF_RB_FORCE_WAKEUP)
+        {
             return;
         }
-        // No room for the copy: the event goes with its stack cut short.
         heap.flags &= !FLAG_STACK_COPY;
-        count_drop(DropReason::StackLost);
+        count_drop(DropReason::StacksCut);
     }
     let Some(mut entry) = EVENTS.reserve::<SiteEvent>(0) else {
         count_drop(DropReason::RingBufFull);

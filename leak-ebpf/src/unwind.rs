@@ -3,17 +3,17 @@
 //! user space read from its module's CFI for that code address
 //! (`UNWIND_RULES`), one hash lookup per frame. An address without a rule
 //! ends the walk there, and the event goes with a copy of the stack from
-//! that frame on: user space unwinds the copy and writes the rules of every
-//! address it stepped through, so the next event of that stack is whole here.
+//! that frame on (`shared::emit_site_event`): user space unwinds the copy
+//! and writes the rules of every address it stepped through (`STOP` for one
+//! that is not code), so the next event of that stack is whole here.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::map, maps::LruHashMap};
 use leak_common::UnwindRule;
 
 use crate::shared::now_ns;
 
-/// Rules by code address (a return address − 1). Written by user space, and
-/// here as `PENDING` when an address is first asked about. Size set by user
-/// space; an evicted rule is asked about again.
+/// Rules by code address (a return address − 1), written by user space,
+/// and `ASKED` here. An evicted rule is asked about again.
 #[map]
 static UNWIND_RULES: LruHashMap<u64, UnwindRule> = LruHashMap::with_max_entries(64 * 1024, 0);
 
@@ -22,15 +22,17 @@ static UNWIND_RULES: LruHashMap<u64, UnwindRule> = LruHashMap::with_max_entries(
 #[unsafe(no_mangle)]
 static UNWIND_BY_RULES: u32 = 0;
 
-/// How long an asked rule is waited for, in `asked_at` units (~1 ms): until
-/// then each event reaching the address goes with a copy; after, the stack
-/// ends there (user space had no rule: not code).
-const PENDING_UNITS: u32 = 100;
+/// How long an asked rule is waited for (in `asked_at` units, ~1 ms)
+/// before stack copies ask again, and how many events reaching the address
+/// bring a copy meanwhile (so that a few calls in a row have whole stacks);
+/// later ones end there, rather than each bring a copy.
+const ASKED_UNITS: u32 = 10;
+const COPIES_PER_ASK: u32 = 32;
+
+const BPF_NOEXIST: u64 = 1;
 
 /// How far above the stack pointer a frame pointer may be (as `shared`'s walk).
 const MAX_STACK_BYTES: u64 = 64 << 20;
-
-const BPF_NOEXIST: u64 = 1;
 
 #[inline(always)]
 pub fn by_rules() -> bool {
@@ -53,6 +55,8 @@ pub enum Step {
     End,
     /// No rule for the address yet: user space needs the stack from here.
     Unknown,
+    /// Asked for the rule, which has not come yet: the stack ends here.
+    Asked,
 }
 
 /// Steps from the frame at return address `pc`, whose stack pointer and
@@ -62,25 +66,40 @@ pub fn step(pc: u64, sp: u64, bp: u64) -> Step {
     // A return address is looked up at the call instruction before it.
     let at = pc.wrapping_sub(1);
     // SAFETY: map values are plain data.
-    let Some(rule) = (unsafe { UNWIND_RULES.get(at) }) else {
+    let Some(rule) = UNWIND_RULES.get_ptr_mut(at) else {
         let asked = UnwindRule {
-            kind: UnwindRule::PENDING,
+            kind: UnwindRule::ASKED,
             asked_at: asked_at(),
+            copies: 1,
             ..UnwindRule::default()
         };
         // Not over a rule user space wrote meanwhile.
         let _ = UNWIND_RULES.insert(at, asked, BPF_NOEXIST);
         return Step::Unknown;
     };
+    // SAFETY: map values are plain data; a concurrent update of a count
+    // only miscounts a copy.
+    let rule = unsafe { &mut *rule };
     let (cfa, ret_at, saved_bp) = match rule.kind {
         UnwindRule::CFA_SP | UnwindRule::CFA_BP => {
             let base = if rule.kind == UnwindRule::CFA_SP { sp } else { bp };
             let cfa = base.wrapping_add_signed(i64::from(rule.cfa_offset));
             (cfa, rule.return_address, rule.saved_bp)
         }
+        UnwindRule::ASKED => {
+            let now = asked_at();
+            if now.wrapping_sub(rule.asked_at) >= ASKED_UNITS {
+                // No answer (its copy dropped, or still being read): ask again.
+                (rule.asked_at, rule.copies) = (now, 0);
+            }
+            if rule.copies >= COPIES_PER_ASK {
+                return Step::Asked;
+            }
+            rule.copies += 1;
+            return Step::Unknown;
+        }
         // The frame pointer points at the saved %rbp, under the return address.
         UnwindRule::FRAME_POINTER if bp > sp && bp - sp <= MAX_STACK_BYTES => (bp.wrapping_add(16), -8, -16),
-        UnwindRule::PENDING if asked_at().wrapping_sub(rule.asked_at) < PENDING_UNITS => return Step::Unknown,
         _ => return Step::End,
     };
     // A stack only grows down: a caller's frame is above its callee's.

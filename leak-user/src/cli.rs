@@ -95,9 +95,10 @@ pub struct HuntArgs {
     #[arg(long, value_name = "N", default_value_t = 64 * 1024)]
     pub max_stacks: u32,
     /// How the kernel side walks the stacks of allocator calls (exact and
-    /// sampled modes).
-    #[arg(long, value_enum, value_name = "HOW", default_value_t = StackWalk::Cfi)]
-    pub stack_walk: StackWalk,
+    /// sampled modes). Default: `cfi`, but `frame-pointers` for Node.js
+    /// (node and V8 keep frame pointers; JIT code has no CFI).
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub stack_walk: Option<StackWalk>,
     /// Command to launch and trace from its first instruction.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

@@ -3,6 +3,8 @@
 //! the user-space unwinder read of the module's CFI while it unwound the
 //! stack copy an event brought where the kernel side had no rule.
 
+use std::collections::HashSet;
+
 use anyhow::{Context as _, Result};
 use aya::{
     maps::{HashMap, MapData},
@@ -17,6 +19,8 @@ pub struct UnwindRules {
     /// Addresses answered `STOP` for not being code, asked again once the
     /// target's mappings change (a library mapped there since).
     not_code: Vec<u64>,
+    /// Addresses whose rules were written.
+    written: HashSet<u64>,
     /// Rules the map refused (kept to report once).
     refused: u64,
 }
@@ -29,13 +33,19 @@ impl UnwindRules {
         Ok(Self {
             map: HashMap::try_from(map)?,
             not_code: Vec::new(),
+            written: HashSet::new(),
             refused: 0,
         })
     }
 
-    /// Writes the rules of the steps of one unwind (`Unwinder::rules`).
+    /// Writes the rules of the steps of one unwind (`Unwinder::rules`) from
+    /// the address the kernel side asked about, the first, which is written
+    /// again (it may have been evicted since), on.
     pub fn write(&mut self, rules: &[(u64, UnwindRule)]) {
-        for (address, rule) in rules {
+        for (i, (address, rule)) in rules.iter().enumerate() {
+            if !self.written.insert(*address) && i > 0 {
+                continue;
+            }
             if rule.kind == UnwindRule::STOP && !self.not_code.contains(address) {
                 self.not_code.push(*address);
             }
@@ -68,5 +78,6 @@ impl UnwindRules {
             let _ = self.map.remove(&key);
         }
         self.not_code.clear();
+        self.written.clear();
     }
 }

@@ -227,7 +227,7 @@ fn kernel_rule(step: Option<Step>) -> UnwindRule {
             cfa_offset,
             return_address,
             saved_bp,
-            asked_at: 0,
+            ..UnwindRule::default()
         },
         _ => stop,
     }
@@ -351,7 +351,7 @@ mod tests {
             cfa_offset,
             return_address,
             saved_bp,
-            asked_at: 0,
+            ..UnwindRule::default()
         };
         // A frameless function's body: the CFA above its locals.
         assert_eq!(
