@@ -321,25 +321,36 @@ extern "C" fn walk_frame(index: u64, ctx: *mut c_void) -> i64 {
     let fp = walk.fp;
     // `next`: the caller's %rbp, its frame pointer if it keeps one, which
     // is then above `floor`.
-    let (next, ret, sp, floor) = if walk.by_rules {
+    let mut by_rule = None;
+    if walk.by_rules {
         match unwind::step(walk.pc, walk.sp, fp) {
-            unwind::Step::Caller { ret, sp, bp } => (bp, ret, sp, sp - 1),
+            unwind::Step::Caller { ret, sp, bp } => by_rule = Some((bp, ret, sp)),
             unwind::Step::End => return 1,
-            unwind::Step::Unknown => {
+            // The event goes with a copy of the stack from here.
+            unwind::Step::Unknown if copy_has_room() => {
                 walk.unknown = true;
                 return 1;
             }
-            unwind::Step::Asked => {
+            // No rule and no copy: on by the frame-pointer chain, as far
+            // as the frame-pointer walk would have gone.
+            unwind::Step::Unknown | unwind::Step::Asked => {
                 walk.cut = true;
-                return 1;
+                walk.by_rules = false;
+                if fp <= walk.sp || fp - walk.sp > MAX_STACK_BYTES {
+                    return 1;
+                }
             }
         }
-    } else {
-        // SAFETY: reads user memory through the checked helper.
-        let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
-            return 1;
-        };
-        (next, ret, 0, fp)
+    }
+    let (next, ret, sp, floor) = match by_rule {
+        Some((next, ret, sp)) => (next, ret, sp, sp - 1),
+        None => {
+            // SAFETY: reads user memory through the checked helper.
+            let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+                return 1;
+            };
+            (next, ret, 0, fp)
+        }
     };
     if ret == 0 {
         return 1;
@@ -422,6 +433,14 @@ fn js_slots(fp: u64, slots: &[usize; 4]) -> JsFrameSlots {
     }
 }
 
+/// Whether a stack copy that asks for unwind rules may go: while copies
+/// fill at most a quarter of the ring buffer, so that a burst of new
+/// stacks does not crowd out events.
+#[inline(always)]
+fn copy_has_room() -> bool {
+    EVENTS.query(BPF_RB_AVAIL_DATA) <= EVENTS.query(BPF_RB_RING_SIZE) / 4
+}
+
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
@@ -448,13 +467,9 @@ pub fn emit_site_event<C: EbpfContext>(_ctx: &C, mut heap: HeapEvent, sp: u64) {
     let Delivered { hash, resume } = delivered_stack(unwind::by_rules());
     heap.stack = hash;
     if let Some((last_sp, last_bp)) = resume {
-        // Until the reader (woken) writes the rules, each event of the stack
-        // goes with a copy, while they fill at most a quarter of the ring
-        // buffer: a burst of new stacks must not crowd out events.
+        // The reader is woken to write the rules soon.
         heap.flags |= FLAG_STACK_COPY;
-        if EVENTS.query(BPF_RB_AVAIL_DATA) <= EVENTS.query(BPF_RB_RING_SIZE) / 4
-            && stack_copy::emit_copy_from(&heap, last_sp, last_bp, BPF_RB_FORCE_WAKEUP)
-        {
+        if stack_copy::emit_copy_from(&heap, last_sp, last_bp, BPF_RB_FORCE_WAKEUP) {
             return;
         }
         heap.flags &= !FLAG_STACK_COPY;

@@ -418,11 +418,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         sample_bytes: plan.start.sample_bytes(),
         v8_frames: js_namer.as_ref().map(|namer| namer.layout().frame),
         v8_pages,
-        unwind_rules: args.stack_walk.unwrap_or(if modules.node.is_some() {
-            StackWalk::FramePointers
-        } else {
-            StackWalk::Cfi
-        }) == StackWalk::Cfi,
+        unwind_rules: args.stack_walk == StackWalk::Cfi,
     };
     let mut ebpf = attach::load(&options)?;
     let (probes, links) = attach::attach(&mut ebpf, target.pid, &modules, plan.start.probe_set())?;

@@ -146,14 +146,14 @@ fn assert_mappings_whole(report: &Value, path: &Path) {
     assert_eq!(held(site), (REQUESTS * MAPPING_PAGES * PAGE, REQUESTS), "{site:#}");
 }
 
-/// Exact mode: mappings are unwound from their stack copy; heap stacks by
-/// the kernel side, by the unwind rules leakscope read from the CFI of the
+/// Exact mode with `--stack-walk cfi`: mappings are unwound from their
+/// stack copy; heap stacks by the kernel side, by the unwind rules leakscope read from the CFI of the
 /// stack copy their first event brought. parse_body's 512 bytes of locals
 /// are beyond the 16 words of stack the frame-pointer walk's events bring.
 #[test]
 fn exact_mode_stacks_are_whole_through_frameless_code() {
     let path = fixture();
-    let run = run_launch(&path, &[], &["--mode", "exact"]);
+    let run = run_launch(&path, &[], &["--mode", "exact", "--stack-walk", "cfi"]);
     assert!(run.status.success(), "leakscope failed:\n{}", run.stderr);
     let report = &run.report;
 
@@ -165,12 +165,14 @@ fn exact_mode_stacks_are_whole_through_frameless_code() {
     let blocks = chain("keep_block", "keep_block", "store_chunk");
     let site = site_with_chain(report, &path, "malloc", &blocks, false);
     assert_eq!(held(site), (REQUESTS * BLOCK_BYTES, REQUESTS), "{site:#}");
-    assert_eq!(u64_field(&report["drops"], "stack_lost"), 0, "{:#}", report["drops"]);
+    for drop in ["stack_lost", "stacks_cut"] {
+        assert_eq!(u64_field(&report["drops"], drop), 0, "{:#}", report["drops"]);
+    }
 }
 
-/// The frame-pointer walk alone (`--stack-walk frame-pointers`) ends the
-/// same stacks at parse_body, whose frame its 16 words do not cover: what
-/// the test above would see without the unwind rules.
+/// The frame-pointer walk alone (`--stack-walk frame-pointers`, the
+/// default) ends the same stacks at parse_body, whose frame its 16 words do
+/// not cover: what the test above would see without the unwind rules.
 #[test]
 fn exact_mode_frame_pointer_walk_ends_at_the_large_frame() {
     let path = fixture();

@@ -87,12 +87,14 @@ fn page_offset(address: u64) -> u64 {
 
 pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
     let report = rel(&work_dir().join("unwinding.json"));
-    let hunt = |mode: &str| {
+    let hunt = |mode: &str, walk: &str| {
         words(&[
             &tools.leakscope,
             "hunt",
             "--mode",
             mode,
+            "--stack-walk",
+            walk,
             "--format",
             "json",
             "-o",
@@ -117,9 +119,24 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
             );
             continue;
         }
-        let exact = sites(&[hunt("exact"), program.clone()].concat(), &report)?;
+        let exact = sites(&[hunt("exact", "frame-pointers"), program.clone()].concat(), &report)?;
         let exact_malloc = stacks(&exact, &["malloc"]);
-        let growth = sites(&[hunt("growth"), program.clone()].concat(), &report)?;
+        let exact_cfi = sites(&[hunt("exact", "cfi"), program.clone()].concat(), &report)?;
+        let cfi_malloc = stacks(&exact_cfi, &["malloc"]);
+        let cut = exact_cfi["drops"]["stacks_cut"].as_u64().unwrap_or(0);
+        let events = exact_cfi["probes"].as_array().map_or(0, |probes| {
+            probes
+                .iter()
+                .filter(|p| p["name"] == "malloc")
+                .filter_map(|p| p["return_hits"].as_u64())
+                .sum::<u64>()
+        });
+        let cfi_cell = format!(
+            "{}: {}; {cut} stacks cut of {events} mallocs",
+            cfi_malloc.len(),
+            all_frames(&cfi_malloc)
+        );
+        let growth = sites(&[hunt("growth", "frame-pointers"), program.clone()].concat(), &report)?;
         let [pages, mmaps] = ["pages_touched", "mmap"].map(|kind| stacks(&growth, &[kind]));
         let compared = match &valgrind {
             Ok(valgrind) => {
@@ -142,22 +159,27 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
             [
                 vec![name.to_string()],
                 compared,
-                vec![growth_cell(&pages), growth_cell(&mmaps)],
+                vec![cfi_cell, growth_cell(&pages), growth_cell(&mmaps)],
             ]
             .concat(),
         );
-        for (mode, report) in [("exact", &exact), ("growth", &growth)] {
-            let dropped: u64 = report["drops"]
-                .as_object()
-                .map_or(0, |drops| drops.values().filter_map(Value::as_u64).sum());
+        for (mode, report) in [("exact", &exact), ("exact --stack-walk cfi", &exact_cfi), ("growth", &growth)] {
+            // Cut stacks are the cfi column's own figure.
+            let dropped: u64 = report["drops"].as_object().map_or(0, |drops| {
+                drops
+                    .iter()
+                    .filter(|(reason, _)| *reason != "stacks_cut")
+                    .filter_map(|(_, n)| n.as_u64())
+                    .sum()
+            });
             if dropped > 0 {
                 notes.push(format!("{name}, {mode} hunt: drops {}.", drops(&report.to_string())));
             }
         }
     }
-    let mut commands: Vec<String> = ["exact", "growth"]
+    let mut commands: Vec<String> = [("exact", "frame-pointers"), ("exact", "cfi"), ("growth", "frame-pointers")]
         .iter()
-        .map(|mode| format!("{} CMD", shell_line(&hunt(mode))))
+        .map(|(mode, walk)| format!("{} CMD", shell_line(&hunt(mode, walk))))
         .collect();
     if let Ok(valgrind) = &valgrind {
         commands.push(format!("{} CMD", shell_line(valgrind)));
@@ -192,8 +214,9 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
     Ok(Section {
         title: TITLE_FRAMES,
         about: format!(
-            "Each program is launched once under `leakscope hunt --mode exact` (every allocator call; the \
-             kernel side unwinds its stack by the unwind rules leakscope reads from CFI, `--stack-walk cfi`), once under valgrind's memcheck and once under \
+            "Each program is launched once under `leakscope hunt --mode exact` (every allocator call; its \
+             events carry 16 words of the stack), once more with `--stack-walk cfi` (the kernel side unwinds \
+             by the rules leakscope reads from CFI), once under valgrind's memcheck and once under \
              `leakscope hunt --mode growth`; figures are frames per stack, median (max), of the sites \
              still holding memory at exit. Workloads: {}.",
             PROGRAMS
@@ -209,6 +232,7 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
             "matched: valgrind frames",
             "matched: leakscope exact frames",
             "all malloc sites: valgrind / leakscope exact frames, whole stacks",
+            "leakscope exact --stack-walk cfi, malloc sites: count: frames, whole stacks",
             "leakscope growth, pages_touched sites: count: frames, whole stacks",
             "leakscope growth, mmap sites: count: frames, whole stacks",
         ],
