@@ -123,7 +123,12 @@ pub fn step(pc: u64, sp: u64, bp: u64) -> Step {
     } else {
         let bp_addr = cfa.wrapping_add_signed(i64::from(saved_bp));
         // SAFETY: as above.
-        match unsafe { (bpf_probe_read_user(ret_addr as *const u64), bpf_probe_read_user(bp_addr as *const u64)) } {
+        match unsafe {
+            (
+                bpf_probe_read_user(ret_addr as *const u64),
+                bpf_probe_read_user(bp_addr as *const u64),
+            )
+        } {
             (Ok(ret), Ok(bp)) => (ret, bp),
             _ => return Step::End,
         }

@@ -421,9 +421,9 @@ impl Collector {
             (&frame.function, &frame.script, frame.line, frame.column).hash(&mut hasher);
         }
         let keyed = hasher.finish().max(1);
-        if !self.stacks.contains_key(&keyed) {
-            let (frames, js) = (frames.clone(), js.cloned());
-            self.stacks.insert(keyed, frames);
+        let (frames, js) = (frames.clone(), js.cloned());
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.stacks.entry(keyed) {
+            entry.insert(frames);
             if let Some(js) = js {
                 self.js_frames.insert(keyed, js);
             }

@@ -52,7 +52,9 @@ impl UnwindRules {
             if let Err(e) = self.map.insert(address, rule, 0) {
                 self.refused += 1;
                 if self.refused == 1 {
-                    log::warn!("unwind rule for {address:#x} not written ({e}); the kernel side's stacks may end there");
+                    log::warn!(
+                        "unwind rule for {address:#x} not written ({e}); the kernel side's stacks may end there"
+                    );
                 }
             }
         }

@@ -124,15 +124,16 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
         let exact_cfi = sites(&[hunt("exact", "cfi"), program.clone()].concat(), &report)?;
         let cfi_malloc = stacks(&exact_cfi, &["malloc"]);
         let cut = exact_cfi["drops"]["stacks_cut"].as_u64().unwrap_or(0);
-        let events = exact_cfi["probes"].as_array().map_or(0, |probes| {
+        // The allocator calls that returned (what a stack is walked for).
+        let calls = exact_cfi["probes"].as_array().map_or(0, |probes| {
             probes
                 .iter()
-                .filter(|p| p["name"] == "malloc")
+                .filter(|p| !["mmap", "munmap", "mremap"].contains(&p["name"].as_str().unwrap_or_default()))
                 .filter_map(|p| p["return_hits"].as_u64())
                 .sum::<u64>()
         });
         let cfi_cell = format!(
-            "{}: {}; {cut} stacks cut of {events} mallocs",
+            "{}: {}; {cut} stacks cut of {calls} allocator calls",
             cfi_malloc.len(),
             all_frames(&cfi_malloc)
         );
@@ -163,7 +164,11 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
             ]
             .concat(),
         );
-        for (mode, report) in [("exact", &exact), ("exact --stack-walk cfi", &exact_cfi), ("growth", &growth)] {
+        for (mode, report) in [
+            ("exact", &exact),
+            ("exact --stack-walk cfi", &exact_cfi),
+            ("growth", &growth),
+        ] {
             // Cut stacks are the cfi column's own figure.
             let dropped: u64 = report["drops"].as_object().map_or(0, |drops| {
                 drops
@@ -177,10 +182,14 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
             }
         }
     }
-    let mut commands: Vec<String> = [("exact", "frame-pointers"), ("exact", "cfi"), ("growth", "frame-pointers")]
-        .iter()
-        .map(|(mode, walk)| format!("{} CMD", shell_line(&hunt(mode, walk))))
-        .collect();
+    let mut commands: Vec<String> = [
+        ("exact", "frame-pointers"),
+        ("exact", "cfi"),
+        ("growth", "frame-pointers"),
+    ]
+    .iter()
+    .map(|(mode, walk)| format!("{} CMD", shell_line(&hunt(mode, walk))))
+    .collect();
     if let Ok(valgrind) = &valgrind {
         commands.push(format!("{} CMD", shell_line(valgrind)));
     }
