@@ -518,10 +518,10 @@ pub(super) fn cost(plan: &Plan, tools: &Tools) -> Result<Section> {
          exit (read before it is reaped): its reader, where events are unwound and symbolized, and its \
          report; the verifier's work at load is left out."
             .to_string(),
-        "`--stack-walk cfi` (the default) steps each frame by the unwind rule of its address in a BPF map \
+        "`--stack-walk cfi` steps each frame by the unwind rule of its address in a BPF map \
          (one hash lookup per frame), written by leakscope from the CFI it read unwinding the stack copy \
          that the stack's first event brought; `--stack-walk frame-pointers` is the frame-pointer walk \
-         alone, with 16 words of stack for leakscope to unwind (the only walk before)."
+         alone, with 16 words of stack for leakscope to unwind (the default)."
             .to_string(),
     ];
     let (fp, nofp) = (builds[0].0, builds[1].0);
