@@ -211,7 +211,7 @@ macro_rules! layout_field {
 
 /// How far above the stack pointer a frame pointer may be: beyond the
 /// default 8 MiB main-thread stack, with room for a raised limit.
-const MAX_STACK_BYTES: u64 = 64 << 20;
+pub const MAX_STACK_BYTES: u64 = 64 << 20;
 
 /// What `walk_frames` wrote.
 struct Walked {

@@ -1,16 +1,16 @@
 //! Unwinding per-call allocator events in the kernel side, through code
 //! built without frame pointers: each frame steps to its caller by the rule
 //! user space read from its module's CFI for that code address
-//! (`UNWIND_RULES`), one hash lookup per frame. An address without a rule
-//! ends the walk there, and the event goes with a copy of the stack from
-//! that frame on (`shared::emit_site_event`): user space unwinds the copy
-//! and writes the rules of every address it stepped through (`STOP` for one
-//! that is not code), so the next event of that stack is whole here.
+//! (`UNWIND_RULES`), one hash lookup per frame. At an address without a
+//! rule the event goes with a copy of the stack from that frame on
+//! (`shared::emit_site_event`): user space unwinds the copy and writes the
+//! rules of every address it stepped through (`STOP` for one that is not
+//! code), so that the next event of that stack is whole here.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::map, maps::LruHashMap};
 use leak_common::UnwindRule;
 
-use crate::shared::now_ns;
+use crate::shared::{now_ns, MAX_STACK_BYTES};
 
 /// Rules by code address (a return address − 1), written by user space,
 /// and `ASKED` here. An evicted rule is asked about again.
@@ -25,14 +25,11 @@ static UNWIND_BY_RULES: u32 = 0;
 /// How long an asked rule is waited for (in `asked_at` units, ~1 ms)
 /// before stack copies ask again, and how many events reaching the address
 /// bring a copy meanwhile (so that a few calls in a row have whole stacks);
-/// later ones end there, rather than each bring a copy.
+/// the walks of later ones go on by frame pointers from there (`shared`).
 const ASKED_UNITS: u32 = 10;
 const COPIES_PER_ASK: u32 = 32;
 
 const BPF_NOEXIST: u64 = 1;
-
-/// How far above the stack pointer a frame pointer may be (as `shared`'s walk).
-const MAX_STACK_BYTES: u64 = 64 << 20;
 
 #[inline(always)]
 pub fn by_rules() -> bool {
@@ -55,7 +52,7 @@ pub enum Step {
     End,
     /// No rule for the address yet: user space needs the stack from here.
     Unknown,
-    /// Asked for the rule, which has not come yet: the stack ends here.
+    /// Asked for the rule, which has not come yet.
     Asked,
 }
 
