@@ -210,6 +210,10 @@ pub const FLAG_ANONYMOUS: u8 = 1;
 /// `HeapEvent::flags`: made inside a probed allocator call (malloc's own arenas
 /// and large-block mappings); that memory is already counted at the malloc level.
 pub const FLAG_ALLOCATOR_INTERNAL: u8 = 2;
+/// `HeapEvent::flags`: an allocation sent as a `CopiedStackEvent`: the kernel
+/// side's unwind stopped at a code address it has no `UnwindRule` for (its
+/// stack's last frame), and the copy is of the stack from there.
+pub const FLAG_STACK_COPY: u8 = 4;
 
 /// One allocation-state change, as written to the ring buffer.
 #[repr(C)]
@@ -382,6 +386,40 @@ pub struct CopiedStackEvent {
     pub copy: StackCopy,
 }
 
+/// How the kernel side steps from a frame to its caller at one code address,
+/// as user space read it from the module's CFI (`UNWIND_RULES`, keyed by the
+/// address looked up: a return address − 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRule {
+    /// One of the `UnwindRule` kinds below.
+    pub kind: u32,
+    /// `CFA_SP`, `CFA_BP`: the caller's stack pointer (CFA) is the register plus this.
+    pub cfa_offset: i32,
+    /// Where the return address is, from the CFA.
+    pub return_address: i32,
+    /// Where the caller's %rbp was saved, from the CFA; 0: not saved (unchanged).
+    pub saved_bp: i32,
+    /// `ASKED`: when (CLOCK_MONOTONIC ns >> 20, about ms), and how many
+    /// stack copies asked since.
+    pub asked_at: u32,
+    pub copies: u32,
+}
+
+impl UnwindRule {
+    pub const CFA_SP: u32 = 1;
+    pub const CFA_BP: u32 = 2;
+    /// Code without CFI (JIT code): the frame-pointer chain.
+    pub const FRAME_POINTER: u32 = 3;
+    /// The outermost frame (`_start`, a thread's start): the stack is whole.
+    pub const OUTERMOST: u32 = 4;
+    /// The stack ends here: CFI this unwinder does not evaluate, or not code.
+    pub const STOP: u32 = 5;
+    /// Written by the kernel side: a stack copy asked user space for the
+    /// rule, which has not come yet.
+    pub const ASKED: u32 = 6;
+}
+
 /// Entries of the table of exponential quantiles used to draw sampling gaps.
 pub const EXP_QUANTILES_LEN: u32 = 1024;
 
@@ -399,15 +437,21 @@ pub enum DropReason {
     SampledBlocksFull = 3,
     /// Page-fault attribution: no room for another stack; its faults are not counted.
     FaultStacksFull = 4,
+    /// The kernel side's unwind reached an address it had no unwind rule for
+    /// yet, already asked for by another event's stack copy, or the ring
+    /// buffer was too full for the copy that asks: the stack ends there (the
+    /// event itself is kept).
+    StacksCut = 5,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::RingBufFull,
         DropReason::StackLost,
         DropReason::PendingFull,
         DropReason::SampledBlocksFull,
         DropReason::FaultStacksFull,
+        DropReason::StacksCut,
     ];
 
     pub fn name(self) -> &'static str {
@@ -417,6 +461,7 @@ impl DropReason {
             DropReason::PendingFull => "pending_calls_full",
             DropReason::SampledBlocksFull => "sampled_blocks_full",
             DropReason::FaultStacksFull => "fault_stacks_full",
+            DropReason::StacksCut => "stacks_cut",
         }
     }
 }
@@ -447,4 +492,5 @@ mod pod {
     unsafe impl aya::Pod for super::StackRecord {}
     unsafe impl aya::Pod for super::V8FrameLayout {}
     unsafe impl aya::Pod for super::V8PageLayout {}
+    unsafe impl aya::Pod for super::UnwindRule {}
 }

@@ -475,6 +475,9 @@ pub struct LoadOptions {
     pub v8_frames: Option<V8FrameLayout>,
     /// How the target's V8 page hooks are read, for Node targets.
     pub v8_pages: Option<V8PageLayout>,
+    /// Per-call events are unwound by the unwind rules user space writes
+    /// (`UnwindRules`), else by frame pointers.
+    pub unwind_rules: bool,
 }
 
 pub fn load(options: &LoadOptions) -> Result<Ebpf> {
@@ -487,6 +490,7 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         .override_global("SAMPLE_BYTES", &sample_bytes, true)
         .override_global("V8_FRAME_LAYOUT", &options.v8_frames.unwrap_or_default(), true)
         .override_global("V8_PAGE_LAYOUT", &options.v8_pages.unwrap_or_default(), true)
+        .override_global("UNWIND_BY_RULES", &u32::from(options.unwind_rules), true)
         .map_max_entries("EVENTS", options.ring_buffer_bytes)
         .map_max_entries("DELIVERED_STACKS", options.max_stacks)
         .load(EBPF_OBJECT)

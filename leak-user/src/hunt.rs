@@ -18,7 +18,7 @@ use crate::census_series;
 use crate::{
     analyze::{self, GrowthPolicy},
     attach::{self, AttachedProbe, Counters, Links, LoadOptions, ProbeStatus},
-    cli::HuntArgs,
+    cli::{HuntArgs, StackWalk},
     collect::Collector,
     heap::{Kind, SiteId},
     mode::{self, Measure, OverheadMeter, Plan},
@@ -27,6 +27,7 @@ use crate::{
     symbolize::{Symbolizer, JIT_MODULE},
     target::{self, Launched, Target},
     timeline::Timeline,
+    unwind_rules::UnwindRules,
     v8::{self, JsFrame},
 };
 
@@ -417,6 +418,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         sample_bytes: plan.start.sample_bytes(),
         v8_frames: js_namer.as_ref().map(|namer| namer.layout().frame),
         v8_pages,
+        unwind_rules: args.stack_walk == StackWalk::Cfi,
     };
     let mut ebpf = attach::load(&options)?;
     let (probes, links) = attach::attach(&mut ebpf, target.pid, &modules, plan.start.probe_set())?;
@@ -445,6 +447,9 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let started = Instant::now();
     let mut collector = Collector::new(target.pid, plan.start.sample_bytes());
+    if options.unwind_rules {
+        collector.set_unwind_rules(UnwindRules::take(&mut ebpf)?);
+    }
     if let Some(namer) = js_namer {
         collector.set_js_namer(namer);
     }
