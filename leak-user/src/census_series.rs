@@ -1,5 +1,14 @@
 //! The censuses of a hunt as series per group: what each group held at
 //! each census, its growth and verdict, and what retains the growing ones.
+//!
+//! A census taken right after a full GC counts what survived it; one taken
+//! without (at attach, or when no full GC came for a while) also counts the
+//! old-space objects that died since the last full GC, which only the next
+//! one frees: it can overcount a group, never undercount it. So a group's
+//! counts at such an unmarked census are capped by its counts at the next
+//! census after a full GC, and censuses after the last of those are left
+//! out of verdicts: growth from an unmarked census to a later marked one
+//! can only be understated, while growth to an unmarked one could be garbage.
 
 use std::collections::HashMap;
 
@@ -25,10 +34,12 @@ pub struct CensusSeries {
 }
 
 impl CensusSeries {
-    pub fn add(&mut self, t_s: f64, census: Census) {
+    /// `after_full_gc`: taken right after a full GC, so counting no garbage.
+    pub fn add(&mut self, t_s: f64, census: Census, after_full_gc: bool) {
         let index = self.points.len();
         self.points.push(CensusPoint {
             t_s,
+            after_full_gc,
             live_bytes: census.live_bytes,
             free_bytes: census.free_bytes,
             objects: census.objects,
@@ -67,25 +78,59 @@ impl CensusSeries {
             .collect()
     }
 
+    /// The censuses verdicts use, those up to the last one after a full GC,
+    /// each with the census that caps its counts: itself when after a full
+    /// GC, else the next census after one.
+    fn judged(&self) -> Vec<(usize, usize)> {
+        let mut judged = Vec::new();
+        let mut cap = None;
+        for (index, point) in self.points.iter().enumerate().rev() {
+            if point.after_full_gc {
+                cap = Some(index);
+            }
+            if let Some(cap) = cap {
+                judged.push((index, cap));
+            }
+        }
+        judged.reverse();
+        judged
+    }
+
     pub fn report(&self, policy: &GrowthPolicy) -> HeapCensus {
-        let t_s: Vec<f64> = self.points.iter().map(|p| p.t_s).collect();
+        let judged = self.judged();
+        let t_s: Vec<f64> = judged.iter().map(|&(i, _)| self.points[i].t_s).collect();
+        // Without a census after a full GC, the counts are what the censuses
+        // saw, garbage included, and no verdict is given.
+        let columns: Vec<(usize, usize)> = if judged.is_empty() {
+            (0..self.points.len()).map(|i| (i, i)).collect()
+        } else {
+            judged.clone()
+        };
         let mut groups: Vec<CensusGroup> = self
             .groups
             .iter()
             .map(|(key, series)| {
                 // A group absent from a census had no objects then.
-                let mut bytes = vec![0; t_s.len()];
-                let mut counts = vec![0; t_s.len()];
-                let mut entries = vec![0; t_s.len()];
+                let mut bytes = vec![0; self.points.len()];
+                let mut counts = vec![0; self.points.len()];
+                let mut entries = vec![0; self.points.len()];
+                let mut external = vec![0; self.points.len()];
                 for (index, count) in series {
                     bytes[*index] = count.bytes;
                     counts[*index] = count.count;
                     entries[*index] = count.entries;
+                    external[*index] = count.external_bytes;
                 }
-                let (rate, verdict) = analyze::analyze_totals(&t_s, &bytes, policy);
-                let last = series.last().map(|(_, c)| c);
-                let in_last = series.last().is_some_and(|(i, _)| *i + 1 == t_s.len());
-                let has_entries = key.kind == "map" || key.kind == "set";
+                let capped =
+                    |raw: &[u64]| -> Vec<u64> { columns.iter().map(|&(i, cap)| raw[i].min(raw[cap])).collect() };
+                let (bytes, counts, entries, external) =
+                    (capped(&bytes), capped(&counts), capped(&entries), capped(&external));
+                let (rate, verdict) = if judged.is_empty() {
+                    (None, report::Verdict::InsufficientData)
+                } else {
+                    analyze::analyze_totals(&t_s, &bytes, policy)
+                };
+                let has_entries = (key.kind == "map" || key.kind == "set") && !judged.is_empty();
                 CensusGroup {
                     kind: key.kind.clone(),
                     name: key.name.clone(),
@@ -98,8 +143,7 @@ impl CensusSeries {
                     bytes_last: bytes.last().copied().unwrap_or(0),
                     entries_first: has_entries.then(|| entries.first().copied().unwrap_or(0)),
                     entries_last: has_entries.then(|| entries.last().copied().unwrap_or(0)),
-                    external_bytes_last: (key.kind == "typed_array" && in_last)
-                        .then(|| last.map_or(0, |c| c.external_bytes)),
+                    external_bytes_last: (key.kind == "typed_array").then(|| external.last().copied().unwrap_or(0)),
                     growth_bytes_per_s: rate,
                     verdict,
                     retained_by: self.retained_by.get(key).cloned().unwrap_or_default(),
@@ -171,4 +215,104 @@ pub fn growing(census: &Census, series: &CensusSeries) -> TraceTargets {
         .take(MAX_TRACED_GROUPS)
         .map(|(_, key, count)| (key.clone(), count.samples.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Verdict;
+
+    fn key(name: &str) -> GroupKey {
+        GroupKey {
+            kind: "object".to_string(),
+            name: name.to_string(),
+            shape: Vec::new(),
+            location: None,
+            enclosing_function: None,
+        }
+    }
+
+    /// A census holding `count` objects of 64 bytes in each named group.
+    fn census(groups: &[(&str, u64)]) -> Census {
+        Census {
+            groups: groups
+                .iter()
+                .map(|&(name, count)| {
+                    let count = GroupCount {
+                        count,
+                        bytes: 64 * count,
+                        ..GroupCount::default()
+                    };
+                    (key(name), count)
+                })
+                .collect(),
+            ..Census::default()
+        }
+    }
+
+    fn group<'a>(report: &'a HeapCensus, name: &str) -> &'a CensusGroup {
+        report.groups.iter().find(|g| g.name == name).expect("group")
+    }
+
+    /// A service that makes one full GC in a 20 s hunt, censused every
+    /// second without one: a leak grows at every census, a healthy churn
+    /// group holds 1000 live objects while its dead ones pile up in old
+    /// space until the GC frees them, and again after it.
+    fn one_full_gc_in_twenty_seconds() -> CensusSeries {
+        let mut series = CensusSeries::default();
+        for t in 0..20u64 {
+            let after_full_gc = t == 12;
+            let garbage = if t < 12 { 300 * t } else { 300 * (t - 12) };
+            let churn = 1000 + if after_full_gc { 0 } else { garbage };
+            series.add(t as f64, census(&[("Leak", 50 * t), ("Churn", churn)]), after_full_gc);
+        }
+        series
+    }
+
+    #[test]
+    fn garbage_counted_without_a_full_gc_is_never_growth() {
+        let report = one_full_gc_in_twenty_seconds().report(&GrowthPolicy::default());
+        let churn = group(&report, "Churn");
+        assert_eq!(churn.verdict, Verdict::Stable, "{churn:?}");
+        // Capped by the census after the GC; the censuses after it are left out.
+        assert_eq!((churn.count_first, churn.count_last), (1000, 1000));
+        let leak = group(&report, "Leak");
+        assert!(matches!(leak.verdict, Verdict::Growing | Verdict::Leak), "{leak:?}");
+        assert_eq!((leak.count_first, leak.count_last), (0, 600));
+        assert!((leak.growth_bytes_per_s.unwrap() - 50.0 * 64.0).abs() < 1.0, "{leak:?}");
+        assert_eq!(report.censuses.iter().filter(|c| c.after_full_gc).count(), 1);
+    }
+
+    /// Garbage that piles up after the last full GC would look like growth
+    /// from that census on: those censuses are not judged.
+    #[test]
+    fn censuses_after_the_last_full_gc_are_not_judged() {
+        let mut series = CensusSeries::default();
+        for t in 0..8u64 {
+            let after_full_gc = t < 4;
+            let churn = if after_full_gc { 1000 } else { 1000 + 500 * t };
+            series.add(t as f64, census(&[("Churn", churn)]), after_full_gc);
+        }
+        let report = series.report(&GrowthPolicy::default());
+        let churn = group(&report, "Churn");
+        assert_eq!(churn.count_last, 1000);
+        assert_eq!(churn.verdict, Verdict::InsufficientData, "four censuses judged");
+    }
+
+    #[test]
+    fn no_verdict_without_a_census_after_a_full_gc() {
+        let mut series = CensusSeries::default();
+        for t in 0..10u64 {
+            series.add(t as f64, census(&[("Churn", 1000 + 300 * t)]), false);
+        }
+        let report = series.report(&GrowthPolicy::default());
+        let churn = group(&report, "Churn");
+        assert_eq!(churn.verdict, Verdict::InsufficientData);
+        assert_eq!(churn.growth_bytes_per_s, None);
+        assert_eq!((churn.count_first, churn.count_last), (1000, 3700));
+        assert_eq!(
+            report::census::none_growing(&report),
+            "no census followed a full GC, so none can tell growth from garbage yet"
+        );
+    }
 }

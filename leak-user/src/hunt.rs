@@ -204,10 +204,12 @@ impl End {
     }
 }
 
-/// Takes heap censuses of a Node target after its full GCs, one at a time,
-/// on a thread of their own, then looks for the retaining paths of the
-/// groups that grew. The target is never stopped; a census or path search
-/// that a GC overlapped is dropped (objects may have moved under it).
+/// Takes heap censuses of a Node target after its full GCs, and without
+/// one at attach and when none came for a while (such a census also counts
+/// garbage: `census_series` judges growth soundly from both), one at a
+/// time, on a thread of their own, then looks for the retaining paths of
+/// the groups that grew. The target is never stopped; a census or path
+/// search that a GC overlapped is dropped (objects may have moved under it).
 struct CensusRunner {
     pid: u32,
     layout: std::sync::Arc<v8::census::CensusLayout>,
@@ -215,15 +217,20 @@ struct CensusRunner {
     /// Instances of the groups that grew at the last census, valid until
     /// the next full GC (the count then).
     trace_next: Option<(census_series::TraceTargets, u64)>,
-    /// Full GCs seen when the last census started.
+    /// Full GCs seen when the last census after one started.
     full_gcs_at_last: u64,
     last_started: Option<Instant>,
+    /// Wall time of the last census kept: censuses without a full GC are
+    /// spaced by a multiple of it.
+    last_duration: Duration,
     series: census_series::CensusSeries,
 }
 
 struct RunningJob {
     /// "census" or "retaining paths".
     kind: &'static str,
+    /// A census taken right after a full GC.
+    after_full_gc: bool,
     /// The job's result, and when it ended (seconds into the hunt).
     thread: std::thread::JoinHandle<(Result<JobResult>, f64)>,
     full_gcs: u64,
@@ -242,6 +249,10 @@ const EXEC_EVENT_WAIT: Duration = Duration::from_secs(1);
 
 /// Least time between two censuses.
 const CENSUS_PERIOD: Duration = Duration::from_secs(1);
+/// Without full GCs, a census at least every CENSUS_PERIOD and at most
+/// once per this many times the last one's wall time: the census thread
+/// is busy a fifth of the time at most.
+const UNMARKED_SPACING: u32 = 5;
 /// Time left after a full GC for V8 to finish sweeping its pages.
 const SWEEP_WAIT_S: f64 = 0.2;
 
@@ -258,13 +269,15 @@ impl CensusRunner {
             trace_next: None,
             full_gcs_at_last: 0,
             last_started: None,
+            last_duration: Duration::ZERO,
             series: census_series::CensusSeries::default(),
         })
     }
 
     /// Collects a finished job and starts the next one: the retaining paths
     /// of the last census's growing groups while no full GC intervened, else
-    /// a census when a full GC has ended since the last.
+    /// a census once a full GC has ended and its pages are swept, else,
+    /// with no full GC pending, a census without one when none ran for a while.
     /// `started_ns`: when the hunt started (CLOCK_MONOTONIC, the clock of
     /// the GC events); `torn_down_at`: when node began freeing its heap on exit.
     fn tick(&mut self, stats: &node::NodeStats, started_ns: u64, torn_down_at: Option<f64>) {
@@ -278,38 +291,51 @@ impl CensusRunner {
         if let Some((targets, full_gcs)) = self.trace_next.take() {
             if full_gcs == stats.full_gcs {
                 let (pid, layout) = (self.pid, self.layout.clone());
-                self.spawn("retaining paths", full_gcs, started_ns, move || {
+                self.spawn("retaining paths", false, full_gcs, started_ns, move || {
                     let namer = v8::JsNamer::new(pid, None, layout.frames.clone());
                     v8::retainers::paths(pid, &layout, namer, &targets).map(JobResult::Paths)
                 });
                 return;
             }
         }
-        let after_gc = stats
-            .live_after_full
-            .last()
-            .is_some_and(|(gc_t, _)| t_s - gc_t >= SWEEP_WAIT_S);
-        let due = self.last_started.is_none_or(|at| at.elapsed() >= CENSUS_PERIOD);
-        if stats.full_gcs > self.full_gcs_at_last && after_gc && due {
-            self.full_gcs_at_last = stats.full_gcs;
+        let since_last = self.last_started.map(|at| at.elapsed());
+        let (pid, layout) = (self.pid, self.layout.clone());
+        let census = move || {
+            let namer = v8::JsNamer::new(pid, None, layout.frames.clone());
+            v8::census::take(pid, &layout, namer, v8::census::Budget::default()).map(JobResult::Census)
+        };
+        if stats.full_gcs > self.full_gcs_at_last {
+            // A full GC ended since the last census after one: wait for its
+            // sweeping, then count what survived it.
+            let swept = stats
+                .live_after_full
+                .last()
+                .is_some_and(|(gc_t, _)| t_s - gc_t >= SWEEP_WAIT_S);
+            if swept && since_last.is_none_or(|d| d >= CENSUS_PERIOD) {
+                self.full_gcs_at_last = stats.full_gcs;
+                self.last_started = Some(Instant::now());
+                self.spawn("census", true, stats.full_gcs, started_ns, census);
+            }
+            return;
+        }
+        let spacing = CENSUS_PERIOD.max(self.last_duration * UNMARKED_SPACING);
+        if since_last.is_none_or(|d| d >= spacing) {
             self.last_started = Some(Instant::now());
-            let (pid, layout) = (self.pid, self.layout.clone());
-            self.spawn("census", stats.full_gcs, started_ns, move || {
-                let namer = v8::JsNamer::new(pid, None, layout.frames.clone());
-                v8::census::take(pid, &layout, namer, v8::census::Budget::default()).map(JobResult::Census)
-            });
+            self.spawn("census", false, stats.full_gcs, started_ns, census);
         }
     }
 
     fn spawn(
         &mut self,
         kind: &'static str,
+        after_full_gc: bool,
         full_gcs: u64,
         started_ns: u64,
         job: impl FnOnce() -> Result<JobResult> + Send + 'static,
     ) {
         self.running = Some(RunningJob {
             kind,
+            after_full_gc,
             thread: std::thread::spawn(move || {
                 lower_own_priority();
                 (job(), seconds_since(started_ns))
@@ -339,17 +365,23 @@ impl CensusRunner {
         match result {
             Ok(JobResult::Census(census)) => {
                 log::info!(
-                    "heap census at {:.1} s: {} objects, {} bytes in {:.3} s",
+                    "heap census at {:.1} s: {} objects, {} bytes in {:.3} s ({})",
                     running.t_s,
                     census.objects,
                     census.live_bytes,
-                    census.duration.as_secs_f64()
+                    census.duration.as_secs_f64(),
+                    if running.after_full_gc {
+                        "after a full GC"
+                    } else {
+                        "without a full GC"
+                    }
                 );
+                self.last_duration = census.duration;
                 let targets = census_series::growing(&census, &self.series);
                 if !targets.is_empty() {
                     self.trace_next = Some((targets, running.full_gcs));
                 }
-                self.series.add(running.t_s, census);
+                self.series.add(running.t_s, census, running.after_full_gc);
             }
             Ok(JobResult::Paths(paths)) => self.series.set_retainers(paths),
             Err(reason) => self.series.dropped(format!("{}: {reason}", running.kind)),
