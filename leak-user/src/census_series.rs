@@ -1,14 +1,18 @@
 //! The censuses of a hunt as series per group: what each group held at
 //! each census, its growth and verdict, and what retains the growing ones.
 //!
-//! A census taken right after a full GC counts what survived it; one taken
-//! without (at attach, or when no full GC came for a while) also counts the
-//! old-space objects that died since the last full GC, which only the next
-//! one frees: it can overcount a group, never undercount it. So a group's
-//! counts at such an unmarked census are capped by its counts at the next
-//! census after a full GC, and censuses after the last of those are left
-//! out of verdicts: growth from an unmarked census to a later marked one
-//! can only be understated, while growth to an unmarked one could be garbage.
+//! A census taken right after a full GC counts what survived it (and the
+//! garbage the GC left: objects that died while it marked, pages not yet
+//! swept); one taken without (at attach, or when no full GC came for a
+//! while) also counts the old-space objects that died since the last full
+//! GC, which only the next one frees: it can overcount a group, never
+//! undercount it. So verdicts are judged from the first census after a
+//! full GC to the last, and a census in between taken without one counts
+//! at most what the next census after one counted: growth to a census
+//! after a full GC is never overstated, while growth to one without could
+//! be garbage. Censuses before the first full GC are not judged either:
+//! they may precede the load whose garbage later censuses hold, and miss
+//! what was still young then (new space is not walked).
 
 use std::collections::HashMap;
 
@@ -20,6 +24,9 @@ use crate::v8::census::{Census, GroupCount, GroupKey};
 const MAX_REPORTED_GROUPS: usize = 40;
 /// Groups whose retaining paths are looked for after each census.
 pub const MAX_TRACED_GROUPS: usize = 3;
+/// Bytes a group must have gained since the first census for its
+/// retaining paths to be looked for (the verdicts' growth floor).
+const MIN_TRACED_GROWTH: u64 = 4096;
 
 #[derive(Default)]
 pub struct CensusSeries {
@@ -66,31 +73,35 @@ impl CensusSeries {
         }
     }
 
-    /// Counts per group in the last census, for the next one to compare against.
-    pub fn last_counts(&self) -> HashMap<GroupKey, u64> {
-        let last = self.points.len().wrapping_sub(1);
+    /// Objects per group at the first census, for later ones to compare against.
+    fn first_counts(&self) -> HashMap<&GroupKey, u64> {
         self.groups
             .iter()
             .filter_map(|(key, series)| {
-                let (index, count) = series.last()?;
-                (*index == last).then(|| (key.clone(), count.count))
+                let (index, count) = series.first()?;
+                (*index == 0).then_some((key, count.count))
             })
             .collect()
     }
 
-    /// The censuses verdicts use, those up to the last one after a full GC,
-    /// each with the census that caps its counts: itself when after a full
-    /// GC, else the next census after one.
+    /// The censuses verdicts use, from the first one after a full GC to
+    /// the last, each with the census that caps its counts: itself when
+    /// after a full GC, else the next census after one.
     fn judged(&self) -> Vec<(usize, usize)> {
+        let marked = |p: &CensusPoint| p.after_full_gc;
+        let (Some(first), Some(last)) = (
+            self.points.iter().position(marked),
+            self.points.iter().rposition(marked),
+        ) else {
+            return Vec::new();
+        };
         let mut judged = Vec::new();
-        let mut cap = None;
-        for (index, point) in self.points.iter().enumerate().rev() {
-            if point.after_full_gc {
-                cap = Some(index);
+        let mut cap = last;
+        for index in (first..=last).rev() {
+            if self.points[index].after_full_gc {
+                cap = index;
             }
-            if let Some(cap) = cap {
-                judged.push((index, cap));
-            }
+            judged.push((index, cap));
         }
         judged.reverse();
         judged
@@ -157,13 +168,16 @@ impl CensusSeries {
                 matches!(g.verdict, report::Verdict::Leak | report::Verdict::Growing)
                     || g.entries_last > g.entries_first
             };
+            let rate = |g: &CensusGroup| {
+                if growing(g) {
+                    g.growth_bytes_per_s.unwrap_or(0.0)
+                } else {
+                    0.0
+                }
+            };
             growing(b)
                 .cmp(&growing(a))
-                .then(
-                    b.growth_bytes_per_s
-                        .unwrap_or(0.0)
-                        .total_cmp(&a.growth_bytes_per_s.unwrap_or(0.0)),
-                )
+                .then(rate(b).total_cmp(&rate(a)))
                 .then(b.bytes_last.cmp(&a.bytes_last))
                 .then(a.name.cmp(&b.name))
         });
@@ -189,27 +203,26 @@ impl CensusSeries {
 /// Groups to find retaining paths for, each with sample instances (tagged addresses).
 pub type TraceTargets = Vec<(GroupKey, Vec<u64>)>;
 
-/// The groups of `census` that grew most since the census before, with
-/// sample instances: where retaining paths are looked for. Groups whose
-/// paths are known come after the others, so that over a few censuses every
-/// growing group gets its turn.
+/// The groups of `census` that grew most since the first census, by at
+/// least [`MIN_TRACED_GROWTH`], with sample instances: where retaining
+/// paths are looked for. Groups whose paths are known are not looked for
+/// again, so that the censuses get the time.
 pub fn growing(census: &Census, series: &CensusSeries) -> TraceTargets {
-    let previous = series.last_counts();
-    if previous.is_empty() {
+    if series.points.is_empty() {
         return Vec::new();
     }
+    let first = series.first_counts();
     let mut grown: Vec<(u64, &GroupKey, &GroupCount)> = census
         .groups
         .iter()
-        .filter(|(key, _)| key.kind != "other")
+        .filter(|(key, _)| key.kind != "other" && !series.retained_by.contains_key(key))
         .filter_map(|(key, count)| {
-            let before = previous.get(key).copied().unwrap_or(0);
-            let added = count.count.checked_sub(before).filter(|&n| n > 0)?;
-            Some((added * (count.bytes / count.count.max(1)), key, count))
+            let before = first.get(key).copied().unwrap_or(0);
+            let added = count.count.checked_sub(before)? * (count.bytes / count.count.max(1));
+            (added >= MIN_TRACED_GROWTH).then_some((added, key, count))
         })
         .collect();
-    let traced = |key: &GroupKey| series.retained_by.contains_key(key);
-    grown.sort_by(|a, b| (traced(a.1), b.0, a.1).cmp(&(traced(b.1), a.0, b.1)));
+    grown.sort_by(|a, b| (b.0, a.1).cmp(&(a.0, b.1)));
     grown
         .into_iter()
         .take(MAX_TRACED_GROUPS)
@@ -254,16 +267,17 @@ mod tests {
         report.groups.iter().find(|g| g.name == name).expect("group")
     }
 
-    /// A service that makes one full GC in a 20 s hunt, censused every
-    /// second without one: a leak grows at every census, a healthy churn
-    /// group holds 1000 live objects while its dead ones pile up in old
-    /// space until the GC frees them, and again after it.
-    fn one_full_gc_in_twenty_seconds() -> CensusSeries {
+    /// A service that makes a full GC every 8 s, censused every second
+    /// without one: a leak grows at every census; a healthy churn group
+    /// holds 1000 live objects while its dead ones pile up in old space
+    /// until a GC frees them, and its first census, before the load,
+    /// counted none (they were young).
+    fn two_full_gcs_in_twenty_seconds() -> CensusSeries {
         let mut series = CensusSeries::default();
         for t in 0..20u64 {
-            let after_full_gc = t == 12;
-            let garbage = if t < 12 { 300 * t } else { 300 * (t - 12) };
-            let churn = 1000 + if after_full_gc { 0 } else { garbage };
+            let after_full_gc = t == 6 || t == 14;
+            let since_gc = (t + 2) % 8;
+            let churn = if t == 0 { 0 } else { 1000 + 300 * since_gc };
             series.add(t as f64, census(&[("Leak", 50 * t), ("Churn", churn)]), after_full_gc);
         }
         series
@@ -271,16 +285,22 @@ mod tests {
 
     #[test]
     fn garbage_counted_without_a_full_gc_is_never_growth() {
-        let report = one_full_gc_in_twenty_seconds().report(&GrowthPolicy::default());
+        let series = two_full_gcs_in_twenty_seconds();
+        // Judged as they were counted, the dead objects would grow.
+        let raw: Vec<u64> = series.groups[&key("Churn")].iter().map(|(_, c)| c.bytes).collect();
+        let t_s: Vec<f64> = series.points.iter().map(|p| p.t_s).collect();
+        let policy = GrowthPolicy::default();
+        assert_eq!(analyze::analyze_totals(&t_s[6..14], &raw[6..14], &policy).1, Verdict::Growing);
+        let report = series.report(&policy);
         let churn = group(&report, "Churn");
         assert_eq!(churn.verdict, Verdict::Stable, "{churn:?}");
-        // Capped by the census after the GC; the censuses after it are left out.
+        // Judged from the first census after a full GC to the last.
         assert_eq!((churn.count_first, churn.count_last), (1000, 1000));
         let leak = group(&report, "Leak");
         assert!(matches!(leak.verdict, Verdict::Growing | Verdict::Leak), "{leak:?}");
-        assert_eq!((leak.count_first, leak.count_last), (0, 600));
+        assert_eq!((leak.count_first, leak.count_last), (300, 700));
         assert!((leak.growth_bytes_per_s.unwrap() - 50.0 * 64.0).abs() < 1.0, "{leak:?}");
-        assert_eq!(report.censuses.iter().filter(|c| c.after_full_gc).count(), 1);
+        assert_eq!(report.censuses.iter().filter(|c| c.after_full_gc).count(), 2);
     }
 
     /// Garbage that piles up after the last full GC would look like growth
@@ -314,5 +334,21 @@ mod tests {
             report::census::none_growing(&report),
             "no census followed a full GC, so none can tell growth from garbage yet"
         );
+    }
+
+    /// Paths are looked for where a group gained since the first census,
+    /// not again once known.
+    #[test]
+    fn retaining_paths_are_looked_for_once_per_growing_group() {
+        let mut series = CensusSeries::default();
+        series.add(0.0, census(&[("Leak", 10), ("Flat", 500)]), false);
+        let later = census(&[("Leak", 200), ("Flat", 500), ("New", 100)]);
+        let names = |targets: TraceTargets| -> Vec<String> { targets.into_iter().map(|(k, _)| k.name).collect() };
+        assert_eq!(names(growing(&later, &series)), ["Leak", "New"]);
+        series.set_retainers(HashMap::from([(
+            key("Leak"),
+            vec!["(context).cache → Leak".to_string()],
+        )]));
+        assert_eq!(names(growing(&later, &series)), ["New"]);
     }
 }

@@ -220,9 +220,10 @@ struct CensusRunner {
     /// Full GCs seen when the last census after one started.
     full_gcs_at_last: u64,
     last_started: Option<Instant>,
-    /// Wall time of the last census kept: censuses without a full GC are
-    /// spaced by a multiple of it.
-    last_duration: Duration,
+    /// CPU time of the last census kept: censuses without a full GC are
+    /// spaced by a multiple of it (not of its wall time, which at nice 19
+    /// is mostly waiting on a busy machine).
+    last_cpu: Duration,
     series: census_series::CensusSeries,
 }
 
@@ -249,9 +250,9 @@ const EXEC_EVENT_WAIT: Duration = Duration::from_secs(1);
 
 /// Least time between two censuses.
 const CENSUS_PERIOD: Duration = Duration::from_secs(1);
-/// Without full GCs, a census at least every CENSUS_PERIOD and at most
-/// once per this many times the last one's wall time: the census thread
-/// is busy a fifth of the time at most.
+/// Without full GCs, a census every CENSUS_PERIOD at most, and at most
+/// once per this many times the last one's CPU time: censuses without a
+/// full GC take a fifth of a core at most.
 const UNMARKED_SPACING: u32 = 5;
 /// Time left after a full GC for V8 to finish sweeping its pages.
 const SWEEP_WAIT_S: f64 = 0.2;
@@ -269,7 +270,7 @@ impl CensusRunner {
             trace_next: None,
             full_gcs_at_last: 0,
             last_started: None,
-            last_duration: Duration::ZERO,
+            last_cpu: Duration::ZERO,
             series: census_series::CensusSeries::default(),
         })
     }
@@ -318,7 +319,7 @@ impl CensusRunner {
             }
             return;
         }
-        let spacing = CENSUS_PERIOD.max(self.last_duration * UNMARKED_SPACING);
+        let spacing = CENSUS_PERIOD.max(self.last_cpu * UNMARKED_SPACING);
         if since_last.is_none_or(|d| d >= spacing) {
             self.last_started = Some(Instant::now());
             self.spawn("census", false, stats.full_gcs, started_ns, census);
@@ -376,7 +377,7 @@ impl CensusRunner {
                         "without a full GC"
                     }
                 );
-                self.last_duration = census.duration;
+                self.last_cpu = census.cpu;
                 let targets = census_series::growing(&census, &self.series);
                 if !targets.is_empty() {
                     self.trace_next = Some((targets, running.full_gcs));

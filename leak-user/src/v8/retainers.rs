@@ -3,7 +3,10 @@
 //! Starting from a few instances, each pass over the heap finds the
 //! objects pointing at the current frontier (weak references, tagged
 //! differently, never match), until a named variable (a context slot) or
-//! the global object holds the chain.
+//! the global object holds the chain. Between full GCs the heap also holds
+//! dead objects that still point at live ones (an array's backing store
+//! from before it grew, say): a few holders are kept per object, and a
+//! path is the shortest chain of them that reaches a root.
 
 use std::collections::{HashMap, HashSet};
 
@@ -16,6 +19,15 @@ use super::JsNamer;
 
 /// Passes over the heap per census: the longest chain followed.
 const MAX_DEPTH: usize = 10;
+/// Holders kept per object: the live one among dead ones (a Map's entry
+/// is also in each table the Map outgrew, an array's in each old store).
+const MAX_HOLDERS: usize = 16;
+/// Objects whose holders one pass looks for: with MAX_HOLDERS, bounds the
+/// search's memory (a few MiB).
+const MAX_FRONTIER: usize = 8192;
+/// Bytes of a large object read at a time (the walk reads its head): a
+/// table of millions of entries is scanned whole without a buffer its size.
+const LARGE_CHUNK: u64 = 256 << 10;
 
 /// Who points at an object: the holder and the offset of the slot.
 #[derive(Clone, Copy, Debug)]
@@ -24,6 +36,8 @@ struct Edge {
     map: u64,
     info: MapInfo,
     offset: u64,
+    /// The holder ends a path (see [`is_root`]).
+    root: bool,
 }
 
 /// The retaining paths of each group's `samples` (tagged addresses from a
@@ -36,9 +50,9 @@ pub fn paths(
 ) -> Result<HashMap<GroupKey, Vec<String>>> {
     let (memory, found) = pages::open_heap(pid, layout)?;
     let mut walker = Walker::new(&memory, layout);
-    walker.read_large_objects_whole = true;
     let mut classifier = Classifier::new(namer);
-    let mut parents: HashMap<u64, Edge> = HashMap::new();
+    // Each object reached: the holders found for it.
+    let mut holders: HashMap<u64, Vec<Edge>> = HashMap::new();
     let mut frontier: HashSet<u64> = targets.iter().flat_map(|(_, s)| s.iter().copied()).collect();
     for _ in 0..MAX_DEPTH {
         if frontier.is_empty() {
@@ -48,45 +62,61 @@ pub fn paths(
             *frontier.iter().min().expect("not empty"),
             *frontier.iter().max().expect("not empty"),
         );
-        let mut found_now: Vec<(u64, Edge)> = Vec::new();
+        let mut found_now: HashMap<u64, Vec<Edge>> = HashMap::new();
+        let mut unreadable = None;
         for page in found.iter().filter(|p| !p.trusted) {
             let walked = walker.walk(page, |walker, object| {
                 let t = object.info.instance_type;
                 if walker.layout.is_raw_data(t) || t == walker.layout.types.map {
                     return;
                 }
-                for (i, chunk) in object.bytes.chunks_exact(8).enumerate().skip(1) {
-                    let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-                    if word < low || word > high || word == object.tagged || !frontier.contains(&word) {
-                        continue;
+                // The words at `offset..` of the object, the map excepted.
+                let mut scan = |offset: u64, bytes: &[u8]| {
+                    for (i, chunk) in bytes.chunks_exact(8).enumerate() {
+                        let at = offset + 8 * i as u64;
+                        let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+                        if at == 0 || word < low || word > high || word == object.tagged || !frontier.contains(&word) {
+                            continue;
+                        }
+                        let edges = found_now.entry(word).or_default();
+                        if edges.len() < MAX_HOLDERS && edges.iter().all(|e| e.holder != object.tagged) {
+                            edges.push(Edge {
+                                holder: object.tagged,
+                                map: object.map,
+                                info: object.info,
+                                offset: at,
+                                root: false,
+                            });
+                        }
                     }
-                    found_now.push((
-                        word,
-                        Edge {
-                            holder: object.tagged,
-                            map: object.map,
-                            info: object.info,
-                            offset: 8 * i as u64,
-                        },
-                    ));
+                };
+                scan(0, object.bytes);
+                let mut offset = object.bytes.len() as u64;
+                while offset < object.size {
+                    let len = (object.size - offset).min(LARGE_CHUNK);
+                    let Some(chunk) = walker.memory.bytes(object.tagged - 1 + offset, len as usize) else {
+                        unreadable = Some(object.tagged - 1 + offset);
+                        return;
+                    };
+                    walker.bytes_read += len;
+                    scan(offset, &chunk);
+                    offset += len;
                 }
             });
-            if walked.is_none() {
-                bail!(
-                    "the page at {:#x} could not be read (freed, or the process is exiting)",
-                    page.area_start
-                );
+            if let Some(at) = walked.is_none().then_some(page.area_start).or(unreadable) {
+                bail!("the page at {at:#x} could not be read (freed, or the process is exiting)");
             }
         }
         let mut next = HashSet::new();
-        for (child, edge) in found_now {
-            if parents.contains_key(&child) {
-                continue;
+        for (child, mut edges) in found_now {
+            for edge in &mut edges {
+                edge.root = is_root(&mut walker, edge);
+                let known = holders.contains_key(&edge.holder) || frontier.contains(&edge.holder);
+                if !edge.root && !known && next.len() < MAX_FRONTIER {
+                    next.insert(edge.holder);
+                }
             }
-            parents.insert(child, edge);
-            if !is_root(&mut walker, &edge) && !parents.contains_key(&edge.holder) {
-                next.insert(edge.holder);
-            }
+            holders.insert(child, edges);
         }
         frontier = next;
     }
@@ -94,7 +124,7 @@ pub fn paths(
     for (key, samples) in targets {
         let mut counted: HashMap<String, usize> = HashMap::new();
         for &sample in samples {
-            let chain = chain_of(&parents, sample);
+            let chain = chain_of(&holders, sample);
             if chain.is_empty() {
                 continue;
             }
@@ -108,19 +138,47 @@ pub fn paths(
     Ok(out)
 }
 
-/// The edges from the outermost holder found down to `sample`.
-fn chain_of(parents: &HashMap<u64, Edge>, sample: u64) -> Vec<Edge> {
-    let mut chain = Vec::new();
-    let mut at = sample;
-    let mut seen = HashSet::new();
-    while let Some(edge) = parents.get(&at) {
-        if !seen.insert(edge.holder) {
-            break;
+/// The edges from a root down to `sample`, the shortest such chain; when
+/// no chain reaches a root, the one through first holders, as far as found.
+fn chain_of(holders: &HashMap<u64, Vec<Edge>>, sample: u64) -> Vec<Edge> {
+    // Breadth first: each object reached, with the edge from its holder's side.
+    let mut reached: HashMap<u64, Option<(u64, Edge)>> = HashMap::from([(sample, None)]);
+    let mut queue = std::collections::VecDeque::from([sample]);
+    let mut root = None;
+    'search: while let Some(at) = queue.pop_front() {
+        for edge in holders.get(&at).into_iter().flatten() {
+            if reached.contains_key(&edge.holder) {
+                continue;
+            }
+            reached.insert(edge.holder, Some((at, *edge)));
+            if edge.root {
+                root = Some(edge.holder);
+                break 'search;
+            }
+            queue.push_back(edge.holder);
         }
-        chain.push(*edge);
-        at = edge.holder;
     }
-    chain.reverse();
+    let mut chain = Vec::new();
+    match root {
+        Some(mut at) => {
+            while let Some(Some((child, edge))) = reached.get(&at) {
+                chain.push(*edge);
+                at = *child;
+            }
+        }
+        None => {
+            let mut at = sample;
+            let mut seen = HashSet::new();
+            while let Some(edge) = holders.get(&at).and_then(|edges| edges.first()) {
+                if !seen.insert(edge.holder) {
+                    break;
+                }
+                chain.push(*edge);
+                at = edge.holder;
+            }
+            chain.reverse();
+        }
+    }
     chain
 }
 
@@ -262,7 +320,7 @@ fn descriptor_named(
         return None;
     }
     let own = ((bits & l.own_descriptors_mask) >> l.own_descriptors_shift) as u64;
-    let descriptors = walker.memory.u64(map - 1 + l.map_descriptors)?;
+    let descriptors = walker.memory.u64(map - 1 + l.map_descriptors).filter(|d| d & 3 == 1)?;
     for i in 0..own {
         let entry = descriptors - 1 + l.descriptor_header + i * l.descriptor_entry_words * 8;
         let details = walker.memory.u64(entry + 8)?;
