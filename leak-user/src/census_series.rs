@@ -23,7 +23,7 @@ use crate::v8::census::{Census, GroupCount, GroupKey};
 /// Groups kept in the report: the fastest growing, then the largest.
 const MAX_REPORTED_GROUPS: usize = 40;
 /// Groups whose retaining paths are looked for after each census.
-pub const MAX_TRACED_GROUPS: usize = 3;
+pub const MAX_TRACED_GROUPS: usize = 8;
 /// Bytes a group must have gained since the first census for its
 /// retaining paths to be looked for (the verdicts' growth floor).
 const MIN_TRACED_GROWTH: u64 = 4096;
@@ -59,6 +59,10 @@ impl CensusSeries {
         for (key, count) in census.groups {
             self.groups.entry(key).or_default().push((index, count));
         }
+    }
+
+    pub fn has_census_after_full_gc(&self) -> bool {
+        self.points.iter().any(|p| p.after_full_gc)
     }
 
     /// A census or path search was not kept, for `reason`.
@@ -290,7 +294,10 @@ mod tests {
         let raw: Vec<u64> = series.groups[&key("Churn")].iter().map(|(_, c)| c.bytes).collect();
         let t_s: Vec<f64> = series.points.iter().map(|p| p.t_s).collect();
         let policy = GrowthPolicy::default();
-        assert_eq!(analyze::analyze_totals(&t_s[6..14], &raw[6..14], &policy).1, Verdict::Growing);
+        assert_eq!(
+            analyze::analyze_totals(&t_s[6..14], &raw[6..14], &policy).1,
+            Verdict::Growing
+        );
         let report = series.report(&policy);
         let churn = group(&report, "Churn");
         assert_eq!(churn.verdict, Verdict::Stable, "{churn:?}");

@@ -252,8 +252,8 @@ const EXEC_EVENT_WAIT: Duration = Duration::from_secs(1);
 const CENSUS_PERIOD: Duration = Duration::from_secs(1);
 /// Without full GCs, a census every CENSUS_PERIOD at most, and at most
 /// once per this many times the last one's CPU time: censuses without a
-/// full GC take a fifth of a core at most.
-const UNMARKED_SPACING: u32 = 5;
+/// full GC take half a core at most (at nice 19: idle time).
+const UNMARKED_SPACING: u32 = 2;
 /// Time left after a full GC for V8 to finish sweeping its pages.
 const SWEEP_WAIT_S: f64 = 0.2;
 
@@ -378,8 +378,12 @@ impl CensusRunner {
                     }
                 );
                 self.last_cpu = census.cpu;
+                // Once a census after a full GC is in, path searches wait for
+                // the next such census: the censuses between, which verdicts
+                // need, come first.
+                let paths_now = running.after_full_gc || !self.series.has_census_after_full_gc();
                 let targets = census_series::growing(&census, &self.series);
-                if !targets.is_empty() {
+                if paths_now && !targets.is_empty() {
                     self.trace_next = Some((targets, running.full_gcs));
                 }
                 self.series.add(running.t_s, census, running.after_full_gc);

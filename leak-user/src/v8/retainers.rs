@@ -6,7 +6,8 @@
 //! the global object holds the chain. Between full GCs the heap also holds
 //! dead objects that still point at live ones (an array's backing store
 //! from before it grew, say): a few holders are kept per object, and a
-//! path is the shortest chain of them that reaches a root.
+//! path is the shortest chain of them that reaches a root (a sample that
+//! no chain found leads to a root from has none).
 
 use std::collections::{HashMap, HashSet};
 
@@ -25,6 +26,8 @@ const MAX_HOLDERS: usize = 16;
 /// Objects whose holders one pass looks for: with MAX_HOLDERS, bounds the
 /// search's memory (a few MiB).
 const MAX_FRONTIER: usize = 8192;
+/// Bits of the frontier's prefilter (128 KiB).
+const FRONTIER_BITS: usize = 1 << 20;
 /// Bytes of a large object read at a time (the walk reads its head): a
 /// table of millions of entries is scanned whole without a buffer its size.
 const LARGE_CHUNK: u64 = 256 << 10;
@@ -54,14 +57,33 @@ pub fn paths(
     // Each object reached: the holders found for it.
     let mut holders: HashMap<u64, Vec<Edge>> = HashMap::new();
     let mut frontier: HashSet<u64> = targets.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+    // The group each object was reached from: each group gets its share
+    // of the frontier, so that popular objects of one do not crowd out
+    // the paths of the others.
+    let mut origin: HashMap<u64, usize> = HashMap::new();
+    for (group, (_, samples)) in targets.iter().enumerate() {
+        for &sample in samples {
+            origin.entry(sample).or_insert(group);
+        }
+    }
+    let share = MAX_FRONTIER / targets.len().max(1);
     for _ in 0..MAX_DEPTH {
-        if frontier.is_empty() {
+        // Done when the frontier is empty or every group has a path.
+        let rooted = |(_, samples): &(GroupKey, Vec<u64>)| samples.iter().any(|&s| !chain_of(&holders, s).is_empty());
+        if frontier.is_empty() || targets.iter().all(rooted) {
             break;
         }
         let (low, high) = (
             *frontier.iter().min().expect("not empty"),
             *frontier.iter().max().expect("not empty"),
         );
+        // Most words point at no frontier object: a bit per hash bucket
+        // tells without a hash-set lookup.
+        let mut maybe = vec![0u64; FRONTIER_BITS / 64];
+        let bucket = |word: u64| (word >> 3) as usize % FRONTIER_BITS;
+        for &object in &frontier {
+            maybe[bucket(object) / 64] |= 1 << (bucket(object) % 64);
+        }
         let mut found_now: HashMap<u64, Vec<Edge>> = HashMap::new();
         let mut unreadable = None;
         for page in found.iter().filter(|p| !p.trusted) {
@@ -75,7 +97,13 @@ pub fn paths(
                     for (i, chunk) in bytes.chunks_exact(8).enumerate() {
                         let at = offset + 8 * i as u64;
                         let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-                        if at == 0 || word < low || word > high || word == object.tagged || !frontier.contains(&word) {
+                        if at == 0
+                            || word < low
+                            || word > high
+                            || maybe[bucket(word) / 64] >> (bucket(word) % 64) & 1 == 0
+                            || word == object.tagged
+                            || !frontier.contains(&word)
+                        {
                             continue;
                         }
                         let edges = found_now.entry(word).or_default();
@@ -108,12 +136,15 @@ pub fn paths(
             }
         }
         let mut next = HashSet::new();
+        let mut taken = vec![0; targets.len()];
         for (child, mut edges) in found_now {
+            let group = origin.get(&child).copied().unwrap_or(0);
             for edge in &mut edges {
                 edge.root = is_root(&mut walker, edge);
                 let known = holders.contains_key(&edge.holder) || frontier.contains(&edge.holder);
-                if !edge.root && !known && next.len() < MAX_FRONTIER {
-                    next.insert(edge.holder);
+                if !edge.root && !known && taken[group] < share && next.insert(edge.holder) {
+                    taken[group] += 1;
+                    origin.entry(edge.holder).or_insert(group);
                 }
             }
             holders.insert(child, edges);
@@ -138,48 +169,32 @@ pub fn paths(
     Ok(out)
 }
 
-/// The edges from a root down to `sample`, the shortest such chain; when
-/// no chain reaches a root, the one through first holders, as far as found.
+/// The edges from a root down to `sample`, the shortest such chain, or
+/// none when no chain found reaches a root (a dead object's, or longer
+/// than the search went).
 fn chain_of(holders: &HashMap<u64, Vec<Edge>>, sample: u64) -> Vec<Edge> {
-    // Breadth first: each object reached, with the edge from its holder's side.
+    // Breadth first: each object reached, with the object it holds and the edge.
     let mut reached: HashMap<u64, Option<(u64, Edge)>> = HashMap::from([(sample, None)]);
     let mut queue = std::collections::VecDeque::from([sample]);
-    let mut root = None;
-    'search: while let Some(at) = queue.pop_front() {
+    while let Some(at) = queue.pop_front() {
         for edge in holders.get(&at).into_iter().flatten() {
             if reached.contains_key(&edge.holder) {
                 continue;
             }
             reached.insert(edge.holder, Some((at, *edge)));
             if edge.root {
-                root = Some(edge.holder);
-                break 'search;
+                let mut chain = Vec::new();
+                let mut at = edge.holder;
+                while let Some(Some((child, edge))) = reached.get(&at) {
+                    chain.push(*edge);
+                    at = *child;
+                }
+                return chain;
             }
             queue.push_back(edge.holder);
         }
     }
-    let mut chain = Vec::new();
-    match root {
-        Some(mut at) => {
-            while let Some(Some((child, edge))) = reached.get(&at) {
-                chain.push(*edge);
-                at = *child;
-            }
-        }
-        None => {
-            let mut at = sample;
-            let mut seen = HashSet::new();
-            while let Some(edge) = holders.get(&at).and_then(|edges| edges.first()) {
-                if !seen.insert(edge.holder) {
-                    break;
-                }
-                chain.push(*edge);
-                at = edge.holder;
-            }
-            chain.reverse();
-        }
-    }
-    chain
+    Vec::new()
 }
 
 /// A holder that ends a path: a named variable of a context, or the global object.
