@@ -324,7 +324,7 @@ fn census_refuses_a_v8_it_does_not_know() {
 /// The four-leak HTTP service (tests/fixtures/node/service_four_leaks.js),
 /// started without flags, so making a full GC every ten seconds or so,
 /// hunted by PID with no option while a load generator drives it for
-/// SERVICE_SECONDS. Censuses without a full GC fill the gaps between the
+/// SERVICE_SECONDS, keeping its last RECENT_CHECKS health checks. Censuses without a full GC fill the gaps between the
 /// few after one, so that verdicts come in one hunt: the listener closure
 /// (its location and enclosing function, held by the emitter), the cached
 /// objects (their shape, held by the Map) and the zlib handles (native)
@@ -334,12 +334,13 @@ fn census_refuses_a_v8_it_does_not_know() {
 fn census_of_a_service_without_flags_finds_its_js_heap_leaks() {
     const RATE: &str = "50";
     const SERVICE_SECONDS: &str = "24";
+    const RECENT_CHECKS: &str = "400";
     let dir = scratch_dir("heap-census-service");
     let report_path = dir.join("report.json");
     let script = workspace_root().join("tests/fixtures/node/service_four_leaks.js");
     let mut cmd = std::process::Command::new("/usr/bin/node");
     cmd.arg(&script)
-        .args([RATE, SERVICE_SECONDS])
+        .args([RATE, SERVICE_SECONDS, RECENT_CHECKS])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
