@@ -348,3 +348,39 @@ fn descriptor_named(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(holder: u64, root: bool) -> Edge {
+        Edge {
+            holder,
+            map: 0x11,
+            info: MapInfo {
+                instance_type: 0,
+                instance_size: 0,
+            },
+            offset: 16,
+            root,
+        }
+    }
+
+    /// An object still pointed at by a dead store (found first, held by
+    /// nothing) and by the live one, which a variable holds: the path goes
+    /// through the live one.
+    #[test]
+    fn a_path_is_the_shortest_chain_to_a_root() {
+        let (sample, dead, live, array, variable) = (0x101, 0x201, 0x301, 0x401, 0x501);
+        let mut holders = HashMap::from([
+            (sample, vec![edge(dead, false), edge(live, false)]),
+            (live, vec![edge(array, false)]),
+            (array, vec![edge(variable, true)]),
+        ]);
+        let chain: Vec<u64> = chain_of(&holders, sample).iter().map(|e| e.holder).collect();
+        assert_eq!(chain, [variable, array, live]);
+        // No chain to a root: no path.
+        holders.remove(&array);
+        assert!(chain_of(&holders, sample).is_empty());
+    }
+}
