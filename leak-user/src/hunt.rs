@@ -232,6 +232,9 @@ struct RunningJob {
     kind: &'static str,
     /// A census taken right after a full GC.
     after_full_gc: bool,
+    /// Set when a full GC ended during the job: it stops, to be dropped,
+    /// so that a census after that GC can start.
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The job's result, and when it ended (seconds into the hunt).
     thread: std::thread::JoinHandle<(Result<JobResult>, f64)>,
     full_gcs: u64,
@@ -282,6 +285,9 @@ impl CensusRunner {
     /// `started_ns`: when the hunt started (CLOCK_MONOTONIC, the clock of
     /// the GC events); `torn_down_at`: when node began freeing its heap on exit.
     fn tick(&mut self, stats: &node::NodeStats, started_ns: u64, torn_down_at: Option<f64>) {
+        if let Some(running) = self.running.as_ref().filter(|r| stats.full_gcs > r.full_gcs) {
+            running.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if self.running.as_ref().is_some_and(|r| r.thread.is_finished()) {
             self.collect(stats, torn_down_at);
         }
@@ -292,18 +298,18 @@ impl CensusRunner {
         if let Some((targets, full_gcs)) = self.trace_next.take() {
             if full_gcs == stats.full_gcs {
                 let (pid, layout) = (self.pid, self.layout.clone());
-                self.spawn("retaining paths", false, full_gcs, started_ns, move || {
+                self.spawn("retaining paths", false, full_gcs, started_ns, move |cancelled| {
                     let namer = v8::JsNamer::new(pid, None, layout.frames.clone());
-                    v8::retainers::paths(pid, &layout, namer, &targets).map(JobResult::Paths)
+                    v8::retainers::paths(pid, &layout, namer, &targets, cancelled).map(JobResult::Paths)
                 });
                 return;
             }
         }
         let since_last = self.last_started.map(|at| at.elapsed());
         let (pid, layout) = (self.pid, self.layout.clone());
-        let census = move || {
+        let census = move |cancelled: &std::sync::atomic::AtomicBool| {
             let namer = v8::JsNamer::new(pid, None, layout.frames.clone());
-            v8::census::take(pid, &layout, namer, v8::census::Budget::default()).map(JobResult::Census)
+            v8::census::take(pid, &layout, namer, v8::census::Budget::default(), cancelled).map(JobResult::Census)
         };
         if stats.full_gcs > self.full_gcs_at_last {
             // A full GC ended since the last census after one: wait for its
@@ -332,14 +338,17 @@ impl CensusRunner {
         after_full_gc: bool,
         full_gcs: u64,
         started_ns: u64,
-        job: impl FnOnce() -> Result<JobResult> + Send + 'static,
+        job: impl FnOnce(&std::sync::atomic::AtomicBool) -> Result<JobResult> + Send + 'static,
     ) {
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cancelled = cancel.clone();
         self.running = Some(RunningJob {
             kind,
             after_full_gc,
+            cancel,
             thread: std::thread::spawn(move || {
                 lower_own_priority();
-                (job(), seconds_since(started_ns))
+                (job(&cancelled), seconds_since(started_ns))
             }),
             full_gcs,
             t_s: seconds_since(started_ns),

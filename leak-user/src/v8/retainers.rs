@@ -10,12 +10,13 @@
 //! no chain found leads to a root from has none).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Result};
 
 use super::census::groups::{Classifier, ScopeSlots};
 use super::census::walk::{MapInfo, Walker};
-use super::census::{pages, CensusLayout, GroupKey};
+use super::census::{self, pages, CensusLayout, GroupKey};
 use super::JsNamer;
 
 /// Passes over the heap per census: the longest chain followed.
@@ -44,12 +45,14 @@ struct Edge {
 }
 
 /// The retaining paths of each group's `samples` (tagged addresses from a
-/// census taken just before), most common first.
+/// census taken just before), most common first. Stops, with
+/// [`census::CANCELLED`], at the first page after `cancelled` is set.
 pub fn paths(
     pid: u32,
     layout: &CensusLayout,
     namer: JsNamer,
     targets: &[(GroupKey, Vec<u64>)],
+    cancelled: &AtomicBool,
 ) -> Result<HashMap<GroupKey, Vec<String>>> {
     let (memory, found) = pages::open_heap(pid, layout)?;
     let mut walker = Walker::new(&memory, layout);
@@ -87,6 +90,9 @@ pub fn paths(
         let mut found_now: HashMap<u64, Vec<Edge>> = HashMap::new();
         let mut unreadable = None;
         for page in found.iter().filter(|p| !p.trusted) {
+            if cancelled.load(Ordering::Relaxed) {
+                bail!(census::CANCELLED);
+            }
             let walked = walker.walk(page, |walker, object| {
                 let t = object.info.instance_type;
                 if walker.layout.is_raw_data(t) || t == walker.layout.types.map {
