@@ -106,14 +106,14 @@ impl OutsideMapsPeak {
     }
 }
 
-/// The live bytes and seconds of each `heap census at T s: N objects, B bytes in D s` line.
+/// The live bytes and seconds of each `heap census at T s: N objects, B bytes in D s (…)` line.
 fn censuses(log: &str) -> Vec<(f64, f64)> {
     log.lines()
         .filter_map(|line| {
             let rest = line.split_once("heap census at ")?.1;
             let (_, counts) = rest.split_once(" objects, ")?;
             let (bytes, secs) = counts.split_once(" bytes in ")?;
-            Some((bytes.parse().ok()?, secs.trim_end_matches(" s").parse().ok()?))
+            Some((bytes.parse().ok()?, secs.split_whitespace().next()?.parse().ok()?))
         })
         .collect()
 }
@@ -139,7 +139,7 @@ pub(super) fn heap_census(plan: &Plan, tools: &Tools) -> Result<Section> {
              in a Map and in arrays, their strings and arrays, closures), then runs phases of {phase_s} s in \
              which it forces a full GC every {gc_s} s while perf_hooks' `monitorEventLoopDelay` (1 ms resolution) \
              samples its event loop: one phase untraced, one under `hunt --mode growth -p PID`, which takes a \
-             census after each full GC (on its own threads, at nice 19, never stopping the target). leakscope's \
+             census after each full GC and between them (on its own threads, at nice 19, never stopping the target). leakscope's \
              CPU is utime+stime of /proc/PID/stat over the traced phase; its VmHWM is its peak RSS, read until it \
              exits; census times are its `-v` log's `heap census at …` lines (a census that a GC overlaps is dropped, and counted as such). Last, the same heap is written by \
              `v8.writeHeapSnapshot()`, which stops the event loop for as long as it runs; node's peak RSS is \
@@ -231,7 +231,7 @@ pub(super) fn heap_census(plan: &Plan, tools: &Tools) -> Result<Section> {
             "0 s".into(),
         ],
         vec![
-            "leakscope hunt --mode growth (a census after each full GC)".into(),
+            "leakscope hunt --mode growth (censuses after full GCs and between them)".into(),
             traced.cell(),
             format!("{} ({dropped})", taken.len()),
             if secs.is_empty() { "–".into() } else { fmt_secs(&secs) },
@@ -261,18 +261,19 @@ pub(super) fn heap_census(plan: &Plan, tools: &Tools) -> Result<Section> {
             (outside_peak - attached_outside) / built_mib,
             MEMORY_SHARE,
             " × the heap",
-            &format!(
-                "That is the peak of leakscope's resident memory outside its mappings of BPF maps (sampled every \
-                 50 ms from /proc/PID/smaps), {outside_peak:.1} MiB, less the same once attached, \
-                 {attached_outside:.1} MiB. The BPF maps' mappings are its ring buffer (64 MiB for a node \
-                 target, its pages mapped twice), resident from when the hunt maps it, after `loaded and \
-                 attached`, whatever the heap: {}. VmHWM counts them: {hwm:.1} MiB, {:.2} × the heap.",
-                ring_rss.map_or("not read".to_string(), |(rss, outside)| format!(
-                    "{:.1} MiB of RSS at the phase's end",
-                    rss - outside
-                )),
-                hwm / built_mib
-            ),
+            "",
+        ),
+        format!(
+            "leakscope's memory for the censuses is the peak of its resident memory outside its mappings of BPF \
+             maps (sampled every 50 ms from /proc/PID/smaps), {outside_peak:.1} MiB, less the same once attached, \
+             {attached_outside:.1} MiB. The BPF maps' mappings are its ring buffer (64 MiB for a node target, \
+             its pages mapped twice), resident from when the hunt maps it, after `loaded and attached`, whatever \
+             the heap ({}): VmHWM counts them, {hwm:.1} MiB, {:.2} × the heap.",
+            ring_rss.map_or("not read".to_string(), |(rss, outside)| format!(
+                "{:.1} MiB of RSS at the phase's end",
+                rss - outside
+            )),
+            hwm / built_mib
         ),
         {
             let over = traced.p99 - untraced.p99;
