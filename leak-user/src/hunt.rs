@@ -224,6 +224,8 @@ struct CensusRunner {
     /// spaced by a multiple of it (not of its wall time, which at nice 19
     /// is mostly waiting on a busy machine).
     last_cpu: Duration,
+    /// Wall time of the last census kept.
+    last_wall: Duration,
     series: census_series::CensusSeries,
 }
 
@@ -274,6 +276,7 @@ impl CensusRunner {
             full_gcs_at_last: 0,
             last_started: None,
             last_cpu: Duration::ZERO,
+            last_wall: Duration::ZERO,
             series: census_series::CensusSeries::default(),
         })
     }
@@ -325,8 +328,17 @@ impl CensusRunner {
             }
             return;
         }
+        // Not a census that the next full GC, if it comes as soon after the
+        // last as that one did after the one before, would cut short.
+        let cut_short = match stats.live_after_full.as_slice() {
+            [.., (before, _), (last, _)] => {
+                let next = last + (last - before);
+                t_s < next && t_s + self.last_wall.as_secs_f64() > next
+            }
+            _ => false,
+        };
         let spacing = CENSUS_PERIOD.max(self.last_cpu * UNMARKED_SPACING);
-        if since_last.is_none_or(|d| d >= spacing) {
+        if since_last.is_none_or(|d| d >= spacing) && !cut_short {
             self.last_started = Some(Instant::now());
             self.spawn("census", false, stats.full_gcs, started_ns, census);
         }
@@ -387,6 +399,7 @@ impl CensusRunner {
                     }
                 );
                 self.last_cpu = census.cpu;
+                self.last_wall = census.duration;
                 // Once a census after a full GC is in, path searches wait for
                 // the next such census: the censuses between, which verdicts
                 // need, come first.
