@@ -880,14 +880,33 @@ fn attach_page_faults(ebpf: &mut Ebpf, pid: u32, period: u64, links: &mut Links)
         );
         match attached {
             Ok(link) => links.perf_events.push(program.take_link(link)?),
-            // The thread exited since the directory was read.
-            Err(e) if Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => {
+            // The thread exited since the directory was read, or is exiting
+            // (ESRCH; a zombie keeps its entry).
+            Err(e) if thread_alive(pid, tid) && !no_such_process(&e) => {
                 return Err(e).with_context(|| format!("cannot open page-fault events on thread {tid}"))
             }
             Err(_) => {}
         }
     }
     Ok(())
+}
+
+/// Whether an error comes from ESRCH.
+fn no_such_process(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.raw_os_error() == Some(libc::ESRCH))
+}
+
+/// Whether thread `tid` of `pid` exists and has not exited (state Z or X).
+fn thread_alive(pid: u32, tid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).is_ok_and(|stat| {
+        // The state follows the command's closing parenthesis.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        !matches!(state, None | Some('Z' | 'X'))
+    })
 }
 
 /// Attaches the program named like the tracepoint.

@@ -205,10 +205,12 @@ impl End {
     }
 }
 
-/// Takes heap censuses of a Node target after its full GCs, one at a time,
-/// on a thread of their own, then looks for the retaining paths of the
-/// groups that grew. The target is never stopped; a census or path search
-/// that a GC overlapped is dropped (objects may have moved under it).
+/// Takes heap censuses of a Node target after its full GCs, and without
+/// one at attach and when none came for a while (such a census also counts
+/// garbage: `census_series` judges growth soundly from both), one at a
+/// time, on a thread of their own, then looks for the retaining paths of
+/// the groups that grew. The target is never stopped; a census or path
+/// search that a GC overlapped is dropped (objects may have moved under it).
 struct CensusRunner {
     pid: u32,
     layout: std::sync::Arc<v8::census::CensusLayout>,
@@ -216,15 +218,26 @@ struct CensusRunner {
     /// Instances of the groups that grew at the last census, valid until
     /// the next full GC (the count then).
     trace_next: Option<(census_series::TraceTargets, u64)>,
-    /// Full GCs seen when the last census started.
+    /// Full GCs seen when the last census after one started.
     full_gcs_at_last: u64,
     last_started: Option<Instant>,
+    /// CPU time of the last census kept: censuses without a full GC are
+    /// spaced by a multiple of it (not of its wall time, which at nice 19
+    /// is mostly waiting on a busy machine).
+    last_cpu: Duration,
+    /// Wall time of the last census kept.
+    last_wall: Duration,
     series: census_series::CensusSeries,
 }
 
 struct RunningJob {
     /// "census" or "retaining paths".
     kind: &'static str,
+    /// A census taken right after a full GC.
+    after_full_gc: bool,
+    /// Set when a full GC ended during the job: it stops, to be dropped,
+    /// so that a census after that GC can start.
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The job's result, and when it ended (seconds into the hunt).
     thread: std::thread::JoinHandle<(Result<JobResult>, f64)>,
     full_gcs: u64,
@@ -243,6 +256,10 @@ const EXEC_EVENT_WAIT: Duration = Duration::from_secs(1);
 
 /// Least time between two censuses.
 const CENSUS_PERIOD: Duration = Duration::from_secs(1);
+/// Without full GCs, a census every CENSUS_PERIOD at most, and at most
+/// once per this many times the last one's CPU time: censuses without a
+/// full GC take half a core at most (at nice 19: idle time).
+const UNMARKED_SPACING: u32 = 2;
 /// Time left after a full GC for V8 to finish sweeping its pages.
 const SWEEP_WAIT_S: f64 = 0.2;
 
@@ -259,16 +276,22 @@ impl CensusRunner {
             trace_next: None,
             full_gcs_at_last: 0,
             last_started: None,
+            last_cpu: Duration::ZERO,
+            last_wall: Duration::ZERO,
             series: census_series::CensusSeries::default(),
         })
     }
 
     /// Collects a finished job and starts the next one: the retaining paths
     /// of the last census's growing groups while no full GC intervened, else
-    /// a census when a full GC has ended since the last.
+    /// a census once a full GC has ended and its pages are swept, else,
+    /// with no full GC pending, a census without one when none ran for a while.
     /// `started_ns`: when the hunt started (CLOCK_MONOTONIC, the clock of
     /// the GC events); `torn_down_at`: when node began freeing its heap on exit.
     fn tick(&mut self, stats: &node::NodeStats, started_ns: u64, torn_down_at: Option<f64>) {
+        if let Some(running) = self.running.as_ref().filter(|r| stats.full_gcs > r.full_gcs) {
+            running.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if self.running.as_ref().is_some_and(|r| r.thread.is_finished()) {
             self.collect(stats, torn_down_at);
         }
@@ -279,41 +302,66 @@ impl CensusRunner {
         if let Some((targets, full_gcs)) = self.trace_next.take() {
             if full_gcs == stats.full_gcs {
                 let (pid, layout) = (self.pid, self.layout.clone());
-                self.spawn("retaining paths", full_gcs, started_ns, move || {
+                self.spawn("retaining paths", false, full_gcs, started_ns, move |cancelled| {
                     let namer = v8::JsNamer::new(pid, None, layout.frames.clone());
-                    v8::retainers::paths(pid, &layout, namer, &targets).map(JobResult::Paths)
+                    v8::retainers::paths(pid, &layout, namer, &targets, cancelled).map(JobResult::Paths)
                 });
                 return;
             }
         }
-        let after_gc = stats
-            .live_after_full
-            .last()
-            .is_some_and(|(gc_t, _)| t_s - gc_t >= SWEEP_WAIT_S);
-        let due = self.last_started.is_none_or(|at| at.elapsed() >= CENSUS_PERIOD);
-        if stats.full_gcs > self.full_gcs_at_last && after_gc && due {
-            self.full_gcs_at_last = stats.full_gcs;
+        let since_last = self.last_started.map(|at| at.elapsed());
+        let (pid, layout) = (self.pid, self.layout.clone());
+        let census = move |cancelled: &std::sync::atomic::AtomicBool| {
+            let namer = v8::JsNamer::new(pid, None, layout.frames.clone());
+            v8::census::take(pid, &layout, namer, v8::census::Budget::default(), cancelled).map(JobResult::Census)
+        };
+        if stats.full_gcs > self.full_gcs_at_last {
+            // A full GC ended since the last census after one: wait for its
+            // sweeping, then count what survived it.
+            let swept = stats
+                .live_after_full
+                .last()
+                .is_some_and(|(gc_t, _)| t_s - gc_t >= SWEEP_WAIT_S);
+            if swept && since_last.is_none_or(|d| d >= CENSUS_PERIOD) {
+                self.full_gcs_at_last = stats.full_gcs;
+                self.last_started = Some(Instant::now());
+                self.spawn("census", true, stats.full_gcs, started_ns, census);
+            }
+            return;
+        }
+        // Not a census that the next full GC, if it comes as soon after the
+        // last as that one did after the one before, would cut short.
+        let cut_short = match stats.live_after_full.as_slice() {
+            [.., (before, _), (last, _)] => {
+                let next = last + (last - before);
+                t_s < next && t_s + self.last_wall.as_secs_f64() > next
+            }
+            _ => false,
+        };
+        let spacing = CENSUS_PERIOD.max(self.last_cpu * UNMARKED_SPACING);
+        if since_last.is_none_or(|d| d >= spacing) && !cut_short {
             self.last_started = Some(Instant::now());
-            let (pid, layout) = (self.pid, self.layout.clone());
-            self.spawn("census", stats.full_gcs, started_ns, move || {
-                let namer = v8::JsNamer::new(pid, None, layout.frames.clone());
-                v8::census::take(pid, &layout, namer, v8::census::Budget::default()).map(JobResult::Census)
-            });
+            self.spawn("census", false, stats.full_gcs, started_ns, census);
         }
     }
 
     fn spawn(
         &mut self,
         kind: &'static str,
+        after_full_gc: bool,
         full_gcs: u64,
         started_ns: u64,
-        job: impl FnOnce() -> Result<JobResult> + Send + 'static,
+        job: impl FnOnce(&std::sync::atomic::AtomicBool) -> Result<JobResult> + Send + 'static,
     ) {
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cancelled = cancel.clone();
         self.running = Some(RunningJob {
             kind,
+            after_full_gc,
+            cancel,
             thread: std::thread::spawn(move || {
                 lower_own_priority();
-                (job(), seconds_since(started_ns))
+                (job(&cancelled), seconds_since(started_ns))
             }),
             full_gcs,
             t_s: seconds_since(started_ns),
@@ -340,17 +388,28 @@ impl CensusRunner {
         match result {
             Ok(JobResult::Census(census)) => {
                 log::info!(
-                    "heap census at {:.1} s: {} objects, {} bytes in {:.3} s",
+                    "heap census at {:.1} s: {} objects, {} bytes in {:.3} s ({})",
                     running.t_s,
                     census.objects,
                     census.live_bytes,
-                    census.duration.as_secs_f64()
+                    census.duration.as_secs_f64(),
+                    if running.after_full_gc {
+                        "after a full GC"
+                    } else {
+                        "without a full GC"
+                    }
                 );
+                self.last_cpu = census.cpu;
+                self.last_wall = census.duration;
+                // Once a census after a full GC is in, path searches wait for
+                // the next such census: the censuses between, which verdicts
+                // need, come first.
+                let paths_now = running.after_full_gc || !self.series.has_census_after_full_gc();
                 let targets = census_series::growing(&census, &self.series);
-                if !targets.is_empty() {
+                if paths_now && !targets.is_empty() {
                     self.trace_next = Some((targets, running.full_gcs));
                 }
-                self.series.add(running.t_s, census);
+                self.series.add(running.t_s, census, running.after_full_gc);
             }
             Ok(JobResult::Paths(paths)) => self.series.set_retainers(paths),
             Err(reason) => self.series.dropped(format!("{}: {reason}", running.kind)),

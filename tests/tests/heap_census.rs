@@ -320,3 +320,141 @@ fn census_refuses_a_v8_it_does_not_know() {
     assert_eq!(warnings.len(), 1, "{}", run.stderr);
     assert!(warnings[0].contains(reason), "{}", run.stderr);
 }
+
+/// The four-leak HTTP service (tests/fixtures/node/service_four_leaks.js),
+/// started without flags, so making a full GC every ten seconds or so,
+/// hunted by PID with no option while a load generator drives it for
+/// SERVICE_SECONDS, keeping its last RECENT_CHECKS health checks. Censuses without a full GC fill the gaps between the
+/// few after one, so that verdicts come in one hunt: the listener closure
+/// (its location and enclosing function, held by the emitter), the cached
+/// objects (their shape, held by the Map) and the zlib handles (native)
+/// grow; the health checks, dead objects of which pile up in old space
+/// between full GCs, do not.
+#[test]
+fn census_of_a_service_without_flags_finds_its_js_heap_leaks() {
+    const RATE: &str = "50";
+    const SERVICE_SECONDS: &str = "24";
+    const RECENT_CHECKS: &str = "400";
+    let dir = scratch_dir("heap-census-service");
+    let report_path = dir.join("report.json");
+    let script = workspace_root().join("tests/fixtures/node/service_four_leaks.js");
+    let mut cmd = std::process::Command::new("/usr/bin/node");
+    cmd.arg(&script)
+        .args([RATE, SERVICE_SECONDS, RECENT_CHECKS])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut service = Proc::spawn(cmd, "node service_four_leaks.js");
+    let service_out = service.take_stdout();
+    let service_err = service.take_stderr();
+    if let Err(why) = service_out.wait_for(|l| l.starts_with("ready "), std::time::Duration::from_secs(30)) {
+        panic!(
+            "the service never printed ready ({why}): {}",
+            service_err.text(std::time::Duration::from_secs(1))
+        );
+    }
+    let mut cmd = std::process::Command::new(leakscope_bin());
+    cmd.args(["hunt", "-p", &service.pid().to_string(), "--format", "json", "-o"])
+        .arg(&report_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut tracer = Proc::spawn(cmd, "leakscope");
+    let tracer_err = tracer.take_stderr();
+    if let Err(why) = tracer_err.wait_for(|l| l.starts_with(ATTACHED_PREFIX), ATTACH_TIMEOUT) {
+        panic!(
+            "leakscope never attached ({why}): {}",
+            tracer_err.text(std::time::Duration::from_secs(2))
+        );
+    }
+    service.signal(libc::SIGUSR2);
+    let stderr = || {
+        format!(
+            "--- leakscope stderr ---\n{}",
+            tracer_err.text(std::time::Duration::ZERO)
+        )
+    };
+    let status = tracer.wait_or_panic(WORKLOAD_TIMEOUT, &stderr);
+    assert!(status.success(), "{}", stderr());
+    let counts: Value = service_out
+        .wait_for(|l| l.starts_with('{'), std::time::Duration::from_secs(5))
+        .ok()
+        .and_then(|l| serde_json::from_str(&l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the service printed no counts: {}",
+                service_out.text(std::time::Duration::ZERO)
+            )
+        });
+    let report: Value = serde_json::from_slice(&fs::read(&report_path).expect("report")).expect("JSON report");
+    let census = &report["node"]["heap_census"];
+    let context = || {
+        format!(
+            "service: {counts}\n{}\n{}",
+            serde_json::to_string_pretty(census).unwrap(),
+            stderr()
+        )
+    };
+    let censuses = census["censuses"].as_array().expect("censuses");
+    let after_gc = censuses.iter().filter(|c| c["after_full_gc"] == true).count();
+    assert!(
+        after_gc >= 2 && censuses.len() > after_gc,
+        "censuses with and without a full GC\n{}",
+        context()
+    );
+    let growing = |g: &Value| matches!(g["verdict"].as_str(), Some("leak" | "growing"));
+    // Counted when the verdicts' last census was taken: at most the final counts.
+    let grew_up_to =
+        |g: &Value, truth: u64| num(g, "count_first") < num(g, "count_last") && num(g, "count_last") <= truth;
+
+    let listener = group(census, "closure", "onConfigChange");
+    assert!(growing(listener), "{}", context());
+    assert!(grew_up_to(listener, num(&counts, "listeners")), "{listener}");
+    let source = fs::read_to_string(&script).unwrap();
+    let line = source
+        .lines()
+        .position(|l| l.contains("function onConfigChange("))
+        .unwrap()
+        + 1;
+    let column = source.lines().nth(line - 1).unwrap().find("(config)").unwrap() + 1;
+    assert_eq!(
+        listener["location"],
+        format!("{}:{line}:{column}", script.to_str().unwrap()),
+        "{listener}"
+    );
+    assert_eq!(listener["enclosing_function"], "handleUpload");
+    assert!(
+        paths(listener).iter().any(
+            |p| p.starts_with("(context).bus → EventEmitter._events → Object.config → Array.[")
+                && p.ends_with("onConfigChange")
+        ),
+        "{listener}"
+    );
+
+    let cached = group(census, "object", "CachedQuote");
+    assert!(growing(cached), "{}", context());
+    assert!(grew_up_to(cached, num(&counts, "cached")), "{cached}");
+    assert_eq!(cached["shape"], serde_json::json!(["key", "amount", "currency"]));
+    assert!(
+        paths(cached)
+            .iter()
+            .any(|p| p.starts_with("(context).quoteCache → Map.(table)") && p.ends_with("CachedQuote")),
+        "{cached}"
+    );
+
+    // The deflate streams' native handles.
+    let zlib = group(census, "native", "Zlib");
+    assert!(growing(zlib), "{}", context());
+    assert!(grew_up_to(zlib, num(&counts, "archives")), "{zlib}");
+
+    // The health checks: a ring of a fixed size, whose dead entries the
+    // censuses without a full GC count too (and those after one, the
+    // entries that died while it marked). The youngest live ones are in
+    // new space, which is not walked: at least half the ring is old.
+    let checks = group(census, "object", "HealthCheck");
+    assert!(!growing(checks), "{}", context());
+    assert!(
+        num(checks, "count_last") * 2 >= num(&counts, "recent_checks"),
+        "{checks}"
+    );
+}

@@ -19,6 +19,9 @@ pub fn growing(census: &HeapCensus) -> impl Iterator<Item = &CensusGroup> {
 /// What to say when no group is growing: that none grew, or that some
 /// grew over too few censuses for a verdict.
 pub fn none_growing(census: &HeapCensus) -> &'static str {
+    if !census.censuses.iter().any(|c| c.after_full_gc) {
+        return "no census followed a full GC, so none can tell growth from garbage yet";
+    }
     let undecided = census
         .groups
         .iter()
@@ -82,8 +85,9 @@ pub fn method(census: &HeapCensus) -> String {
         .filter(|d| d.reason.starts_with("census"))
         .map(|d| d.count)
         .sum();
+    let after_gc = census.censuses.iter().filter(|c| c.after_full_gc).count();
     format!(
-        "{} heap censuses after full GCs (the longest took {longest:.2} s; the target was never stopped){}",
+        "{} heap censuses, {after_gc} after full GCs (the longest took {longest:.2} s; the target was never stopped){}",
         census.censuses.len(),
         if dropped > 0 {
             format!("; {dropped} dropped")

