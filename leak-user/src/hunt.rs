@@ -445,7 +445,8 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let started = Instant::now();
     let mut collector = Collector::new(target.pid, plan.start.sample_bytes());
-    if let Some(namer) = js_namer {
+    if let Some(mut namer) = js_namer {
+        namer.validate_with(attach::gc_epoch_reader(&mut ebpf)?);
         collector.set_js_namer(namer);
     }
     collector.started_ns = monotonic_ns();

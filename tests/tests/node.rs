@@ -1446,6 +1446,80 @@ fn node_line_26() {
     check_node_line(node_line("26.12.1"));
 }
 
+/// JS frames named across mark-compacts that move them (gc_moves.js, under
+/// --stress-compaction: each full GC moves objects, functions' among them,
+/// between a stack being taken and its frames being named): every Buffer
+/// the fixture keeps is under its own function, known by the Buffer's size,
+/// or under a frame that says it moved; never under another function, nor
+/// under a JS frame left silently unnamed.
+fn check_names_across_mark_compacts(node: PathBuf) {
+    const MOVED: &str = "[v8 jit: moved by a GC]";
+    let run = launch_on(node, "gc_moves", &[EXPOSE_GC, "--stress-compaction"], &[]);
+    let mut v = Verdict::new();
+    check_launch_common(&mut v, &run);
+    let sizes: std::collections::HashMap<&str, u64> = run.summary["sizes"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, size)| (name.as_str(), size.as_u64().unwrap_or(0)))
+        .collect();
+    let (mut named, mut moved) = (0, 0);
+    for site in sites_of(&run.report, "arraybuffer") {
+        let (bytes, allocations) = (site_bytes(site), site["outstanding_allocations"].as_u64().unwrap_or(0));
+        let functions = frame_functions(site);
+        let keeper = functions.iter().find(|f| sizes.contains_key(*f));
+        // A site's Buffers are all of one size: its function's.
+        let size = (allocations > 0 && bytes % allocations == 0).then(|| bytes / allocations);
+        match keeper {
+            Some(function) => {
+                v.check(size == Some(sizes[function]), || {
+                    format!(
+                        "a site named {function} holds {bytes} bytes in {allocations} Buffers, not Buffers of its {} bytes: {functions:?}",
+                        sizes[function]
+                    )
+                });
+                named += bytes;
+            }
+            None if functions.contains(&MOVED) && size.is_some_and(|s| sizes.values().any(|&k| k == s)) => {
+                moved += bytes
+            }
+            None => {}
+        }
+    }
+    let kept = num(&run.summary, "kept_bytes");
+    v.check(named + moved == kept, || {
+        format!(
+            "kept Buffers: {named} bytes under their function, {moved} under a moved frame, of {kept} kept (expected all in one or the other)"
+        )
+    });
+    // Most stacks are named well within an epoch: naming still works.
+    v.check(named > kept / 2, || {
+        format!("only {named} of {kept} kept bytes under their function ({moved} under a moved frame)")
+    });
+    let mark_compacts = run.report["probes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "Heap::MarkCompact")
+        .and_then(|p| p["hits"].as_u64());
+    let forced = num(&run.summary, "forced_gcs");
+    v.check(mark_compacts.is_some_and(|hits| hits >= forced), || {
+        format!("Heap::MarkCompact hits {mark_compacts:?} (expected at least the {forced} GCs forced)")
+    });
+    eprintln!("gc_moves: {named} bytes named, {moved} under a moved frame, of {kept}; mark-compacts {mark_compacts:?}");
+    finish(v, &run);
+}
+
+#[test]
+fn js_frames_across_mark_compacts_20() {
+    check_names_across_mark_compacts(node_bin());
+}
+
+#[test]
+fn js_frames_across_mark_compacts_26() {
+    check_names_across_mark_compacts(node_line("26.12.1"));
+}
+
 /// A perf-map entry: `START SIZE NAME`, hex.
 struct MapEntry {
     start: u64,

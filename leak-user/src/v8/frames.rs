@@ -9,12 +9,16 @@
 //! V8's own table of bytecode sizes), then as for interpreted frames.
 //!
 //! Old-space objects stay put between mark-compacts, so what was read of
-//! them is cached by address until the next one ([`JsNamer::mark_compacted`]).
+//! them is cached by address until the next one. The kernel side stamps each
+//! stack with the target's mark-compact epoch ([`leak_common::gc_epoch`]),
+//! and the objects its slots point at are read later: a stack is named only
+//! from what was read in its own epoch ([`JsNamer::name_stack`]), else its
+//! JS frames say they moved ([`JsFrame::moved`]), never a wrong name.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use leak_common::JsFrameSlots;
+use leak_common::{gc_epoch, JsFrameSlots};
 
 use super::memory::ProcessMemory;
 use super::metadata::{CodeLayout, Layout, PositionCodes};
@@ -29,6 +33,25 @@ pub struct JsFrame {
     pub line: Option<u32>,
     pub column: Option<u32>,
 }
+
+impl JsFrame {
+    /// What a JS frame is named when its objects may have moved since its
+    /// stack was taken (by a mark-compact), before they were read.
+    pub const MOVED: &str = "[v8 jit: moved by a GC]";
+
+    /// A JS frame whose objects may have moved before they were read.
+    pub fn moved() -> JsFrame {
+        JsFrame {
+            function: JsFrame::MOVED.to_string(),
+            script: None,
+            line: None,
+            column: None,
+        }
+    }
+}
+
+/// Reads the target's current mark-compact epoch (None: it cannot be read).
+pub type EpochReader = Box<dyn Fn() -> Option<u64> + Send>;
 
 /// The longest name read; longer ones are not names.
 const MAX_NAME: usize = 1024;
@@ -65,6 +88,12 @@ pub struct JsNamer {
     code_map: Option<u64>,
     /// Return addresses found in no baseline or optimized code (builtins).
     not_compiled: std::collections::HashSet<u64>,
+    /// The target's mark-compact epoch now; None: stacks are named from
+    /// what is read whatever their epoch (the caches are then dropped at
+    /// each mark-compact's end event only).
+    current_epoch: Option<EpochReader>,
+    /// The epoch every cached object was read (and checked) in.
+    cached_epoch: u64,
 }
 
 /// (code offset, raw source position) pairs, in code order; offset -1 is
@@ -127,7 +156,15 @@ impl JsNamer {
             code: std::collections::BTreeMap::new(),
             code_map: None,
             not_compiled: std::collections::HashSet::new(),
+            current_epoch: None,
+            cached_epoch: 0,
         }
+    }
+
+    /// Names stacks only from objects read in their own mark-compact
+    /// epoch, as `current` reads it.
+    pub fn validate_with(&mut self, current: EpochReader) {
+        self.current_epoch = Some(current);
     }
 
     pub fn layout(&self) -> &Layout {
@@ -154,10 +191,48 @@ impl JsNamer {
         self.not_compiled.clear();
     }
 
+    /// The JS frames of a stack taken in mark-compact epoch `epoch`, frame
+    /// k at `pcs[k]` with the slots `slots[k]` (as [`JsNamer::name`]). None
+    /// when what the slots point at may have moved before it was read: a
+    /// mark-compact was running when the stack was taken, or began since
+    /// and what was needed had not been read before it (the caller then
+    /// says the frames moved).
+    pub fn name_stack(&mut self, epoch: u64, slots: &[JsFrameSlots], pcs: &[u64]) -> Option<Vec<Vec<JsFrame>>> {
+        if slots.iter().all(|s| s.shared == 0) {
+            return Some(vec![Vec::new(); slots.len()]);
+        }
+        let validated = self.current_epoch.is_some();
+        if validated {
+            // Epochs only grow: an older one's objects are no longer known.
+            if gc_epoch::is_compacting(epoch) || epoch < self.cached_epoch {
+                return None;
+            }
+            if epoch > self.cached_epoch {
+                self.mark_compacted();
+                self.cached_epoch = epoch;
+            }
+        }
+        self.open_memory();
+        let reads_before = self.mem().map_or(0, ProcessMemory::reads);
+        let frames = slots.iter().zip(pcs).map(|(slots, &pc)| self.name(slots, pc)).collect();
+        let read_now = self.mem().map_or(0, ProcessMemory::reads) != reads_before;
+        if let Some(current) = self.current_epoch.as_ref().filter(|_| read_now) {
+            // Read after the objects: if the epoch is still the stack's,
+            // no object moved between the stack and the reads.
+            let now = current();
+            if now != Some(epoch) {
+                self.mark_compacted();
+                self.cached_epoch = now.unwrap_or(epoch);
+                return None;
+            }
+        }
+        Some(frames)
+    }
+
     /// The JS frames `slots` describe, the frame's function running at
     /// return address `pc`: innermost first, one per inlining level; empty
     /// when they are not a JS frame (or no longer readable as one).
-    pub fn name(&mut self, slots: &JsFrameSlots, pc: u64) -> Vec<JsFrame> {
+    fn name(&mut self, slots: &JsFrameSlots, pc: u64) -> Vec<JsFrame> {
         if slots.shared == 0 {
             return Vec::new();
         }
@@ -227,9 +302,12 @@ impl JsNamer {
         self.mem()?.u16(map - 1 + self.layout.offsets.instance_type)
     }
 
-    /// The tagged field at `offset` of the object `tagged` points at.
+    /// The tagged field at `offset` of the object `tagged` points at (None
+    /// when `tagged` is no heap object: a field read from a moved object
+    /// may be anything).
     fn field(&self, tagged: u64, offset: u64) -> Option<u64> {
-        self.mem()?.u64(tagged - 1 + offset)
+        is_heap_object(tagged).then_some(())?;
+        self.mem()?.u64(tagged.wrapping_sub(1).wrapping_add(offset))
     }
 
     fn shared_info(&mut self, tagged: u64) -> Option<Arc<SharedInfo>> {
@@ -901,6 +979,45 @@ mod tests {
         assert_eq!(decode_unsigned_vlqs(&[5, 0xac, 0x02, 0]), Some(vec![5, 300, 0]));
         // A number cut short.
         assert_eq!(decode_unsigned_vlqs(&[0x80]), None);
+    }
+
+    /// Stacks are named only from reads made in their own epoch: here of
+    /// this process's memory (a word that is no SharedFunctionInfo: read,
+    /// then left unnamed), the epoch as a test sets it.
+    #[test]
+    fn names_stacks_only_within_their_epoch() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let layout = super::super::Layout::read(std::path::Path::new("/usr/bin/node")).expect("node 20 is needed");
+        let mut namer = JsNamer::new(std::process::id(), None, layout);
+        let epoch = Arc::new(AtomicU64::new(4));
+        let now = epoch.clone();
+        namer.validate_with(Box::new(move || Some(now.load(Ordering::Relaxed))));
+        let words = [0u64; 2];
+        let stack_at = |word: &u64| {
+            [
+                JsFrameSlots::default(),
+                JsFrameSlots {
+                    shared: std::ptr::from_ref(word) as u64 + 1,
+                    ..JsFrameSlots::default()
+                },
+            ]
+        };
+        let (first, second) = (stack_at(&words[0]), stack_at(&words[1]));
+        let pcs = [0, 0];
+        let unnamed = Some(vec![Vec::new(), Vec::new()]);
+        // No JS frame: nothing to read, whatever the epoch.
+        assert_eq!(namer.name_stack(5, &first[..1], &pcs[..1]), Some(vec![Vec::new()]));
+        // Taken while a mark-compact ran.
+        assert_eq!(namer.name_stack(5, &first, &pcs), None);
+        assert_eq!(namer.name_stack(4, &first, &pcs), unnamed);
+        // A mark-compact began after the stacks were taken: what was read
+        // in their epoch still names them, new reads do not.
+        epoch.store(6, Ordering::Relaxed);
+        assert_eq!(namer.name_stack(4, &first, &pcs), unnamed);
+        assert_eq!(namer.name_stack(4, &second, &pcs), None);
+        // An older epoch than the last one read in is not read in again.
+        assert_eq!(namer.name_stack(6, &second, &pcs), unnamed);
+        assert_eq!(namer.name_stack(4, &first, &pcs), None);
     }
 
     #[test]
