@@ -1,6 +1,6 @@
 //! Turns ring-buffer records into the outstanding-memory model.
 
-use std::collections::{hash_map::Entry, HashMap};
+use std::collections::{HashMap, HashSet};
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -41,6 +41,9 @@ pub struct Collector {
     js_namer: Option<JsNamer>,
     /// Of a walked stack: the stacks completed from it by unwinding.
     completed_from: HashMap<u64, Vec<Completed>>,
+    /// Stacks whose records named a frame differently: their frames are
+    /// not named again.
+    named_apart: HashSet<u64>,
     pub events: u64,
     /// How many times the target exec'd: site ids are re-issued each time.
     pub execs: u64,
@@ -86,6 +89,7 @@ impl Collector {
             js_frames: HashMap::new(),
             js_namer: None,
             completed_from: HashMap::new(),
+            named_apart: HashSet::new(),
             events: 0,
             execs: 0,
             node: NodeStats::default(),
@@ -171,6 +175,7 @@ impl Collector {
                 }
                 self.js_frames.clear();
                 self.completed_from.clear();
+                self.named_apart.clear();
                 self.torn_down_at = None;
                 self.program_break = None;
                 self.fault_unwound.clear();
@@ -245,11 +250,12 @@ impl Collector {
     }
 
     /// Folds the JS frames one record of stack `hash` names (None: its
-    /// objects moved before they were read) into what earlier records of it
-    /// named. The kernel side sends a stack through JS again in each
-    /// mark-compact epoch it is taken in, as the same slots may then be
-    /// another function's: a frame keeps its name only while every record
-    /// names it alike, else it is said to have moved.
+    /// objects may have moved before they were read) into what earlier
+    /// records of it named. The kernel side sends a stack through JS again
+    /// in each mark-compact epoch it is taken in, as the same slots may
+    /// then be another function's: a frame named differently by two
+    /// records is said to have moved, for good. One not read in its own
+    /// epoch says so until a later record names it.
     fn merge_js_frames(&mut self, hash: u64, slots: &[JsFrameSlots], named: Option<Vec<Vec<JsFrame>>>) {
         let named = named.unwrap_or_else(|| {
             slots
@@ -263,24 +269,31 @@ impl Collector {
                 })
                 .collect()
         });
-        match self.js_frames.entry(hash) {
-            Entry::Vacant(entry) => {
-                if named.iter().any(|frames| !frames.is_empty()) {
-                    entry.insert(named);
-                }
+        let Some(known) = self.js_frames.get_mut(&hash) else {
+            if named.iter().any(|frames| !frames.is_empty()) {
+                self.js_frames.insert(hash, named);
             }
-            Entry::Occupied(mut entry) => {
-                let mut changed = false;
-                for (known, now) in entry.get_mut().iter_mut().zip(named) {
-                    if *known != now && !is_moved(known) {
-                        *known = vec![JsFrame::moved()];
-                        changed = true;
-                    }
-                }
-                if changed {
-                    self.copy_js_frames_to_completed(hash);
-                }
+            return;
+        };
+        let named_apart = self.named_apart.contains(&hash);
+        let (mut changed, mut apart) = (false, false);
+        for (known, now) in known.iter_mut().zip(named) {
+            if *known == now || is_moved(&now) {
+                continue;
             }
+            if is_moved(known) && !named_apart {
+                *known = now;
+            } else {
+                *known = vec![JsFrame::moved()];
+                apart = true;
+            }
+            changed = true;
+        }
+        if apart {
+            self.named_apart.insert(hash);
+        }
+        if changed {
+            self.copy_js_frames_to_completed(hash);
         }
     }
 
