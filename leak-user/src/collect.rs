@@ -145,7 +145,14 @@ impl Collector {
         }
         let e = &event;
         match op {
-            EventOp::Free => self.heap.free(e.addr, e.entry_ns),
+            EventOp::Free => {
+                if probe == Probe::V8FreePage {
+                    if let Some(namer) = &mut self.js_namer {
+                        namer.page_freed(e.addr);
+                    }
+                }
+                self.heap.free(e.addr, e.entry_ns)
+            }
             EventOp::Unmap => self.heap.unmap(e.addr, e.size, e.entry_ns),
             EventOp::Stack => unreachable!("stack records are handled above"),
             EventOp::Teardown => self.torn_down_at = Some(self.seconds_since_start(e.ts_ns)),
@@ -220,6 +227,11 @@ impl Collector {
                 let mut key = SiteKey::heap(probe, self.unwound_stack(e.stack, true, registers, &memory));
                 if key.kind == Kind::V8Heap {
                     key.detail = e.detail; // the V8 space
+                    if e.detail == crate::v8::pages::CODE_LARGE_SPACE {
+                        if let Some(namer) = &mut self.js_namer {
+                            namer.large_code_page(e.addr, e.size);
+                        }
+                    }
                 }
                 let site = self.heap.intern(key);
                 let size = charged_size(probe, e.size);

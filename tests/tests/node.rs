@@ -1407,6 +1407,57 @@ fn check_inlined_chain(v: &mut Verdict, run: &NodeRun) {
     });
 }
 
+/// Baseline code in V8's large-object code space (big_code.js): the frames
+/// in it have their line, and the ArrayBuffers it keeps are under it. On V8
+/// 10-12, whose AllocateLargePage returns the page itself (V8 13 and 14
+/// return its metadata: not placed yet, their frames get no line).
+#[test]
+fn js_frames_in_large_code_20() {
+    let run = launch_on(node_bin(), "big_code", &[EXPOSE_GC, "--allow-natives-syntax"], &[]);
+    let mut v = Verdict::new();
+    check_launch_common(&mut v, &run);
+    check_large_code(&mut v, &run);
+    finish(v, &run);
+}
+
+/// bigFunction's frames (its baseline code in large-object space) have its
+/// line, and its ArrayBuffers are under it.
+fn check_large_code(v: &mut Verdict, run: &NodeRun) {
+    let code_large = run.summary["heap_spaces"]["code_large_object_space"].as_u64();
+    v.check(code_large.is_some_and(|bytes| bytes > 256 * KIB), || {
+        format!("code_large_object_space {code_large:?}: bigFunction's baseline code is not there")
+    });
+    let (big_line, big_bytes) = (num(&run.summary, "big_line"), num(&run.summary, "big_bytes"));
+    let mut named = 0;
+    for site in sites_of(&run.report, "arraybuffer") {
+        let frames = site["frames"].as_array().into_iter().flatten();
+        for frame in frames.filter(|f| f["function"] == "bigFunction") {
+            v.check(frame["line"].as_u64() == Some(big_line), || {
+                format!(
+                    "a bigFunction frame at line {} (expected {big_line}): {frame}",
+                    frame["line"]
+                )
+            });
+            v.check(site_bytes(site).is_multiple_of(big_bytes), || {
+                format!(
+                    "a site through bigFunction holds {} bytes, not its Buffers",
+                    site_bytes(site)
+                )
+            });
+            named += site_bytes(site);
+        }
+    }
+    let kept = num(&run.summary, "big_kept_bytes");
+    v.check(
+        named + moved_bytes(&run.report, "arraybuffer", big_bytes) == kept,
+        || {
+            format!(
+                "{named} bytes under bigFunction:{big_line}, of {kept} it kept (the rest not under frames that moved)"
+            )
+        },
+    );
+}
+
 /// All ArrayBuffer memory outstanding at the end.
 fn report_arraybuffer_bytes(report: &Value) -> u64 {
     report["totals"]["by_kind"]["arraybuffer"].as_u64().unwrap_or(0)

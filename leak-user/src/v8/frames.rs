@@ -67,6 +67,8 @@ struct ScriptInfo {
 struct SharedInfo {
     name: String,
     script: Option<Arc<ScriptInfo>>,
+    /// Its function data: its bytecode, or its baseline Code.
+    function_data: u64,
 }
 
 /// Names the JS frames of one process.
@@ -88,6 +90,9 @@ pub struct JsNamer {
     code_map: Option<u64>,
     /// Return addresses found in no baseline or optimized code (builtins).
     not_compiled: std::collections::HashSet<u64>,
+    /// V8's large-object code pages: start and size. Large objects never
+    /// move, so they are kept across mark-compacts.
+    large_code_pages: std::collections::BTreeMap<u64, u64>,
     /// The target's mark-compact epoch now; None: stacks are named from
     /// what is read whatever their epoch (the caches are then dropped at
     /// each mark-compact's end event only).
@@ -102,6 +107,7 @@ type PositionTable = Vec<(i64, u64)>;
 
 /// What a baseline or optimized Code object tells of the frames it runs.
 struct CompiledCode {
+    code: u64,
     start: u64,
     end: u64,
     tier: Tier,
@@ -124,6 +130,8 @@ enum Tier {
 /// How far before a return address the start of its Code is looked for:
 /// a regular code page (bigger code is in large-object space, not named).
 const MAX_CODE_SCAN: u64 = 256 << 10;
+/// How far into a large-object code page its object is looked for.
+const LARGE_CODE_HEADER_SCAN: u64 = 16 << 10;
 /// Instructions start at least this aligned (64 on x64 from V8 10 on, measured).
 const CODE_ALIGNMENT: u64 = 32;
 /// The deepest inlining followed.
@@ -156,9 +164,20 @@ impl JsNamer {
             code: std::collections::BTreeMap::new(),
             code_map: None,
             not_compiled: std::collections::HashSet::new(),
+            large_code_pages: std::collections::BTreeMap::new(),
             current_epoch: None,
             cached_epoch: 0,
         }
+    }
+
+    /// V8 made a large-object code page at `start` (`size` bytes).
+    pub fn large_code_page(&mut self, start: u64, size: u64) {
+        self.large_code_pages.insert(start, size);
+    }
+
+    /// V8 freed the page at `start` (of any space).
+    pub fn page_freed(&mut self, start: u64) {
+        self.large_code_pages.remove(&start);
     }
 
     /// Names stacks only from objects read in their own mark-compact
@@ -339,7 +358,12 @@ impl JsNamer {
             (true, None) => "(anonymous)".to_string(),
         };
         let script = self.field(tagged, offsets.sfi_script).and_then(|s| self.script(s));
-        Some(SharedInfo { name, script })
+        let function_data = self.field(tagged, offsets.sfi_function_data)?;
+        Some(SharedInfo {
+            name,
+            script,
+            function_data,
+        })
     }
 
     /// A function scope's name and inferred name, from the slots that
@@ -556,6 +580,12 @@ impl JsNamer {
                 // entry: its stack and interrupt checks) is at bytecode -1,
                 // the function entry.
                 let offset = pc - code.start;
+                // The Code at pc must be the frame's function's: its function
+                // data is that Code, or the bytecode the Code was compiled from.
+                let data = self.shared_info(shared)?.function_data;
+                if data != code.code && data != *bytecode_array {
+                    return None;
+                }
                 let &(_, bytecode) = bytecodes.iter().find(|(end, _)| *end >= offset)?;
                 let table = self.position_table(*bytecode_array)?;
                 let raw = position_at(&table, bytecode)?;
@@ -589,7 +619,9 @@ impl JsNamer {
             return None;
         }
         let found = self.layout.code.and_then(|layout| {
-            let (code, start, end) = self.find_code(pc, layout)?;
+            let (code, start, end) = self
+                .find_code(pc, layout)
+                .or_else(|| self.find_large_code(pc, layout))?;
             self.read_code(code, start, end, layout)
         });
         match found {
@@ -629,6 +661,40 @@ impl JsNamer {
                 }
             }
             high = low.checked_sub(CODE_ALIGNMENT)?;
+        }
+        None
+    }
+
+    /// The Code of a large-object code page (V8's page hooks saw it made)
+    /// holding `pc`: its one object starts near the page's start (after
+    /// the page header and a guard page), too far before `pc` for
+    /// [`JsNamer::find_code`] once the code is over its scan.
+    fn find_large_code(&mut self, pc: u64, layout: CodeLayout) -> Option<(u64, u64, u64)> {
+        const PAGE: u64 = 4096;
+        let (&page, _) = self
+            .large_code_pages
+            .range(..=pc)
+            .next_back()
+            .filter(|(&start, &size)| pc < start + size)?;
+        let header = layout.instructions_header;
+        for at in (page..page + LARGE_CODE_HEADER_SCAN).step_by(PAGE as usize) {
+            // A guard page does not read.
+            let Some(words) = self.mem().and_then(|m| m.bytes(at, PAGE as usize)) else {
+                continue;
+            };
+            let first = (at + header).next_multiple_of(CODE_ALIGNMENT);
+            for start in (first..at + PAGE + header - 8).step_by(CODE_ALIGNMENT as usize) {
+                let Ok(offset) = usize::try_from(start - header - at) else {
+                    continue;
+                };
+                let word = u64::from_le_bytes(words[offset..offset + 8].try_into().expect("8 bytes"));
+                if !self.is_code_holder_map(word, layout) {
+                    continue;
+                }
+                if let Some((code, end)) = self.code_spanning(start - header + 1, start, pc, layout) {
+                    return Some((code, start, end));
+                }
+            }
         }
         None
     }
@@ -697,7 +763,7 @@ impl JsNamer {
         } else {
             return None;
         };
-        Some(CompiledCode { start, end, tier })
+        Some(CompiledCode { code, start, end, tier })
     }
 
     /// The pc ranges of baseline code and the bytecodes they run: its
