@@ -52,13 +52,17 @@ pub enum Probe {
     Brk = 28,
     /// A software page-fault perf event: a page was touched for the first time (watch only).
     PageFault = 29,
+    /// Node's zlib allocation callback (`CompressionStream::AllocForZlib`,
+    /// `CompressionStreamMemoryOwner::AllocForZlib` from Node 24): its
+    /// `data` points into the native stream object that owns the block.
+    NodeZlibAlloc = 30,
     /// v8::internal::Heap::MarkCompact: a mark-compact starts (old-space
     /// objects may move from here until the GC's epilogue).
-    V8MarkCompact = 30,
+    V8MarkCompact = 31,
 }
 
 impl Probe {
-    pub const COUNT: usize = 31;
+    pub const COUNT: usize = 32;
     pub const ALL: [Probe; Probe::COUNT] = [
         Probe::Malloc,
         Probe::Calloc,
@@ -90,6 +94,7 @@ impl Probe {
         Probe::V8GcCollector,
         Probe::Brk,
         Probe::PageFault,
+        Probe::NodeZlibAlloc,
         Probe::V8MarkCompact,
     ];
 
@@ -100,6 +105,7 @@ impl Probe {
     /// Node.js and V8 hooks, as opposed to libc and syscalls.
     pub fn is_node(self) -> bool {
         (Probe::ArrayBufferAllocate as u8..=Probe::V8GcCollector as u8).contains(&(self as u8))
+            || self == Probe::NodeZlibAlloc
             || self == Probe::V8MarkCompact
     }
 
@@ -136,6 +142,7 @@ impl Probe {
             Probe::V8GcCollector => "Heap::GarbageCollectionEpilogueInSafepoint",
             Probe::Brk => "brk",
             Probe::PageFault => "page-faults",
+            Probe::NodeZlibAlloc => "CompressionStream::AllocForZlib",
             Probe::V8MarkCompact => "Heap::MarkCompact",
         }
     }
@@ -175,6 +182,10 @@ pub enum EventOp {
     /// A page fault at stack `stack`, sent with a copy of the user stack
     /// (`CopiedStackEvent`) from which user space recovers its callers.
     FaultStack = 14,
+    /// The heap block containing `addr`, just allocated, was allocated on
+    /// behalf of the live block containing `old_addr` (its owner: the
+    /// native object whose buffers it holds).
+    Owned = 15,
 }
 
 impl EventOp {
@@ -194,6 +205,7 @@ impl EventOp {
             12 => EventOp::Stack,
             13 => EventOp::Brk,
             14 => EventOp::FaultStack,
+            15 => EventOp::Owned,
             _ => return None,
         })
     }
@@ -204,6 +216,10 @@ pub const FLAG_ANONYMOUS: u8 = 1;
 /// `HeapEvent::flags`: made inside a probed allocator call (malloc's own arenas
 /// and large-block mappings); that memory is already counted at the malloc level.
 pub const FLAG_ALLOCATOR_INTERNAL: u8 = 2;
+/// `HeapEvent::flags`: an allocation sent as a `CopiedStackEvent`: the kernel
+/// side's unwind stopped at a code address it has no `UnwindRule` for (its
+/// stack's last frame), and the copy is of the stack from there.
+pub const FLAG_STACK_COPY: u8 = 4;
 
 /// One allocation-state change, as written to the ring buffer.
 #[repr(C)]
@@ -403,6 +419,40 @@ pub struct CopiedStackEvent {
     pub copy: StackCopy,
 }
 
+/// How the kernel side steps from a frame to its caller at one code address,
+/// as user space read it from the module's CFI (`UNWIND_RULES`, keyed by the
+/// address looked up: a return address − 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRule {
+    /// One of the `UnwindRule` kinds below.
+    pub kind: u32,
+    /// `CFA_SP`, `CFA_BP`: the caller's stack pointer (CFA) is the register plus this.
+    pub cfa_offset: i32,
+    /// Where the return address is, from the CFA.
+    pub return_address: i32,
+    /// Where the caller's %rbp was saved, from the CFA; 0: not saved (unchanged).
+    pub saved_bp: i32,
+    /// `ASKED`: when (CLOCK_MONOTONIC ns >> 20, about ms), and how many
+    /// stack copies asked since.
+    pub asked_at: u32,
+    pub copies: u32,
+}
+
+impl UnwindRule {
+    pub const CFA_SP: u32 = 1;
+    pub const CFA_BP: u32 = 2;
+    /// Code without CFI (JIT code): the frame-pointer chain.
+    pub const FRAME_POINTER: u32 = 3;
+    /// The outermost frame (`_start`, a thread's start): the stack is whole.
+    pub const OUTERMOST: u32 = 4;
+    /// The stack ends here: CFI this unwinder does not evaluate, or not code.
+    pub const STOP: u32 = 5;
+    /// Written by the kernel side: a stack copy asked user space for the
+    /// rule, which has not come yet.
+    pub const ASKED: u32 = 6;
+}
+
 /// Entries of the table of exponential quantiles used to draw sampling gaps.
 pub const EXP_QUANTILES_LEN: u32 = 1024;
 
@@ -420,15 +470,21 @@ pub enum DropReason {
     SampledBlocksFull = 3,
     /// Page-fault attribution: no room for another stack; its faults are not counted.
     FaultStacksFull = 4,
+    /// The kernel side's unwind reached an address it had no unwind rule for
+    /// yet, already asked for by another event's stack copy, or the ring
+    /// buffer was too full for the copy that asks: the stack ends there (the
+    /// event itself is kept).
+    StacksCut = 5,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::RingBufFull,
         DropReason::StackLost,
         DropReason::PendingFull,
         DropReason::SampledBlocksFull,
         DropReason::FaultStacksFull,
+        DropReason::StacksCut,
     ];
 
     pub fn name(self) -> &'static str {
@@ -438,6 +494,7 @@ impl DropReason {
             DropReason::PendingFull => "pending_calls_full",
             DropReason::SampledBlocksFull => "sampled_blocks_full",
             DropReason::FaultStacksFull => "fault_stacks_full",
+            DropReason::StacksCut => "stacks_cut",
         }
     }
 }
@@ -468,4 +525,5 @@ mod pod {
     unsafe impl aya::Pod for super::StackRecord {}
     unsafe impl aya::Pod for super::V8FrameLayout {}
     unsafe impl aya::Pod for super::V8PageLayout {}
+    unsafe impl aya::Pod for super::UnwindRule {}
 }

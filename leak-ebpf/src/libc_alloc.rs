@@ -12,14 +12,14 @@
 use aya_ebpf::{
     helpers::bpf_probe_read_user,
     macros::{map, uprobe, uretprobe},
-    maps::HashMap,
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 use leak_common::{counter, DropReason, EventOp, HeapEvent, Probe};
 
 use crate::{
     sampling,
-    shared::{attached_probe, count, count_drop, emit, emit_site_event, event_now, now_ns, target_tid},
+    shared::{attached_probe, count, count_drop, emit, emit_site_event, event_now, now_ns, target_tid, UserRegs},
 };
 
 /// Arguments of an allocator call between its entry and return probes.
@@ -31,16 +31,20 @@ pub struct PendingCall {
     old_addr: u64,
     /// posix_memalign's `void **memptr`; V8 pages: the space id.
     aux: u64,
-    /// Stack pointer at function entry (points at the return address).
+    /// Stack pointer at function entry (points at the return address); 0
+    /// once the call returned.
     entry_sp: u64,
     entry_ns: u64,
     /// Chosen by the sampler (always, when every call is traced).
     sampled: bool,
 }
 
-/// The outermost allocator call in progress, per thread.
+/// The outermost allocator call in progress, per thread. A thread's record
+/// stays when its call returns (marked done) and its next call rewrites it in
+/// place: an insert and a delete per call cost ~0.2 µs a malloc+free pair
+/// (BENCHMARKS §6b). LRU: the records of threads that are gone make room.
 #[map]
-pub static PENDING_CALLS: HashMap<u32, PendingCall> = HashMap::with_max_entries(64 * 1024, 0);
+pub static PENDING_CALLS: LruHashMap<u32, PendingCall> = LruHashMap::with_max_entries(64 * 1024, 0);
 
 /// A pending call older than this is taken to have lost its return probe
 /// (the thread longjmp'd out or died) and no longer hides new calls.
@@ -52,9 +56,15 @@ const STALE_PENDING_NS: u64 = 5_000_000_000;
 #[inline(always)]
 pub fn inside_allocator(tid: u32, sp: u64, now: u64) -> bool {
     // SAFETY: map values are plain data.
-    match unsafe { PENDING_CALLS.get(tid) } {
-        Some(outer) => sp <= outer.entry_sp && now.wrapping_sub(outer.entry_ns) < STALE_PENDING_NS,
-        None => false,
+    unsafe { PENDING_CALLS.get(tid) }.is_some_and(|outer| outer.holds(sp, now))
+}
+
+impl PendingCall {
+    /// Whether this call is still in progress around a call or syscall at
+    /// stack pointer `sp` (never once it returned: its `entry_sp` is 0).
+    #[inline(always)]
+    fn holds(&self, sp: u64, now: u64) -> bool {
+        sp <= self.entry_sp && now.wrapping_sub(self.entry_ns) < STALE_PENDING_NS
     }
 }
 
@@ -66,7 +76,9 @@ pub fn enter(ctx: &ProbeContext, size: u64, old_addr: u64, aux: u64) {
     // SAFETY: uprobe contexts carry the user registers.
     let entry_sp = unsafe { (*ctx.regs).rsp };
     let entry_ns = now_ns();
-    if inside_allocator(tid, entry_sp, entry_ns) {
+    let record = PENDING_CALLS.get_ptr_mut(tid);
+    // SAFETY: the thread's own record: only this thread's probes touch it.
+    if record.is_some_and(|outer| unsafe { &*outer }.holds(entry_sp, entry_ns)) {
         return;
     }
     let call = PendingCall {
@@ -80,8 +92,14 @@ pub fn enter(ctx: &ProbeContext, size: u64, old_addr: u64, aux: u64) {
         // that nested calls happened inside them.
         sampled: is_v8_page(probe) || sampling::take(tid, size),
     };
-    if PENDING_CALLS.insert(tid, call, 0).is_err() {
-        count_drop(DropReason::PendingFull);
+    match record {
+        // SAFETY: as above.
+        Some(record) => unsafe { record.write(call) },
+        None => {
+            if PENDING_CALLS.insert(tid, call, 0).is_err() {
+                count_drop(DropReason::PendingFull);
+            }
+        }
     }
 }
 
@@ -140,18 +158,19 @@ pub fn align_size_enter(ctx: ProbeContext) -> u32 {
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let Some(tid) = target_tid() else { return 0 };
     count(counter::return_hits(attached_probe(&ctx)));
-    // SAFETY: map values are plain data.
-    let Some(call) = (unsafe { PENDING_CALLS.get(tid) }).copied() else {
+    let Some(record) = PENDING_CALLS.get_ptr_mut(tid) else {
         return 0;
     };
-    // SAFETY: return probe contexts carry the user registers.
-    let sp = unsafe { (*ctx.regs).rsp };
+    // SAFETY: the thread's own record (see `enter`).
+    let call = unsafe { *record };
+    let regs = UserRegs::of_probe(ctx.regs);
     // `ret` popped the return address: the outer call returns at entry_sp + 8.
     // Nested calls return deeper and were not recorded.
-    if call.entry_sp.wrapping_add(8) != sp {
+    if call.entry_sp.wrapping_add(8) != regs.sp {
         return 0;
     }
-    let _ = PENDING_CALLS.remove(tid);
+    // SAFETY: as above.
+    unsafe { (*record).entry_sp = 0 };
 
     let ret: u64 = ctx.ret();
     let addr = if call.probe == Probe::PosixMemalign as u8 {
@@ -206,7 +225,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     // The stack is complete from the caller on, unless the caller keeps no
     // frame pointer (operator new): user space recovers those frames from the
     // stack window.
-    emit_site_event(&ctx, event, sp);
+    emit_site_event(&regs, event);
     0
 }
 

@@ -14,6 +14,7 @@ mod page_fault;
 mod sampling;
 mod shared;
 mod stack_copy;
+mod unwind;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -16,7 +16,7 @@ use leak_common::{counter, DropReason, EventOp, HeapEvent, Probe, FLAG_ALLOCATOR
 
 use crate::{
     libc_alloc::inside_allocator,
-    shared::{count, count_drop, emit, now_ns, target_tid, user_sp, user_stack},
+    shared::{count, count_drop, emit, now_ns, target_tid, user_sp, user_stack, UserRegs},
     stack_copy::emit_with_stack_copy,
 };
 
@@ -99,8 +99,8 @@ fn event(op: EventOp, tid: u32, call: &PendingSyscall) -> HeapEvent {
 /// Writes an event that creates memory with its stack (sent first: user
 /// space must know it before the event) and a copy of the user stack.
 #[inline(always)]
-fn emit_created(ctx: &TracePointContext, heap: HeapEvent) {
-    let stack = user_stack(ctx);
+fn emit_created(heap: HeapEvent) {
+    let stack = user_stack(&UserRegs::current());
     emit_with_stack_copy(HeapEvent { stack, ..heap });
 }
 
@@ -145,7 +145,7 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
             size: call.len,
             ..event(EventOp::Map, tid, &call)
         };
-        emit_created(&ctx, heap);
+        emit_created(heap);
     }
     0
 }
@@ -202,7 +202,7 @@ pub fn sys_exit_mremap(ctx: TracePointContext) -> u32 {
             old_size: call.len,
             ..event(EventOp::Remap, tid, &call)
         };
-        emit_created(&ctx, heap);
+        emit_created(heap);
     }
     0
 }
@@ -230,6 +230,6 @@ pub fn sys_exit_brk(ctx: TracePointContext) -> u32 {
         addr: new_break,
         ..HeapEvent::default()
     };
-    emit_created(&ctx, heap);
+    emit_created(heap);
     0
 }

@@ -1,5 +1,6 @@
 //! uprobes on Node.js and V8 internals: Buffer/ArrayBuffer memory, JS heap
-//! pages, garbage collections and samples of JS heap allocation.
+//! pages, garbage collections, samples of JS heap allocation, and the
+//! native objects on whose behalf zlib allocates.
 //!
 //! The allocators among them go through the same entry/return machinery as
 //! libc's (`libc_alloc::enter` and its return probe), so the calloc/malloc or
@@ -8,14 +9,14 @@
 use aya_ebpf::{
     helpers::bpf_probe_read_user,
     macros::{map, uprobe, uretprobe},
-    maps::Array,
+    maps::{Array, HashMap},
     programs::{ProbeContext, RetProbeContext},
 };
-use leak_common::{counter, gc_epoch, EventOp, HeapEvent, Probe, V8PageLayout};
+use leak_common::{counter, gc_epoch, DropReason, EventOp, HeapEvent, Probe, V8PageLayout};
 
 use crate::{
     libc_alloc::{enter, release_block},
-    shared::{attached_probe, count, emit, event_now, target_tid, user_stack},
+    shared::{attached_probe, count, count_drop, emit, event_now, target_tid, user_stack, UserRegs},
 };
 
 /// Offset of the AllocationSpace id in v8::internal::Space (V8 10.2-14.6).
@@ -220,11 +221,73 @@ pub fn v8_allocation_sample(ctx: ProbeContext) -> u32 {
         0
     };
     // V8 functions start with `push %rbp`: the kernel keeps the caller in the walk.
-    let stack = user_stack(&ctx);
+    let stack = user_stack(&UserRegs::of_probe(ctx.regs));
     emit(&HeapEvent {
         size,
         stack,
         ..event_now(EventOp::AllocationSample, probe, tid)
+    });
+    0
+}
+
+/// An allocation callback in progress that allocates on behalf of `owner`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OwnedCall {
+    owner: u64,
+    /// Stack pointer at function entry (points at the return address).
+    entry_sp: u64,
+}
+
+/// Per thread: the owned allocation in progress. Kept apart from the
+/// allocators' pending calls, so that the malloc inside is still the
+/// outermost allocator call, recorded at its own stack.
+#[map]
+static OWNED_CALLS: HashMap<u32, OwnedCall> = HashMap::with_max_entries(4096, 0);
+
+/// zlib's allocation callback AllocForZlib(data, items, size): node passes
+/// `data`, a pointer into the native stream object whose zlib state this
+/// is. zlib allocates lazily, on the thread pool, where no JS frame says
+/// whose stream it is: the owner does.
+#[uprobe]
+pub fn owned_alloc_enter(ctx: ProbeContext) -> u32 {
+    let Some(tid) = target_tid() else { return 0 };
+    count(counter::entry_hits(attached_probe(&ctx)));
+    let call = OwnedCall {
+        owner: ctx.arg::<u64>(0).unwrap_or(0),
+        // SAFETY: uprobe contexts carry the user registers.
+        entry_sp: unsafe { (*ctx.regs).rsp },
+    };
+    if OWNED_CALLS.insert(tid, call, 0).is_err() {
+        count_drop(DropReason::PendingFull);
+    }
+    0
+}
+
+/// The callback returning a pointer into the block it allocated (after
+/// node's size header): user space links that block to its owner's.
+#[uretprobe]
+pub fn owned_alloc_return(ctx: RetProbeContext) -> u32 {
+    let Some(tid) = target_tid() else { return 0 };
+    let probe = attached_probe(&ctx);
+    count(counter::return_hits(probe));
+    // SAFETY: map values are plain data.
+    let Some(call) = (unsafe { OWNED_CALLS.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = OWNED_CALLS.remove(tid);
+    // SAFETY: return probe contexts carry the user registers.
+    let sp = unsafe { (*ctx.regs).rsp };
+    let addr: u64 = ctx.ret();
+    // `ret` popped the return address: a return of another call (its
+    // entry missed) is not this one.
+    if call.entry_sp.wrapping_add(8) != sp || addr == 0 || call.owner == 0 {
+        return 0;
+    }
+    emit(&HeapEvent {
+        addr,
+        old_addr: call.owner,
+        ..event_now(EventOp::Owned, probe, tid)
     });
     0
 }

@@ -12,7 +12,7 @@ use aya_ebpf::{
 use leak_common::{counter, DropReason, EventOp, HeapEvent, Probe};
 
 use crate::{
-    shared::{count, count_drop, event_now, target_tid, user_ip, user_stack},
+    shared::{count, count_drop, event_now, target_tid, user_ip, user_stack, UserRegs},
     stack_copy::emit_with_stack_copy,
 };
 
@@ -36,7 +36,7 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
     if is_instruction_fetch(&ctx) {
         return 0;
     }
-    let stack = user_stack(&ctx);
+    let stack = user_stack(&UserRegs::current());
     if stack == 0 {
         return 0;
     }

@@ -1,10 +1,11 @@
 //! Maps and helpers used by every probe family.
 
 use aya_ebpf::{
+    bindings::pt_regs,
     cty::c_void,
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_loop,
-        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs, generated,
     },
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -12,8 +13,10 @@ use aya_ebpf::{
 };
 use leak_common::{
     counter, DropReason, EventOp, HeapEvent, JsFrameSlots, Probe, SiteEvent, StackRecord, V8FrameLayout,
-    MAX_STACK_FRAMES, STACK_WINDOW_WORDS,
+    FLAG_STACK_COPY, MAX_STACK_FRAMES,
 };
+
+use crate::{stack_copy, unwind};
 
 /// The process being traced; written by user space before load.
 #[unsafe(no_mangle)]
@@ -89,6 +92,39 @@ pub fn user_ip() -> u64 {
     user_register(PT_REGS_IP)
 }
 
+/// The user registers a stack walk starts from.
+pub struct UserRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
+impl UserRegs {
+    /// The current thread's, wherever the program runs (tracepoints, perf events).
+    #[inline(always)]
+    pub fn current() -> UserRegs {
+        UserRegs {
+            ip: user_ip(),
+            sp: user_sp(),
+            bp: user_bp(),
+        }
+    }
+
+    /// A uprobe's own: its context is the user registers, read directly
+    /// (the helpers `current` needs cost ~50 ns a register, BENCHMARKS §6b).
+    #[inline(always)]
+    pub fn of_probe(regs: *const pt_regs) -> UserRegs {
+        // SAFETY: a uprobe's context points at the trapped user registers.
+        unsafe {
+            UserRegs {
+                ip: (*regs).rip,
+                sp: (*regs).rsp,
+                bp: (*regs).rbp,
+            }
+        }
+    }
+}
+
 /// Which probed function fired: the cookie set at attach, so one program can
 /// serve several functions with the same signature.
 #[inline(always)]
@@ -140,16 +176,37 @@ const FNV_PRIME: u64 = 0x100_0000_01b3;
 /// names it. Content hashes do not collide the way the kernel's stack map
 /// buckets do, and nothing is lost when the delivered set forgets a stack.
 #[inline(always)]
-pub fn user_stack<C: EbpfContext>(_ctx: &C) -> u64 {
+pub fn user_stack(regs: &UserRegs) -> u64 {
+    delivered_stack(regs, false).hash
+}
+
+/// A stack as `delivered_stack` sent it.
+struct Delivered {
+    hash: u64,
+    /// Where an unwind by rules stopped at an address without a rule: the
+    /// stack pointer and %rbp of the stack's last frame.
+    resume: Option<(u64, u64)>,
+}
+
+/// `user_stack`, walked by the unwind rules (`by_rules`, at a return probe:
+/// frame 0 is a return address) or by the frame-pointer chain.
+#[inline(always)]
+fn delivered_stack(regs: &UserRegs, by_rules: bool) -> Delivered {
+    let lost = Delivered { hash: 0, resume: None };
     let Some(record) = STACK_SCRATCH.get_ptr_mut(0) else {
-        return 0;
+        return lost;
     };
     // SAFETY: the per-CPU scratch slot is ours until this program returns.
     let record = unsafe { &mut *record };
-    let Walked { frames, has_js, hash } = walk_frames(record);
+    let Walked {
+        frames,
+        has_js,
+        hash,
+        resume,
+    } = walk_frames(record, regs, by_rules);
     if frames == 0 {
         count_drop(DropReason::StackLost);
-        return 0;
+        return lost;
     }
     let hash = (hash ^ frames as u64).wrapping_mul(FNV_PRIME).max(1);
     record.op = EventOp::Stack as u8;
@@ -162,7 +219,7 @@ pub fn user_stack<C: EbpfContext>(_ctx: &C) -> u64 {
     let delivered = hash ^ record.gc_epoch.wrapping_mul(FNV_PRIME);
     // SAFETY: map values are plain data.
     if unsafe { DELIVERED_STACKS.get(delivered) }.is_some() {
-        return hash;
+        return Delivered { hash, resume };
     }
     // A stack without JS frames goes without its (all-zero) JS slots.
     let bytes = core::ptr::from_ref(record).cast::<[u8; size_of::<StackRecord>()]>();
@@ -175,10 +232,10 @@ pub fn user_stack<C: EbpfContext>(_ctx: &C) -> u64 {
     };
     if sent.is_err() {
         count_drop(DropReason::StackLost);
-        return 0;
+        return lost;
     }
     let _ = DELIVERED_STACKS.insert(delivered, 1, 0);
-    hash
+    Delivered { hash, resume }
 }
 
 /// A field of `V8_FRAME_LAYOUT`, which the loader patches: read volatile so
@@ -194,7 +251,7 @@ macro_rules! layout_field {
 
 /// How far above the stack pointer a frame pointer may be: beyond the
 /// default 8 MiB main-thread stack, with room for a raised limit.
-const MAX_STACK_BYTES: u64 = 64 << 20;
+pub const MAX_STACK_BYTES: u64 = 64 << 20;
 
 /// What `walk_frames` wrote.
 struct Walked {
@@ -205,31 +262,41 @@ struct Walked {
     /// loop over the record would double the verifier's work (and its time
     /// at load).
     hash: u64,
+    /// See `Delivered::resume`.
+    resume: Option<(u64, u64)>,
 }
 
 /// Walks the frame-pointer chain of the user stack into `record`, as the
 /// kernel's own user stack walk does (frame 0 the instruction pointer, frame
 /// k the return address saved in frame k-1), and reads the V8 slots of each
 /// frame on the way. Stops where a frame cannot be read, or where the chain
-/// stops going up the stack.
+/// stops going up the stack. `by_rules`: each frame steps by its unwind
+/// rule instead (`unwind`), by the frame-pointer chain only where it says.
 #[inline(always)]
-fn walk_frames(record: &mut StackRecord) -> Walked {
-    let ip = user_ip();
+fn walk_frames(record: &mut StackRecord, regs: &UserRegs, by_rules: bool) -> Walked {
+    let ip = regs.ip;
     if ip == 0 {
         return Walked {
             frames: 0,
             has_js: false,
             hash: 0,
+            resume: None,
         };
     }
     record.frames[0] = ip;
     record.js[0] = JsFrameSlots::default();
     // Frame 0 has no JS slots: its own hash round has them zero.
     let hash = ((FNV_OFFSET ^ ip).wrapping_mul(FNV_PRIME)).wrapping_mul(FNV_PRIME);
-    let fp = user_register(PT_REGS_BP);
+    let fp = regs.bp;
+    let sp = regs.sp;
     let mut walk = Walk {
         record: core::ptr::from_mut(record),
+        pc: ip,
+        sp,
         fp,
+        by_rules,
+        unknown: false,
+        cut: false,
         len: 1,
         has_js: false,
         hash,
@@ -237,8 +304,7 @@ fn walk_frames(record: &mut StackRecord) -> Walked {
     // Code built without frame pointers keeps data in %rbp (a loop count, a
     // heap pointer): a frame pointer is above the stack pointer, in its
     // stack. Anything else would be read only to fault, at a cost per event.
-    let sp = user_sp();
-    let frames_to_walk = if fp > sp && fp - sp <= MAX_STACK_BYTES {
+    let frames_to_walk = if by_rules || (fp > sp && fp - sp <= MAX_STACK_BYTES) {
         (MAX_STACK_FRAMES - 1) as u32
     } else {
         0
@@ -256,17 +322,29 @@ fn walk_frames(record: &mut StackRecord) -> Walked {
             0,
         );
     }
+    if walk.cut {
+        count_drop(DropReason::StacksCut);
+    }
     Walked {
         frames: walk.len,
         has_js: walk.has_js,
         hash: walk.hash,
+        resume: walk.unknown.then_some((walk.sp, walk.fp)),
     }
 }
 
 /// The frame walk's state between `bpf_loop` rounds.
 struct Walk {
     record: *mut StackRecord,
+    /// The last frame's address, stack pointer (by rules only) and %rbp.
+    pc: u64,
+    sp: u64,
     fp: u64,
+    by_rules: bool,
+    /// The walk by rules stopped at an address without one.
+    unknown: bool,
+    /// ... at an address whose rule was asked for and has not come.
+    cut: bool,
     len: usize,
     has_js: bool,
     hash: u64,
@@ -281,9 +359,38 @@ extern "C" fn walk_frame(index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let fp = walk.fp;
-    // SAFETY: reads user memory through the checked helper.
-    let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
-        return 1;
+    // `next`: the caller's %rbp, its frame pointer if it keeps one, which
+    // is then above `floor`.
+    let mut by_rule = None;
+    if walk.by_rules {
+        match unwind::step(walk.pc, walk.sp, fp) {
+            unwind::Step::Caller { ret, sp, bp } => by_rule = Some((bp, ret, sp)),
+            unwind::Step::End => return 1,
+            // The event goes with a copy of the stack from here.
+            unwind::Step::Unknown if copy_has_room() => {
+                walk.unknown = true;
+                return 1;
+            }
+            // No rule and no copy: on by the frame-pointer chain, as far
+            // as the frame-pointer walk would have gone.
+            unwind::Step::Unknown | unwind::Step::Asked => {
+                walk.cut = true;
+                walk.by_rules = false;
+                if fp <= walk.sp || fp - walk.sp > MAX_STACK_BYTES {
+                    return 1;
+                }
+            }
+        }
+    }
+    let (next, ret, sp, floor) = match by_rule {
+        Some((next, ret, sp)) => (next, ret, sp, sp - 1),
+        None => {
+            // SAFETY: reads user memory through the checked helper.
+            let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+                return 1;
+            };
+            (next, ret, 0, fp)
+        }
     };
     if ret == 0 {
         return 1;
@@ -298,7 +405,7 @@ extern "C" fn walk_frame(index: u64, ctx: *mut c_void) -> i64 {
         slot(layout_field!(fp_bytecode_array)),
         slot(layout_field!(fp_bytecode_offset)),
     ];
-    let js = if layout_field!(enabled) != 0 && next > fp {
+    let js = if layout_field!(enabled) != 0 && next > floor && next - floor <= MAX_STACK_BYTES {
         js_slots(next, &slots)
     } else {
         JsFrameSlots::default()
@@ -308,10 +415,10 @@ extern "C" fn walk_frame(index: u64, ctx: *mut c_void) -> i64 {
     walk.hash = (hash ^ js.shared ^ js.bytecode_offset.rotate_left(17)).wrapping_mul(FNV_PRIME);
     record.js[k] = js;
     walk.len = k + 1;
-    if next <= fp {
+    if !walk.by_rules && next <= fp {
         return 1;
     }
-    walk.fp = next;
+    (walk.pc, walk.sp, walk.fp) = (ret, sp, next);
     0
 }
 
@@ -366,6 +473,14 @@ fn js_slots(fp: u64, slots: &[usize; 4]) -> JsFrameSlots {
     }
 }
 
+/// Whether a stack copy that asks for unwind rules may go: while copies
+/// fill at most a quarter of the ring buffer, so that a burst of new
+/// stacks does not crowd out events.
+#[inline(always)]
+fn copy_has_room() -> bool {
+    EVENTS.query(BPF_RB_AVAIL_DATA) <= EVENTS.query(BPF_RB_RING_SIZE) / 4
+}
+
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
@@ -384,22 +499,41 @@ pub fn wakeup_flags() -> u64 {
 }
 
 /// Writes an event that creates memory, with its stack and the stack window
-/// above the user stack pointer `sp` (see `STACK_WINDOW_WORDS`).
+/// above the user stack pointer (see `STACK_WINDOW_WORDS`). Called at
+/// return probes: frame 0 is a return address, as the unwind rules need.
 #[inline(always)]
-pub fn emit_site_event<C: EbpfContext>(ctx: &C, heap: HeapEvent, sp: u64) {
+pub fn emit_site_event(regs: &UserRegs, mut heap: HeapEvent) {
     // Before the event's own record: user space must know the stack first.
-    let stack = user_stack(ctx);
+    let Delivered { hash, resume } = delivered_stack(regs, unwind::by_rules());
+    heap.stack = hash;
+    let sp = regs.sp;
+    if let Some((last_sp, last_bp)) = resume {
+        // The reader is woken to write the rules soon.
+        heap.flags |= FLAG_STACK_COPY;
+        if stack_copy::emit_copy_from(&heap, last_sp, last_bp, BPF_RB_FORCE_WAKEUP) {
+            return;
+        }
+        heap.flags &= !FLAG_STACK_COPY;
+        count_drop(DropReason::StacksCut);
+    }
     let Some(mut entry) = EVENTS.reserve::<SiteEvent>(0) else {
         count_drop(DropReason::RingBufFull);
         return;
     };
     let record = entry.as_mut_ptr();
-    // SAFETY: `record` points at a reserved, exclusively owned ring buffer record.
+    // SAFETY: `record` points at a reserved, exclusively owned ring buffer
+    // record; the window is a plain byte range inside it.
     unsafe {
-        (*record).heap = HeapEvent { stack, ..heap };
+        (*record).heap = heap;
         (*record).sp = sp;
-        (*record).stack_window =
-            bpf_probe_read_user(sp as *const [u64; STACK_WINDOW_WORDS]).unwrap_or([0; STACK_WINDOW_WORDS]);
+        // Straight into the record (zeroed where it cannot be read): a copy
+        // through the BPF stack would take 128 of its 512 bytes.
+        let window = &mut (*record).stack_window;
+        generated::bpf_probe_read_user(
+            window.as_mut_ptr().cast(),
+            size_of_val(window) as u32,
+            sp as *const c_void,
+        );
     }
     entry.submit(wakeup_flags());
 }

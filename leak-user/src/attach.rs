@@ -32,7 +32,7 @@ use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use crate::{
     lookup::{self, ModuleRef},
     placement::{self, Handling, Placement},
-    uprobe_multi::{self, MultiPrograms},
+    uprobe_multi::{self, MultiPrograms, ProgramRun},
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
@@ -43,6 +43,8 @@ enum Hook {
     /// An entry program at the entry instruction, plus the shared return
     /// program (`alloc_return`): allocators.
     Paired,
+    /// An entry program at the entry instruction, plus this return program.
+    Around(&'static str),
     /// An entry program only, placed on the cheapest usable instruction.
     Entry,
     /// A return program only.
@@ -56,9 +58,24 @@ enum Hook {
 struct ProbeSpec {
     probe: Probe,
     symbol: &'static str,
+    /// The function's name in other versions of the module, if it moved.
+    also_named: Option<&'static str>,
     program: &'static str,
     args: &'static [Register],
     hook: Hook,
+}
+
+impl ProbeSpec {
+    const fn also_named(self, symbol: &'static str) -> ProbeSpec {
+        ProbeSpec {
+            also_named: Some(symbol),
+            ..self
+        }
+    }
+
+    fn names(&self) -> impl Iterator<Item = &'static str> {
+        std::iter::once(self.symbol).chain(self.also_named)
+    }
 }
 
 const fn spec(
@@ -71,6 +88,7 @@ const fn spec(
     ProbeSpec {
         probe,
         symbol,
+        also_named: None,
         program,
         args,
         hook,
@@ -226,6 +244,17 @@ const NODE_PROBES: &[ProbeSpec] = &[
         &[],
         Hook::Entry,
     ),
+    // zlib's allocations, made on the thread pool, tell their owner: the
+    // native stream object (before Node 24 a template per stream type, from
+    // 24 on its CompressionStreamMemoryOwner base, inside the object).
+    spec(
+        Probe::NodeZlibAlloc,
+        "_ZN4node12_GLOBAL__N_128CompressionStreamMemoryOwner12AllocForZlib",
+        "owned_alloc_enter",
+        &[RDI],
+        Hook::Around("owned_alloc_return"),
+    )
+    .also_named("_ZN4node12_GLOBAL__N_117CompressionStreamINS0_11ZlibContextEE12AllocForZlib"),
 ];
 
 /// The Node hooks of `watch`: JS heap pages and GCs, which fire a few times
@@ -371,9 +400,9 @@ impl Links {
         probes
     }
 
-    /// Run time of the multi-links' programs so far, which aya does not know of.
-    pub fn multi_programs_run_ns(&self) -> u64 {
-        self.multi_programs.as_ref().map_or(0, MultiPrograms::run_time_ns)
+    /// Run times of the multi-links' programs so far, which aya does not know of.
+    pub fn multi_program_runs(&self) -> Vec<ProgramRun> {
+        self.multi_programs.as_ref().map_or(Vec::new(), MultiPrograms::runs)
     }
 
     /// For a process about to exit: detaches the uprobes (the target runs
@@ -455,6 +484,9 @@ pub struct LoadOptions {
     pub v8_frames: Option<V8FrameLayout>,
     /// How the target's V8 page hooks are read, for Node targets.
     pub v8_pages: Option<V8PageLayout>,
+    /// Per-call events are unwound by the unwind rules user space writes
+    /// (`UnwindRules`), else by frame pointers.
+    pub unwind_rules: bool,
 }
 
 pub fn load(options: &LoadOptions) -> Result<Ebpf> {
@@ -467,6 +499,7 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         .override_global("SAMPLE_BYTES", &sample_bytes, true)
         .override_global("V8_FRAME_LAYOUT", &options.v8_frames.unwrap_or_default(), true)
         .override_global("V8_PAGE_LAYOUT", &options.v8_pages.unwrap_or_default(), true)
+        .override_global("UNWIND_BY_RULES", &u32::from(options.unwind_rules), true)
         .map_max_entries("EVENTS", options.ring_buffer_bytes)
         .map_max_entries("DELIVERED_STACKS", options.max_stacks)
         .load(EBPF_OBJECT)
@@ -586,8 +619,10 @@ fn find_functions(elf: &Path, specs: &[ProbeSpec], tables: Symbols) -> Result<BT
         let Ok(name) = symbol.name() else { continue };
         // Mangled names carry each component's length, so a prefix ending in
         // the function's name cannot match another function.
-        let matches =
-            |spec: &&ProbeSpec| name == spec.symbol || (spec.symbol.starts_with("_Z") && name.starts_with(spec.symbol));
+        let matches = |spec: &&ProbeSpec| {
+            spec.names()
+                .any(|symbol| name == symbol || (symbol.starts_with("_Z") && name.starts_with(symbol)))
+        };
         let Some(spec) = specs.iter().find(matches) else {
             continue;
         };
@@ -917,7 +952,7 @@ fn attach_module(
         }
         let placed = match spec.hook {
             Hook::Entry => placement::place_entry_only(&function.code, function.vaddr, spec.args),
-            Hook::Paired | Hook::Return => placement::place_at_entry(&function.code, function.vaddr),
+            Hook::Paired | Hook::Around(_) | Hook::Return => placement::place_at_entry(&function.code, function.vaddr),
         };
         let placed = match placed {
             Ok(placed) => placed,
@@ -957,6 +992,7 @@ fn attach_module(
             Hook::Entry => points.push(at(spec.program, file_offset, false)),
             Hook::Return => points.push(at(spec.program, entry, true)),
             Hook::Paired => points.extend([at(spec.program, file_offset, false), at(RETURN_PROGRAM, entry, true)]),
+            Hook::Around(returns) => points.extend([at(spec.program, file_offset, false), at(returns, entry, true)]),
         }
         first_at.insert(function.vaddr, probes.len());
         probes.push(AttachedProbe {

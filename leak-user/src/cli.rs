@@ -94,6 +94,10 @@ pub struct HuntArgs {
     /// if ring-buffer traffic matters.
     #[arg(long, value_name = "N", default_value_t = 64 * 1024)]
     pub max_stacks: u32,
+    /// How the kernel side walks the stacks of allocator calls (exact and
+    /// sampled modes).
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = StackWalk::FramePointers)]
+    pub stack_walk: StackWalk,
     /// Command to launch and trace from its first instruction.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -118,6 +122,19 @@ pub enum Mode {
     /// Exact (sampled with --sample-bytes) while the probes stay within
     /// --max-overhead, growth mode from the moment they would not.
     Auto,
+}
+
+/// How the kernel side walks an allocator call's stack.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackWalk {
+    /// By the frame-pointer chain, completed from 16 words of stack: stacks
+    /// of code without frame pointers end early.
+    FramePointers,
+    /// By unwind rules read from each module's CFI (.eh_frame): whole stacks
+    /// through code without frame pointers. A stack's first events go with
+    /// a copy of the stack, from which leakscope reads the rules; until it
+    /// has, a burst of calls of that stack has it cut short (`stacks_cut`).
+    Cfi,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use leak_common::{
     CopiedStackEvent, EventOp, HeapEvent, JsFrameSlots, Probe, SiteEvent, StackRecord, FLAG_ALLOCATOR_INTERNAL,
-    FLAG_ANONYMOUS, MAX_STACK_FRAMES, STACK_WINDOW_WORDS,
+    FLAG_ANONYMOUS, FLAG_STACK_COPY, MAX_STACK_FRAMES, STACK_WINDOW_WORDS,
 };
 
 use crate::{
@@ -14,6 +14,7 @@ use crate::{
     node::NodeStats,
     report::PROT_UNKNOWN,
     symbolize::{ProcessModules, Registers, Splice, StackMemory, Unwinder},
+    unwind_rules::UnwindRules,
     v8::{JsFrame, JsNamer},
 };
 
@@ -78,6 +79,13 @@ pub struct Collector {
     /// Fault stacks whose walk is not the whole stack, for the kernel side to
     /// send with a stack copy from now on (growth mode).
     stacks_to_window: Vec<u64>,
+    /// The kernel side's unwind rules, when it unwinds per-call events by
+    /// them: written from the unwinds of the copies it sends.
+    unwind_rules: Option<UnwindRules>,
+    /// Unwinding by rules: per stack (content hash), the site's stack, keyed
+    /// by its frames and JS frames, so that the kernel side's whole walk of
+    /// a stack and the first one unwound from a copy are one site.
+    by_content: HashMap<u64, u64>,
 }
 
 impl Collector {
@@ -106,6 +114,8 @@ impl Collector {
             fault_samples_seen: HashMap::new(),
             stacks_to_window: Vec::new(),
             per_call_until_ns: None,
+            unwind_rules: None,
+            by_content: HashMap::new(),
         }
     }
 
@@ -139,7 +149,9 @@ impl Collector {
         if self.torn_down_at.is_some() && op != EventOp::Exec {
             return;
         }
-        let per_call = matches!(op, EventOp::Alloc | EventOp::Realloc | EventOp::Free) && !probe.is_node();
+        // Owned blocks are libc's, whichever hook says whose they are.
+        let per_call = (matches!(op, EventOp::Alloc | EventOp::Realloc | EventOp::Free) && !probe.is_node())
+            || op == EventOp::Owned;
         if per_call && self.per_call_until_ns.is_some_and(|until| event.ts_ns >= until) {
             return;
         }
@@ -153,6 +165,7 @@ impl Collector {
                 }
                 self.heap.free(e.addr, e.entry_ns)
             }
+            EventOp::Owned => self.heap.own(e.addr, e.old_addr),
             EventOp::Unmap => self.heap.unmap(e.addr, e.size, e.entry_ns),
             EventOp::Stack => unreachable!("stack records are handled above"),
             EventOp::Teardown => self.torn_down_at = Some(self.seconds_since_start(e.ts_ns)),
@@ -175,6 +188,9 @@ impl Collector {
                 // A new program: its addresses mean other code.
                 self.heap = Heap::new(self.sample_bytes);
                 self.unwinder = Unwinder::default();
+                if let Some(rules) = &mut self.unwind_rules {
+                    rules.forget_all();
+                }
                 self.node = NodeStats::default();
                 // Another program: its V8, if any, is not the one named.
                 if !self.js_namer.as_mut().is_some_and(JsNamer::still_valid_after_exec) {
@@ -210,21 +226,35 @@ impl Collector {
                 }
             }
             EventOp::Alloc | EventOp::Realloc => {
-                let Some(site_event) = read_record::<SiteEvent>(record) else {
-                    self.malformed += 1;
-                    return;
+                let stack = if e.flags & FLAG_STACK_COPY != 0 {
+                    let Some(copied) = read_record::<CopiedStackEvent>(record) else {
+                        self.malformed += 1;
+                        return;
+                    };
+                    self.resumed_stack(e.stack, &copied)
+                } else {
+                    let Some(site_event) = read_record::<SiteEvent>(record) else {
+                        self.malformed += 1;
+                        return;
+                    };
+                    let mut window = [0u8; STACK_WINDOW_WORDS * 8];
+                    for (bytes, word) in window.chunks_exact_mut(8).zip(site_event.stack_window) {
+                        bytes.copy_from_slice(&word.to_le_bytes());
+                    }
+                    let registers = Registers {
+                        sp: site_event.sp,
+                        bp: None,
+                    };
+                    // Heap stacks are taken at the return probe: frame 0 is a return address.
+                    let memory = StackMemory::new(site_event.sp, &window);
+                    self.unwound_stack(e.stack, true, registers, &memory)
                 };
-                let mut window = [0u8; STACK_WINDOW_WORDS * 8];
-                for (bytes, word) in window.chunks_exact_mut(8).zip(site_event.stack_window) {
-                    bytes.copy_from_slice(&word.to_le_bytes());
-                }
-                let registers = Registers {
-                    sp: site_event.sp,
-                    bp: None,
+                let stack = if self.unwind_rules.is_some() {
+                    self.by_content(stack)
+                } else {
+                    stack
                 };
-                // Heap stacks are taken at the return probe: frame 0 is a return address.
-                let memory = StackMemory::new(site_event.sp, &window);
-                let mut key = SiteKey::heap(probe, self.unwound_stack(e.stack, true, registers, &memory));
+                let mut key = SiteKey::heap(probe, stack);
                 if key.kind == Kind::V8Heap {
                     key.detail = e.detail; // the V8 space
                     if e.detail == crate::v8::pages::CODE_LARGE_SPACE {
@@ -386,31 +416,76 @@ impl Collector {
         if splice.is_walk(unwound, walk) {
             return walk_hash;
         }
-        // The completed frames' content hash: unwinds that stop at different
-        // frames (the copy starts at sp's page) but join the walk into the
-        // same stack are one site.
+        let frames = splice.frames(unwound, walk);
+        let walk_indices = splice.walk_indices(unwound, walk);
+        self.keep_unwound(walk_hash, frames, &walk_indices, 0, memory)
+    }
+
+    /// The stack `walk_hash` (the kernel side's unwind by rules, which
+    /// stopped at its last frame, an address it had no rule for) completed
+    /// by unwinding the copy of the stack from that frame on. The rules of
+    /// the steps taken are written for the kernel side.
+    fn resumed_stack(&mut self, walk_hash: u64, event: &CopiedStackEvent) -> u64 {
+        self.refresh_modules_if_changed();
+        let Some(walk) = self.stacks.get(&walk_hash) else {
+            return walk_hash;
+        };
+        let Some((&last, before)) = walk.split_last() else {
+            return walk_hash;
+        };
+        let before = before.len();
+        let copy = &event.copy;
+        let registers = Registers {
+            sp: copy.sp,
+            bp: Some(copy.bp),
+        };
+        let memory = StackMemory::of_copy(copy);
+        // Per-call stacks are taken at return probes: the last frame is a return address.
+        self.unwinder
+            .unwind(&self.modules, last, true, registers, &memory, &mut self.unwound);
+        if let Some(rules) = &mut self.unwind_rules {
+            rules.write(self.unwinder.rules());
+        }
+        let frames: Vec<u64> = walk[..before].iter().chain(&self.unwound).copied().collect();
+        let walk_indices: Vec<Option<usize>> = (0..frames.len()).map(|i| (i < before).then_some(i)).collect();
+        self.keep_unwound(walk_hash, frames, &walk_indices, before, &memory)
+    }
+
+    /// Keeps `frames`, the stack `walk_hash` completed by unwinding `memory`
+    /// (`walk_indices`: per frame, its index in the walk, if it is one of
+    /// the walk's; the unwind's frames start at index `unwound_from`), by
+    /// their content hash, which it returns: unwinds that stop at different
+    /// frames (the copy starts at sp's page) but join the walk into the
+    /// same stack are one site.
+    fn keep_unwound(
+        &mut self,
+        walk_hash: u64,
+        frames: Vec<u64>,
+        walk_indices: &[Option<usize>],
+        unwound_from: usize,
+        memory: &StackMemory,
+    ) -> u64 {
         let mut hasher = DefaultHasher::new();
-        splice
-            .frames_iter(unwound, walk)
-            .for_each(|frame| frame.hash(&mut hasher));
+        frames.iter().for_each(|frame| frame.hash(&mut hasher));
         let hash = hasher.finish().max(1);
         if self.stacks.contains_key(&hash) {
             return hash;
         }
-        let frames = splice.frames(unwound, walk);
         if let Some(namer) = &mut self.js_namer {
             let walk_js = self.js_frames.get(&walk_hash);
             let frame_pointers = self.unwinder.frame_pointers();
-            let indices = splice.walk_indices(unwound, walk);
-            let aligned: Vec<Vec<JsFrame>> = indices
+            let aligned: Vec<Vec<JsFrame>> = walk_indices
                 .iter()
-                .copied()
                 .enumerate()
                 .map(|(i, at)| match at {
-                    Some(at) => walk_js.and_then(|js| js.get(at)).cloned().unwrap_or_default(),
+                    Some(at) => walk_js.and_then(|js| js.get(*at)).cloned().unwrap_or_default(),
                     // A frame the walk did not reach: its slots are in the copy.
                     None => {
-                        let fp = frame_pointers.get(i).copied().unwrap_or(0);
+                        let fp = i
+                            .checked_sub(unwound_from)
+                            .and_then(|i| frame_pointers.get(i))
+                            .copied()
+                            .unwrap_or(0);
                         namer.name_copied_frame(|addr| memory.word(addr), fp, frames[i])
                     }
                 })
@@ -419,12 +494,45 @@ impl Collector {
                 self.js_frames.insert(hash, aligned);
                 self.completed_from.entry(walk_hash).or_default().push(Completed {
                     hash,
-                    walk_index: indices,
+                    walk_index: walk_indices.to_vec(),
                 });
             }
         }
         self.stacks.insert(hash, frames);
         hash
+    }
+
+    /// The stack `hash` keyed by its content, its frames and the names of
+    /// its JS frames (unwinding by rules, see `by_content`).
+    fn by_content(&mut self, hash: u64) -> u64 {
+        if let Some(&keyed) = self.by_content.get(&hash) {
+            return keyed;
+        }
+        let Some(frames) = self.stacks.get(&hash) else {
+            return hash;
+        };
+        let js = self.js_frames.get(&hash);
+        let mut hasher = DefaultHasher::new();
+        frames.hash(&mut hasher);
+        for frame in js.into_iter().flatten().flatten() {
+            (&frame.function, &frame.script, frame.line, frame.column).hash(&mut hasher);
+        }
+        let keyed = hasher.finish().max(1);
+        let (frames, js) = (frames.clone(), js.cloned());
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.stacks.entry(keyed) {
+            entry.insert(frames);
+            if let Some(js) = js {
+                self.js_frames.insert(keyed, js);
+            }
+        }
+        self.by_content.insert(hash, keyed);
+        keyed
+    }
+
+    /// Unwinds per-call stacks in the kernel side by `rules` from now on
+    /// (the programs were loaded to).
+    pub fn set_unwind_rules(&mut self, rules: UnwindRules) {
+        self.unwind_rules = Some(rules);
     }
 
     /// The per-call allocator probes are being detached at `ts_ns`.
@@ -539,6 +647,9 @@ impl Collector {
     pub fn refresh_modules(&mut self) {
         if let Err(e) = self.modules.refresh() {
             log::debug!("cannot re-read the target's mappings: {e}");
+        }
+        if let Some(rules) = &mut self.unwind_rules {
+            rules.modules_changed(&self.modules);
         }
     }
 }

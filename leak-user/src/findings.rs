@@ -9,6 +9,10 @@
 //! sites are grouped by that frame's function and line, and a finding is
 //! titled by it. Memory of the runtime alone (the C library, the dynamic
 //! loader, node and V8) is a finding only while it grows.
+//!
+//! Memory allocated on behalf of another live block (a site `owned_by`
+//! another: node's zlib state, allocated on the thread pool where no JS
+//! frame says whose stream it is) is part of its owner's finding.
 
 use std::collections::HashMap;
 
@@ -76,18 +80,27 @@ pub fn groups(report: &Report) -> Vec<Finding> {
         .map(|site| application_frame(site, is_node).map(|i| &*site.frames[i]))
         .collect();
     let lined = lined_js_frames(report, &app_frames);
+    let own_keys: Vec<(String, String, Option<&Frame>)> = report
+        .sites
+        .iter()
+        .enumerate()
+        .map(|(index, site)| {
+            let app = app_frames[index].map(|frame| with_known_line(site, frame, &lined));
+            let (key, title) = match app {
+                Some(frame) => (
+                    format!("app\0{:?}\0{:?}\0{:?}", frame.function, frame.file, frame.line),
+                    frame_title(frame),
+                ),
+                None => runtime_key(site),
+            };
+            (key, title, app)
+        })
+        .collect();
     let mut by_key: HashMap<String, Finding> = HashMap::new();
     for (index, site) in report.sites.iter().enumerate() {
-        let app = app_frames[index].map(|frame| with_known_line(site, frame, &lined));
-        let (key, title) = match app {
-            Some(frame) => (
-                format!("app\0{:?}\0{:?}\0{:?}", frame.function, frame.file, frame.line),
-                frame_title(frame),
-            ),
-            None => runtime_key(site),
-        };
-        let finding = by_key.entry(key).or_insert_with(|| Finding {
-            title,
+        let (key, title, app) = &own_keys[owner_root(report, index)];
+        let finding = by_key.entry(key.clone()).or_insert_with(|| Finding {
+            title: title.clone(),
             frame: app.cloned(),
             verdict: None,
             outstanding_bytes: 0,
@@ -170,6 +183,19 @@ pub fn of(report: &Report) -> Vec<Finding> {
             Some(group)
         })
         .collect()
+}
+
+/// The site at the top of `index`'s owners (itself if it has none): memory
+/// allocated on behalf of a block is the leak of whatever holds the block.
+fn owner_root(report: &Report, index: usize) -> usize {
+    let mut root = index;
+    for _ in 0..report.sites.len() {
+        match report.sites[root].owned_by {
+            Some(owner) if owner < report.sites.len() && owner != index => root = owner,
+            _ => break,
+        }
+    }
+    root
 }
 
 /// The growth of the sum of several sites' series (None for one site, whose
@@ -531,6 +557,38 @@ mod tests {
         assert!(groups
             .iter()
             .any(|g| g.title == "_dl_map_object in ld-linux-x86-64.so.2 via malloc"));
+    }
+
+    #[test]
+    fn memory_allocated_on_behalf_of_a_block_is_its_owners_finding() {
+        let mut report = report();
+        let zlib = "/usr/lib/x86_64-linux-gnu/libz.so.1";
+        let state = Site {
+            outstanding_bytes: 1000,
+            verdict: Some(Verdict::Growing),
+            frames: vec![frame("deflateInit2_", None, None, zlib, "0x7f55")],
+            ..report.sites[0].clone()
+        };
+        // zlib state of read_lines's objects (site 0), and of objects the
+        // hunt never saw allocated.
+        report.sites.push(Site {
+            owned_by: Some(0),
+            ..state.clone()
+        });
+        report.sites.push(state);
+        let findings = of(&report);
+        let titles: Vec<&str> = findings.iter().map(|f| f.title.as_str()).collect();
+        assert_eq!(
+            titles,
+            [
+                "read_lines (main.c:12)",
+                "deflateInit2_ in libz.so.1 via malloc",
+                "other (main.c:20)"
+            ]
+        );
+        assert_eq!(findings[0].sites, [5, 0, 1]);
+        assert_eq!(findings[0].outstanding_bytes, 1800);
+        assert_eq!(findings[1].sites, [6]);
     }
 
     #[test]

@@ -59,7 +59,8 @@ impl Kind {
     }
 }
 
-/// The identity of an allocation site: one call stack through one allocator.
+/// The identity of an allocation site: one call stack through one allocator,
+/// and for blocks made on behalf of another block, the site of that owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SiteKey {
     pub kind: Kind,
@@ -69,9 +70,11 @@ pub struct SiteKey {
     pub stack: u64,
     /// For mappings: anonymous or file-backed.
     pub anonymous: bool,
-    /// For mappings: PROT_* bits.
     /// Mappings: PROT_* bits. V8 pages: the AllocationSpace id.
     pub detail: u8,
+    /// The site of the live block these blocks were allocated on behalf of
+    /// (see [`Heap::own`]).
+    pub owner: Option<SiteId>,
 }
 
 impl SiteKey {
@@ -82,6 +85,7 @@ impl SiteKey {
             stack,
             anonymous: false,
             detail: 0,
+            owner: None,
         }
     }
 }
@@ -91,6 +95,13 @@ pub type SiteId = u32;
 
 /// A block's size that does not fit a u32: the size is in `Heap::huge_sizes`.
 const HUGE: u32 = u32::MAX;
+
+/// How far past a block's start a pointer into it is looked for
+/// ([`Heap::own`]): a base-class part of a native object, a header before
+/// the memory handed out.
+const MAX_INTERIOR_OFFSET: u64 = 4096;
+/// Heap blocks start at multiples of this (malloc's alignment is 16).
+const BLOCK_ALIGN: u64 = 8;
 
 /// A live page range; pieces of one partially unmapped mapping share `origin`.
 #[derive(Clone, Copy, Debug)]
@@ -178,10 +189,7 @@ impl Heap {
     /// Every outstanding block, with its size and weight.
     fn blocks(&self) -> impl Iterator<Item = (u64, &Block, f64)> + '_ {
         self.blocks.iter().map(|b| {
-            let size = match b.size {
-                HUGE => self.huge_sizes[&b.addr],
-                size => u64::from(size),
-            };
+            let size = self.block_size(b);
             (size, b, f64::from(self.weight(b.site, size)))
         })
     }
@@ -227,6 +235,47 @@ impl Heap {
         });
         if replaced.is_some_and(|old| old.size == HUGE) && stored != HUGE {
             self.huge_sizes.remove(&addr);
+        }
+    }
+
+    /// The block containing `addr` was allocated on behalf of the live block
+    /// containing `owner` (node's zlib state, for its stream object): it moves
+    /// to the twin of its site owned by the owner's site, where a report can
+    /// put it with its owner. A block already owned stays, as does one whose
+    /// owner is not a live block (freed, or allocated before the hunt).
+    pub fn own(&mut self, addr: u64, owner: u64) {
+        let (Some(owned), Some(owner)) = (self.block_containing(addr), self.block_containing(owner)) else {
+            return;
+        };
+        let key = self.sites[owned.site as usize];
+        if owned.addr == owner.addr || key.owner.is_some() {
+            return;
+        }
+        let site = self.intern(SiteKey {
+            owner: Some(owner.site),
+            ..key
+        });
+        let size = self.block_size(&owned);
+        let weight = self.weight(owned.site, size);
+        self.count_allocation(owned.site, size, -weight);
+        self.count_allocation(site, size, weight);
+        self.blocks.insert(Block { site, ..owned });
+    }
+
+    /// The outstanding block that holds `addr`: the nearest one starting at
+    /// most `MAX_INTERIOR_OFFSET` below it (blocks do not overlap).
+    fn block_containing(&self, addr: u64) -> Option<Block> {
+        let aligned = addr - addr % BLOCK_ALIGN;
+        (0..=MAX_INTERIOR_OFFSET / BLOCK_ALIGN)
+            .map_while(|step| aligned.checked_sub(step * BLOCK_ALIGN))
+            .find_map(|start| self.blocks.get(start))
+            .filter(|block| addr < block.addr + self.block_size(block).max(1))
+    }
+
+    fn block_size(&self, block: &Block) -> u64 {
+        match block.size {
+            HUGE => self.huge_sizes[&block.addr],
+            size => u64::from(size),
         }
     }
 
@@ -597,6 +646,36 @@ mod tests {
             ((2000.0 * weight).round() as u64, (2.0 * weight).round() as u64)
         );
         assert_eq!(h.allocated(a), of(&h, a));
+    }
+
+    #[test]
+    fn blocks_allocated_on_behalf_of_a_live_block_join_its_owned_twin_site() {
+        let mut h = Heap::default();
+        let (objects, buffers) = (heap_site(&mut h, 1), heap_site(&mut h, 2));
+        h.alloc(0x1000, 0x200, 10, objects);
+        h.alloc(0x5000, 0x100, 11, buffers);
+        h.alloc(0x6000, 0x100, 12, buffers);
+        // Handed out past a 16-byte header, owned through a pointer into the
+        // object (a base class inside it).
+        h.own(0x5010, 0x1080);
+        // An owner that is no live block (allocated before the hunt).
+        h.own(0x6010, 0x9000);
+        let owned = h.intern(SiteKey {
+            owner: Some(objects),
+            ..SiteKey::heap(Probe::Malloc, 2)
+        });
+        assert_ne!(owned, buffers);
+        assert_eq!((of(&h, owned), of(&h, buffers)), ((0x100, 1), (0x100, 1)));
+        assert_eq!((h.allocated(owned), h.allocated(buffers)), ((0x100, 1), (0x100, 1)));
+        // Owned once: a second owner does not move it again.
+        h.alloc(0x2000, 0x40, 13, objects);
+        h.own(0x5010, 0x2000);
+        assert_eq!(of(&h, owned), (0x100, 1));
+        // Just past the object's end is not in it.
+        h.own(0x6010, 0x1200);
+        assert_eq!(of(&h, buffers), (0x100, 1));
+        h.free(0x5000, 20);
+        assert_eq!(of(&h, owned), (0, 0));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::census_series;
 use crate::{
     analyze::{self, GrowthPolicy},
     attach::{self, AttachedProbe, Counters, Links, LoadOptions, ProbeStatus},
-    cli::HuntArgs,
+    cli::{HuntArgs, StackWalk},
     collect::Collector,
     heap::{Kind, SiteId},
     mode::{self, Measure, OverheadMeter, Plan},
@@ -27,6 +27,7 @@ use crate::{
     symbolize::{Symbolizer, JIT_MODULE},
     target::{self, Launched, Target},
     timeline::Timeline,
+    unwind_rules::UnwindRules,
     v8::{self, JsFrame},
 };
 
@@ -417,6 +418,7 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
         sample_bytes: plan.start.sample_bytes(),
         v8_frames: js_namer.as_ref().map(|namer| namer.layout().frame),
         v8_pages,
+        unwind_rules: args.stack_walk == StackWalk::Cfi,
     };
     let mut ebpf = attach::load(&options)?;
     let (probes, links) = attach::attach(&mut ebpf, target.pid, &modules, plan.start.probe_set())?;
@@ -445,6 +447,9 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let started = Instant::now();
     let mut collector = Collector::new(target.pid, plan.start.sample_bytes());
+    if options.unwind_rules {
+        collector.set_unwind_rules(UnwindRules::take(&mut ebpf)?);
+    }
     if let Some(mut namer) = js_namer {
         namer.validate_with(attach::gc_epoch_reader(&mut ebpf)?);
         collector.set_js_namer(namer);
@@ -507,9 +512,18 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     let counters = Counters::read(&session.ebpf)?;
     // The kernel counts run time while a budget's meter holds the statistics
     // on, or while `kernel.bpf_stats_enabled` is set (the benchmarks do).
-    let programs_ns = mode::programs_run_ns(&session.ebpf, &session.links);
+    let runs = mode::program_runs(&session.ebpf, &session.links);
+    let programs_ns: f64 = runs.iter().map(|run| run.run_ns as f64).sum();
     if session.budget.is_some() || programs_ns > 0.0 {
         log::info!("the BPF programs ran {:.3} ms in all", programs_ns / 1e6);
+        for run in runs.iter().filter(|run| run.runs > 0) {
+            log::info!(
+                "program {} ran {:.3} ms in {} runs",
+                run.name,
+                run.run_ns as f64 / 1e6,
+                run.runs
+            );
+        }
     }
     if end != End::TargetExited {
         collector.refresh_modules();
@@ -798,6 +812,7 @@ fn build_report(
                 verdict_caveat: None,
                 growth: growth.map(|g| g.stats),
                 series,
+                owned_by: None,
             };
             (site, id)
         })
@@ -848,10 +863,14 @@ fn build_report(
     let mut tail = Vec::new();
     let kept = report::split_tail(sites, |(s, _)| s, max_sites.unwrap_or(usize::MAX), &mut tail);
     let mut shared = report::SharedFrames::default();
+    let index_of: std::collections::HashMap<SiteId, usize> =
+        kept.iter().enumerate().map(|(index, &(_, id))| (id, index)).collect();
     let sites = kept
         .into_iter()
         .map(|(mut site, id)| {
             let key = collector.heap.site(id);
+            // An owner that holds nothing at the end is not a site: its blocks were freed.
+            site.owned_by = key.owner.and_then(|owner| index_of.get(&owner).copied());
             let addrs = collector.stack(key.stack).unwrap_or_default();
             // Heap stacks are taken at the return probe: frame 0 is a return
             // address too. A fault's frame 0 is the faulting instruction.

@@ -30,6 +30,7 @@ pub mod symbolize;
 pub mod target;
 pub mod target_files;
 pub mod timeline;
+pub mod unwind_rules;
 pub mod uprobe_multi;
 pub mod v8;
 pub mod watch;

@@ -21,6 +21,7 @@ use crate::{
     cli::Mode,
     placement::Handling,
     report::GrowthStart,
+    uprobe_multi::ProgramRun,
 };
 
 /// Keeps a busy service at >= 90% of its throughput.
@@ -264,12 +265,20 @@ impl OverheadMeter {
 /// Run time of every program of the session so far, per the kernel's
 /// statistics (counted while they are on: while a budget is enforced).
 pub fn programs_run_ns(ebpf: &Ebpf, links: &Links) -> f64 {
-    let loaded_by_aya: f64 = ebpf
-        .programs()
-        .filter_map(|(_, program)| program.info().ok())
-        .map(|info| info.run_time().as_nanos() as f64)
-        .sum();
-    loaded_by_aya + links.multi_programs_run_ns() as f64
+    program_runs(ebpf, links).iter().map(|run| run.run_ns as f64).sum()
+}
+
+/// Each loaded program's run time so far, per the kernel's statistics.
+pub fn program_runs(ebpf: &Ebpf, links: &Links) -> Vec<ProgramRun> {
+    let loaded_by_aya = ebpf.programs().filter_map(|(name, program)| {
+        let info = program.info().ok()?;
+        Some(ProgramRun {
+            name: name.to_string(),
+            run_ns: info.run_time().as_nanos() as u64,
+            runs: info.run_count(),
+        })
+    });
+    loaded_by_aya.chain(links.multi_program_runs()).collect()
 }
 
 /// utime + stime of all of `pid`'s threads (fields 14 and 15 of /proc/PID/stat).

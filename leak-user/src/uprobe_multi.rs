@@ -100,14 +100,29 @@ impl MultiPrograms {
             .with_context(|| format!("cannot create the uprobe multi-link of {name} on {}", module.display()))
     }
 
-    /// Run time of the programs loaded here so far, per the kernel's
-    /// statistics (counted while they are enabled).
-    pub fn run_time_ns(&self) -> u64 {
+    /// The programs loaded here so far, with their run time.
+    pub fn runs(&self) -> Vec<ProgramRun> {
         self.loaded
-            .values()
-            .filter_map(|fd| program_run_time_ns(fd.as_fd()))
-            .sum()
+            .iter()
+            .filter_map(|(name, fd)| {
+                let (run_ns, runs) = program_run_time(fd.as_fd())?;
+                Some(ProgramRun {
+                    name: name.clone(),
+                    run_ns,
+                    runs,
+                })
+            })
+            .collect()
     }
+}
+
+/// How long a program ran and how often, per the kernel's statistics
+/// (counted while they are enabled).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramRun {
+    pub name: String,
+    pub run_ns: u64,
+    pub runs: u64,
 }
 
 /// The eBPF object, its map references pointed at the maps of `ebpf` and
@@ -248,13 +263,14 @@ fn load_program(object: &aya_obj::Object, btf: Option<BorrowedFd<'_>>, name: &st
     })
 }
 
-fn program_run_time_ns(fd: BorrowedFd<'_>) -> Option<u64> {
+/// A program's run time (ns) and run count.
+fn program_run_time(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
     // SAFETY: all-zero is a valid bpf_prog_info and bpf_attr.
     let (mut info, mut attr): (bpf_prog_info, bpf_attr) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
     attr.info.bpf_fd = fd.as_raw_fd() as u32;
     attr.info.info_len = size_of::<bpf_prog_info>() as u32;
     attr.info.info = std::ptr::from_mut(&mut info) as u64;
-    (bpf_call(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr) == 0).then_some(info.run_time_ns)
+    (bpf_call(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr) == 0).then_some((info.run_time_ns, info.run_cnt))
 }
 
 /// A bpf() command that returns a new descriptor.

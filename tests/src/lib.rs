@@ -667,6 +667,61 @@ pub fn sites(report: &Value) -> &[Value] {
         .unwrap_or_else(|| panic!("report has no \"sites\" array"))
 }
 
+/// What a finding holds of unclosed zlib streams: the stream objects node
+/// makes on the main thread (`ZlibStream::New`'s operator new, one per
+/// stream) and zlib's state, allocated on the thread pool on their behalf
+/// (`AllocForZlib`, five blocks per stream once its first write ran).
+#[derive(Debug, Default)]
+pub struct ZlibInFinding {
+    pub stream_objects: u64,
+    pub state_blocks: u64,
+    /// State sites that are not owned by a stream-object site of the finding.
+    pub problems: Vec<String>,
+}
+
+fn calls_near_top(site: &Value, depth: usize, function: &str) -> bool {
+    site["frames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(depth)
+        .any(|f| f["function"].as_str().is_some_and(|name| name.contains(function)))
+}
+
+/// A site of zlib's state, allocated by node's zlib callback.
+pub fn is_zlib_state(site: &Value) -> bool {
+    calls_near_top(site, 2, "AllocForZlib")
+}
+
+pub fn zlib_in_finding(report: &Value, finding: &Value) -> ZlibInFinding {
+    let all = sites(report);
+    let members: Vec<usize> = finding["sites"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.as_u64().map(|i| i as usize))
+        .collect();
+    let mut held = ZlibInFinding::default();
+    for &i in &members {
+        let site = &all[i];
+        let blocks = site["outstanding_allocations"].as_u64().unwrap_or(0);
+        if is_zlib_state(site) {
+            held.state_blocks += blocks;
+            let owner = site["owned_by"].as_u64().map(|o| o as usize);
+            let owned_by_a_stream =
+                owner.is_some_and(|o| members.contains(&o) && calls_near_top(&all[o], 2, "ZlibStream::New"));
+            if !owned_by_a_stream {
+                held.problems.push(format!(
+                    "zlib state site {i} ({blocks} blocks) is owned by {owner:?}, no stream-object site of the finding"
+                ));
+            }
+        } else if calls_near_top(site, 2, "ZlibStream::New") {
+            held.stream_objects += blocks;
+        }
+    }
+    held
+}
+
 pub fn u64_field(v: &Value, key: &str) -> u64 {
     v[key]
         .as_u64()

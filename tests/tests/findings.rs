@@ -35,6 +35,16 @@ fn printed(stdout: &str, prefix: &str) -> u64 {
         .unwrap_or_else(|| panic!("the fixture printed no {prefix:?} line:\n{stdout}"))
 }
 
+/// The line of `script` that contains `marker`.
+fn line_in(script: &Path, marker: &str) -> usize {
+    std::fs::read_to_string(script)
+        .unwrap()
+        .lines()
+        .position(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("no {marker:?} in {}", script.display()))
+        + 1
+}
+
 fn describe_findings(report: &Value) -> String {
     findings(report)
         .iter()
@@ -366,8 +376,9 @@ fn sampled_mode_counts_v8_pages_exactly() {
 /// service exits with its leaks held. The two leaks that hold native memory
 /// are one finding each, whatever JIT tiers and addresses split them into:
 /// the kept Buffers (exactly the fixture's kept bytes, under its upload
-/// handler's line) and zlib's state (five blocks per stream, on the thread
-/// pool). The healthy
+/// handler's line) and the unclosed streams (titled by openArchive's line:
+/// the stream objects it makes, and zlib's state, five blocks per stream,
+/// allocated on the thread pool on their behalf). The healthy
 /// handler is not a growing finding. (The listener and Map-cache leaks are
 /// the heap census's: a service without --expose-gc makes too few full GCs
 /// in a short hunt for a census verdict.)
@@ -470,12 +481,7 @@ fn a_service_with_four_leaks_has_one_finding_per_native_leak() {
         .filter(|f| upload_bytes(f["sites"].as_array().unwrap()) > 0)
         .collect();
     assert_eq!(uploads.len(), 1, "{}", context());
-    let handler_line = std::fs::read_to_string(&script)
-        .unwrap()
-        .lines()
-        .position(|l| l.contains("Buffer.concat(chunks)"))
-        .unwrap()
-        + 1;
+    let handler_line = line_in(&script, "Buffer.concat(chunks)");
     assert_eq!(
         uploads[0]["title"],
         format!("(anonymous) (service_four_leaks.js:{handler_line})"),
@@ -490,21 +496,49 @@ fn a_service_with_four_leaks_has_one_finding_per_native_leak() {
     );
 
     // zlib's state: allocated on the thread pool (no JS frame), five blocks
-    // per stream, one finding however many addresses inside deflateInit2_.
+    // per stream, on behalf of the stream's native object, which
+    // `zlib.createDeflate()` makes under openArchive: one finding, titled by
+    // that line, holding every stream's object and state, however many JIT
+    // tiers and addresses split them into sites.
     let streams = counts["archives_initialized"].as_u64().unwrap();
-    let zlib: Vec<&Value> = found
-        .iter()
-        .filter(growing)
-        .filter(|f| f["title"].as_str().unwrap().contains("AllocForZlib"))
-        .collect();
+    assert!(streams >= 150, "{}", context());
+    let holds_zlib_state = |f: &&Value| {
+        f["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| is_zlib_state(&sites[i.as_u64().unwrap() as usize]))
+    };
+    let zlib: Vec<&Value> = found.iter().filter(growing).filter(holds_zlib_state).collect();
     assert_eq!(zlib.len(), 1, "{}", context());
+    let archive_line = line_in(&script, "const deflate = zlib.createDeflate()");
     assert_eq!(
-        zlib[0]["outstanding_allocations"].as_u64(),
-        Some(5 * streams),
+        zlib[0]["title"],
+        format!("openArchive (service_four_leaks.js:{archive_line})"),
         "{}",
         context()
     );
-    assert!(streams >= 150, "{}", context());
+    let held = zlib_in_finding(&report, zlib[0]);
+    assert!(held.problems.is_empty(), "{:?}\n{}", held.problems, context());
+    assert_eq!(held.state_blocks, 5 * streams, "{}", context());
+    assert_eq!(
+        held.stream_objects,
+        counts["archives"].as_u64().unwrap(),
+        "{}",
+        context()
+    );
+    // Every block of zlib state is there: none is left to a finding of its own.
+    let all_state: u64 = sites
+        .iter()
+        .filter(|s| is_zlib_state(s))
+        .map(|s| s["outstanding_allocations"].as_u64().unwrap())
+        .sum();
+    assert_eq!(all_state, held.state_blocks, "{}", context());
+    assert!(
+        zlib[0]["outstanding_allocations"].as_u64().unwrap() > held.state_blocks + held.stream_objects,
+        "the stream's JS-side Buffers are in it too\n{}",
+        context()
+    );
 
     // The healthy handler frees what it allocates: never a growing finding.
     assert!(

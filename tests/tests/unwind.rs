@@ -1,7 +1,7 @@
 //! Whole stacks through code without frame pointers. unwind.c, built with
 //! -O2 -fomit-frame-pointer, leaks through a chain of seven functions (two
-//! inlined) into glibc's malloc, memset and mmap, none of which keeps a
-//! frame pointer: every frame from the allocation to `main` must come out,
+//! inlined, one with 512 bytes of locals) into glibc's malloc, memset and
+//! mmap, none of which keeps a frame pointer: every frame from the allocation to `main` must come out,
 //! at the line of its call, with the exact bytes and pages of each site.
 
 use std::path::{Path, PathBuf};
@@ -146,19 +146,49 @@ fn assert_mappings_whole(report: &Value, path: &Path) {
     assert_eq!(held(site), (REQUESTS * MAPPING_PAGES * PAGE, REQUESTS), "{site:#}");
 }
 
-/// Exact mode: mappings are unwound from their stack copy; heap stacks from
-/// the 16 words of stack their event brings, which here reach `main`.
+/// Exact mode with `--stack-walk cfi`: mappings are unwound from their
+/// stack copy; heap stacks by the kernel side, by the unwind rules leakscope read from the CFI of the
+/// stack copy their first event brought. parse_body's 512 bytes of locals
+/// are beyond the 16 words of stack the frame-pointer walk's events bring.
 #[test]
 fn exact_mode_stacks_are_whole_through_frameless_code() {
     let path = fixture();
-    let run = run_launch(&path, &[], &["--mode", "exact"]);
+    let run = run_launch(&path, &[], &["--mode", "exact", "--stack-walk", "cfi"]);
     assert!(run.status.success(), "leakscope failed:\n{}", run.stderr);
     let report = &run.report;
 
     assert_mappings_whole(report, &path);
 
-    // Taken at malloc's return: frame 0 is in the caller.
+    // Taken at malloc's return: frame 0 is in the caller. One site, whole,
+    // for every block: the first event's stack (unwound from its copy) and
+    // the others' (unwound by the rules) are one.
     let blocks = chain("keep_block", "keep_block", "store_chunk");
     let site = site_with_chain(report, &path, "malloc", &blocks, false);
     assert_eq!(held(site), (REQUESTS * BLOCK_BYTES, REQUESTS), "{site:#}");
+    for drop in ["stack_lost", "stacks_cut"] {
+        assert_eq!(u64_field(&report["drops"], drop), 0, "{:#}", report["drops"]);
+    }
+}
+
+/// The frame-pointer walk alone (`--stack-walk frame-pointers`, the
+/// default) ends the same stacks at parse_body, whose frame its 16 words do
+/// not cover: what the test above would see without the unwind rules.
+#[test]
+fn exact_mode_frame_pointer_walk_ends_at_the_large_frame() {
+    let path = fixture();
+    let run = run_launch(&path, &[], &["--mode", "exact", "--stack-walk", "frame-pointers"]);
+    assert!(run.status.success(), "leakscope failed:\n{}", run.stderr);
+    let blocks: Vec<&Value> = sites(&run.report)
+        .iter()
+        .filter(|s| s["allocator"] == "malloc" && s["frames"][0]["function"] == "keep_block")
+        .collect();
+    assert_eq!(blocks.len(), 1, "{blocks:#?}");
+    let functions: Vec<&str> = blocks[0]["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["function"].as_str())
+        .collect();
+    assert_eq!(functions.last(), Some(&"parse_body"), "{functions:?}");
+    assert_eq!(held(blocks[0]), (REQUESTS * BLOCK_BYTES, REQUESTS), "{:#}", blocks[0]);
 }

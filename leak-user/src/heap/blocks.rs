@@ -68,6 +68,15 @@ impl Blocks {
         None
     }
 
+    /// The block at `addr`, if one starts there.
+    pub fn get(&self, addr: u64) -> Option<Block> {
+        let shard = &self.index[shard_of(addr)];
+        let blocks = &self.blocks;
+        shard
+            .find(self.hasher.hash_one(addr), |&i| blocks[i as usize].addr == addr)
+            .map(|&i| blocks[i as usize])
+    }
+
     /// Removes the block at `addr` if `release` accepts it.
     pub fn remove_if(&mut self, addr: u64, release: impl FnOnce(&Block) -> bool) -> Option<Block> {
         let Blocks { blocks, index, hasher } = self;

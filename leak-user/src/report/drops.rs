@@ -18,6 +18,9 @@ pub struct Bias {
     pub stacks_lost: u64,
     /// Page faults not counted.
     pub faults_lost: bool,
+    /// Allocations counted under a stack cut short (the kernel side had no
+    /// unwind rule yet for one of its frames), not under their whole stack.
+    pub stacks_cut: u64,
 }
 
 impl Bias {
@@ -33,6 +36,7 @@ impl Bias {
                 "sampled_blocks_full" => bias.inflated = true,
                 "stack_lost" => bias.stacks_lost += n,
                 "fault_stacks_full" => bias.faults_lost = true,
+                "stacks_cut" => bias.stacks_cut += n,
                 // A counter this build does not know: assume the worst.
                 _ => (bias.inflated, bias.deflated) = (true, true),
             }
@@ -60,6 +64,12 @@ impl Bias {
         }
         if self.faults_lost {
             parts.push("page-fault figures are under-counts".to_string());
+        }
+        if self.stacks_cut > 0 {
+            parts.push(format!(
+                "{} allocation stacks were cut short (no unwind rule yet): totals hold, but those bytes count under a shorter stack",
+                self.stacks_cut
+            ));
         }
         (!parts.is_empty()).then(|| parts.join("; "))
     }

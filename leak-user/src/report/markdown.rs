@@ -310,6 +310,9 @@ fn sites(out: &mut String, report: &Report, listing: Listing) {
             ),
             None => code(&site.allocator),
         };
+        if let Some(owner) = super::owner_rank(report, &ranked, site) {
+            let _ = writeln!(out, "- **Allocated on behalf of** the blocks of call stack {owner}");
+        }
         if site.kind == crate::heap::Kind::PagesTouched {
             let _ = writeln!(
                 out,

@@ -12,7 +12,7 @@ pub mod text;
 
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     io::Write,
     sync::Arc,
 };
@@ -364,6 +364,10 @@ pub struct Site {
     /// Outstanding memory of this site sampled over the hunt.
     #[serde(default)]
     pub series: Option<Series>,
+    /// Index in `sites` of the site whose live blocks this site's blocks
+    /// were allocated on behalf of (node's zlib state: its stream object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owned_by: Option<usize>,
 }
 
 /// Whether a site (or the process) keeps growing.
@@ -554,10 +558,20 @@ pub fn split_tail<T>(items: Vec<T>, site: impl Fn(&T) -> &Site, max: usize, tail
     kept
 }
 
-/// `--max-sites` on a report: the sites beyond `max` join its tail.
+/// `--max-sites` on a report: the sites beyond `max` join its tail, and
+/// the indices of the rest (owners, findings) follow them.
 pub fn limit_sites(report: &mut Report, max: usize) {
-    let sites = std::mem::take(&mut report.sites);
-    report.sites = split_tail(sites, |s| s, max, &mut report.tail);
+    let sites: Vec<(usize, Site)> = std::mem::take(&mut report.sites).into_iter().enumerate().collect();
+    let kept = split_tail(sites, |(_, s)| s, max, &mut report.tail);
+    let new_index: HashMap<usize, usize> = kept.iter().enumerate().map(|(new, &(old, _))| (old, new)).collect();
+    report.sites = kept
+        .into_iter()
+        .map(|(_, mut site)| {
+            site.owned_by = site.owned_by.and_then(|old| new_index.get(&old).copied());
+            site
+        })
+        .collect();
+    report.findings = crate::findings::of(report);
 }
 
 /// The sites of the stack formats (folded, flame graph, pprof), which add
@@ -589,6 +603,7 @@ pub fn stack_sites(report: &Report) -> Vec<Cow<'_, Site>> {
             verdict_caveat: None,
             growth: None,
             series: None,
+            owned_by: None,
         })
     });
     report.sites.iter().map(Cow::Borrowed).chain(tail).collect()
@@ -657,6 +672,13 @@ pub fn ranked(report: &Report) -> Vec<&Site> {
         .into_iter()
         .map(|i| &report.sites[i])
         .collect()
+}
+
+/// The rank (from 1, in `ranked`) of the site whose blocks `site`'s were
+/// allocated on behalf of.
+pub fn owner_rank(report: &Report, ranked: &[&Site], site: &Site) -> Option<usize> {
+    let owner = report.sites.get(site.owned_by?)?;
+    ranked.iter().position(|s| std::ptr::eq(*s, owner)).map(|i| i + 1)
 }
 
 /// The indices of `sites` in [`ranked`] order.
@@ -869,6 +891,43 @@ pub(crate) mod tests {
         let mut report = sample_report();
         limit_sites(&mut report, 4);
         assert_eq!((report.sites.len(), report.tail.len()), (4, 0));
+    }
+
+    #[test]
+    fn owners_follow_their_sites_past_max_sites() {
+        let mut report = sample_report();
+        let at = |report: &Report, function: &str| {
+            report
+                .sites
+                .iter()
+                .position(|s| s.frames[0].function.as_deref() == Some(function))
+                .unwrap()
+        };
+        let (cache, fill) = (at(&report, "cache_insert"), at(&report, "std::array<int; 2>::fill"));
+        let left_out = (0..report.sites.len()).find(|&i| i != cache && i != fill).unwrap();
+        report.sites[fill].owned_by = Some(cache);
+        report.sites[cache].owned_by = Some(left_out);
+        limit_sites(&mut report, 2);
+        let (cache, fill) = (at(&report, "cache_insert"), at(&report, "std::array<int; 2>::fill"));
+        assert_eq!(report.sites[fill].owned_by, Some(cache));
+        assert_eq!(report.sites[cache].owned_by, None, "its owner is in the tail");
+        let ranked = ranked(&report);
+        let cache_rank = ranked
+            .iter()
+            .position(|s| std::ptr::eq(*s, &report.sites[cache]))
+            .unwrap()
+            + 1;
+        assert_eq!(owner_rank(&report, &ranked, &report.sites[fill]), Some(cache_rank));
+        let text = String::from_utf8(render(&report, Format::Text, LISTING).unwrap()).unwrap();
+        let owned_line = format!("\n    allocated on behalf of the blocks of #{cache_rank}\n");
+        assert_eq!(text.matches(&owned_line).count(), 1, "{text}");
+        let markdown = String::from_utf8(render(&report, Format::Markdown, LISTING).unwrap()).unwrap();
+        assert!(
+            markdown.contains(&format!(
+                "- **Allocated on behalf of** the blocks of call stack {cache_rank}\n"
+            )),
+            "{markdown}"
+        );
     }
 
     #[test]

@@ -108,8 +108,9 @@ pub fn render(report: &Report, listing: Listing) -> String {
     let ranked = super::ranked(report);
     write_findings(&mut out, report, &ranked);
     let is_node = report.node.is_some();
-    for (rank, site) in ranked.into_iter().take(top).enumerate() {
-        write_site(&mut out, rank + 1, site, is_node, listing.full_stacks);
+    for (rank, site) in ranked.iter().take(top).enumerate() {
+        let owner = super::owner_rank(report, &ranked, site);
+        write_site(&mut out, rank + 1, site, owner, is_node, listing.full_stacks);
     }
     if report.sites.len() > top {
         let _ = writeln!(
@@ -162,7 +163,7 @@ fn write_findings(out: &mut String, report: &Report, ranked: &[&Site]) {
     }
 }
 
-fn write_site(out: &mut String, rank: usize, site: &Site, is_node: bool, full_stacks: bool) {
+fn write_site(out: &mut String, rank: usize, site: &Site, owner: Option<usize>, is_node: bool, full_stacks: bool) {
     let mapping = site
         .mapping
         .as_ref()
@@ -195,6 +196,9 @@ fn write_site(out: &mut String, rank: usize, site: &Site, is_node: bool, full_st
         )
     };
     let _ = writeln!(out, "\n#{rank} {verdict}{held}");
+    if let Some(owner) = owner {
+        let _ = writeln!(out, "    allocated on behalf of the blocks of #{owner}");
+    }
     if site.frames.is_empty() {
         let _ = writeln!(out, "    (stack lost: see drops)");
     }

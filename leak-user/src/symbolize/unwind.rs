@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use leak_common::{StackCopy, MAX_STACK_FRAMES, STACK_COPY_PAGE_BYTES};
+use leak_common::{StackCopy, UnwindRule, MAX_STACK_FRAMES, STACK_COPY_PAGE_BYTES};
 
 use super::cfi::{CfaBase, Cfi, CfiRow, FrameRule};
 use super::maps::ProcessModules;
@@ -65,6 +65,9 @@ pub struct Unwinder {
     /// Of the last unwind, per frame: the frame pointer of the function the
     /// frame is in, where known (0 otherwise), which shows a JS frame's slots.
     frame_pointers: Vec<u64>,
+    /// Of the last unwind, per step: the address looked up and its rule, for
+    /// the kernel side's walk (`UNWIND_RULES`).
+    rules: Vec<(u64, UnwindRule)>,
 }
 
 impl Unwinder {
@@ -87,11 +90,14 @@ impl Unwinder {
         frames.push(pc);
         self.frame_pointers.clear();
         self.frame_pointers.push(registers.bp.unwrap_or(0));
+        self.rules.clear();
         // A return address is looked up at the call instruction before it.
         let mut lookup = if pc_returns { pc.wrapping_sub(1) } else { pc };
         let Registers { mut sp, mut bp } = registers;
         while frames.len() < MAX_STACK_FRAMES {
-            let (cfa, return_address, caller_bp) = match self.step(modules, lookup) {
+            let step = self.step(modules, lookup);
+            self.rules.push((lookup, kernel_rule(step)));
+            let (cfa, return_address, caller_bp) = match step {
                 Some(Step::Cfi(rule)) => {
                     let base = match rule.cfa_base {
                         CfaBase::Sp => sp,
@@ -128,7 +134,11 @@ impl Unwinder {
                 return true;
             }
             // A stack only grows down: a caller's frame is above its callee's.
-            if cfa <= sp || !modules.is_code(return_address.wrapping_sub(1)) {
+            if cfa <= sp {
+                return false;
+            }
+            if !modules.is_code(return_address.wrapping_sub(1)) {
+                self.rules.push((return_address.wrapping_sub(1), kernel_rule(None)));
                 return false;
             }
             frames.push(return_address);
@@ -143,6 +153,13 @@ impl Unwinder {
     /// in (0: not known).
     pub fn frame_pointers(&self) -> &[u64] {
         &self.frame_pointers
+    }
+
+    /// Per step of the last unwind, the address its rule was looked up at
+    /// (a return address − 1, or frame 0's exact address) and the rule as the
+    /// kernel side's walk takes it; `STOP` where the address is not code.
+    pub fn rules(&self) -> &[(u64, UnwindRule)] {
+        &self.rules
     }
 
     /// None when `pc` is in no code the target mapped.
@@ -167,6 +184,52 @@ impl Unwinder {
         };
         self.steps.insert(pc, step);
         Some(step)
+    }
+}
+
+/// `step` as the kernel side's `UnwindRule`: None (not code), a rule it does
+/// not evaluate or offsets beyond 32 bits end the stack there.
+fn kernel_rule(step: Option<Step>) -> UnwindRule {
+    let stop = UnwindRule {
+        kind: UnwindRule::STOP,
+        ..UnwindRule::default()
+    };
+    let rule = match step {
+        Some(Step::Cfi(rule)) => rule,
+        Some(Step::FramePointer) => {
+            return UnwindRule {
+                kind: UnwindRule::FRAME_POINTER,
+                ..UnwindRule::default()
+            }
+        }
+        Some(Step::Stop) | None => return stop,
+    };
+    let Some(return_address) = rule.return_address else {
+        return UnwindRule {
+            kind: UnwindRule::OUTERMOST,
+            ..UnwindRule::default()
+        };
+    };
+    let kind = match rule.cfa_base {
+        CfaBase::Sp => UnwindRule::CFA_SP,
+        CfaBase::Bp => UnwindRule::CFA_BP,
+    };
+    // 0 in `saved_bp` means not saved: %rbp is never saved at the CFA itself
+    // (the caller's stack).
+    let saved_bp = match rule.saved_bp.map(i32::try_from) {
+        None => Ok(0),
+        Some(Ok(0)) => return stop,
+        Some(at) => at,
+    };
+    match (i32::try_from(rule.cfa_offset), i32::try_from(return_address), saved_bp) {
+        (Ok(cfa_offset), Ok(return_address), Ok(saved_bp)) => UnwindRule {
+            kind,
+            cfa_offset,
+            return_address,
+            saved_bp,
+            ..UnwindRule::default()
+        },
+        _ => stop,
     }
 }
 
@@ -271,6 +334,46 @@ mod tests {
         // Overlapping, but not at the last unwound frame: no guess.
         let (unwound, walk) = ([1, 2, 3], [1, 2, 4]);
         assert_eq!(Splice::of(&unwound, false, &walk).frames(&unwound, &walk), [1, 2, 3]);
+    }
+
+    #[test]
+    fn kernel_rules_say_what_the_cfi_rows_say() {
+        let cfi = |cfa_base, cfa_offset, return_address, saved_bp| {
+            Some(Step::Cfi(FrameRule {
+                cfa_base,
+                cfa_offset,
+                return_address,
+                saved_bp,
+            }))
+        };
+        let rule = |kind, cfa_offset, return_address, saved_bp| UnwindRule {
+            kind,
+            cfa_offset,
+            return_address,
+            saved_bp,
+            ..UnwindRule::default()
+        };
+        // A frameless function's body: the CFA above its locals.
+        assert_eq!(
+            kernel_rule(cfi(CfaBase::Sp, 24, Some(-8), None)),
+            rule(UnwindRule::CFA_SP, 24, -8, 0)
+        );
+        // A frame-pointer function's body.
+        assert_eq!(
+            kernel_rule(cfi(CfaBase::Bp, 16, Some(-8), Some(-16))),
+            rule(UnwindRule::CFA_BP, 16, -8, -16)
+        );
+        assert_eq!(kernel_rule(cfi(CfaBase::Sp, 8, None, None)).kind, UnwindRule::OUTERMOST);
+        assert_eq!(kernel_rule(Some(Step::FramePointer)).kind, UnwindRule::FRAME_POINTER);
+        // Not code, rules not evaluated, offsets it cannot hold: the end.
+        for step in [
+            None,
+            Some(Step::Stop),
+            cfi(CfaBase::Sp, 1 << 40, Some(-8), None),
+            cfi(CfaBase::Sp, 16, Some(-8), Some(0)),
+        ] {
+            assert_eq!(kernel_rule(step).kind, UnwindRule::STOP, "{step:?}");
+        }
     }
 
     #[test]

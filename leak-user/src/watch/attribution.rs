@@ -76,6 +76,8 @@ impl Attribution {
             sample_bytes: None,
             v8_frames: js_namer.as_ref().map(|namer| namer.layout().frame),
             v8_pages,
+            // No per-call probes.
+            unwind_rules: false,
         };
         let mut ebpf = attach::load(&options)?;
         let (_, links) = attach::attach(&mut ebpf, pid, &modules, ProbeSet::Watch { fault_period })?;

@@ -772,3 +772,85 @@ pub(super) fn throughput_note(what: &str, ratio: f64, target: f64, decimals: usi
         format!("Issue target, {what}: **missed** ({ratio:.decimals$} ×). {why}")
     }
 }
+
+/// The trap floor of tracing `target` (a command whose libc is `libc`):
+/// bench/empty_probes.c's empty programs, on multi-links as leakscope's, where
+/// leakscope places its probes on malloc (entry and return) and free.
+/// With `session`, malloc's entry is a session uprobe whose program declines
+/// the return probe, as a sampler could for a call it passes over.
+pub(super) struct TrapFloor {
+    empty_probes: String,
+    pub(super) libc: String,
+    /// File offsets of the probes.
+    pub(super) malloc: u64,
+    pub(super) free: u64,
+}
+
+impl TrapFloor {
+    /// Reads leakscope's placements from its `-v` log of a hunt of `idle`, a
+    /// command that makes no pairs.
+    pub(super) fn at_placements(tools: &Tools, libc: &str, idle: &[String]) -> Result<Self> {
+        let report = rel(&work_dir().join("placements.json"));
+        let mut args = vec!["--mode", "exact", "--format", "json", "-o", &report, "--"];
+        args.extend(idle.iter().map(String::as_str));
+        let log = output_stderr(&tools.hunt(true, &args))?;
+        let placed = |symbol: &str| -> Result<u64> {
+            let phrase = format!("probe {symbol} at +");
+            let offset = log
+                .lines()
+                .find_map(|l| l.split_once(&phrase)?.1.split(':').next())
+                .with_context(|| format!("no `{phrase}` line in:\n{log}"))?;
+            let past = u64::from_str_radix(offset.trim_start_matches("0x"), 16)?;
+            Ok(file_offset(libc, symbol)? + past)
+        };
+        Ok(TrapFloor {
+            empty_probes: compile("empty_probes")?,
+            libc: libc.to_string(),
+            malloc: placed("malloc")?,
+            free: placed("free")?,
+        })
+    }
+
+    pub(super) fn argv(&self, session: bool, target: &[String]) -> Vec<String> {
+        let malloc = if session {
+            vec![format!("session:{:#x}", self.malloc)]
+        } else {
+            vec![
+                format!("entry:{:#x}", self.malloc),
+                format!("return:{:#x}", self.malloc),
+            ]
+        };
+        [
+            vec![self.empty_probes.clone(), self.libc.clone()],
+            malloc,
+            vec![format!("entry:{:#x}", self.free), "--".into()],
+            target.to_vec(),
+        ]
+        .concat()
+    }
+}
+
+/// The file offset of `symbol` (a dynamic symbol) in the ELF file `module`.
+fn file_offset(module: &str, symbol: &str) -> Result<u64> {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    let symbols = output(Command::new("nm").args(["-D", "--defined-only", module]))?;
+    let address = symbols
+        .lines()
+        .find_map(|l| {
+            let [value, _, name] = l.split_whitespace().collect::<Vec<_>>()[..] else {
+                return None;
+            };
+            (name.split('@').next() == Some(symbol)).then(|| hex(value))?
+        })
+        .with_context(|| format!("no symbol {symbol} in {module}"))?;
+    let headers = output(Command::new("readelf").args(["-lW", module]))?;
+    headers
+        .lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            ["LOAD", offset, vaddr, _, filesz, ..] => Some((hex(offset)?, hex(vaddr)?, hex(filesz)?)),
+            _ => None,
+        })
+        .find(|&(_, vaddr, size)| (vaddr..vaddr + size).contains(&address))
+        .map(|(offset, vaddr, _)| address - vaddr + offset)
+        .with_context(|| format!("{symbol} of {module} is in no LOAD segment"))
+}

@@ -5,8 +5,8 @@
 use anyhow::{Context as _, Result};
 
 use super::{
-    compile, fmt_ns, fmt_secs, logged_secs, measure, median, output_stderr, rel, shell_line, stats, timed, words,
-    work_dir, Plan, Running, Section, Tools,
+    compile, fmt_ns, fmt_secs, libc_of, logged_secs, measure, median, needs, output_stderr, rel, shell_line, stats,
+    timed, unavailable, words, work_dir, Plan, Running, Section, Tools, TrapFloor,
 };
 
 pub(super) const TITLE_FIXED: &str = "6a. Fixed costs: attach, detach, launch";
@@ -102,6 +102,10 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
     let pairs = plan.pairs.to_string();
     let report = rel(&work_dir().join("cost.json"));
     let untraced = words(&[&program, &pairs, "cpu"]);
+    let floor = TrapFloor::at_placements(tools, &libc_of(&program)?, &words(&[&program, "0"]))?;
+    let heaptrack_out = rel(&work_dir().join("heaptrack/cost"));
+    let heaptrack = needs(tools.heaptrack, "heaptrack")
+        .map(|()| [words(&["heaptrack", "-o", &heaptrack_out]), untraced.clone()].concat());
     // The kernel's run-time statistics, on for these runs only: a budget
     // would turn them on too, but would switch modes at its limit.
     let _stats = BpfStats::enable()?;
@@ -111,7 +115,23 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
             "--mode", "exact", "--format", "json", "-o", &report, "--", &program, &pairs, "cpu",
         ],
     );
+    let others = [
+        (
+            "empty programs at leakscope's placements (the trap floor)",
+            Ok(floor.argv(false, &untraced)),
+        ),
+        (
+            "the same, malloc's entry a session uprobe that declines its return",
+            Ok(floor.argv(true, &untraced)),
+        ),
+        ("heaptrack (LD_PRELOAD)", heaptrack),
+    ];
     let (mut untraced_ns, mut traced_ns, mut programs_ns) = (Vec::new(), Vec::new(), Vec::new());
+    // Per pair, each program's run time, from the `-v` log's `program NAME ran`
+    // lines: malloc's entry and return probes and free's.
+    let per_program = ["size_enter", "alloc_return", "free_enter"];
+    let mut program_ns = vec![Vec::new(); per_program.len()];
+    let mut others_ns = vec![Vec::new(); others.len()];
     for rep in 1..=plan.reps {
         untraced_ns.push(measure(&untraced)?);
         let out = super::command(&exact).output()?;
@@ -137,6 +157,19 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
             })
             .with_context(|| format!("no `the BPF programs ran` line in:\n{log}"))?;
         programs_ns.push(ran_ms * 1e6 / plan.pairs as f64);
+        for (name, values) in per_program.iter().zip(&mut program_ns) {
+            let phrase = format!("program {name} ran ");
+            let ms: f64 = log
+                .lines()
+                .find_map(|l| l.split_once(&phrase)?.1.split_whitespace().next()?.parse().ok())
+                .with_context(|| format!("no `{phrase}` line in:\n{log}"))?;
+            values.push(ms * 1e6 / plan.pairs as f64);
+        }
+        for ((_, argv), values) in others.iter().zip(&mut others_ns) {
+            if let Ok(argv) = argv {
+                values.push(measure(argv)?);
+            }
+        }
         eprintln!("rep {rep}/{}", plan.reps);
     }
     let traps_ns: Vec<f64> = traced_ns
@@ -150,7 +183,7 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
             format!("{} ({}–{})", fmt_ns(s.median), fmt_ns(s.min), fmt_ns(s.max))
         })
     };
-    let rows = vec![
+    let mut rows = vec![
         vec!["untraced".into(), cell(&untraced_ns), "–".into(), "–".into()],
         vec![
             "hunt --mode exact".into(),
@@ -159,6 +192,12 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
             cell(&traps_ns),
         ],
     ];
+    for ((name, argv), values) in others.iter().zip(&others_ns) {
+        rows.push(match argv {
+            Ok(_) => vec![name.to_string(), cell(values), "–".into(), "–".into()],
+            Err(why) => [vec![name.to_string()], unavailable(why)].concat(),
+        });
+    }
     let mut notes = vec![
         "The BPF programs' share is their run time as the kernel counts it (`kernel.bpf_stats_enabled`, set \
          for these runs only); the rest of the \
@@ -168,6 +207,12 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
         "CPU time (not wall time) is what the fixture measures, which other load on the machine's 2 \
          cores (see the load average) disturbs less."
             .to_string(),
+        format!(
+            "The trap floor is `bench/empty_probes.c`: programs that only return, on uprobe multi-links at the \
+             file offsets where leakscope places its probes in {} (malloc {:#x}, entry and return; free {:#x}), \
+             read from its `-v` log.",
+            floor.libc, floor.malloc, floor.free
+        ),
     ];
     if let (Some(traps), Some(programs)) = (median(&traps_ns), median(&programs_ns)) {
         notes.push(format!(
@@ -177,6 +222,27 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
             100.0 * programs / (traps + programs)
         ));
     }
+    let by_program: Vec<String> = per_program
+        .iter()
+        .zip(&program_ns)
+        .filter_map(|(name, values)| Some(format!("{name} {}", fmt_ns(median(values)?))))
+        .collect();
+    notes.push(format!(
+        "The programs per pair, medians: {} (malloc's entry, its return, free's entry; the log's \
+         `program NAME ran` lines).",
+        by_program.join(", ")
+    ));
+    let base = median(&untraced_ns).unwrap_or(0.0);
+    if let (Some(empty), Some(session), Some(heaptrack)) =
+        (median(&others_ns[0]), median(&others_ns[1]), median(&others_ns[2]))
+    {
+        notes.push(format!(
+            "Over the untraced pair, the trap floor costs {:.1} × heaptrack's CPU per pair, and {:.1} × with \
+             malloc's return probe declined.",
+            (empty - base) / (heaptrack - base),
+            (session - base) / (heaptrack - base)
+        ));
+    }
     Ok(Section {
         title: TITLE_PER_PAIR,
         about: format!(
@@ -184,7 +250,14 @@ pub(super) fn per_pair(plan: &Plan, tools: &Tools) -> Result<Section> {
              malloc+free pair over {} pairs, ns, median (min–max) of {} runs, interleaved.",
             plan.pairs, plan.reps
         ),
-        commands: vec![shell_line(&untraced), shell_line(&exact)],
+        commands: [
+            vec![shell_line(&untraced), shell_line(&exact)],
+            others
+                .iter()
+                .filter_map(|(_, argv)| argv.as_ref().ok().map(|a| shell_line(a)))
+                .collect(),
+        ]
+        .concat(),
         header: vec![
             "configuration",
             "CPU ns per pair",

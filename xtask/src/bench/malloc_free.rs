@@ -4,13 +4,18 @@ use anyhow::Result;
 
 use super::{
     compile, fmt_ns, libc_of, measure, needs, rel, shell_line, stats, unavailable, words, work_dir, Available, Plan,
-    Section, Tools, SAMPLE_BYTES,
+    Section, Tools, TrapFloor, SAMPLE_BYTES,
 };
 
 pub(super) const TITLE: &str = "1. malloc/free microbenchmark";
 
 /// The issue's target for the cost of an exact hunt, as a fraction of the naive floor.
 const EXACT_TARGET: f64 = 0.35;
+/// Issue 12's targets: exact and sampled as fractions of the naive floor,
+/// exact as a multiple of heaptrack.
+const EXACT_FLOOR_TARGET: f64 = 0.25;
+const SAMPLED_FLOOR_TARGET: f64 = 0.15;
+const EXACT_HEAPTRACK_TARGET: f64 = 2.0;
 
 pub(super) fn malloc_free(plan: &Plan, tools: &Tools) -> Result<Section> {
     let prog = compile("malloc_free")?;
@@ -28,14 +33,22 @@ pub(super) fn malloc_free(plan: &Plan, tools: &Tools) -> Result<Section> {
         needs(tools.bpftrace, "bpftrace").map(|()| words(&["bpftrace", script, &libc, "-c", &target.join(" ")]))
     };
     let heaptrack_out = rel(&work_dir().join("heaptrack/malloc_free"));
+    let trap_floor = TrapFloor::at_placements(tools, &libc, &words(&[&prog, "0"]))?;
     // Indices in `configs` of the figures that the notes compare.
     const UNTRACED: usize = 0;
     const FLOOR: usize = 1;
-    const EXACT: usize = 2;
-    const PEER: usize = 4;
-    let configs: [(&str, Available<Vec<String>>); 6] = [
+    const TRAPS: usize = 2;
+    const EXACT: usize = 3;
+    const SAMPLED: usize = 4;
+    const PEER: usize = 5;
+    const HEAPTRACK: usize = 6;
+    let configs: [(&str, Available<Vec<String>>); 7] = [
         ("untraced", Ok(words(&target))),
         ("naive floor: empty bpftrace uprobes", bpftrace("bench/floor.bt")),
+        (
+            "trap floor: empty programs at leakscope's placements",
+            Ok(trap_floor.argv(false, &words(&target))),
+        ),
         ("leakscope exact", Ok(hunt(&[]))),
         (
             "leakscope sampled",
@@ -115,6 +128,43 @@ pub(super) fn malloc_free(plan: &Plan, tools: &Tools) -> Result<Section> {
         notes.push(format!(
             "leakscope exact costs {:.2} × the memleak-style bpftrace peer.",
             exact / peer
+        ));
+    }
+    let target_note = |what: &str, value: Option<f64>, target: f64, unit: &str| {
+        value.map_or(
+            format!("Issue 12's target, {what} ≤ {target}{unit}: not measured."),
+            |v| {
+                let verdict = if v <= target { "met" } else { "missed" };
+                format!("Issue 12's target, {what} ≤ {target}{unit}: **{verdict}** ({v:.2}{unit}).")
+            },
+        )
+    };
+    let over = |a: usize, b: Option<f64>| Some(median_of(a)? / b?);
+    let heaptrack = median_of(HEAPTRACK);
+    notes.push(target_note(
+        "leakscope exact",
+        over(EXACT, floor),
+        EXACT_FLOOR_TARGET,
+        " × floor",
+    ));
+    notes.push(target_note(
+        "leakscope exact",
+        over(EXACT, heaptrack),
+        EXACT_HEAPTRACK_TARGET,
+        " × heaptrack",
+    ));
+    notes.push(target_note(
+        "leakscope sampled",
+        over(SAMPLED, floor),
+        SAMPLED_FLOOR_TARGET,
+        " × floor",
+    ));
+    if let Some(traps) = over(TRAPS, heaptrack) {
+        notes.push(format!(
+            "The trap floor (`bench/empty_probes.c`: programs that only return, on multi-links at the file offsets \
+             where leakscope probes malloc, entry and return, {:#x}, and free, {:#x}) costs {traps:.2} × \
+             heaptrack's pair: what uprobes cost here before any program runs.",
+            trap_floor.malloc, trap_floor.free
         ));
     }
     Ok(Section {

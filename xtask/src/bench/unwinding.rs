@@ -1,7 +1,7 @@
-//! 10: the user-space CFI unwinder (docs/symbols.md, "Unwinding") on code
-//! built without frame pointers: frames per stack of Debian programs against
-//! valgrind's for the same sites (10a), and what it costs per malloc+free
-//! pair against the frame-pointer walk alone (10b).
+//! 10: unwinding code built without frame pointers (docs/symbols.md,
+//! "Unwinding"): frames per stack of Debian programs against
+//! valgrind's for the same sites (10a), and what the kernel side's unwind
+//! by rules costs per malloc+free pair against the frame-pointer walk (10b).
 
 use std::{collections::HashMap, fs, path::Path};
 
@@ -87,12 +87,14 @@ fn page_offset(address: u64) -> u64 {
 
 pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
     let report = rel(&work_dir().join("unwinding.json"));
-    let hunt = |mode: &str| {
+    let hunt = |mode: &str, walk: &str| {
         words(&[
             &tools.leakscope,
             "hunt",
             "--mode",
             mode,
+            "--stack-walk",
+            walk,
             "--format",
             "json",
             "-o",
@@ -117,9 +119,25 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
             );
             continue;
         }
-        let exact = sites(&[hunt("exact"), program.clone()].concat(), &report)?;
+        let exact = sites(&[hunt("exact", "frame-pointers"), program.clone()].concat(), &report)?;
         let exact_malloc = stacks(&exact, &["malloc"]);
-        let growth = sites(&[hunt("growth"), program.clone()].concat(), &report)?;
+        let exact_cfi = sites(&[hunt("exact", "cfi"), program.clone()].concat(), &report)?;
+        let cfi_malloc = stacks(&exact_cfi, &["malloc"]);
+        let cut = exact_cfi["drops"]["stacks_cut"].as_u64().unwrap_or(0);
+        // The allocator calls that returned (what a stack is walked for).
+        let calls = exact_cfi["probes"].as_array().map_or(0, |probes| {
+            probes
+                .iter()
+                .filter(|p| !["mmap", "munmap", "mremap"].contains(&p["name"].as_str().unwrap_or_default()))
+                .filter_map(|p| p["return_hits"].as_u64())
+                .sum::<u64>()
+        });
+        let cfi_cell = format!(
+            "{}: {}; {cut} stacks cut of {calls} allocator calls",
+            cfi_malloc.len(),
+            all_frames(&cfi_malloc)
+        );
+        let growth = sites(&[hunt("growth", "frame-pointers"), program.clone()].concat(), &report)?;
         let [pages, mmaps] = ["pages_touched", "mmap"].map(|kind| stacks(&growth, &[kind]));
         let compared = match &valgrind {
             Ok(valgrind) => {
@@ -142,23 +160,36 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
             [
                 vec![name.to_string()],
                 compared,
-                vec![growth_cell(&pages), growth_cell(&mmaps)],
+                vec![cfi_cell, growth_cell(&pages), growth_cell(&mmaps)],
             ]
             .concat(),
         );
-        for (mode, report) in [("exact", &exact), ("growth", &growth)] {
-            let dropped: u64 = report["drops"]
-                .as_object()
-                .map_or(0, |drops| drops.values().filter_map(Value::as_u64).sum());
+        for (mode, report) in [
+            ("exact", &exact),
+            ("exact --stack-walk cfi", &exact_cfi),
+            ("growth", &growth),
+        ] {
+            // Cut stacks are the cfi column's own figure.
+            let dropped: u64 = report["drops"].as_object().map_or(0, |drops| {
+                drops
+                    .iter()
+                    .filter(|(reason, _)| *reason != "stacks_cut")
+                    .filter_map(|(_, n)| n.as_u64())
+                    .sum()
+            });
             if dropped > 0 {
                 notes.push(format!("{name}, {mode} hunt: drops {}.", drops(&report.to_string())));
             }
         }
     }
-    let mut commands: Vec<String> = ["exact", "growth"]
-        .iter()
-        .map(|mode| format!("{} CMD", shell_line(&hunt(mode))))
-        .collect();
+    let mut commands: Vec<String> = [
+        ("exact", "frame-pointers"),
+        ("exact", "cfi"),
+        ("growth", "frame-pointers"),
+    ]
+    .iter()
+    .map(|(mode, walk)| format!("{} CMD", shell_line(&hunt(mode, walk))))
+    .collect();
     if let Ok(valgrind) = &valgrind {
         commands.push(format!("{} CMD", shell_line(valgrind)));
     }
@@ -193,7 +224,8 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
         title: TITLE_FRAMES,
         about: format!(
             "Each program is launched once under `leakscope hunt --mode exact` (every allocator call; its \
-             events carry 16 words of the stack), once under valgrind's memcheck and once under \
+             events carry 16 words of the stack), once more with `--stack-walk cfi` (the kernel side unwinds \
+             by the rules leakscope reads from CFI), once under valgrind's memcheck and once under \
              `leakscope hunt --mode growth`; figures are frames per stack, median (max), of the sites \
              still holding memory at exit. Workloads: {}.",
             PROGRAMS
@@ -209,6 +241,7 @@ pub(super) fn frames(_plan: &Plan, tools: &Tools) -> Result<Section> {
             "matched: valgrind frames",
             "matched: leakscope exact frames",
             "all malloc sites: valgrind / leakscope exact frames, whole stacks",
+            "leakscope exact --stack-walk cfi, malloc sites: count: frames, whole stacks",
             "leakscope growth, pages_touched sites: count: frames, whole stacks",
             "leakscope growth, mmap sites: count: frames, whole stacks",
         ],
@@ -357,8 +390,13 @@ fn frame_figures(frames: &[usize]) -> String {
     stats(&values).map_or("–".into(), |s| format!("{} ({})", s.median, s.max))
 }
 
-/// A configuration of 10b: whether it is traced, and its command.
-type Run = (bool, Vec<String>);
+/// A configuration of 10b: the kernel side's walk when traced (None:
+/// untraced), and its command.
+type Run = (Option<&'static str>, Vec<String>);
+
+/// The kernel side's walks compared (`hunt --stack-walk`): the unwind rules,
+/// and the frame-pointer walk that was the only one before them.
+const WALKS: [&str; 2] = ["cfi", "frame-pointers"];
 
 /// The issue's target: the unwinder adds at most 20 % per pair.
 const COST_TARGET: f64 = 1.2;
@@ -371,26 +409,36 @@ pub(super) fn cost(plan: &Plan, tools: &Tools) -> Result<Section> {
     let report = rel(&work_dir().join("unwinding_cost.json"));
     let builds = [
         (
-            "-fno-omit-frame-pointer (the walk is whole)",
+            "-fno-omit-frame-pointer",
             compile_as("malloc_free", "malloc_free_fp", "-fno-omit-frame-pointer")?,
         ),
         (
-            "-fomit-frame-pointer (every event's window is unwound)",
+            "-fomit-frame-pointer",
             compile_as("malloc_free", "malloc_free_nofp", "-fomit-frame-pointer")?,
         ),
     ];
-    // Per build: untraced, then traced.
+    // Per build: untraced, then traced with each walk.
     let configs: Vec<(&str, Available<Run>)> = builds
         .iter()
         .flat_map(|(name, binary)| {
             let target = words(&[binary, &pairs]);
-            let args = [
-                "--mode", "exact", "--format", "json", "-o", &report, "--", binary, &pairs,
-            ];
-            [
-                (*name, Ok((false, target))),
-                (*name, Ok((true, tools.hunt(true, &args)))),
-            ]
+            let traced = WALKS.map(|walk| {
+                let args = [
+                    "--mode",
+                    "exact",
+                    "--stack-walk",
+                    walk,
+                    "--format",
+                    "json",
+                    "-o",
+                    &report,
+                    "--",
+                    binary,
+                    &pairs,
+                ];
+                (*name, Ok((Some(walk), tools.hunt(true, &args))))
+            });
+            std::iter::once((*name, Ok((None, target)))).chain(traced)
         })
         .collect();
     // The kernel's run-time statistics of the BPF programs, on for these runs only.
@@ -400,8 +448,8 @@ pub(super) fn cost(plan: &Plan, tools: &Tools) -> Result<Section> {
     let mut ns = vec![Vec::new(); configs.len()];
     let mut bpf_ns = vec![Vec::new(); configs.len()];
     let mut cpu_ns = vec![Vec::new(); configs.len()];
-    interleave(plan.reps, &configs, |round, i, (traced, argv)| {
-        if *traced {
+    interleave(plan.reps, &configs, |round, i, (walk, argv)| {
+        if walk.is_some() {
             let (stdout, log, cpu) = run_measuring_cpu(argv, ticks)?;
             // `the BPF programs ran 12.5 ms in all`.
             let programs_ms = logged_secs(&log, "the BPF programs ran ")
@@ -417,7 +465,7 @@ pub(super) fn cost(plan: &Plan, tools: &Tools) -> Result<Section> {
         } else {
             ns[i].push(measure(argv)?);
         }
-        let how = if *traced { "hunt --mode exact" } else { "untraced" };
+        let how = walk.map_or("untraced".to_string(), |walk| format!("hunt --stack-walk {walk}"));
         eprintln!(
             "round {round}/{}: {}, {how}: {:?} ns/pair",
             plan.reps,
@@ -433,73 +481,96 @@ pub(super) fn cost(plan: &Plan, tools: &Tools) -> Result<Section> {
         })
     };
     let mut rows = Vec::new();
-    // (traced − untraced ns/pair, BPF programs ns/pair, leakscope CPU ns/pair) per build.
-    let mut costs = Vec::new();
+    // Per (build, walk): traced − untraced ns/pair, BPF programs ns/pair, leakscope CPU ns/pair.
+    let mut costs: HashMap<(&str, &str), (f64, f64, f64)> = HashMap::new();
+    let per_build = 1 + WALKS.len();
     for (b, (name, _)) in builds.iter().enumerate() {
-        let (untraced, traced) = (2 * b, 2 * b + 1);
-        let ratio = match (med(&ns[traced]), med(&ns[untraced])) {
-            (Some(t), Some(u)) => {
-                costs.push((
-                    t - u,
-                    med(&bpf_ns[traced]).unwrap_or(0.0),
-                    med(&cpu_ns[traced]).unwrap_or(0.0),
-                ));
-                format!("{:.1}", t / u)
-            }
-            _ => "–".into(),
-        };
-        rows.push(vec![
-            format!("-O2 -g {name}"),
-            cell(&ns[untraced]),
-            cell(&ns[traced]),
-            ratio,
-            cell(&bpf_ns[traced]),
-            cell(&cpu_ns[traced]),
-        ]);
+        let untraced = per_build * b;
+        for (w, walk) in WALKS.iter().enumerate() {
+            let traced = untraced + 1 + w;
+            let ratio = match (med(&ns[traced]), med(&ns[untraced])) {
+                (Some(t), Some(u)) => {
+                    costs.insert(
+                        (name, walk),
+                        (
+                            t - u,
+                            med(&bpf_ns[traced]).unwrap_or(0.0),
+                            med(&cpu_ns[traced]).unwrap_or(0.0),
+                        ),
+                    );
+                    format!("{:.1}", t / u)
+                }
+                _ => "–".into(),
+            };
+            rows.push(vec![
+                format!("-O2 -g {name}"),
+                format!("`{walk}`"),
+                cell(&ns[untraced]),
+                cell(&ns[traced]),
+                ratio,
+                cell(&bpf_ns[traced]),
+                cell(&cpu_ns[traced]),
+            ]);
+        }
     }
     let mut notes = vec![
         "leakscope's CPU is utime + stime of its /proc/PID/stat from its `loaded and attached` line to its \
          exit (read before it is reaped): its reader, where events are unwound and symbolized, and its \
          report; the verifier's work at load is left out."
             .to_string(),
+        "`--stack-walk cfi` steps each frame by the unwind rule of its address in a BPF map \
+         (one hash lookup per frame), written by leakscope from the CFI it read unwinding the stack copy \
+         that the stack's first event brought; `--stack-walk frame-pointers` is the frame-pointer walk \
+         alone, with 16 words of stack for leakscope to unwind (the default)."
+            .to_string(),
     ];
-    if let [(fp_cost, fp_bpf, fp_cpu), (nofp_cost, nofp_bpf, nofp_cpu)] = costs[..] {
+    let (fp, nofp) = (builds[0].0, builds[1].0);
+    if let (Some(&(before, before_bpf, before_cpu)), Some(&(after, after_bpf, after_cpu)), Some(&(fp_cfi, _, _))) = (
+        costs.get(&(fp, "frame-pointers")),
+        costs.get(&(nofp, "cfi")),
+        costs.get(&(fp, "cfi")),
+    ) {
         notes.push(target_note(
             "the unwinder adds ≤ 20 % to the tracing cost per pair (traced − untraced ns/pair, \
-             -fomit-frame-pointer over -fno-omit-frame-pointer)",
-            nofp_cost / fp_cost,
+             -fomit-frame-pointer with `cfi` over -fno-omit-frame-pointer with `frame-pointers`)",
+            after / before,
             COST_TARGET,
             " ×",
-            &format!("{} against {} ns/pair.", fmt_ns(nofp_cost), fmt_ns(fp_cost)),
+            &format!("{} against {} ns/pair.", fmt_ns(after), fmt_ns(before)),
         ));
         notes.push(target_note(
-            "the unwinder adds ≤ 20 % to leakscope's own CPU per pair (-fomit-frame-pointer over \
-             -fno-omit-frame-pointer)",
-            nofp_cpu / fp_cpu,
+            "the unwinder adds ≤ 20 % to leakscope's own CPU per pair (the same two)",
+            after_cpu / before_cpu,
             COST_TARGET,
             " ×",
-            &format!("{} against {} ns/pair.", fmt_ns(nofp_cpu), fmt_ns(fp_cpu)),
+            &format!("{} against {} ns/pair.", fmt_ns(after_cpu), fmt_ns(before_cpu)),
         ));
         notes.push(format!(
-            "Without frame pointers a pair costs the traced program {} ns more, of which its BPF programs \
-             (the walk and the stack copy, run in the kernel in its context) {} ns and the rest (traps, ring \
-             buffer, preemption) {} ns; leakscope's reader, which unwinds on the other core, {} ns more CPU.",
-            fmt_ns(nofp_cost - fp_cost),
-            fmt_ns(nofp_bpf - fp_bpf),
-            fmt_ns((nofp_cost - fp_cost) - (nofp_bpf - fp_bpf)),
-            fmt_ns(nofp_cpu - fp_cpu)
+            "Unwound by rules without frame pointers, a pair costs the traced program {} ns more than the \
+             frame-pointer walk of the frame-pointer build, of which its BPF programs (the walk, run in the \
+             kernel in its context) {} ns and the rest (traps, ring buffer, preemption) {} ns; leakscope's \
+             reader, on the other core, {} ns more CPU. On the frame-pointer build, `cfi` costs {:.2} × \
+             what `frame-pointers` does.",
+            fmt_ns(after - before),
+            fmt_ns(after_bpf - before_bpf),
+            fmt_ns((after - before) - (after_bpf - before_bpf)),
+            fmt_ns(after_cpu - before_cpu),
+            fp_cfi / before,
         ));
     }
     Ok(Section {
         title: TITLE_COST,
         about: format!(
             "`bench/malloc_free.c` (section 1) built twice, with and without frame pointers, each run \
-             untraced and under `leakscope hunt --mode exact`: {} pairs per run, {} runs of each of the 4 \
+             untraced and under `leakscope hunt --mode exact` with each of the kernel side's stack walks \
+             (`--stack-walk cfi`, `--stack-walk frame-pointers`): {} pairs per run, {} runs of each of the {} \
              configurations, interleaved (the order rotating each round). ns per malloc+free pair as the \
              program prints it (wall time of its loop), median (min–max); the BPF programs' run time as the \
              kernel counts it (`kernel.bpf_stats_enabled`, set for these runs only: leakscope's `-v` log) \
              and leakscope's own CPU, per pair.",
-            pairs_per_run, plan.reps
+            pairs_per_run,
+            plan.reps,
+            configs.len()
         ),
         commands: configs
             .iter()
@@ -508,6 +579,7 @@ pub(super) fn cost(plan: &Plan, tools: &Tools) -> Result<Section> {
             .collect(),
         header: vec![
             "malloc_free.c built with",
+            "stack walk",
             "untraced ns/pair",
             "hunt --mode exact ns/pair",
             "× untraced",
