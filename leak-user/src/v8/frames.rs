@@ -213,39 +213,68 @@ impl JsNamer {
     /// The JS frames of a stack taken in mark-compact epoch `epoch`, frame
     /// k at `pcs[k]` with the slots `slots[k]` (as [`JsNamer::name`]). None
     /// when what the slots point at may have moved before it was read: a
-    /// mark-compact was running when the stack was taken, or began since
-    /// and what was needed had not been read before it (the caller then
-    /// says the frames moved).
+    /// mark-compact was running when the stack was taken, or one began
+    /// while it was read (the caller then says the frames moved). A stack
+    /// of an epoch already past is read in the current one, each frame
+    /// only if it is still what was taken (see [`JsNamer::still_in_place`]),
+    /// else said to have moved.
     pub fn name_stack(&mut self, epoch: u64, slots: &[JsFrameSlots], pcs: &[u64]) -> Option<Vec<Vec<JsFrame>>> {
         if slots.iter().all(|s| s.shared == 0) {
             return Some(vec![Vec::new(); slots.len()]);
         }
-        let validated = self.current_epoch.is_some();
-        if validated {
-            // Epochs only grow: an older one's objects are no longer known.
-            if gc_epoch::is_compacting(epoch) || epoch < self.cached_epoch {
+        let mut read_in = epoch;
+        if let Some(current) = &self.current_epoch {
+            if gc_epoch::is_compacting(epoch) {
                 return None;
             }
-            if epoch > self.cached_epoch {
+            if epoch < self.cached_epoch {
+                read_in = current().filter(|&now| !gc_epoch::is_compacting(now))?;
+            }
+            // Epochs only grow: what was read in an older one is not kept.
+            if read_in > self.cached_epoch {
                 self.mark_compacted();
-                self.cached_epoch = epoch;
+                self.cached_epoch = read_in;
             }
         }
         self.open_memory();
         let reads_before = self.mem().map_or(0, ProcessMemory::reads);
-        let frames = slots.iter().zip(pcs).map(|(slots, &pc)| self.name(slots, pc)).collect();
+        let frames = slots
+            .iter()
+            .zip(pcs)
+            .map(|(slots, &pc)| {
+                if read_in != epoch && slots.shared != 0 && !self.still_in_place(slots) {
+                    vec![JsFrame::moved()]
+                } else {
+                    self.name(slots, pc)
+                }
+            })
+            .collect();
         let read_now = self.mem().map_or(0, ProcessMemory::reads) != reads_before;
         if let Some(current) = self.current_epoch.as_ref().filter(|_| read_now) {
-            // Read after the objects: if the epoch is still the stack's,
-            // no object moved between the stack and the reads.
+            // Read after the objects: if the epoch is still the one read
+            // in, no object moved while they were read.
             let now = current();
-            if now != Some(epoch) {
+            if now != Some(read_in) {
                 self.mark_compacted();
-                self.cached_epoch = now.unwrap_or(epoch);
+                self.cached_epoch = now.unwrap_or(read_in);
                 return None;
             }
         }
         Some(frames)
+    }
+
+    /// Whether an interpreted frame's function and bytecode, as the kernel
+    /// side took them in an earlier epoch, are still where they were: the
+    /// SharedFunctionInfo there has that BytecodeArray as its function
+    /// data. Had either moved, another function's objects would have to be
+    /// at both old places, linked alike. Other frames are not checked this
+    /// way (not still in place).
+    fn still_in_place(&self, slots: &JsFrameSlots) -> bool {
+        let types = self.layout.types;
+        slots.bytecode_offset != 0
+            && self.instance_type(slots.shared) == Some(types.shared_function_info)
+            && self.instance_type(slots.bytecode_array) == Some(types.bytecode_array)
+            && self.field(slots.shared, self.layout.offsets.sfi_function_data) == Some(slots.bytecode_array)
     }
 
     /// The JS frames `slots` describe, the frame's function running at
@@ -1081,8 +1110,16 @@ mod tests {
         epoch.store(6, Ordering::Relaxed);
         assert_eq!(namer.name_stack(4, &first, &pcs), unnamed);
         assert_eq!(namer.name_stack(4, &second, &pcs), None);
-        // An older epoch than the last one read in is not read in again.
+        // A stack of an older epoch than the last one read in is read in
+        // the current one, its frames only if still in place (a frame not
+        // interpreted is not checked: moved).
         assert_eq!(namer.name_stack(6, &second, &pcs), unnamed);
+        assert_eq!(
+            namer.name_stack(4, &first, &pcs),
+            Some(vec![Vec::new(), vec![JsFrame::moved()]])
+        );
+        // Unless a mark-compact runs now.
+        epoch.store(7, Ordering::Relaxed);
         assert_eq!(namer.name_stack(4, &first, &pcs), None);
     }
 
