@@ -56,10 +56,13 @@ pub enum Probe {
     /// `CompressionStreamMemoryOwner::AllocForZlib` from Node 24): its
     /// `data` points into the native stream object that owns the block.
     NodeZlibAlloc = 30,
+    /// v8::internal::Heap::MarkCompact: a mark-compact starts (old-space
+    /// objects may move from here until the GC's epilogue).
+    V8MarkCompact = 31,
 }
 
 impl Probe {
-    pub const COUNT: usize = 31;
+    pub const COUNT: usize = 32;
     pub const ALL: [Probe; Probe::COUNT] = [
         Probe::Malloc,
         Probe::Calloc,
@@ -92,6 +95,7 @@ impl Probe {
         Probe::Brk,
         Probe::PageFault,
         Probe::NodeZlibAlloc,
+        Probe::V8MarkCompact,
     ];
 
     pub fn from_u8(value: u8) -> Option<Probe> {
@@ -102,6 +106,7 @@ impl Probe {
     pub fn is_node(self) -> bool {
         (Probe::ArrayBufferAllocate as u8..=Probe::V8GcCollector as u8).contains(&(self as u8))
             || self == Probe::NodeZlibAlloc
+            || self == Probe::V8MarkCompact
     }
 
     /// The libc symbol (or syscall) name.
@@ -138,6 +143,7 @@ impl Probe {
             Probe::Brk => "brk",
             Probe::PageFault => "page-faults",
             Probe::NodeZlibAlloc => "CompressionStream::AllocForZlib",
+            Probe::V8MarkCompact => "Heap::MarkCompact",
         }
     }
 }
@@ -256,6 +262,12 @@ pub struct StackRecord {
     pub _pad: [u8; 3],
     pub frames_len: u32,
     pub hash: u64,
+    /// The target's mark-compact epoch when the stack was taken
+    /// ([`gc_epoch`]; 0 for a stack without JS frames): user space reads
+    /// the objects the JS slots point at later, and trusts what it read
+    /// only within the same epoch. A stack through JS is sent again in
+    /// each epoch it is taken in.
+    pub gc_epoch: u64,
     pub frames: [u64; MAX_STACK_FRAMES],
     /// `js[k]`: what frame k's frame pointer shows of a JS frame; all zero
     /// for other frames, for frame 0 (whose frame may not be set up yet),
@@ -266,10 +278,31 @@ pub struct StackRecord {
 impl StackRecord {
     /// Bytes of a record sent without its JS slots (a stack with no JS
     /// frame): everything before `js`.
-    pub const WITHOUT_JS: usize = 16 + 8 * MAX_STACK_FRAMES;
+    pub const WITHOUT_JS: usize = 24 + 8 * MAX_STACK_FRAMES;
 }
 
 const _: () = assert!(core::mem::offset_of!(StackRecord, js) == StackRecord::WITHOUT_JS);
+
+/// The mark-compact epoch of a V8 target: even between mark-compacts (the
+/// number begun, times two), odd while one runs, when objects move. A
+/// mark-compact makes it odd at its start (`Heap::MarkCompact`) and even
+/// again at the GC's epilogue.
+pub mod gc_epoch {
+    /// Whether objects may be moving at `epoch`.
+    pub const fn is_compacting(epoch: u64) -> bool {
+        epoch & 1 == 1
+    }
+
+    /// The epoch once a mark-compact starts at `epoch`.
+    pub const fn compaction_started(epoch: u64) -> u64 {
+        epoch | 1
+    }
+
+    /// The epoch once a GC ends at `epoch` (after a mark-compact, the next even one).
+    pub const fn gc_ended(epoch: u64) -> u64 {
+        epoch + (epoch & 1)
+    }
+}
 
 /// The V8 frame slots of one frame, read where the frame pointer points.
 /// The JSFunction itself is not kept: a fresh closure moves at the next

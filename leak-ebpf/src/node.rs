@@ -12,7 +12,7 @@ use aya_ebpf::{
     maps::{Array, HashMap},
     programs::{ProbeContext, RetProbeContext},
 };
-use leak_common::{counter, DropReason, EventOp, HeapEvent, Probe, V8PageLayout};
+use leak_common::{counter, gc_epoch, DropReason, EventOp, HeapEvent, Probe, V8PageLayout};
 
 use crate::{
     libc_alloc::{enter, release_block},
@@ -38,6 +38,26 @@ static LIVE_BYTES: Array<u64> = Array::with_max_entries(1, 0);
 /// The collector of the GC that is ending, from its safepoint epilogue.
 #[map]
 static GC_COLLECTOR: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The target's mark-compact epoch (`leak_common::gc_epoch`), stamped into
+/// each stack record. One slot for every isolate of the process: a
+/// worker's mark-compact counts for all of them.
+#[map]
+static GC_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The current mark-compact epoch.
+#[inline(always)]
+pub fn current_gc_epoch() -> u64 {
+    GC_EPOCH.get(0).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn advance_gc_epoch(next: fn(u64) -> u64) {
+    if let Some(epoch) = GC_EPOCH.get_ptr_mut(0) {
+        // SAFETY: a plain u64 slot, written from the target's GC hooks.
+        unsafe { *epoch = next(*epoch) };
+    }
+}
 
 #[inline(always)]
 fn page_layout() -> V8PageLayout {
@@ -163,11 +183,24 @@ pub fn v8_gc_collector(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Heap::MarkCompact(this): old-space objects may move until the epilogue.
+#[uprobe]
+pub fn v8_mark_compact(_ctx: ProbeContext) -> u32 {
+    if target_tid().is_some() {
+        count(counter::entry_hits(Probe::V8MarkCompact));
+        advance_gc_epoch(gc_epoch::compaction_started);
+    }
+    0
+}
+
 /// Heap::GarbageCollectionEpilogue(this, collector): the GC's live bytes are
 /// the last SizeOfObjects() value. Its collector argument is not read: V8 14
 /// (a local function there) does not pass it in %rsi.
 #[uprobe]
 pub fn v8_gc_end(_ctx: ProbeContext) -> u32 {
+    if target_tid().is_some() {
+        advance_gc_epoch(gc_epoch::gc_ended);
+    }
     let live = LIVE_BYTES.get(0).copied().unwrap_or(0);
     let collector = GC_COLLECTOR.get(0).copied().unwrap_or(0);
     emit_runtime_event(EventOp::GcEnd, Probe::V8GcEnd, live, collector as u8);

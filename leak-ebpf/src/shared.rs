@@ -27,8 +27,9 @@ static TARGET_TGID: u32 = 0;
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// Content hashes of the stacks already sent to user space. When one is
-/// evicted, its stack is simply sent again. Size set by user space (`--max-stacks`).
+/// Content hashes of the stacks already sent to user space (mixed with the
+/// mark-compact epoch for stacks through JS). When one is evicted, its
+/// stack is simply sent again. Size set by user space (`--max-stacks`).
 #[map]
 static DELIVERED_STACKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(64 * 1024, 0);
 
@@ -208,13 +209,18 @@ fn delivered_stack(regs: &UserRegs, by_rules: bool) -> Delivered {
         return lost;
     }
     let hash = (hash ^ frames as u64).wrapping_mul(FNV_PRIME).max(1);
-    // SAFETY: map values are plain data.
-    if unsafe { DELIVERED_STACKS.get(hash) }.is_some() {
-        return Delivered { hash, resume };
-    }
     record.op = EventOp::Stack as u8;
     record.frames_len = frames as u32;
     record.hash = hash;
+    record.gc_epoch = if has_js { crate::node::current_gc_epoch() } else { 0 };
+    // A stack through JS is sent again in each mark-compact epoch (its
+    // objects may have moved, and its slots may be another function's
+    // now): the epoch is part of what says it was sent.
+    let delivered = hash ^ record.gc_epoch.wrapping_mul(FNV_PRIME);
+    // SAFETY: map values are plain data.
+    if unsafe { DELIVERED_STACKS.get(delivered) }.is_some() {
+        return Delivered { hash, resume };
+    }
     // A stack without JS frames goes without its (all-zero) JS slots.
     let bytes = core::ptr::from_ref(record).cast::<[u8; size_of::<StackRecord>()]>();
     // SAFETY: the record is plain data of exactly that size.
@@ -228,7 +234,7 @@ fn delivered_stack(regs: &UserRegs, by_rules: bool) -> Delivered {
         count_drop(DropReason::StackLost);
         return lost;
     }
-    let _ = DELIVERED_STACKS.insert(hash, 1, 0);
+    let _ = DELIVERED_STACKS.insert(delivered, 1, 0);
     Delivered { hash, resume }
 }
 

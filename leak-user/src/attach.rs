@@ -196,6 +196,13 @@ const NODE_PROBES: &[ProbeSpec] = &[
         Hook::Entry,
     ),
     spec(
+        Probe::V8MarkCompact,
+        "_ZN2v88internal4Heap11MarkCompactEv",
+        "v8_mark_compact",
+        &[],
+        Hook::Entry,
+    ),
+    spec(
         Probe::V8SizeOfObjects,
         "_ZN2v88internal4Heap13SizeOfObjects",
         "v8_size_of_objects",
@@ -259,6 +266,7 @@ const WATCH_NODE_PROBES: &[Probe] = &[
     Probe::V8GcStart,
     Probe::V8GcEnd,
     Probe::V8GcCollector,
+    Probe::V8MarkCompact,
     Probe::V8SizeOfObjects,
 ];
 
@@ -274,6 +282,7 @@ const GROWTH_NODE_PROBES: &[Probe] = &[
     Probe::V8GcStart,
     Probe::V8GcEnd,
     Probe::V8GcCollector,
+    Probe::V8MarkCompact,
     Probe::V8SizeOfObjects,
     Probe::NodeTeardown,
 ];
@@ -808,6 +817,13 @@ pub fn window_fault_stacks(ebpf: &mut Ebpf, stacks: &[u64]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A reader of the target's mark-compact epoch (`leak_common::gc_epoch`),
+/// which the kernel side's GC hooks keep.
+pub fn gc_epoch_reader(ebpf: &mut Ebpf) -> Result<crate::v8::frames::EpochReader> {
+    let map: Array<MapData, u64> = Array::try_from(ebpf.take_map("GC_EPOCH").context("GC_EPOCH map missing")?)?;
+    Ok(Box::new(move || map.get(&0, 0).ok()))
 }
 
 /// Page-fault samples per user stack (content hash) so far, summed over CPUs.

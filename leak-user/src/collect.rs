@@ -1,12 +1,12 @@
 //! Turns ring-buffer records into the outstanding-memory model.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use leak_common::{
-    CopiedStackEvent, EventOp, HeapEvent, Probe, SiteEvent, StackRecord, FLAG_ALLOCATOR_INTERNAL, FLAG_ANONYMOUS,
-    FLAG_STACK_COPY, MAX_STACK_FRAMES, STACK_WINDOW_WORDS,
+    CopiedStackEvent, EventOp, HeapEvent, JsFrameSlots, Probe, SiteEvent, StackRecord, FLAG_ALLOCATOR_INTERNAL,
+    FLAG_ANONYMOUS, FLAG_STACK_COPY, MAX_STACK_FRAMES, STACK_WINDOW_WORDS,
 };
 
 use crate::{
@@ -21,6 +21,13 @@ use crate::{
 /// PROT_EXEC: a file mapped executable is a library or JIT image to symbolize.
 const PROT_EXEC: u8 = 4;
 
+/// A stack completed from a walk by unwinding.
+struct Completed {
+    hash: u64,
+    /// Of each of its frames, the walk's index of it (None: not the walk's).
+    walk_index: Vec<Option<usize>>,
+}
+
 pub struct Collector {
     pub heap: Heap,
     pub modules: ProcessModules,
@@ -33,6 +40,11 @@ pub struct Collector {
     js_frames: HashMap<u64, Vec<Vec<JsFrame>>>,
     /// Names JS frames in a Node target whose V8 is known.
     js_namer: Option<JsNamer>,
+    /// Of a walked stack: the stacks completed from it by unwinding.
+    completed_from: HashMap<u64, Vec<Completed>>,
+    /// Stacks whose records named a frame differently: their frames are
+    /// not named again.
+    named_apart: HashSet<u64>,
     pub events: u64,
     /// How many times the target exec'd: site ids are re-issued each time.
     pub execs: u64,
@@ -84,6 +96,8 @@ impl Collector {
             stacks: HashMap::new(),
             js_frames: HashMap::new(),
             js_namer: None,
+            completed_from: HashMap::new(),
+            named_apart: HashSet::new(),
             events: 0,
             execs: 0,
             node: NodeStats::default(),
@@ -114,14 +128,9 @@ impl Collector {
                     self.stacks.insert(stack.hash, stack.frames[..len].to_vec());
                     if let Some(namer) = &mut self.js_namer {
                         // Frame k's JS slots are of the function its return address is in.
-                        let js: Vec<Vec<JsFrame>> = stack.js[..len]
-                            .iter()
-                            .zip(&stack.frames[..len])
-                            .map(|(slots, &pc)| namer.name(slots, pc))
-                            .collect();
-                        if js.iter().any(|frames| !frames.is_empty()) {
-                            self.js_frames.insert(stack.hash, js);
-                        }
+                        let slots = &stack.js[..len];
+                        let named = namer.name_stack(stack.gc_epoch, slots, &stack.frames[..len]);
+                        self.merge_js_frames(stack.hash, slots, named);
                     }
                 }
                 None => self.malformed += 1,
@@ -148,13 +157,22 @@ impl Collector {
         }
         let e = &event;
         match op {
-            EventOp::Free => self.heap.free(e.addr, e.entry_ns),
+            EventOp::Free => {
+                if probe == Probe::V8FreePage {
+                    if let Some(namer) = &mut self.js_namer {
+                        namer.page_freed(e.addr);
+                    }
+                }
+                self.heap.free(e.addr, e.entry_ns)
+            }
             EventOp::Owned => self.heap.own(e.addr, e.old_addr),
             EventOp::Unmap => self.heap.unmap(e.addr, e.size, e.entry_ns),
             EventOp::Stack => unreachable!("stack records are handled above"),
             EventOp::Teardown => self.torn_down_at = Some(self.seconds_since_start(e.ts_ns)),
             EventOp::GcStart => self.node.gc_start(self.seconds_since_start(e.ts_ns)),
             EventOp::GcEnd => {
+                // Besides the epochs stacks carry: a V8 without the hook
+                // that starts them still drops its cached objects.
                 if e.detail == crate::node::MARK_COMPACTOR {
                     if let Some(namer) = &mut self.js_namer {
                         namer.mark_compacted();
@@ -179,6 +197,8 @@ impl Collector {
                     self.js_namer = None;
                 }
                 self.js_frames.clear();
+                self.completed_from.clear();
+                self.named_apart.clear();
                 self.torn_down_at = None;
                 self.program_break = None;
                 self.fault_unwound.clear();
@@ -237,6 +257,11 @@ impl Collector {
                 let mut key = SiteKey::heap(probe, stack);
                 if key.kind == Kind::V8Heap {
                     key.detail = e.detail; // the V8 space
+                    if e.detail == crate::v8::pages::CODE_LARGE_SPACE {
+                        if let Some(namer) = &mut self.js_namer {
+                            namer.large_code_page(e.addr, e.size);
+                        }
+                    }
                 }
                 let site = self.heap.intern(key);
                 let size = charged_size(probe, e.size);
@@ -261,6 +286,71 @@ impl Collector {
                     _ => self.heap.remap(
                         e.old_addr, e.old_size, e.addr, e.size, e.entry_ns, e.ts_ns, site, internal,
                     ),
+                }
+            }
+        }
+    }
+
+    /// Folds the JS frames one record of stack `hash` names (None: its
+    /// objects may have moved before they were read) into what earlier
+    /// records of it named. The kernel side sends a stack through JS again
+    /// in each mark-compact epoch it is taken in, as the same slots may
+    /// then be another function's: a frame named differently by two
+    /// records is said to have moved, for good. One not read in its own
+    /// epoch says so until a later record names it.
+    fn merge_js_frames(&mut self, hash: u64, slots: &[JsFrameSlots], named: Option<Vec<Vec<JsFrame>>>) {
+        let named = named.unwrap_or_else(|| {
+            slots
+                .iter()
+                .map(|s| {
+                    if s.shared == 0 {
+                        Vec::new()
+                    } else {
+                        vec![JsFrame::moved()]
+                    }
+                })
+                .collect()
+        });
+        let Some(known) = self.js_frames.get_mut(&hash) else {
+            if named.iter().any(|frames| !frames.is_empty()) {
+                self.js_frames.insert(hash, named);
+            }
+            return;
+        };
+        let named_apart = self.named_apart.contains(&hash);
+        let (mut changed, mut apart) = (false, false);
+        for (known, now) in known.iter_mut().zip(named) {
+            if *known == now || is_moved(&now) {
+                continue;
+            }
+            if is_moved(known) && !named_apart {
+                *known = now;
+            } else {
+                *known = vec![JsFrame::moved()];
+                apart = true;
+            }
+            changed = true;
+        }
+        if apart {
+            self.named_apart.insert(hash);
+        }
+        if changed {
+            self.copy_js_frames_to_completed(hash);
+        }
+    }
+
+    /// The walk `walk_hash`'s JS frames, as now known, into the stacks completed from it.
+    fn copy_js_frames_to_completed(&mut self, walk_hash: u64) {
+        let Some(walk_js) = self.js_frames.get(&walk_hash).cloned() else {
+            return;
+        };
+        for completed in self.completed_from.get(&walk_hash).into_iter().flatten() {
+            let Some(js) = self.js_frames.get_mut(&completed.hash) else {
+                continue;
+            };
+            for (frames, at) in js.iter_mut().zip(&completed.walk_index) {
+                if let Some(named) = at.and_then(|at| walk_js.get(at)) {
+                    frames.clone_from(named);
                 }
             }
         }
@@ -402,6 +492,10 @@ impl Collector {
                 .collect();
             if aligned.iter().any(|js| !js.is_empty()) {
                 self.js_frames.insert(hash, aligned);
+                self.completed_from.entry(walk_hash).or_default().push(Completed {
+                    hash,
+                    walk_index: walk_indices.to_vec(),
+                });
             }
         }
         self.stacks.insert(hash, frames);
@@ -561,6 +655,11 @@ impl Collector {
 }
 
 /// A stack record, sent whole or without its JS slots (then all zero).
+/// Whether a frame's JS frames say it moved.
+fn is_moved(frames: &[JsFrame]) -> bool {
+    frames.first().is_some_and(|f| f.function == JsFrame::MOVED)
+}
+
 fn read_stack_record(record: &[u8]) -> Option<StackRecord> {
     if record.len() < StackRecord::WITHOUT_JS {
         return None;

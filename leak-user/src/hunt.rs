@@ -509,7 +509,8 @@ pub fn run(args: &HuntArgs, load: Option<&Load>) -> Result<Outcome> {
     if options.unwind_rules {
         collector.set_unwind_rules(UnwindRules::take(&mut ebpf)?);
     }
-    if let Some(namer) = js_namer {
+    if let Some(mut namer) = js_namer {
+        namer.validate_with(attach::gc_epoch_reader(&mut ebpf)?);
         collector.set_js_namer(namer);
     }
     collector.started_ns = monotonic_ns();

@@ -9,12 +9,16 @@
 //! V8's own table of bytecode sizes), then as for interpreted frames.
 //!
 //! Old-space objects stay put between mark-compacts, so what was read of
-//! them is cached by address until the next one ([`JsNamer::mark_compacted`]).
+//! them is cached by address until the next one. The kernel side stamps each
+//! stack with the target's mark-compact epoch ([`leak_common::gc_epoch`]),
+//! and the objects its slots point at are read later: a stack is named only
+//! from what was read in its own epoch ([`JsNamer::name_stack`]), else its
+//! JS frames say they moved ([`JsFrame::moved`]), never a wrong name.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use leak_common::JsFrameSlots;
+use leak_common::{gc_epoch, JsFrameSlots};
 
 use super::memory::ProcessMemory;
 use super::metadata::{CodeLayout, Layout, PositionCodes};
@@ -30,6 +34,25 @@ pub struct JsFrame {
     pub column: Option<u32>,
 }
 
+impl JsFrame {
+    /// What a JS frame is named when its objects may have moved since its
+    /// stack was taken (by a mark-compact), before they were read.
+    pub const MOVED: &str = "[v8 jit: moved by a GC]";
+
+    /// A JS frame whose objects may have moved before they were read.
+    pub fn moved() -> JsFrame {
+        JsFrame {
+            function: JsFrame::MOVED.to_string(),
+            script: None,
+            line: None,
+            column: None,
+        }
+    }
+}
+
+/// Reads the target's current mark-compact epoch (None: it cannot be read).
+pub type EpochReader = Box<dyn Fn() -> Option<u64> + Send>;
+
 /// The longest name read; longer ones are not names.
 const MAX_NAME: usize = 1024;
 /// How deep a cons string is followed.
@@ -44,6 +67,8 @@ struct ScriptInfo {
 struct SharedInfo {
     name: String,
     script: Option<Arc<ScriptInfo>>,
+    /// Its function data: its bytecode, or its baseline Code.
+    function_data: u64,
 }
 
 /// Names the JS frames of one process.
@@ -65,6 +90,15 @@ pub struct JsNamer {
     code_map: Option<u64>,
     /// Return addresses found in no baseline or optimized code (builtins).
     not_compiled: std::collections::HashSet<u64>,
+    /// V8's large-object code pages: start and size. Large objects never
+    /// move, so they are kept across mark-compacts.
+    large_code_pages: std::collections::BTreeMap<u64, u64>,
+    /// The target's mark-compact epoch now; None: stacks are named from
+    /// what is read whatever their epoch (the caches are then dropped at
+    /// each mark-compact's end event only).
+    current_epoch: Option<EpochReader>,
+    /// The epoch every cached object was read (and checked) in.
+    cached_epoch: u64,
 }
 
 /// (code offset, raw source position) pairs, in code order; offset -1 is
@@ -73,6 +107,7 @@ type PositionTable = Vec<(i64, u64)>;
 
 /// What a baseline or optimized Code object tells of the frames it runs.
 struct CompiledCode {
+    code: u64,
     start: u64,
     end: u64,
     tier: Tier,
@@ -95,6 +130,8 @@ enum Tier {
 /// How far before a return address the start of its Code is looked for:
 /// a regular code page (bigger code is in large-object space, not named).
 const MAX_CODE_SCAN: u64 = 256 << 10;
+/// How far into a large-object code page its object is looked for.
+const LARGE_CODE_HEADER_SCAN: u64 = 16 << 10;
 /// Instructions start at least this aligned (64 on x64 from V8 10 on, measured).
 const CODE_ALIGNMENT: u64 = 32;
 /// The deepest inlining followed.
@@ -127,7 +164,26 @@ impl JsNamer {
             code: std::collections::BTreeMap::new(),
             code_map: None,
             not_compiled: std::collections::HashSet::new(),
+            large_code_pages: std::collections::BTreeMap::new(),
+            current_epoch: None,
+            cached_epoch: 0,
         }
+    }
+
+    /// V8 made a large-object code page at `start` (`size` bytes).
+    pub fn large_code_page(&mut self, start: u64, size: u64) {
+        self.large_code_pages.insert(start, size);
+    }
+
+    /// V8 freed the page at `start` (of any space).
+    pub fn page_freed(&mut self, start: u64) {
+        self.large_code_pages.remove(&start);
+    }
+
+    /// Names stacks only from objects read in their own mark-compact
+    /// epoch, as `current` reads it.
+    pub fn validate_with(&mut self, current: EpochReader) {
+        self.current_epoch = Some(current);
     }
 
     pub fn layout(&self) -> &Layout {
@@ -154,10 +210,77 @@ impl JsNamer {
         self.not_compiled.clear();
     }
 
+    /// The JS frames of a stack taken in mark-compact epoch `epoch`, frame
+    /// k at `pcs[k]` with the slots `slots[k]` (as [`JsNamer::name`]). None
+    /// when what the slots point at may have moved before it was read: a
+    /// mark-compact was running when the stack was taken, or one began
+    /// while it was read (the caller then says the frames moved). A stack
+    /// of an epoch already past is read in the current one, each frame
+    /// only if it is still what was taken (see [`JsNamer::still_in_place`]),
+    /// else said to have moved.
+    pub fn name_stack(&mut self, epoch: u64, slots: &[JsFrameSlots], pcs: &[u64]) -> Option<Vec<Vec<JsFrame>>> {
+        if slots.iter().all(|s| s.shared == 0) {
+            return Some(vec![Vec::new(); slots.len()]);
+        }
+        let mut read_in = epoch;
+        if let Some(current) = &self.current_epoch {
+            if gc_epoch::is_compacting(epoch) {
+                return None;
+            }
+            if epoch < self.cached_epoch {
+                read_in = current().filter(|&now| !gc_epoch::is_compacting(now))?;
+            }
+            // Epochs only grow: what was read in an older one is not kept.
+            if read_in > self.cached_epoch {
+                self.mark_compacted();
+                self.cached_epoch = read_in;
+            }
+        }
+        self.open_memory();
+        let reads_before = self.mem().map_or(0, ProcessMemory::reads);
+        let frames = slots
+            .iter()
+            .zip(pcs)
+            .map(|(slots, &pc)| {
+                if read_in != epoch && slots.shared != 0 && !self.still_in_place(slots) {
+                    vec![JsFrame::moved()]
+                } else {
+                    self.name(slots, pc)
+                }
+            })
+            .collect();
+        let read_now = self.mem().map_or(0, ProcessMemory::reads) != reads_before;
+        if let Some(current) = self.current_epoch.as_ref().filter(|_| read_now) {
+            // Read after the objects: if the epoch is still the one read
+            // in, no object moved while they were read.
+            let now = current();
+            if now != Some(read_in) {
+                self.mark_compacted();
+                self.cached_epoch = now.unwrap_or(read_in);
+                return None;
+            }
+        }
+        Some(frames)
+    }
+
+    /// Whether an interpreted frame's function and bytecode, as the kernel
+    /// side took them in an earlier epoch, are still where they were: the
+    /// SharedFunctionInfo there has that BytecodeArray as its function
+    /// data. Had either moved, another function's objects would have to be
+    /// at both old places, linked alike. Other frames are not checked this
+    /// way (not still in place).
+    fn still_in_place(&self, slots: &JsFrameSlots) -> bool {
+        let types = self.layout.types;
+        slots.bytecode_offset != 0
+            && self.instance_type(slots.shared) == Some(types.shared_function_info)
+            && self.instance_type(slots.bytecode_array) == Some(types.bytecode_array)
+            && self.field(slots.shared, self.layout.offsets.sfi_function_data) == Some(slots.bytecode_array)
+    }
+
     /// The JS frames `slots` describe, the frame's function running at
     /// return address `pc`: innermost first, one per inlining level; empty
     /// when they are not a JS frame (or no longer readable as one).
-    pub fn name(&mut self, slots: &JsFrameSlots, pc: u64) -> Vec<JsFrame> {
+    fn name(&mut self, slots: &JsFrameSlots, pc: u64) -> Vec<JsFrame> {
         if slots.shared == 0 {
             return Vec::new();
         }
@@ -227,9 +350,12 @@ impl JsNamer {
         self.mem()?.u16(map - 1 + self.layout.offsets.instance_type)
     }
 
-    /// The tagged field at `offset` of the object `tagged` points at.
+    /// The tagged field at `offset` of the object `tagged` points at (None
+    /// when `tagged` is no heap object: a field read from a moved object
+    /// may be anything).
     fn field(&self, tagged: u64, offset: u64) -> Option<u64> {
-        self.mem()?.u64(tagged - 1 + offset)
+        is_heap_object(tagged).then_some(())?;
+        self.mem()?.u64(tagged.wrapping_sub(1).wrapping_add(offset))
     }
 
     fn shared_info(&mut self, tagged: u64) -> Option<Arc<SharedInfo>> {
@@ -261,7 +387,12 @@ impl JsNamer {
             (true, None) => "(anonymous)".to_string(),
         };
         let script = self.field(tagged, offsets.sfi_script).and_then(|s| self.script(s));
-        Some(SharedInfo { name, script })
+        let function_data = self.field(tagged, offsets.sfi_function_data)?;
+        Some(SharedInfo {
+            name,
+            script,
+            function_data,
+        })
     }
 
     /// A function scope's name and inferred name, from the slots that
@@ -478,6 +609,12 @@ impl JsNamer {
                 // entry: its stack and interrupt checks) is at bytecode -1,
                 // the function entry.
                 let offset = pc - code.start;
+                // The Code at pc must be the frame's function's: its function
+                // data is that Code, or the bytecode the Code was compiled from.
+                let data = self.shared_info(shared)?.function_data;
+                if data != code.code && data != *bytecode_array {
+                    return None;
+                }
                 let &(_, bytecode) = bytecodes.iter().find(|(end, _)| *end >= offset)?;
                 let table = self.position_table(*bytecode_array)?;
                 let raw = position_at(&table, bytecode)?;
@@ -511,7 +648,9 @@ impl JsNamer {
             return None;
         }
         let found = self.layout.code.and_then(|layout| {
-            let (code, start, end) = self.find_code(pc, layout)?;
+            let (code, start, end) = self
+                .find_code(pc, layout)
+                .or_else(|| self.find_large_code(pc, layout))?;
             self.read_code(code, start, end, layout)
         });
         match found {
@@ -551,6 +690,40 @@ impl JsNamer {
                 }
             }
             high = low.checked_sub(CODE_ALIGNMENT)?;
+        }
+        None
+    }
+
+    /// The Code of a large-object code page (V8's page hooks saw it made)
+    /// holding `pc`: its one object starts near the page's start (after
+    /// the page header and a guard page), too far before `pc` for
+    /// [`JsNamer::find_code`] once the code is over its scan.
+    fn find_large_code(&mut self, pc: u64, layout: CodeLayout) -> Option<(u64, u64, u64)> {
+        const PAGE: u64 = 4096;
+        let (&page, _) = self
+            .large_code_pages
+            .range(..=pc)
+            .next_back()
+            .filter(|(&start, &size)| pc < start + size)?;
+        let header = layout.instructions_header;
+        for at in (page..page + LARGE_CODE_HEADER_SCAN).step_by(PAGE as usize) {
+            // A guard page does not read.
+            let Some(words) = self.mem().and_then(|m| m.bytes(at, PAGE as usize)) else {
+                continue;
+            };
+            let first = (at + header).next_multiple_of(CODE_ALIGNMENT);
+            for start in (first..at + PAGE + header - 8).step_by(CODE_ALIGNMENT as usize) {
+                let Ok(offset) = usize::try_from(start - header - at) else {
+                    continue;
+                };
+                let word = u64::from_le_bytes(words[offset..offset + 8].try_into().expect("8 bytes"));
+                if !self.is_code_holder_map(word, layout) {
+                    continue;
+                }
+                if let Some((code, end)) = self.code_spanning(start - header + 1, start, pc, layout) {
+                    return Some((code, start, end));
+                }
+            }
         }
         None
     }
@@ -619,7 +792,7 @@ impl JsNamer {
         } else {
             return None;
         };
-        Some(CompiledCode { start, end, tier })
+        Some(CompiledCode { code, start, end, tier })
     }
 
     /// The pc ranges of baseline code and the bytecodes they run: its
@@ -901,6 +1074,53 @@ mod tests {
         assert_eq!(decode_unsigned_vlqs(&[5, 0xac, 0x02, 0]), Some(vec![5, 300, 0]));
         // A number cut short.
         assert_eq!(decode_unsigned_vlqs(&[0x80]), None);
+    }
+
+    /// Stacks are named only from reads made in their own epoch: here of
+    /// this process's memory (a word that is no SharedFunctionInfo: read,
+    /// then left unnamed), the epoch as a test sets it.
+    #[test]
+    fn names_stacks_only_within_their_epoch() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let layout = super::super::Layout::read(std::path::Path::new("/usr/bin/node")).expect("node 20 is needed");
+        let mut namer = JsNamer::new(std::process::id(), None, layout);
+        let epoch = Arc::new(AtomicU64::new(4));
+        let now = epoch.clone();
+        namer.validate_with(Box::new(move || Some(now.load(Ordering::Relaxed))));
+        let words = [0u64; 2];
+        let stack_at = |word: &u64| {
+            [
+                JsFrameSlots::default(),
+                JsFrameSlots {
+                    shared: std::ptr::from_ref(word) as u64 + 1,
+                    ..JsFrameSlots::default()
+                },
+            ]
+        };
+        let (first, second) = (stack_at(&words[0]), stack_at(&words[1]));
+        let pcs = [0, 0];
+        let unnamed = Some(vec![Vec::new(), Vec::new()]);
+        // No JS frame: nothing to read, whatever the epoch.
+        assert_eq!(namer.name_stack(5, &first[..1], &pcs[..1]), Some(vec![Vec::new()]));
+        // Taken while a mark-compact ran.
+        assert_eq!(namer.name_stack(5, &first, &pcs), None);
+        assert_eq!(namer.name_stack(4, &first, &pcs), unnamed);
+        // A mark-compact began after the stacks were taken: what was read
+        // in their epoch still names them, new reads do not.
+        epoch.store(6, Ordering::Relaxed);
+        assert_eq!(namer.name_stack(4, &first, &pcs), unnamed);
+        assert_eq!(namer.name_stack(4, &second, &pcs), None);
+        // A stack of an older epoch than the last one read in is read in
+        // the current one, its frames only if still in place (a frame not
+        // interpreted is not checked: moved).
+        assert_eq!(namer.name_stack(6, &second, &pcs), unnamed);
+        assert_eq!(
+            namer.name_stack(4, &first, &pcs),
+            Some(vec![Vec::new(), vec![JsFrame::moved()]])
+        );
+        // Unless a mark-compact runs now.
+        epoch.store(7, Ordering::Relaxed);
+        assert_eq!(namer.name_stack(4, &first, &pcs), None);
     }
 
     #[test]

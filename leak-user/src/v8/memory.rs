@@ -1,5 +1,6 @@
 //! Reads of the target's memory through `/proc/PID/mem`, bounded in size.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 
@@ -12,6 +13,9 @@ pub const MAX_READ: usize = 16 << 20;
 /// The address space of one process.
 pub struct ProcessMemory {
     mem: File,
+    /// Reads made so far: whoever validates what was read (the frame
+    /// namer, against GCs) knows whether anything was.
+    reads: Cell<u64>,
 }
 
 impl ProcessMemory {
@@ -22,7 +26,20 @@ impl ProcessMemory {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(format!("/proc/{pid}/mem"))
             .with_context(|| format!("cannot open the memory of process {pid}"))?;
-        Ok(ProcessMemory { mem })
+        Ok(ProcessMemory {
+            mem,
+            reads: Cell::new(0),
+        })
+    }
+
+    /// How many reads were made so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.get()
+    }
+
+    fn read_into(&self, buf: &mut [u8], addr: u64) -> Option<()> {
+        self.reads.set(self.reads.get() + 1);
+        self.mem.read_exact_at(buf, addr).ok()
     }
 
     /// `len` bytes at `addr`, or None when any of them is unmapped or `len`
@@ -32,25 +49,25 @@ impl ProcessMemory {
             return None;
         }
         let mut buf = vec![0; len];
-        self.mem.read_exact_at(&mut buf, addr).ok()?;
+        self.read_into(&mut buf, addr)?;
         Some(buf)
     }
 
     pub fn u64(&self, addr: u64) -> Option<u64> {
         let mut buf = [0; 8];
-        self.mem.read_exact_at(&mut buf, addr).ok()?;
+        self.read_into(&mut buf, addr)?;
         Some(u64::from_le_bytes(buf))
     }
 
     pub fn u32(&self, addr: u64) -> Option<u32> {
         let mut buf = [0; 4];
-        self.mem.read_exact_at(&mut buf, addr).ok()?;
+        self.read_into(&mut buf, addr)?;
         Some(u32::from_le_bytes(buf))
     }
 
     pub fn u16(&self, addr: u64) -> Option<u16> {
         let mut buf = [0; 2];
-        self.mem.read_exact_at(&mut buf, addr).ok()?;
+        self.read_into(&mut buf, addr)?;
         Some(u16::from_le_bytes(buf))
     }
 }

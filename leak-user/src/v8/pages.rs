@@ -12,6 +12,9 @@ use leak_common::V8PageLayout;
 
 use super::version::Version;
 
+/// leakscope's id of large-object code space.
+pub const CODE_LARGE_SPACE: u8 = 7;
+
 /// leakscope's space ids and their names in reports.
 const SPACE_NAMES: &[(u8, &str)] = &[
     (0, "read_only"),
@@ -21,7 +24,7 @@ const SPACE_NAMES: &[(u8, &str)] = &[
     (4, "shared"),
     (5, "new_large"),
     (6, "large"),
-    (7, "code_large"),
+    (CODE_LARGE_SPACE, "code_large"),
     (8, "shared_large"),
     (9, "map"),
     (10, "trusted"),

@@ -83,7 +83,8 @@ impl Attribution {
         let (_, links) = attach::attach(&mut ebpf, pid, &modules, ProbeSet::Watch { fault_period })?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let mut collector = Collector::new(pid, None);
-        if let Some(namer) = js_namer {
+        if let Some(mut namer) = js_namer {
+            namer.validate_with(attach::gc_epoch_reader(&mut ebpf)?);
             collector.set_js_namer(namer);
         }
         collector.refresh_modules();

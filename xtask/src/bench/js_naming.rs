@@ -1,7 +1,7 @@
 //! 9: what naming JS frames costs, on bench/js_stacks.js: in the kernel (each
 //! traced call's stack walk reads V8's frame slots) and in leakscope itself
 //! (resolving each distinct JS stack from the target's memory), on the
-//! system's Node 20 and on Node 22 and 24 (`cargo xtask setup` installs them).
+//! system's Node 20 and on Node 18, 22, 24 and 26 (`cargo xtask setup` installs them).
 
 use std::{env, fs, os::unix::fs::PermissionsExt as _, path::Path};
 
@@ -23,8 +23,8 @@ const CALLS: u64 = 10_000;
 const SHORT_CALLS: u64 = 1_000;
 /// Distinct JS stacks, each keeping one Buffer, in the user-side workload.
 const STACKS: u64 = 500;
-/// The Node lines measured besides the system's: those production runs.
-const OTHER_LINES: &[&str] = &["22.23.5", "24.22.3"];
+/// The Node lines measured besides the system's: every other line leakscope knows.
+const OTHER_LINES: &[&str] = &["18.20.8", "22.23.5", "24.22.3", "26.12.1"];
 
 /// The metadata entry renamed in the copy of node that has no naming: the
 /// frame's function slot, without which leakscope names no JS frame.
