@@ -22,6 +22,7 @@ use crate::analyze::{analyze_site, GrowthPolicy, SiteGrowth};
 use crate::heap::Kind;
 use crate::report::{file_name, Frame, Report, Series, Site, Verdict};
 use crate::symbolize::JIT_MODULE;
+use crate::v8::JsFrame;
 
 /// Modules under these directories are the system's (libc, libstdc++,
 /// libuv, zlib, ...), not the application's.
@@ -96,6 +97,7 @@ pub fn groups(report: &Report) -> Vec<Finding> {
             (key, title, app)
         })
         .collect();
+    let own_keys = with_moved_frames_joined(report, own_keys);
     let mut by_key: HashMap<String, Finding> = HashMap::new();
     for (index, site) in report.sites.iter().enumerate() {
         let (key, title, app) = &own_keys[owner_root(report, index)];
@@ -183,6 +185,52 @@ pub fn of(report: &Report) -> Vec<Finding> {
             Some(group)
         })
         .collect()
+}
+
+/// A site whose JS frames a mark-compact moved before they were named
+/// (`JsFrame::MOVED`) has no application frame, though its code is known
+/// up to the first JS frame: it joins the application finding of the sites
+/// with the same native frames up to there, when they are all one finding
+/// (it stays runtime memory when they are several, or none).
+fn with_moved_frames_joined<'r>(
+    report: &'r Report,
+    mut keys: Vec<(String, String, Option<&'r Frame>)>,
+) -> Vec<(String, String, Option<&'r Frame>)> {
+    let native_prefix = |site: &Site| -> Vec<Option<String>> {
+        site.frames
+            .iter()
+            .take_while(|f| f.module.as_deref() != Some(JIT_MODULE))
+            .map(|f| f.function.clone())
+            .collect()
+    };
+    let has_moved = |site: &Site| {
+        site.frames
+            .iter()
+            .any(|f| f.function.as_deref() == Some(JsFrame::MOVED))
+    };
+    let mut app_key_by_prefix: HashMap<Vec<Option<String>>, Option<usize>> = HashMap::new();
+    for (index, site) in report.sites.iter().enumerate() {
+        if keys[index].2.is_none() || has_moved(site) {
+            continue;
+        }
+        app_key_by_prefix
+            .entry(native_prefix(site))
+            .and_modify(|known| {
+                if known.is_some_and(|k| keys[k].0 != keys[index].0) {
+                    *known = None;
+                }
+            })
+            .or_insert(Some(index));
+    }
+    for (index, site) in report.sites.iter().enumerate() {
+        if keys[index].2.is_some() || !has_moved(site) {
+            continue;
+        }
+        if let Some(Some(named)) = app_key_by_prefix.get(&native_prefix(site)) {
+            keys[index] = keys[*named].clone();
+        }
+    }
+    keys
 }
 
 /// The site at the top of `index`'s owners (itself if it has none): memory
@@ -684,6 +732,34 @@ mod tests {
             .collect();
         assert_eq!(names, ["getdelim", "read_lines", "main", "+2"]);
         assert_eq!(shown_frames(&site, false, true).len(), 5);
+    }
+
+    #[test]
+    fn a_stack_whose_js_frames_moved_joins_the_one_finding_of_its_native_frames() {
+        let mut report = report();
+        report.node = Some(Default::default());
+        let node = "/usr/bin/node";
+        let new = |address| frame("node::ZlibStream::New", None, None, node, address);
+        let js = frame("openCompressor", Some("/srv/zlib.js"), Some(21), JIT_MODULE, "0x3ad1");
+        let moved = frame(JsFrame::MOVED, None, None, JIT_MODULE, "0x3ad9");
+        let other = frame("other", Some("/srv/zlib.js"), Some(40), JIT_MODULE, "0x3ae1");
+        let template = report.sites[0].clone();
+        let site = |frames| Site {
+            verdict: Some(Verdict::Leak),
+            frames,
+            ..template.clone()
+        };
+        report.sites = vec![
+            site(vec![new("0x10"), js.clone()]),
+            site(vec![new("0x10"), moved.clone()]),
+            site(vec![frame("node::Other", None, None, node, "0x20"), moved.clone()]),
+        ];
+        let findings = of(&report);
+        assert_eq!(findings[0].title, "openCompressor (zlib.js:21)");
+        assert_eq!(findings[0].sites, [0, 1]);
+        // Two application findings below the same native frames: no guess.
+        report.sites.push(site(vec![new("0x10"), other]));
+        assert!(of(&report).iter().all(|f| !f.sites.contains(&1) || f.frame.is_none()));
     }
 
     #[test]
