@@ -210,6 +210,61 @@ pub fn site_markers(fixture: &str) -> BTreeMap<u32, String> {
     out
 }
 
+/// tests/fixtures/node/service_four_leaks.js run by `node` with
+/// `service_args`, hunted by PID by `leakscope hunt -p PID HUNT_ARGS
+/// --format json -o REPORT` while its load generator runs; the hunt ends
+/// with the service's exit. Returns the counts the service printed and
+/// leakscope's stderr.
+pub fn hunt_four_leak_service(
+    node: &Path,
+    service_args: &[&str],
+    hunt_args: &[&str],
+    report: &Path,
+) -> (Value, String) {
+    let script = workspace_root().join("tests/fixtures/node/service_four_leaks.js");
+    let mut cmd = Command::new(node);
+    cmd.arg(&script)
+        .args(service_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut service = Proc::spawn(cmd, "node service_four_leaks.js");
+    let service_out = service.take_stdout();
+    let service_err = service.take_stderr();
+    if let Err(why) = service_out.wait_for(|l| l.starts_with("ready "), Duration::from_secs(30)) {
+        panic!(
+            "the service never printed ready ({why}): {}",
+            service_err.text(Duration::from_secs(1))
+        );
+    }
+    let mut cmd = Command::new(leakscope_bin());
+    cmd.args(["hunt", "-p", &service.pid().to_string()])
+        .args(hunt_args)
+        .args(["--format", "json", "-o"])
+        .arg(report)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut tracer = Proc::spawn(cmd, "leakscope");
+    let tracer_err = tracer.take_stderr();
+    if let Err(why) = tracer_err.wait_for(|l| l.starts_with(ATTACHED_PREFIX), ATTACH_TIMEOUT) {
+        panic!(
+            "leakscope never attached ({why}): {}",
+            tracer_err.text(Duration::from_secs(2))
+        );
+    }
+    service.signal(libc::SIGUSR2);
+    let stderr = || format!("--- leakscope stderr ---\n{}", tracer_err.text(Duration::ZERO));
+    let status = tracer.wait_or_panic(WORKLOAD_TIMEOUT, &stderr);
+    assert!(status.success(), "{}", stderr());
+    let counts = service_out
+        .wait_for(|l| l.starts_with('{'), Duration::from_secs(5))
+        .ok()
+        .and_then(|l| serde_json::from_str(&l).ok())
+        .unwrap_or_else(|| panic!("the service printed no counts: {}", service_out.text(Duration::ZERO)));
+    (counts, stderr())
+}
+
 // ---------------------------------------------------------------------------
 // Processes with bounded waits
 

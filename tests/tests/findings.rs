@@ -389,46 +389,9 @@ fn a_service_with_four_leaks_has_one_finding_per_native_leak() {
     let dir = scratch_dir("findings-service");
     let report_path = dir.join("report.json");
     let script = workspace_root().join("tests/fixtures/node/service_four_leaks.js");
-    let mut cmd = std::process::Command::new(node_bin());
-    cmd.arg(&script)
-        .args([RATE, SECONDS])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut service = Proc::spawn(cmd, "node service_four_leaks.js");
-    let service_out = service.take_stdout();
-    let service_err = service.take_stderr();
-    if let Err(why) = service_out.wait_for(|l| l.starts_with("ready "), Duration::from_secs(30)) {
-        panic!(
-            "the service never printed ready ({why}): {}",
-            service_err.text(Duration::from_secs(1))
-        );
-    }
-
-    let mut cmd = std::process::Command::new(leakscope_bin());
-    cmd.args(["hunt", "--mode", "exact", "-p", &service.pid().to_string()])
-        .args(["--format", "json", "-o"])
-        .arg(&report_path)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut tracer = Proc::spawn(cmd, "leakscope");
-    let tracer_err = tracer.take_stderr();
-    if let Err(why) = tracer_err.wait_for(|l| l.starts_with(ATTACHED_PREFIX), ATTACH_TIMEOUT) {
-        panic!(
-            "leakscope never attached ({why}): {}",
-            tracer_err.text(Duration::from_secs(2))
-        );
-    }
-    service.signal(libc::SIGUSR2);
-    let ctx = || format!("--- leakscope stderr ---\n{}", tracer_err.text(Duration::ZERO));
-    let status = tracer.wait_or_panic(WORKLOAD_TIMEOUT, &ctx);
-    assert!(status.success(), "{}", ctx());
-    let counts: Value = service_out
-        .wait_for(|l| l.starts_with('{'), Duration::from_secs(5))
-        .ok()
-        .and_then(|l| serde_json::from_str(&l).ok())
-        .unwrap_or_else(|| panic!("the service printed no counts: {}", service_out.text(Duration::ZERO)));
+    let (counts, tracer_stderr) =
+        hunt_four_leak_service(&node_bin(), &[RATE, SECONDS], &["--mode", "exact"], &report_path);
+    let ctx = || tracer_stderr.clone();
     let report: Value = serde_json::from_slice(&std::fs::read(&report_path).expect("report")).expect("JSON report");
     let found = findings(&report);
     let context = || {

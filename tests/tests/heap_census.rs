@@ -338,54 +338,13 @@ fn census_of_a_service_without_flags_finds_its_js_heap_leaks() {
     let dir = scratch_dir("heap-census-service");
     let report_path = dir.join("report.json");
     let script = workspace_root().join("tests/fixtures/node/service_four_leaks.js");
-    let mut cmd = std::process::Command::new("/usr/bin/node");
-    cmd.arg(&script)
-        .args([RATE, SERVICE_SECONDS, RECENT_CHECKS])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut service = Proc::spawn(cmd, "node service_four_leaks.js");
-    let service_out = service.take_stdout();
-    let service_err = service.take_stderr();
-    if let Err(why) = service_out.wait_for(|l| l.starts_with("ready "), std::time::Duration::from_secs(30)) {
-        panic!(
-            "the service never printed ready ({why}): {}",
-            service_err.text(std::time::Duration::from_secs(1))
-        );
-    }
-    let mut cmd = std::process::Command::new(leakscope_bin());
-    cmd.args(["hunt", "-p", &service.pid().to_string(), "--format", "json", "-o"])
-        .arg(&report_path)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut tracer = Proc::spawn(cmd, "leakscope");
-    let tracer_err = tracer.take_stderr();
-    if let Err(why) = tracer_err.wait_for(|l| l.starts_with(ATTACHED_PREFIX), ATTACH_TIMEOUT) {
-        panic!(
-            "leakscope never attached ({why}): {}",
-            tracer_err.text(std::time::Duration::from_secs(2))
-        );
-    }
-    service.signal(libc::SIGUSR2);
-    let stderr = || {
-        format!(
-            "--- leakscope stderr ---\n{}",
-            tracer_err.text(std::time::Duration::ZERO)
-        )
-    };
-    let status = tracer.wait_or_panic(WORKLOAD_TIMEOUT, &stderr);
-    assert!(status.success(), "{}", stderr());
-    let counts: Value = service_out
-        .wait_for(|l| l.starts_with('{'), std::time::Duration::from_secs(5))
-        .ok()
-        .and_then(|l| serde_json::from_str(&l).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "the service printed no counts: {}",
-                service_out.text(std::time::Duration::ZERO)
-            )
-        });
+    let (counts, tracer_stderr) = hunt_four_leak_service(
+        Path::new("/usr/bin/node"),
+        &[RATE, SERVICE_SECONDS, RECENT_CHECKS],
+        &[],
+        &report_path,
+    );
+    let stderr = || tracer_stderr.clone();
     let report: Value = serde_json::from_slice(&fs::read(&report_path).expect("report")).expect("JSON report");
     let census = &report["node"]["heap_census"];
     let context = || {
