@@ -187,15 +187,18 @@ pub fn of(report: &Report) -> Vec<Finding> {
         .collect()
 }
 
-/// A site whose JS frames a mark-compact moved before they were named
-/// (`JsFrame::MOVED`) has no application frame, though its code is known
-/// up to the first JS frame: it joins the application finding of the sites
-/// with the same native frames up to there, when they are all one finding
-/// (it stays runtime memory when they are several, or none).
+/// A site with a JS frame that a mark-compact moved before it was named
+/// (`JsFrame::MOVED`) inside its application frame, or without one, lost
+/// what may be its own application frame (a caller further out, such as
+/// a harness's, is not it), though its code is known up to the first JS
+/// frame: it joins the application finding of the sites with the same
+/// native frames up to there, when those are all one finding (it keeps its
+/// own key when they are several, or none).
 fn with_moved_frames_joined<'r>(
     report: &'r Report,
     mut keys: Vec<(String, String, Option<&'r Frame>)>,
 ) -> Vec<(String, String, Option<&'r Frame>)> {
+    let is_node = report.node.is_some();
     let native_prefix = |site: &Site| -> Vec<Option<String>> {
         site.frames
             .iter()
@@ -203,14 +206,16 @@ fn with_moved_frames_joined<'r>(
             .map(|f| f.function.clone())
             .collect()
     };
-    let has_moved = |site: &Site| {
-        site.frames
+    let moved_inside_application = |site: &Site| {
+        let application = application_frame(site, is_node).unwrap_or(site.frames.len());
+        site.frames[..application]
             .iter()
             .any(|f| f.function.as_deref() == Some(JsFrame::MOVED))
     };
+    let moved: Vec<bool> = report.sites.iter().map(moved_inside_application).collect();
     let mut app_key_by_prefix: HashMap<Vec<Option<String>>, Option<usize>> = HashMap::new();
     for (index, site) in report.sites.iter().enumerate() {
-        if keys[index].2.is_none() || has_moved(site) {
+        if keys[index].2.is_none() || moved[index] {
             continue;
         }
         app_key_by_prefix
@@ -223,7 +228,7 @@ fn with_moved_frames_joined<'r>(
             .or_insert(Some(index));
     }
     for (index, site) in report.sites.iter().enumerate() {
-        if keys[index].2.is_some() || !has_moved(site) {
+        if !moved[index] {
             continue;
         }
         if let Some(Some(named)) = app_key_by_prefix.get(&native_prefix(site)) {
@@ -743,6 +748,7 @@ mod tests {
         let js = frame("openCompressor", Some("/srv/zlib.js"), Some(21), JIT_MODULE, "0x3ad1");
         let moved = frame(JsFrame::MOVED, None, None, JIT_MODULE, "0x3ad9");
         let other = frame("other", Some("/srv/zlib.js"), Some(40), JIT_MODULE, "0x3ae1");
+        let harness = frame("(anonymous)", Some("/srv/harness.js"), Some(7), JIT_MODULE, "0x3af1");
         let template = report.sites[0].clone();
         let site = |frames| Site {
             verdict: Some(Verdict::Leak),
@@ -753,13 +759,19 @@ mod tests {
             site(vec![new("0x10"), js.clone()]),
             site(vec![new("0x10"), moved.clone()]),
             site(vec![frame("node::Other", None, None, node, "0x20"), moved.clone()]),
+            // The caller further out is application code too (a harness).
+            site(vec![new("0x10"), moved.clone(), harness.clone()]),
         ];
         let findings = of(&report);
         assert_eq!(findings[0].title, "openCompressor (zlib.js:21)");
-        assert_eq!(findings[0].sites, [0, 1]);
+        assert_eq!(findings[0].sites, [0, 1, 3]);
         // Two application findings below the same native frames: no guess.
         report.sites.push(site(vec![new("0x10"), other]));
-        assert!(of(&report).iter().all(|f| !f.sites.contains(&1) || f.frame.is_none()));
+        let findings = of(&report);
+        assert!(findings.iter().all(|f| !f.sites.contains(&1) || f.frame.is_none()));
+        assert!(findings
+            .iter()
+            .all(|f| !f.sites.contains(&3) || f.title == "(anonymous) (harness.js:7)"));
     }
 
     #[test]
