@@ -213,26 +213,35 @@ fn with_moved_frames_joined<'r>(
             .any(|f| f.function.as_deref() == Some(JsFrame::MOVED))
     };
     let moved: Vec<bool> = report.sites.iter().map(moved_inside_application).collect();
-    let mut app_key_by_prefix: HashMap<Vec<Option<String>>, Option<usize>> = HashMap::new();
+    // Per native prefix: the named sites below it, while they are one finding.
+    let mut named_by_prefix: HashMap<Vec<Option<String>>, Option<Vec<usize>>> = HashMap::new();
     for (index, site) in report.sites.iter().enumerate() {
         if keys[index].2.is_none() || moved[index] {
             continue;
         }
-        app_key_by_prefix
-            .entry(native_prefix(site))
-            .and_modify(|known| {
-                if known.is_some_and(|k| keys[k].0 != keys[index].0) {
-                    *known = None;
-                }
-            })
-            .or_insert(Some(index));
+        let named = named_by_prefix.entry(native_prefix(site)).or_insert(Some(Vec::new()));
+        match named {
+            Some(sites) if sites.first().is_some_and(|&k| keys[k].0 != keys[index].0) => *named = None,
+            Some(sites) => sites.push(index),
+            None => {}
+        }
     }
+    let same_code = |a: &Frame, b: &Frame| (&a.function, &a.file, a.line) == (&b.function, &b.file, b.line);
     for (index, site) in report.sites.iter().enumerate() {
         if !moved[index] {
             continue;
         }
-        if let Some(Some(named)) = app_key_by_prefix.get(&native_prefix(site)) {
-            keys[index] = keys[*named].clone();
+        let Some(Some(named)) = named_by_prefix.get(&native_prefix(site)) else {
+            continue;
+        };
+        // What is left of its application code must be a caller of theirs.
+        let is_their_caller = keys[index].2.is_none_or(|own| {
+            named
+                .iter()
+                .any(|&n| report.sites[n].frames.iter().any(|f| same_code(f, own)))
+        });
+        if is_their_caller {
+            keys[index] = keys[named[0]].clone();
         }
     }
     keys
@@ -756,7 +765,7 @@ mod tests {
             ..template.clone()
         };
         report.sites = vec![
-            site(vec![new("0x10"), js.clone()]),
+            site(vec![new("0x10"), js.clone(), harness.clone()]),
             site(vec![new("0x10"), moved.clone()]),
             site(vec![frame("node::Other", None, None, node, "0x20"), moved.clone()]),
             // The caller further out is application code too (a harness).
@@ -765,6 +774,12 @@ mod tests {
         let findings = of(&report);
         assert_eq!(findings[0].title, "openCompressor (zlib.js:21)");
         assert_eq!(findings[0].sites, [0, 1, 3]);
+        // An application frame that is not a caller of theirs is its own code.
+        let mut apart = report.clone();
+        apart.sites[3].frames[2] = other.clone();
+        assert!(of(&apart)
+            .iter()
+            .all(|f| !f.sites.contains(&3) || f.title == "other (zlib.js:40)"));
         // Two application findings below the same native frames: no guess.
         report.sites.push(site(vec![new("0x10"), other]));
         let findings = of(&report);
